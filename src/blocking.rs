@@ -1,0 +1,64 @@
+//! The blocking client: runs on the caller's thread until the connection ends.
+
+use crate::connect::connect;
+use crate::driver::Driver;
+use crate::handler::Callbacks;
+use crate::session::Session;
+use crate::{Config, Error, Handler, Handshake, WaitStrategy};
+
+/// A client that runs on the caller's thread and blocks while the socket is quiet.
+///
+/// It blocks in the OS poll on its socket rather than in `read(2)`, so it keeps reading while a
+/// large send drains: a peer that echoes while we write can never deadlock it. Sends happen from
+/// the [`Handler`]'s hooks; `read_timeout` makes [`Handler::on_idle`] run when nothing arrives,
+/// and `write_timeout` fails a connection whose output stops moving.
+///
+/// ```no_run
+/// use syncws::{BlockingClient, Config, Context, Handler};
+///
+/// struct Hello;
+/// impl Handler for Hello {
+///     fn on_activated(&mut self, ctx: &mut Context<'_>) {
+///         ctx.send_text("hello").unwrap();
+///     }
+///     fn on_text_message(&mut self, ctx: &mut Context<'_>, text: &str) {
+///         println!("got {text}");
+///         ctx.close(1000, "done").unwrap();
+///     }
+/// }
+///
+/// let client = BlockingClient::connect("ws://127.0.0.1:9001", &Config::default())?;
+/// client.run(&mut Hello);
+/// # Ok::<(), syncws::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct BlockingClient {
+    driver: Driver,
+}
+
+impl BlockingClient {
+    /// Open a connection (TCP, TLS for `wss://`, HTTP upgrade), bounded by the config's timeouts.
+    ///
+    /// # Errors
+    ///
+    /// Connect-time [`Error`]s: bad URL or scheme, DNS, refused, TLS, timeouts, rejected
+    /// handshake.
+    pub fn connect(url: &str, config: &Config) -> Result<Self, Error> {
+        let (ws, handshake) = connect(url, config)?;
+        let session = Session::new(ws, Some(handshake), config);
+        let driver = Driver::new(session, WaitStrategy::Readiness, config)?;
+        Ok(BlockingClient { driver })
+    }
+
+    /// The server's handshake response.
+    pub fn handshake(&self) -> &Handshake {
+        // Client sessions are always built with their handshake.
+        self.driver.session.handshake().expect("client handshake")
+    }
+
+    /// Run until the connection ends, calling `handler`'s hooks on this thread. Returns after
+    /// [`Handler::on_quit`].
+    pub fn run<H: Handler + ?Sized>(self, handler: &mut H) {
+        self.driver.run(&mut Callbacks(handler));
+    }
+}

@@ -1,0 +1,463 @@
+//! One configuration type shared by every mode.
+
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue};
+
+use crate::Error;
+
+/// How a [`NonBlockingClient`](crate::NonBlockingClient) passes time when the socket has nothing
+/// to read and nothing can be written.
+///
+/// Whatever the strategy, every message already readable is processed before waiting again, so
+/// the wait never caps throughput; it only decides latency and idle CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum WaitStrategy {
+    /// Poll again at once. Lowest latency; one core stays busy.
+    BusySpin,
+    /// Sleep this long between empty polls (s9_websocket's "spin-wait duration"). A command from
+    /// another thread ends the sleep early.
+    Sleep(Duration),
+    /// Wait in the OS poll on the socket plus a waker: ~0% CPU when idle, and a message is
+    /// handled as soon as it arrives. The default.
+    #[default]
+    Readiness,
+}
+
+/// Connection settings, shared by [`BlockingClient`](crate::BlockingClient),
+/// [`NonBlockingClient`](crate::NonBlockingClient) and
+/// [`ThreadedClient`](crate::ThreadedClient).
+///
+/// Build one with [`Config::builder`]; [`Config::default`] gives every default.
+///
+/// ```
+/// use std::time::Duration;
+/// let config = syncws::Config::builder()
+///     .header("Authorization", "Bearer abc")
+///     .subprotocol("chat.v1")
+///     .handshake_timeout(Some(Duration::from_secs(5)))
+///     .build()?;
+/// assert_eq!(config.subprotocols(), ["chat.v1"]);
+/// # Ok::<(), syncws::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub(crate) headers: Vec<(HeaderName, HeaderValue)>,
+    pub(crate) subprotocols: Vec<String>,
+    pub(crate) connect_timeout: Option<Duration>,
+    pub(crate) handshake_timeout: Option<Duration>,
+    pub(crate) close_timeout: Duration,
+    pub(crate) read_timeout: Option<Duration>,
+    pub(crate) write_timeout: Option<Duration>,
+    pub(crate) nodelay: bool,
+    pub(crate) ttl: Option<u32>,
+    pub(crate) keepalive: Option<Duration>,
+    pub(crate) send_buffer_size: Option<usize>,
+    pub(crate) recv_buffer_size: Option<usize>,
+    pub(crate) max_message_size: Option<usize>,
+    pub(crate) max_frame_size: Option<usize>,
+    pub(crate) read_buffer_size: usize,
+    pub(crate) write_buffer_size: usize,
+    pub(crate) max_queued_bytes: usize,
+    pub(crate) root_certificates: Vec<Vec<u8>>,
+    pub(crate) identity: Option<(Vec<u8>, Vec<u8>)>,
+    pub(crate) danger_accept_invalid_certs: bool,
+    pub(crate) wait_strategy: WaitStrategy,
+    pub(crate) control_capacity: usize,
+    pub(crate) event_capacity: usize,
+    pub(crate) shutdown_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            headers: Vec::new(),
+            subprotocols: Vec::new(),
+            connect_timeout: Some(Duration::from_secs(10)),
+            handshake_timeout: Some(Duration::from_secs(30)),
+            close_timeout: Duration::from_secs(5),
+            read_timeout: None,
+            write_timeout: None,
+            nodelay: true,
+            ttl: None,
+            keepalive: None,
+            send_buffer_size: None,
+            recv_buffer_size: None,
+            max_message_size: Some(64 << 20),
+            max_frame_size: Some(16 << 20),
+            read_buffer_size: 16 << 10,
+            write_buffer_size: 64 << 10,
+            max_queued_bytes: 128 << 20,
+            root_certificates: Vec::new(),
+            identity: None,
+            danger_accept_invalid_certs: false,
+            wait_strategy: WaitStrategy::Readiness,
+            control_capacity: 1024,
+            event_capacity: 1024,
+            shutdown_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Config {
+    /// Start from the defaults.
+    pub fn builder() -> ConfigBuilder {
+        ConfigBuilder {
+            config: Config::default(),
+            problems: Vec::new(),
+        }
+    }
+
+    /// Extra request headers, in the order they are sent.
+    pub fn headers(&self) -> &[(HeaderName, HeaderValue)] {
+        &self.headers
+    }
+    /// Subprotocols offered, in order of preference.
+    pub fn subprotocols(&self) -> &[String] {
+        &self.subprotocols
+    }
+    /// Limit on each TCP connect attempt.
+    pub fn connect_timeout(&self) -> Option<Duration> {
+        self.connect_timeout
+    }
+    /// Limit on the whole opening (TCP + TLS + HTTP upgrade).
+    pub fn handshake_timeout(&self) -> Option<Duration> {
+        self.handshake_timeout
+    }
+    /// Limit on the close handshake.
+    pub fn close_timeout(&self) -> Duration {
+        self.close_timeout
+    }
+    /// How long a waiting client goes without input before `on_idle` runs.
+    pub fn read_timeout(&self) -> Option<Duration> {
+        self.read_timeout
+    }
+    /// How long queued output may make no progress before the connection fails.
+    pub fn write_timeout(&self) -> Option<Duration> {
+        self.write_timeout
+    }
+    /// Whether Nagle's algorithm is disabled.
+    pub fn nodelay(&self) -> bool {
+        self.nodelay
+    }
+    /// IP time-to-live.
+    pub fn ttl(&self) -> Option<u32> {
+        self.ttl
+    }
+    /// TCP keepalive idle time.
+    pub fn keepalive(&self) -> Option<Duration> {
+        self.keepalive
+    }
+    /// SO_SNDBUF.
+    pub fn send_buffer_size(&self) -> Option<usize> {
+        self.send_buffer_size
+    }
+    /// SO_RCVBUF.
+    pub fn recv_buffer_size(&self) -> Option<usize> {
+        self.recv_buffer_size
+    }
+    /// Largest incoming message.
+    pub fn max_message_size(&self) -> Option<usize> {
+        self.max_message_size
+    }
+    /// Largest incoming frame.
+    pub fn max_frame_size(&self) -> Option<usize> {
+        self.max_frame_size
+    }
+    /// Largest single socket read.
+    pub fn read_buffer_size(&self) -> usize {
+        self.read_buffer_size
+    }
+    /// Queued bytes that trigger a write without waiting for the loop to flush.
+    pub fn write_buffer_size(&self) -> usize {
+        self.write_buffer_size
+    }
+    /// Bound on bytes queued for the socket.
+    pub fn max_queued_bytes(&self) -> usize {
+        self.max_queued_bytes
+    }
+    /// The wait strategy of [`NonBlockingClient`](crate::NonBlockingClient).
+    pub fn wait_strategy(&self) -> WaitStrategy {
+        self.wait_strategy
+    }
+    /// Capacity of the command channel (`control_tx` and client handles).
+    pub fn control_capacity(&self) -> usize {
+        self.control_capacity
+    }
+    /// Capacity of [`ThreadedClient`](crate::ThreadedClient)'s `event_rx`.
+    pub fn event_capacity(&self) -> usize {
+        self.event_capacity
+    }
+    /// How long dropping a [`ThreadedClient`](crate::ThreadedClient) waits for its worker.
+    pub fn shutdown_timeout(&self) -> Duration {
+        self.shutdown_timeout
+    }
+    /// Whether certificate checks are off.
+    pub fn danger_accept_invalid_certs(&self) -> bool {
+        self.danger_accept_invalid_certs
+    }
+
+    pub(crate) fn websocket_config(&self) -> tungstenite::protocol::WebSocketConfig {
+        tungstenite::protocol::WebSocketConfig::default()
+            .read_buffer_size(self.read_buffer_size)
+            .write_buffer_size(self.write_buffer_size)
+            .max_write_buffer_size(self.max_queued_bytes)
+            .max_message_size(self.max_message_size)
+            .max_frame_size(self.max_frame_size)
+    }
+}
+
+/// Builds a [`Config`]. Every setter documents its default; [`build`](Self::build) checks the
+/// whole and returns [`Error::Config`] instead of panicking.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct ConfigBuilder {
+    config: Config,
+    problems: Vec<String>,
+}
+
+impl ConfigBuilder {
+    /// Add a request header. Order is kept and a name may repeat. Defaults to none.
+    ///
+    /// An invalid name or value is reported by [`build`](Self::build).
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        match (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            (Ok(n), Ok(v)) => self.config.headers.push((n, v)),
+            _ => self
+                .problems
+                .push(format!("invalid header {name:?}: {value:?}")),
+        }
+        self
+    }
+    /// Offer a subprotocol (`Sec-WebSocket-Protocol`); call again to offer more, in order of
+    /// preference. The server's choice is in [`Handshake::subprotocol`](crate::Handshake::subprotocol).
+    /// Defaults to none.
+    pub fn subprotocol(mut self, protocol: &str) -> Self {
+        if protocol.is_empty() || !protocol.bytes().all(|b| b.is_ascii_graphic() && b != b',') {
+            self.problems
+                .push(format!("invalid subprotocol {protocol:?}"));
+        } else {
+            self.config.subprotocols.push(protocol.to_owned());
+        }
+        self
+    }
+    /// Limit each TCP connect attempt. `None` leaves it to the OS. Defaults to 10 s.
+    pub fn connect_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.config.connect_timeout = timeout;
+        self
+    }
+    /// Limit the whole opening: TCP connect, TLS handshake and HTTP upgrade together (DNS is left
+    /// to the system resolver). `None` means no limit. Defaults to 30 s.
+    pub fn handshake_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.config.handshake_timeout = timeout;
+        self
+    }
+    /// Limit the close handshake: after this long without the peer's Close (or the end of TCP),
+    /// the connection is dropped and [`TimeoutKind::Close`](crate::TimeoutKind::Close) reported.
+    /// Defaults to 5 s.
+    pub fn close_timeout(mut self, timeout: Duration) -> Self {
+        self.config.close_timeout = timeout;
+        self
+    }
+    /// When set, a waiting client that receives nothing for this long calls
+    /// [`Handler::on_idle`](crate::Handler::on_idle) and keeps waiting. Defaults to `None`.
+    pub fn read_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.config.read_timeout = timeout;
+        self
+    }
+    /// When set, queued output that makes no progress onto the socket for this long fails the
+    /// connection with [`TimeoutKind::Write`](crate::TimeoutKind::Write). Defaults to `None`.
+    pub fn write_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.config.write_timeout = timeout;
+        self
+    }
+    /// Disable Nagle's algorithm. Output is already coalesced by the session, so this stays on.
+    /// Defaults to `true`.
+    pub fn nodelay(mut self, nodelay: bool) -> Self {
+        self.config.nodelay = nodelay;
+        self
+    }
+    /// IP time-to-live. Defaults to the OS default.
+    pub fn ttl(mut self, ttl: Option<u32>) -> Self {
+        self.config.ttl = ttl;
+        self
+    }
+    /// Turn on TCP keepalive with this idle time. Defaults to off.
+    pub fn keepalive(mut self, idle: Option<Duration>) -> Self {
+        self.config.keepalive = idle;
+        self
+    }
+    /// SO_SNDBUF. Defaults to the OS default.
+    pub fn send_buffer_size(mut self, bytes: Option<usize>) -> Self {
+        self.config.send_buffer_size = bytes;
+        self
+    }
+    /// SO_RCVBUF. Defaults to the OS default.
+    pub fn recv_buffer_size(mut self, bytes: Option<usize>) -> Self {
+        self.config.recv_buffer_size = bytes;
+        self
+    }
+    /// Largest incoming message; a larger one fails the connection with 1009 and
+    /// [`Error::MessageTooLarge`]. Defaults to 64 MiB.
+    pub fn max_message_size(mut self, bytes: Option<usize>) -> Self {
+        self.config.max_message_size = bytes;
+        self
+    }
+    /// Largest incoming frame (payload). Defaults to 16 MiB.
+    pub fn max_frame_size(mut self, bytes: Option<usize>) -> Self {
+        self.config.max_frame_size = bytes;
+        self
+    }
+    /// Largest single socket read, and the read buffer kept per connection. tungstenite clears
+    /// this many bytes on every read call, so large values cost CPU on small messages.
+    /// Defaults to 16 KiB.
+    pub fn read_buffer_size(mut self, bytes: usize) -> Self {
+        self.config.read_buffer_size = bytes;
+        self
+    }
+    /// When this many bytes are queued, they are written at once instead of waiting for the loop
+    /// to flush before it waits. Defaults to 64 KiB.
+    pub fn write_buffer_size(mut self, bytes: usize) -> Self {
+        self.config.write_buffer_size = bytes;
+        self
+    }
+    /// Bound on bytes queued for the socket (framed). A send that would pass it fails with
+    /// [`Error::QueueFull`] and queues nothing. Must exceed `write_buffer_size`.
+    /// Defaults to 128 MiB.
+    pub fn max_queued_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_queued_bytes = bytes;
+        self
+    }
+    /// Trust this PEM certificate (or bundle) in addition to the system roots. Defaults to none.
+    pub fn root_certificate_pem(mut self, pem: &[u8]) -> Self {
+        self.config.root_certificates.push(pem.to_vec());
+        self
+    }
+    /// Present this client identity: a PEM certificate chain and its PKCS#8 PEM private key.
+    /// Defaults to none.
+    pub fn identity_pem(mut self, cert_chain: &[u8], private_key: &[u8]) -> Self {
+        self.config.identity = Some((cert_chain.to_vec(), private_key.to_vec()));
+        self
+    }
+    /// **Dangerous: for tests only.** Accept any certificate for any host, which lets anyone on
+    /// the path read and change the traffic. Defaults to `false`.
+    pub fn danger_accept_invalid_certs(mut self, accept: bool) -> Self {
+        self.config.danger_accept_invalid_certs = accept;
+        self
+    }
+    /// How [`NonBlockingClient`](crate::NonBlockingClient) waits. Defaults to
+    /// [`WaitStrategy::Readiness`].
+    pub fn wait_strategy(mut self, strategy: WaitStrategy) -> Self {
+        self.config.wait_strategy = strategy;
+        self
+    }
+    /// Capacity of the command channel behind `control_tx` and client handles; a full channel
+    /// makes `send` block and `try_send` fail. Defaults to 1024.
+    pub fn control_capacity(mut self, capacity: usize) -> Self {
+        self.config.control_capacity = capacity;
+        self
+    }
+    /// Capacity of [`ThreadedClient`](crate::ThreadedClient)'s `event_rx`; when full, the worker
+    /// stops reading the socket until the application catches up. Defaults to 1024.
+    pub fn event_capacity(mut self, capacity: usize) -> Self {
+        self.config.event_capacity = capacity;
+        self
+    }
+    /// How long dropping a [`ThreadedClient`](crate::ThreadedClient) waits for its worker to
+    /// finish. Defaults to 5 s.
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.config.shutdown_timeout = timeout;
+        self
+    }
+
+    /// Check the settings and build the [`Config`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming the first inconsistent setting.
+    pub fn build(self) -> Result<Config, Error> {
+        if let Some(problem) = self.problems.into_iter().next() {
+            return Err(Error::Config(problem));
+        }
+        let c = self.config;
+        if c.max_queued_bytes <= c.write_buffer_size {
+            return Err(Error::Config(format!(
+                "max_queued_bytes ({}) must exceed write_buffer_size ({})",
+                c.max_queued_bytes, c.write_buffer_size
+            )));
+        }
+        if c.read_buffer_size == 0 {
+            return Err(Error::Config("read_buffer_size must be at least 1".into()));
+        }
+        if c.control_capacity == 0 || c.event_capacity == 0 {
+            return Err(Error::Config(
+                "control_capacity and event_capacity must be at least 1".into(),
+            ));
+        }
+        if c.ttl == Some(0) {
+            return Err(Error::Config("ttl must be at least 1".into()));
+        }
+        for (what, d) in [
+            ("connect_timeout", c.connect_timeout),
+            ("handshake_timeout", c.handshake_timeout),
+            ("read_timeout", c.read_timeout),
+            ("write_timeout", c.write_timeout),
+        ] {
+            if d == Some(Duration::ZERO) {
+                return Err(Error::Config(format!("{what} must not be zero; use None")));
+            }
+        }
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_documented_values() {
+        let c = Config::default();
+        assert!(c.nodelay());
+        assert_eq!(c.close_timeout(), Duration::from_secs(5));
+        assert_eq!(c.max_message_size(), Some(64 << 20));
+        assert_eq!(c.wait_strategy(), WaitStrategy::Readiness);
+    }
+
+    #[test]
+    fn bad_settings_are_errors_not_panics() {
+        let e = Config::builder()
+            .header("bad name", "v")
+            .build()
+            .unwrap_err();
+        assert!(e.to_string().contains("invalid header"), "{e}");
+        let e = Config::builder()
+            .max_queued_bytes(10)
+            .write_buffer_size(10)
+            .build()
+            .unwrap_err();
+        assert!(e.to_string().contains("max_queued_bytes"), "{e}");
+        let e = Config::builder().subprotocol("a,b").build().unwrap_err();
+        assert!(e.to_string().contains("subprotocol"), "{e}");
+    }
+
+    #[test]
+    fn headers_keep_order_and_repeats() {
+        let c = Config::builder()
+            .header("X-A", "1")
+            .header("X-B", "2")
+            .header("X-A", "3")
+            .build()
+            .unwrap();
+        let names: Vec<_> = c
+            .headers()
+            .iter()
+            .map(|(n, v)| format!("{n}={}", v.to_str().unwrap()))
+            .collect();
+        assert_eq!(names, ["x-a=1", "x-b=2", "x-a=3"]);
+    }
+}

@@ -1,0 +1,267 @@
+//! URL -> DNS -> TCP -> TLS -> WebSocket upgrade, every step bounded by the handshake deadline.
+
+use std::io;
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, Protocol, Socket, TcpKeepalive, Type};
+use tungstenite::client::IntoClientRequest;
+use tungstenite::handshake::HandshakeError;
+use tungstenite::protocol::WebSocket;
+use url::{Host, Url};
+
+use crate::error::{Error, TimeoutKind, TlsFailure};
+use crate::stream::{Stream, TcpConn};
+use crate::{Config, Handshake};
+
+/// Open a client connection: the socket is non-blocking when this returns.
+pub(crate) fn connect(url: &str, config: &Config) -> Result<(WebSocket<Stream>, Handshake), Error> {
+    let span = tracing::info_span!("connect", url = %url);
+    let _enter = span.enter();
+    let started = Instant::now();
+    let result = open(url, config);
+    match &result {
+        Ok((_, hs)) => tracing::info!(
+            elapsed_us = started.elapsed().as_micros() as u64,
+            subprotocol = hs.subprotocol(),
+            "websocket open"
+        ),
+        Err(e) => tracing::warn!(error = %e, "connect failed"),
+    }
+    result
+}
+
+fn open(url: &str, config: &Config) -> Result<(WebSocket<Stream>, Handshake), Error> {
+    let invalid = |reason: &str| Error::InvalidUrl {
+        url: url.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let parsed = Url::parse(url).map_err(|e| invalid(&e.to_string()))?;
+    let tls = match parsed.scheme() {
+        "ws" => false,
+        "wss" => true,
+        other => {
+            return Err(Error::UnsupportedScheme {
+                scheme: other.to_owned(),
+            })
+        }
+    };
+    let host = parsed.host().ok_or_else(|| invalid("no host"))?;
+    let port = parsed
+        .port_or_known_default()
+        .unwrap_or(if tls { 443 } else { 80 });
+    let deadline = config.handshake_timeout.map(|d| Instant::now() + d);
+
+    let (addrs, server_name) = match host {
+        Host::Domain(name) => (resolve(name, port)?, name.to_owned()),
+        Host::Ipv4(ip) => (vec![SocketAddr::new(ip.into(), port)], ip.to_string()),
+        Host::Ipv6(ip) => (vec![SocketAddr::new(ip.into(), port)], ip.to_string()),
+    };
+    let tcp = connect_tcp(&addrs, config, deadline)?;
+    let conn = TcpConn::new(tcp, deadline);
+    let stream = if tls {
+        Stream::Tls(Box::new(tls_handshake(&server_name, conn, config)?))
+    } else {
+        Stream::Plain(conn)
+    };
+
+    let mut request = url
+        .into_client_request()
+        .map_err(|e| invalid(&e.to_string()))?;
+    for (name, value) in &config.headers {
+        request.headers_mut().append(name.clone(), value.clone());
+    }
+    if !config.subprotocols.is_empty() {
+        let offer = config.subprotocols.join(", ");
+        let value = http::HeaderValue::from_str(&offer)
+            .map_err(|_| Error::Config(format!("invalid subprotocols {offer:?}")))?;
+        request
+            .headers_mut()
+            .insert(http::header::SEC_WEBSOCKET_PROTOCOL, value);
+    }
+
+    match tungstenite::client::client_with_config(request, stream, Some(config.websocket_config()))
+    {
+        Ok((mut ws, response)) => {
+            ws.get_mut().conn_mut().make_nonblocking()?;
+            Ok((ws, Handshake::from_response(&response)))
+        }
+        Err(HandshakeError::Interrupted(_)) => Err(Error::Timeout(TimeoutKind::Handshake)),
+        Err(HandshakeError::Failure(e)) => Err(handshake_failure(e)),
+    }
+}
+
+fn handshake_failure(e: tungstenite::Error) -> Error {
+    match e {
+        tungstenite::Error::Http(response) => Error::HandshakeRejected {
+            status: response.status(),
+        },
+        tungstenite::Error::Io(io) if is_timeout(&io) => Error::Timeout(TimeoutKind::Handshake),
+        tungstenite::Error::Io(io) => Error::Io(io),
+        other => Error::Handshake(Box::new(other)),
+    }
+}
+
+fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, Error> {
+    let resolved = (host, port)
+        .to_socket_addrs()
+        .map_err(|source| Error::Resolve {
+            host: host.to_owned(),
+            source,
+        })?;
+    let addrs: Vec<_> = resolved.collect();
+    if addrs.is_empty() {
+        return Err(Error::Resolve {
+            host: host.to_owned(),
+            source: io::Error::new(io::ErrorKind::NotFound, "no addresses"),
+        });
+    }
+    Ok(addrs)
+}
+
+fn connect_tcp(
+    addrs: &[SocketAddr],
+    config: &Config,
+    deadline: Option<Instant>,
+) -> Result<TcpStream, Error> {
+    let mut last = None;
+    for &addr in addrs {
+        let timeout = match (config.connect_timeout, remaining(deadline)?) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        match connect_one(addr, config, timeout) {
+            Ok(tcp) => {
+                tracing::debug!(%addr, "tcp connected");
+                return Ok(tcp);
+            }
+            Err(e) => {
+                tracing::debug!(%addr, error = %e, "tcp connect failed");
+                last = Some((addr, e));
+            }
+        }
+    }
+    // `resolve` never returns an empty list, so one attempt was made.
+    let (addr, source) = last.expect("at least one address was tried");
+    if is_timeout(&source) {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Err(Error::Timeout(TimeoutKind::Handshake));
+        }
+        return Err(Error::Timeout(TimeoutKind::Connect));
+    }
+    Err(Error::Connect { addr, source })
+}
+
+fn connect_one(
+    addr: SocketAddr,
+    config: &Config,
+    timeout: Option<Duration>,
+) -> io::Result<TcpStream> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // Buffer sizes must be set before connect to take part in window scaling.
+    if let Some(n) = config.send_buffer_size {
+        socket.set_send_buffer_size(n)?;
+    }
+    if let Some(n) = config.recv_buffer_size {
+        socket.set_recv_buffer_size(n)?;
+    }
+    match timeout {
+        Some(t) => socket.connect_timeout(&addr.into(), t)?,
+        None => socket.connect(&addr.into())?,
+    }
+    socket.set_tcp_nodelay(config.nodelay)?;
+    if let Some(ttl) = config.ttl {
+        if addr.is_ipv4() {
+            socket.set_ttl_v4(ttl)?;
+        } else {
+            socket.set_unicast_hops_v6(ttl)?;
+        }
+    }
+    if let Some(idle) = config.keepalive {
+        socket.set_tcp_keepalive(&TcpKeepalive::new().with_time(idle))?;
+    }
+    Ok(socket.into())
+}
+
+fn tls_handshake(
+    host: &str,
+    conn: TcpConn,
+    config: &Config,
+) -> Result<native_tls::TlsStream<TcpConn>, Error> {
+    let tls_error = |failure, source| Error::Tls {
+        host: host.to_owned(),
+        failure,
+        source: Box::new(source),
+    };
+    let mut builder = native_tls::TlsConnector::builder();
+    for pem in &config.root_certificates {
+        let certs = native_tls::Certificate::stack_from_pem(pem)
+            .map_err(|e| tls_error(TlsFailure::Configuration, e))?;
+        for cert in certs {
+            builder.add_root_certificate(cert);
+        }
+    }
+    if let Some((chain, key)) = &config.identity {
+        let identity = native_tls::Identity::from_pkcs8(chain, key)
+            .map_err(|e| tls_error(TlsFailure::Configuration, e))?;
+        builder.identity(identity);
+    }
+    if config.danger_accept_invalid_certs {
+        tracing::warn!("certificate verification is off (danger_accept_invalid_certs)");
+        builder.danger_accept_invalid_certs(true);
+        builder.danger_accept_invalid_hostnames(true);
+    }
+    let connector = builder
+        .build()
+        .map_err(|e| tls_error(TlsFailure::Configuration, e))?;
+    match connector.connect(host, conn) {
+        Ok(stream) => {
+            tracing::debug!(host, "tls established");
+            Ok(stream)
+        }
+        Err(native_tls::HandshakeError::WouldBlock(_)) => {
+            Err(Error::Timeout(TimeoutKind::Handshake))
+        }
+        Err(native_tls::HandshakeError::Failure(e)) => {
+            if chain_has_timeout(&e) {
+                return Err(Error::Timeout(TimeoutKind::Handshake));
+            }
+            Err(tls_error(TlsFailure::classify(&e), e))
+        }
+    }
+}
+
+fn remaining(deadline: Option<Instant>) -> Result<Option<Duration>, Error> {
+    match deadline {
+        None => Ok(None),
+        Some(d) => {
+            let left = d.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                Err(Error::Timeout(TimeoutKind::Handshake))
+            } else {
+                Ok(Some(left))
+            }
+        }
+    }
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+    )
+}
+
+/// native-tls hides the socket error in its source chain.
+fn chain_has_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(e);
+    while let Some(err) = current {
+        if let Some(io) = err.downcast_ref::<io::Error>() {
+            if is_timeout(io) {
+                return true;
+            }
+        }
+        current = err.source();
+    }
+    false
+}

@@ -1,0 +1,276 @@
+//! The library's one error type, and the one place that turns tungstenite's errors into it.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+
+use tungstenite::error::{CapacityError, ProtocolError};
+use tungstenite::protocol::frame::coding::CloseCode;
+
+/// Everything that can go wrong in `syncws`.
+///
+/// A normal close is not an error: it reaches the handler as
+/// [`Handler::on_connection_closed`](crate::Handler::on_connection_closed) with its code and
+/// reason. Errors that end a connection are reported once through
+/// [`Handler::on_error`](crate::Handler::on_error) (or [`Event::Error`](crate::Event::Error)).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The URL could not be parsed, or has no host.
+    #[error("invalid url {url:?}: {reason}")]
+    InvalidUrl {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The URL's scheme is neither `ws` nor `wss`.
+    #[error("unsupported url scheme {scheme:?}: expected ws or wss")]
+    UnsupportedScheme {
+        /// The scheme as given.
+        scheme: String,
+    },
+    /// The host name could not be resolved.
+    #[error("resolve {host}: {source}")]
+    Resolve {
+        /// The host name.
+        host: String,
+        /// The resolver's error.
+        #[source]
+        source: io::Error,
+    },
+    /// Every address of the host refused or failed the TCP connection; this is the last failure.
+    #[error("connect to {addr}: {source}")]
+    Connect {
+        /// The address that failed last.
+        addr: SocketAddr,
+        /// The socket error (for example "connection refused").
+        #[source]
+        source: io::Error,
+    },
+    /// An operation ran past its deadline; the kind says which.
+    #[error("{0} timed out")]
+    Timeout(TimeoutKind),
+    /// The TLS handshake failed; [`TlsFailure`] says why in a form a program can match on.
+    #[error("tls handshake with {host}: {failure}")]
+    Tls {
+        /// The host name that was verified.
+        host: String,
+        /// The reason, classified.
+        failure: TlsFailure,
+        /// The TLS library's error.
+        #[source]
+        source: Box<native_tls::Error>,
+    },
+    /// The server answered the upgrade request with something other than `101 Switching
+    /// Protocols`.
+    #[error("handshake rejected by the server: HTTP {status}")]
+    HandshakeRejected {
+        /// The HTTP status the server sent.
+        status: http::StatusCode,
+    },
+    /// The server's upgrade response broke the protocol (bad accept key, a subprotocol we did not
+    /// offer, malformed HTTP).
+    #[error("invalid handshake response: {0}")]
+    Handshake(#[source] Box<tungstenite::Error>),
+    /// A text message was not valid UTF-8; the connection was closed with 1007.
+    #[error("invalid utf-8 in a text message")]
+    InvalidUtf8,
+    /// An incoming message or frame was larger than the configured limit; the connection was
+    /// closed with 1009.
+    #[error("incoming message of {size} bytes exceeds the limit of {max} bytes")]
+    MessageTooLarge {
+        /// The size announced or reached.
+        size: usize,
+        /// The configured limit.
+        max: usize,
+    },
+    /// The peer broke the WebSocket protocol (reserved bits, bad opcodes, fragmented control
+    /// frames...); the connection was closed with 1002.
+    #[error("protocol violation by the peer: {0}")]
+    Protocol(#[source] ProtocolError),
+    /// The peer closed the TCP connection without a close handshake.
+    #[error("connection reset by the peer without a close handshake")]
+    ConnectionReset,
+    /// The outgoing queue cannot take this message: it would pass
+    /// [`ConfigBuilder::max_queued_bytes`](crate::ConfigBuilder::max_queued_bytes). Nothing was
+    /// queued; the caller still owns the data and may retry once the socket drains.
+    #[error(
+        "send queue full: a message of {len} bytes does not fit under the limit of {limit} bytes"
+    )]
+    QueueFull {
+        /// Size of the rejected frame in bytes.
+        len: usize,
+        /// The configured limit.
+        limit: usize,
+    },
+    /// The connection is closing or closed: nothing more can be sent.
+    #[error("connection is closing or closed")]
+    Closed,
+    /// A close code that may not be sent on the wire (1005, 1006, 1015, or outside 1000-4999).
+    #[error("close code {0} may not be sent")]
+    InvalidCloseCode(u16),
+    /// A close reason longer than the 123 bytes a close frame can carry.
+    #[error("close reason of {0} bytes is longer than 123 bytes")]
+    CloseReasonTooLong(usize),
+    /// The configuration is inconsistent; the message says which setting.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// An I/O error on an established connection.
+    #[error("i/o: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Which deadline passed, for [`Error::Timeout`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TimeoutKind {
+    /// TCP connect ([`ConfigBuilder::connect_timeout`](crate::ConfigBuilder::connect_timeout)).
+    Connect,
+    /// The whole opening: TCP + TLS + HTTP upgrade
+    /// ([`ConfigBuilder::handshake_timeout`](crate::ConfigBuilder::handshake_timeout)).
+    Handshake,
+    /// The close handshake ([`ConfigBuilder::close_timeout`](crate::ConfigBuilder::close_timeout)).
+    Close,
+    /// Queued data made no progress onto the socket
+    /// ([`ConfigBuilder::write_timeout`](crate::ConfigBuilder::write_timeout)).
+    Write,
+}
+
+impl fmt::Display for TimeoutKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TimeoutKind::Connect => "tcp connect",
+            TimeoutKind::Handshake => "websocket opening handshake",
+            TimeoutKind::Close => "close handshake",
+            TimeoutKind::Write => "write",
+        })
+    }
+}
+
+/// Why a TLS handshake failed, classified from the TLS library's report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TlsFailure {
+    /// The certificate is valid but names another host.
+    HostnameMismatch,
+    /// The certificate is self-signed and not among the trusted roots.
+    SelfSigned,
+    /// The certificate chain leads to no trusted root.
+    UntrustedIssuer,
+    /// The certificate has expired or is not yet valid.
+    Expired,
+    /// The TLS configuration (roots, identity) could not be loaded.
+    Configuration,
+    /// Anything else (protocol mismatch, the peer is not speaking TLS, ...).
+    Other,
+}
+
+impl fmt::Display for TlsFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TlsFailure::HostnameMismatch => "certificate is for another host",
+            TlsFailure::SelfSigned => "self-signed certificate is not trusted",
+            TlsFailure::UntrustedIssuer => "certificate issuer is not trusted",
+            TlsFailure::Expired => "certificate has expired or is not yet valid",
+            TlsFailure::Configuration => "tls configuration could not be loaded",
+            TlsFailure::Other => "tls failure",
+        })
+    }
+}
+
+impl TlsFailure {
+    /// native-tls gives no portable verify code, so the reason is read from the message of the
+    /// platform library (OpenSSL spells these the same in 1.1 and 3.x, up to a hyphen).
+    pub(crate) fn classify(err: &native_tls::Error) -> TlsFailure {
+        let text = format!("{err:?} {err}").to_ascii_lowercase();
+        if text.contains("hostname mismatch") || text.contains("ip address mismatch") {
+            TlsFailure::HostnameMismatch
+        } else if text.contains("self-signed") || text.contains("self signed") {
+            TlsFailure::SelfSigned
+        } else if text.contains("has expired") || text.contains("not yet valid") {
+            TlsFailure::Expired
+        } else if text.contains("unable to get local issuer")
+            || text.contains("unable to get issuer")
+            || text.contains("certificate verify failed")
+        {
+            TlsFailure::UntrustedIssuer
+        } else {
+            TlsFailure::Other
+        }
+    }
+}
+
+/// What the session should do with a tungstenite error: the mapped error, and the close code to
+/// send before ending (if the protocol state still lets us send one).
+pub(crate) enum Classified {
+    /// The socket has nothing more right now; not an error.
+    WouldBlock,
+    /// The close handshake finished and the connection is done; not an error.
+    Closed,
+    /// The connection failed; send a close frame with this code first when one is given.
+    Fatal(Error, Option<CloseCode>),
+}
+
+/// The single place that interprets `tungstenite::Error` for an established connection.
+pub(crate) fn classify(err: tungstenite::Error) -> Classified {
+    use tungstenite::Error as T;
+    match err {
+        T::Io(e) if e.kind() == io::ErrorKind::WouldBlock => Classified::WouldBlock,
+        T::Io(e) if e.kind() == io::ErrorKind::Interrupted => Classified::WouldBlock,
+        T::ConnectionClosed | T::AlreadyClosed => Classified::Closed,
+        T::Io(e) => Classified::Fatal(Error::Io(e), None),
+        T::Utf8(_) => Classified::Fatal(Error::InvalidUtf8, Some(CloseCode::Invalid)),
+        T::Capacity(CapacityError::MessageTooLong { size, max_size }) => Classified::Fatal(
+            Error::MessageTooLarge {
+                size,
+                max: max_size,
+            },
+            Some(CloseCode::Size),
+        ),
+        T::Capacity(CapacityError::TooManyHeaders) => Classified::Fatal(
+            Error::Protocol(ProtocolError::HandshakeIncomplete),
+            Some(CloseCode::Protocol),
+        ),
+        T::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
+            Classified::Fatal(Error::ConnectionReset, None)
+        }
+        T::Protocol(p) => Classified::Fatal(Error::Protocol(p), Some(CloseCode::Protocol)),
+        T::WriteBufferFull(msg) => Classified::Fatal(
+            Error::QueueFull {
+                len: msg.len(),
+                limit: 0,
+            },
+            None,
+        ),
+        other => Classified::Fatal(Error::Handshake(Box::new(other)), None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_stays_small() {
+        // Errors travel through channels and Results on hot paths; large payloads are boxed.
+        assert!(
+            std::mem::size_of::<Error>() <= 56,
+            "{}",
+            std::mem::size_of::<Error>()
+        );
+    }
+
+    #[test]
+    fn messages_carry_context() {
+        let e = Error::Timeout(TimeoutKind::Close);
+        assert_eq!(e.to_string(), "close handshake timed out");
+        let e = Error::UnsupportedScheme {
+            scheme: "http".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "unsupported url scheme \"http\": expected ws or wss"
+        );
+    }
+}

@@ -1,0 +1,203 @@
+//! The one way a connection reports to user code, and what user code can do from inside a hook.
+
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::{Bytes, Message};
+
+use crate::session::Session;
+use crate::{Error, Handshake};
+
+/// Who started a close handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Initiator {
+    /// This side called `close`.
+    Local,
+    /// The peer sent the first Close frame.
+    Remote,
+}
+
+/// A completed close handshake: the peer's code and reason, and who started it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloseInfo {
+    /// The close code the peer sent (1005 `Status` when its Close frame carried none).
+    pub code: CloseCode,
+    /// The reason the peer sent (may be empty).
+    pub reason: String,
+    /// Who sent the first Close frame.
+    pub initiator: Initiator,
+}
+
+/// Callbacks for [`BlockingClient`](crate::BlockingClient) and
+/// [`NonBlockingClient`](crate::NonBlockingClient). Every hook has a default that does nothing,
+/// so a handler implements only what it needs.
+///
+/// Hooks run on the thread that drives the connection. Each one gets a [`Context`] through
+/// which it can send, close or stop; sends made inside a hook are queued and written together
+/// before the loop next waits, so answering a burst costs one system call, not one per message.
+///
+/// Order: `on_activated` first; then messages in the order they arrived; `on_connection_closed`
+/// after every message the peer sent before its Close; `on_quit` last, exactly once, however the
+/// connection ended.
+#[allow(unused_variables)]
+pub trait Handler {
+    /// The connection is open; the handshake is in [`Context::handshake`].
+    fn on_activated(&mut self, ctx: &mut Context<'_>) {}
+    /// A text message arrived (already checked to be UTF-8).
+    fn on_text_message(&mut self, ctx: &mut Context<'_>, text: &str) {}
+    /// A binary message arrived.
+    fn on_binary_message(&mut self, ctx: &mut Context<'_>, data: &[u8]) {}
+    /// A ping arrived; the pong is sent automatically.
+    fn on_ping(&mut self, ctx: &mut Context<'_>, data: &[u8]) {}
+    /// A pong arrived.
+    fn on_pong(&mut self, ctx: &mut Context<'_>, data: &[u8]) {}
+    /// The close handshake completed (or the peer started one, which is answered).
+    fn on_connection_closed(&mut self, ctx: &mut Context<'_>, close: &CloseInfo) {}
+    /// Something failed. Errors that end the connection come once, before `on_quit`; a command
+    /// from another thread that could not be carried out is reported here too.
+    fn on_error(&mut self, ctx: &mut Context<'_>, error: &Error) {}
+    /// Nothing arrived: called when `read_timeout` passes without input, and, under the
+    /// `BusySpin` and `Sleep` wait strategies, after every poll that found nothing.
+    fn on_idle(&mut self, ctx: &mut Context<'_>) {}
+    /// The connection is over; nothing more will be called.
+    fn on_quit(&mut self) {}
+}
+
+/// What a hook can do with its connection.
+///
+/// Sends are queued in order and written before the loop next waits (or at once when
+/// `write_buffer_size` bytes are waiting). A send never blocks and never duplicates: when the
+/// socket is full the data stays queued and goes out as it drains.
+pub struct Context<'a> {
+    pub(crate) session: &'a mut Session,
+}
+
+impl Context<'_> {
+    /// Queue a text message.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::QueueFull`] when the queue bound would be passed, [`Error::Closed`] once a
+    /// close has started.
+    pub fn send_text(&mut self, text: &str) -> Result<(), Error> {
+        self.session.send(Message::Text(text.into()))
+    }
+
+    /// Queue a binary message. Errors as for [`send_text`](Self::send_text).
+    ///
+    /// # Errors
+    ///
+    /// As for [`send_text`](Self::send_text).
+    pub fn send_binary(&mut self, data: &[u8]) -> Result<(), Error> {
+        self.session
+            .send(Message::Binary(Bytes::copy_from_slice(data)))
+    }
+
+    /// Queue a ping (at most 125 bytes).
+    ///
+    /// # Errors
+    ///
+    /// As for [`send_text`](Self::send_text).
+    pub fn send_ping(&mut self, data: &[u8]) -> Result<(), Error> {
+        self.session
+            .send(Message::Ping(Bytes::copy_from_slice(data)))
+    }
+
+    /// Queue a pong (at most 125 bytes).
+    ///
+    /// # Errors
+    ///
+    /// As for [`send_text`](Self::send_text).
+    pub fn send_pong(&mut self, data: &[u8]) -> Result<(), Error> {
+        self.session
+            .send(Message::Pong(Bytes::copy_from_slice(data)))
+    }
+
+    /// Queue an owned message without copying it (`Message::Text(String::into())`,
+    /// `Message::Binary(Vec::into())`, ...). A `Message::Close` starts the close handshake.
+    ///
+    /// # Errors
+    ///
+    /// As for [`send_text`](Self::send_text).
+    pub fn send(&mut self, message: Message) -> Result<(), Error> {
+        match message {
+            Message::Close(frame) => {
+                let (code, reason) = frame
+                    .map(|f| (f.code, f.reason.to_string()))
+                    .unwrap_or((CloseCode::Normal, String::new()));
+                self.session.close(code, &reason)
+            }
+            other => self.session.send(other),
+        }
+    }
+
+    /// Start the close handshake: everything queued before goes out first, then our Close; the
+    /// peer's answer (or the `close_timeout`) ends the connection. Calling it again is a no-op.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidCloseCode`] for codes that may not be sent (1005, 1006, 1015, outside
+    /// 1000-4999), [`Error::CloseReasonTooLong`] past 123 bytes.
+    pub fn close(&mut self, code: impl Into<CloseCode>, reason: &str) -> Result<(), Error> {
+        self.session.close(code.into(), reason)
+    }
+
+    /// Drop the connection at once, without a close handshake. `on_quit` follows.
+    pub fn force_quit(&mut self) {
+        self.session.force_quit();
+    }
+
+    /// The opening handshake (status, headers, negotiated subprotocol), for client connections.
+    pub fn handshake(&self) -> Option<&Handshake> {
+        self.session.handshake()
+    }
+
+    /// Whether messages can still be sent (no close has started).
+    pub fn is_open(&self) -> bool {
+        self.session.is_open()
+    }
+}
+
+/// What the session reports to, with owned payloads: user [`Handler`]s are adapted by
+/// [`Callbacks`]; the threaded client forwards owned payloads to its channel without copying.
+pub(crate) trait Dispatch {
+    fn activated(&mut self, ctx: &mut Context<'_>);
+    fn message(&mut self, ctx: &mut Context<'_>, message: Message);
+    fn closed(&mut self, ctx: &mut Context<'_>, close: CloseInfo);
+    fn error(&mut self, ctx: &mut Context<'_>, error: Error);
+    fn idle(&mut self, ctx: &mut Context<'_>);
+    fn quit(&mut self);
+    /// The owner is gone and wants the connection dropped (the threaded client's drop).
+    fn stop_requested(&mut self) -> bool {
+        false
+    }
+}
+
+/// Adapts a user [`Handler`] to [`Dispatch`], lending payloads as `&str` / `&[u8]`.
+pub(crate) struct Callbacks<'h, H: ?Sized>(pub(crate) &'h mut H);
+
+impl<H: Handler + ?Sized> Dispatch for Callbacks<'_, H> {
+    fn activated(&mut self, ctx: &mut Context<'_>) {
+        self.0.on_activated(ctx);
+    }
+    fn message(&mut self, ctx: &mut Context<'_>, message: Message) {
+        match message {
+            Message::Text(t) => self.0.on_text_message(ctx, t.as_str()),
+            Message::Binary(b) => self.0.on_binary_message(ctx, &b),
+            Message::Ping(p) => self.0.on_ping(ctx, &p),
+            Message::Pong(p) => self.0.on_pong(ctx, &p),
+            Message::Close(_) | Message::Frame(_) => {}
+        }
+    }
+    fn closed(&mut self, ctx: &mut Context<'_>, close: CloseInfo) {
+        self.0.on_connection_closed(ctx, &close);
+    }
+    fn error(&mut self, ctx: &mut Context<'_>, error: Error) {
+        self.0.on_error(ctx, &error);
+    }
+    fn idle(&mut self, ctx: &mut Context<'_>) {
+        self.0.on_idle(ctx);
+    }
+    fn quit(&mut self) {
+        self.0.on_quit();
+    }
+}

@@ -1,0 +1,122 @@
+//! # syncws: a synchronous WebSocket client
+//!
+//! WebSocket without an async runtime: a thread you own, callbacks or channels, and deadlines on
+//! everything. Three modes share one core (a `Session` that owns the tungstenite socket), so
+//! they behave the same: same config, same errors, same close semantics, same guarantees.
+//!
+//! | mode | runs on | you write | waits by | choose it for |
+//! |---|---|---|---|---|
+//! | [`BlockingClient`] | your thread | a [`Handler`] | OS poll on the socket | simple request/response and streaming clients |
+//! | [`NonBlockingClient`] | your thread | a [`Handler`], plus a [`CommandSender`] for other threads | [`WaitStrategy`]: spin, sleep or readiness | latency-critical loops (spin), or owning the loop |
+//! | [`ThreadedClient`] | a worker thread | a loop over `event_rx` | OS poll + waker | applications that want channels, not callbacks |
+//!
+//! ## Blocking
+//!
+//! ```no_run
+//! use syncws::{BlockingClient, CloseInfo, Config, Context, Handler};
+//!
+//! struct Echo { left: usize }
+//! impl Handler for Echo {
+//!     fn on_activated(&mut self, ctx: &mut Context<'_>) {
+//!         ctx.send_text("ping 0").unwrap();
+//!     }
+//!     fn on_text_message(&mut self, ctx: &mut Context<'_>, text: &str) {
+//!         self.left -= 1;
+//!         if self.left == 0 {
+//!             ctx.close(1000, "done").unwrap();
+//!         } else {
+//!             ctx.send_text(&format!("ping {}", self.left)).unwrap();
+//!         }
+//!     }
+//!     fn on_connection_closed(&mut self, _ctx: &mut Context<'_>, close: &CloseInfo) {
+//!         println!("closed with {}", close.code);
+//!     }
+//! }
+//!
+//! let client = BlockingClient::connect("ws://127.0.0.1:9001", &Config::default())?;
+//! client.run(&mut Echo { left: 10 });
+//! # Ok::<(), syncws::Error>(())
+//! ```
+//!
+//! ## Non-blocking
+//!
+//! See [`NonBlockingClient`]: the same [`Handler`], a [`WaitStrategy`] in the [`Config`], and
+//! [`NonBlockingClient::handle`] for other threads.
+//!
+//! ## Threaded
+//!
+//! See [`ThreadedClient`]: `control_tx.send(Command::..)` in, `event_rx.recv()` out.
+//!
+//! ## Guarantees
+//!
+//! - **Nothing is lost on a graceful close.** Every message the peer sent before its Close
+//!   reaches you before [`Handler::on_connection_closed`]; everything you sent before
+//!   `close()` reaches the wire before our Close.
+//! - **A send is queued exactly once.** When the socket is full the data waits in a bounded
+//!   queue and goes out as it drains; a send that would pass
+//!   [`ConfigBuilder::max_queued_bytes`] fails with [`Error::QueueFull`] and queues nothing.
+//! - **Nothing hangs unless you ask it to.** Connect, TLS, the upgrade, the close handshake and
+//!   stalled writes all have deadlines ([`TimeoutKind`] says which one passed).
+//! - **Bad input ends only that connection**, with the right close code (1007 invalid UTF-8,
+//!   1009 too large, 1002 protocol) and a typed [`Error`]; it never panics.
+//! - `on_quit` / [`Event::Quit`] comes last, exactly once.
+//!
+//! ## Errors
+//!
+//! One enum, [`Error`]. Connect errors are distinct and matchable: [`Error::Connect`]
+//! (refused), [`Error::Resolve`] (unknown host), [`Error::UnsupportedScheme`],
+//! [`Error::Tls`] with a [`TlsFailure`] (another host's certificate, self-signed, ...),
+//! [`Error::HandshakeRejected`] with the HTTP status, [`Error::Timeout`].
+//!
+//! ## CPU and latency
+//!
+//! Sends made while handling a burst are written in one system call just before the loop waits
+//! (or once `write_buffer_size` bytes are queued), so a lone message is not delayed and a burst
+//! does not pay one syscall per message. Readiness waiting costs ~0% CPU when idle; busy spin
+//! gives the lowest latency at the price of a core.
+//!
+//! ## Platform
+//!
+//! Unix (Linux, macOS): readiness waiting registers the socket's file descriptor with `mio`.
+//!
+//! ## Versioning
+//!
+//! Pre-1.0: minor versions may change the API. Public enums and the config are
+//! `#[non_exhaustive]` so that adding variants and settings is not a breaking change.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod blocking;
+mod command;
+mod config;
+mod connect;
+mod driver;
+mod error;
+mod event;
+mod handler;
+mod handshake;
+mod nonblocking;
+mod server;
+mod session;
+mod stream;
+mod threaded;
+mod wait;
+
+pub use blocking::BlockingClient;
+pub use command::{Command, CommandSender};
+pub use config::{Config, ConfigBuilder, WaitStrategy};
+pub use error::{Error, TimeoutKind, TlsFailure};
+pub use event::Event;
+pub use handler::{CloseInfo, Context, Handler, Initiator};
+pub use handshake::Handshake;
+pub use nonblocking::NonBlockingClient;
+pub use server::ServerConnection;
+pub use threaded::ThreadedClient;
+
+/// Channel errors returned by [`CommandSender`], which hand the command back.
+pub use crossbeam_channel::{SendError, SendTimeoutError, TrySendError};
+/// Close codes (`CloseCode::Normal` is 1000); any `u16` converts with `.into()`.
+pub use tungstenite::protocol::frame::coding::CloseCode;
+/// Owned messages for [`Context::send`], and the payload buffers of [`Event`] and [`Command`].
+pub use tungstenite::{Bytes, Message, Utf8Bytes};

@@ -1,0 +1,81 @@
+//! The non-blocking client: polls on the caller's thread with a chosen wait strategy.
+
+use crate::command::CommandSender;
+use crate::connect::connect;
+use crate::driver::Driver;
+use crate::handler::Callbacks;
+use crate::session::Session;
+use crate::{Config, Error, Handler, Handshake};
+
+/// A client that runs on the caller's thread over a non-blocking socket, waiting between passes
+/// as [`Config::wait_strategy`] says: busy spin, sleep, or OS readiness (the default).
+///
+/// Every pass reads all that is readable, carries out commands from other threads, and writes
+/// everything queued in one go, so the wait never caps throughput. [`handle`](Self::handle)
+/// gives other threads a [`CommandSender`] that sends and closes through the client and wakes
+/// it.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use syncws::{Config, Context, Handler, NonBlockingClient, WaitStrategy};
+///
+/// struct Print;
+/// impl Handler for Print {
+///     fn on_text_message(&mut self, _ctx: &mut Context<'_>, text: &str) {
+///         println!("{text}");
+///     }
+/// }
+///
+/// let config = Config::builder()
+///     .wait_strategy(WaitStrategy::Sleep(Duration::from_millis(1)))
+///     .build()?;
+/// let client = NonBlockingClient::connect("ws://127.0.0.1:9001", &config)?;
+/// let handle = client.handle();
+/// std::thread::spawn(move || {
+///     handle.send_text("from another thread").ok();
+///     handle.close(1000, "bye").ok();
+/// });
+/// client.run(&mut Print);
+/// # Ok::<(), syncws::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct NonBlockingClient {
+    driver: Driver,
+    handle: CommandSender,
+}
+
+impl NonBlockingClient {
+    /// Open a connection (TCP, TLS for `wss://`, HTTP upgrade), bounded by the config's timeouts.
+    ///
+    /// # Errors
+    ///
+    /// Connect-time [`Error`]s, as for [`BlockingClient::connect`](crate::BlockingClient::connect).
+    pub fn connect(url: &str, config: &Config) -> Result<Self, Error> {
+        let (ws, handshake) = connect(url, config)?;
+        let session = Session::new(ws, Some(handshake), config);
+        let (driver, handle, _) = Driver::with_commands(session, config.wait_strategy, config)?;
+        Ok(NonBlockingClient { driver, handle })
+    }
+
+    /// The server's handshake response.
+    pub fn handshake(&self) -> &Handshake {
+        // Client sessions are always built with their handshake.
+        self.driver.session.handshake().expect("client handshake")
+    }
+
+    /// A cloneable, thread-safe sender of [`Command`](crate::Command)s into this client. Usable
+    /// before and during [`run`](Self::run); once the connection has ended its sends fail with
+    /// the command handed back.
+    pub fn handle(&self) -> CommandSender {
+        self.handle.clone()
+    }
+
+    /// Run until the connection ends, calling `handler`'s hooks on this thread. Returns after
+    /// [`Handler::on_quit`].
+    pub fn run<H: Handler + ?Sized>(self, handler: &mut H) {
+        let NonBlockingClient { driver, handle } = self;
+        // Our own sender must not keep the channel alive past the run.
+        drop(handle);
+        driver.run(&mut Callbacks(handler));
+    }
+}

@@ -1,0 +1,109 @@
+//! The server side of the same core: one accepted socket, driven like a client.
+
+use std::net::TcpStream;
+use std::time::Instant;
+
+use tungstenite::handshake::HandshakeError;
+
+use crate::command::CommandSender;
+use crate::driver::Driver;
+use crate::error::TimeoutKind;
+use crate::handler::Callbacks;
+use crate::session::Session;
+use crate::stream::{Stream, TcpConn};
+use crate::{Config, Error, Handler, WaitStrategy};
+
+/// A server-side WebSocket connection on an accepted socket, driven by the same core as the
+/// clients (thread per connection: [`run`](Self::run) blocks in the OS poll on the socket plus a
+/// waker). [`handle`](Self::handle) lets other threads send to it, which is how a server
+/// broadcasts.
+///
+/// ```no_run
+/// use syncws::{Config, Context, Handler, ServerConnection};
+///
+/// struct Echo;
+/// impl Handler for Echo {
+///     fn on_text_message(&mut self, ctx: &mut Context<'_>, text: &str) {
+///         let _ = ctx.send_text(text);
+///     }
+/// }
+///
+/// let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+/// for tcp in listener.incoming() {
+///     let conn = ServerConnection::accept(tcp?, None, &Config::default())?;
+///     std::thread::spawn(move || conn.run(&mut Echo));
+/// }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct ServerConnection {
+    driver: Driver,
+    handle: CommandSender,
+}
+
+impl ServerConnection {
+    /// Run the server handshake on an accepted socket: TLS first when `tls` is given, then the
+    /// HTTP upgrade, both bounded by the config's `handshake_timeout`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Tls`], [`Error::Handshake`] for a bad upgrade request, [`Error::Timeout`].
+    pub fn accept(
+        tcp: TcpStream,
+        tls: Option<&native_tls::TlsAcceptor>,
+        config: &Config,
+    ) -> Result<Self, Error> {
+        tcp.set_nodelay(config.nodelay)?;
+        let deadline = config.handshake_timeout.map(|d| Instant::now() + d);
+        let peer = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+        let conn = TcpConn::new(tcp, deadline);
+        let stream = match tls {
+            None => Stream::Plain(conn),
+            Some(acceptor) => match acceptor.accept(conn) {
+                Ok(s) => Stream::Tls(Box::new(s)),
+                Err(native_tls::HandshakeError::WouldBlock(_)) => {
+                    return Err(Error::Timeout(TimeoutKind::Handshake))
+                }
+                Err(native_tls::HandshakeError::Failure(e)) => {
+                    return Err(Error::Tls {
+                        host: peer,
+                        failure: crate::TlsFailure::classify(&e),
+                        source: Box::new(e),
+                    })
+                }
+            },
+        };
+        let mut ws = match tungstenite::accept_with_config(stream, Some(config.websocket_config()))
+        {
+            Ok(ws) => ws,
+            Err(HandshakeError::Interrupted(_)) => {
+                return Err(Error::Timeout(TimeoutKind::Handshake))
+            }
+            Err(HandshakeError::Failure(tungstenite::Error::Io(e)))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+                ) =>
+            {
+                return Err(Error::Timeout(TimeoutKind::Handshake))
+            }
+            Err(HandshakeError::Failure(e)) => return Err(Error::Handshake(Box::new(e))),
+        };
+        ws.get_mut().conn_mut().make_nonblocking()?;
+        let session = Session::new(ws, None, config);
+        let (driver, handle, _) = Driver::with_commands(session, WaitStrategy::Readiness, config)?;
+        Ok(ServerConnection { driver, handle })
+    }
+
+    /// A cloneable, thread-safe sender of [`Command`](crate::Command)s into this connection.
+    pub fn handle(&self) -> CommandSender {
+        self.handle.clone()
+    }
+
+    /// Run until the connection ends, calling `handler`'s hooks on this thread.
+    pub fn run<H: Handler + ?Sized>(self, handler: &mut H) {
+        let ServerConnection { driver, handle } = self;
+        drop(handle);
+        driver.run(&mut Callbacks(handler));
+    }
+}

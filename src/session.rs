@@ -1,0 +1,496 @@
+//! The core: the only code that reads, writes and flushes the WebSocket and interprets its
+//! errors. Every mode (and the server side) drives a `Session`; they differ only in how they
+//! wait between steps (see `driver.rs` and `wait.rs`).
+
+use std::collections::VecDeque;
+use std::io::{self, Read};
+use std::time::{Duration, Instant};
+
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::{CloseFrame, WebSocket};
+use tungstenite::Message;
+
+use crate::command::{Command, Inbox};
+use crate::error::{classify, Classified, Error, TimeoutKind};
+use crate::handler::{CloseInfo, Context, Dispatch, Initiator};
+use crate::stream::Stream;
+use crate::{Config, Handshake};
+
+/// Where the connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Open,
+    /// We sent Close; waiting for the peer's Close (`acked`) and then the end of TCP.
+    ClosingByUs {
+        deadline: Instant,
+        acked: bool,
+    },
+    /// The peer sent Close and we answered; waiting for the end of TCP.
+    ClosingByPeer {
+        deadline: Instant,
+    },
+    /// The connection failed and we sent a Close with the error's code; reading and discarding
+    /// until the peer closes TCP, so our Close is not lost to a reset.
+    Lingering {
+        deadline: Instant,
+    },
+    Done,
+}
+
+/// Result of one pass over the readable input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ReadPass {
+    /// Messages dispatched in this pass.
+    pub(crate) messages: usize,
+    /// The budget ran out before the socket said "would block": do not wait before the next
+    /// pass (readiness waits are edge-triggered).
+    pub(crate) more: bool,
+}
+
+/// One WebSocket connection, in either role.
+#[derive(Debug)]
+pub(crate) struct Session {
+    ws: WebSocket<Stream>,
+    handshake: Option<Handshake>,
+    phase: Phase,
+    close_timeout: Duration,
+    write_timeout: Option<Duration>,
+    queue_limit: usize,
+    /// The last flush left data queued because the socket was full.
+    write_blocked: bool,
+    /// When the socket last took queued bytes, and its byte counter then (for `write_timeout`).
+    write_progress: (Instant, u64),
+    /// Errors found outside a dispatch (sends, flushes, deadlines), reported by the driver.
+    errors: VecDeque<Error>,
+    inbox: Option<Inbox>,
+}
+
+/// Messages read in one pass before commands and deadlines get a turn.
+const READ_BUDGET: usize = 1024;
+/// Commands carried out in one pass before reads get a turn.
+const COMMAND_BUDGET: usize = 1024;
+
+impl Session {
+    pub(crate) fn new(
+        ws: WebSocket<Stream>,
+        handshake: Option<Handshake>,
+        config: &Config,
+    ) -> Self {
+        let written = ws.get_ref().bytes_written();
+        Session {
+            ws,
+            handshake,
+            phase: Phase::Open,
+            close_timeout: config.close_timeout,
+            write_timeout: config.write_timeout,
+            queue_limit: config.max_queued_bytes,
+            write_blocked: false,
+            write_progress: (Instant::now(), written),
+            errors: VecDeque::new(),
+            inbox: None,
+        }
+    }
+
+    pub(crate) fn set_inbox(&mut self, inbox: Inbox) {
+        self.inbox = Some(inbox);
+    }
+
+    /// A command is waiting for the socket to drain before it can be queued.
+    pub(crate) fn commands_stalled(&self) -> bool {
+        self.inbox.as_ref().is_some_and(Inbox::is_stalled)
+    }
+
+    pub(crate) fn inbox_mut(&mut self) -> Option<&mut Inbox> {
+        self.inbox.as_mut()
+    }
+
+    pub(crate) fn stream(&self) -> &Stream {
+        self.ws.get_ref()
+    }
+
+    pub(crate) fn handshake(&self) -> Option<&Handshake> {
+        self.handshake.as_ref()
+    }
+
+    pub(crate) fn is_open(&self) -> bool {
+        self.phase == Phase::Open
+    }
+
+    pub(crate) fn is_done(&self) -> bool {
+        self.phase == Phase::Done
+    }
+
+    pub(crate) fn take_error(&mut self) -> Option<Error> {
+        self.errors.pop_front()
+    }
+
+    // ----- sending --------------------------------------------------------------------------
+
+    /// Queue a message. It is written when the loop next flushes (before it waits) or at once
+    /// when `write_buffer_size` bytes are queued. A full socket keeps it queued, exactly once.
+    pub(crate) fn send(&mut self, message: Message) -> Result<(), Error> {
+        if self.phase != Phase::Open {
+            return Err(Error::Closed);
+        }
+        match self.ws.write(message) {
+            Ok(()) => Ok(()),
+            Err(tungstenite::Error::WriteBufferFull(frame)) => {
+                // The bound counts what is queued; make room if the socket will take it now, so
+                // "full" means the socket really is behind (or the message can never fit).
+                let message = match *frame {
+                    Message::Frame(f) => f,
+                    // tungstenite always hands back the rejected frame.
+                    _ => unreachable!("WriteBufferFull carries a frame"),
+                };
+                let len = message.len();
+                if self.write_blocked || !self.flush() {
+                    return Err(Error::QueueFull {
+                        len,
+                        limit: self.queue_limit,
+                    });
+                }
+                match self.ws.write(Message::Frame(message)) {
+                    Ok(()) => Ok(()),
+                    Err(tungstenite::Error::WriteBufferFull(_)) => Err(Error::QueueFull {
+                        len,
+                        limit: self.queue_limit,
+                    }),
+                    Err(e) => self.after_write_error(e),
+                }
+            }
+            Err(e) => self.after_write_error(e),
+        }
+    }
+
+    fn after_write_error(&mut self, e: tungstenite::Error) -> Result<(), Error> {
+        match classify(e) {
+            // The frame is in tungstenite's buffer; the socket is full. Not an error.
+            Classified::WouldBlock => {
+                self.mark_blocked();
+                Ok(())
+            }
+            Classified::Closed => {
+                self.finish();
+                Err(Error::Closed)
+            }
+            Classified::Fatal(err, _) => {
+                let kind = match &err {
+                    Error::Io(io) => io.kind(),
+                    _ => io::ErrorKind::Other,
+                };
+                self.fail(err, None);
+                Err(Error::Io(kind.into()))
+            }
+        }
+    }
+
+    /// Write out what is queued. Returns true when nothing is left queued.
+    pub(crate) fn flush(&mut self) -> bool {
+        if matches!(self.phase, Phase::Done) {
+            return true;
+        }
+        match self.ws.flush() {
+            Ok(()) => {
+                self.write_blocked = false;
+                true
+            }
+            Err(e) => match classify(e) {
+                Classified::WouldBlock => {
+                    self.mark_blocked();
+                    false
+                }
+                Classified::Closed => {
+                    self.finish();
+                    true
+                }
+                Classified::Fatal(err, _) => {
+                    self.fail(err, None);
+                    true
+                }
+            },
+        }
+    }
+
+    fn mark_blocked(&mut self) {
+        let written = self.stream().bytes_written();
+        if !self.write_blocked || written != self.write_progress.1 {
+            self.write_progress = (Instant::now(), written);
+        }
+        self.write_blocked = true;
+    }
+
+    /// Start the close handshake (see [`Context::close`]).
+    pub(crate) fn close(&mut self, code: CloseCode, reason: &str) -> Result<(), Error> {
+        if !code.is_allowed() {
+            return Err(Error::InvalidCloseCode(code.into()));
+        }
+        if reason.len() > 123 {
+            return Err(Error::CloseReasonTooLong(reason.len()));
+        }
+        if self.phase != Phase::Open {
+            return Ok(());
+        }
+        tracing::debug!(code = u16::from(code), reason, "closing");
+        self.phase = Phase::ClosingByUs {
+            deadline: Instant::now() + self.close_timeout,
+            acked: false,
+        };
+        let frame = CloseFrame {
+            code,
+            reason: reason.into(),
+        };
+        match self.ws.close(Some(frame)) {
+            Ok(()) => {
+                self.write_blocked = false;
+                Ok(())
+            }
+            Err(e) => self.after_write_error(e).or(Ok(())),
+        }
+    }
+
+    /// Drop the connection now.
+    pub(crate) fn force_quit(&mut self) {
+        if self.phase != Phase::Done {
+            tracing::debug!("force quit");
+            self.finish();
+        }
+    }
+
+    /// Going away without waiting (a dropped client): a best-effort Close, then drop.
+    pub(crate) fn abandon(&mut self) {
+        if self.phase == Phase::Open {
+            let _ = self.close(CloseCode::Away, "client dropped");
+            self.flush();
+        }
+        self.finish();
+    }
+
+    fn finish(&mut self) {
+        if self.phase != Phase::Done {
+            self.phase = Phase::Done;
+            self.stream().shutdown();
+        }
+    }
+
+    /// The connection failed: report `err` and, if the protocol still allows it, send a Close
+    /// with `code` and linger until the peer hangs up.
+    pub(crate) fn fail(&mut self, err: Error, code: Option<CloseCode>) {
+        if self.phase == Phase::Done {
+            return;
+        }
+        tracing::warn!(error = %err, "connection failed");
+        self.errors.push_back(err);
+        let can_close = code.is_some() && self.ws.can_write();
+        if let (true, Some(code)) = (can_close, code) {
+            self.phase = Phase::Lingering {
+                deadline: Instant::now() + self.close_timeout,
+            };
+            let frame = CloseFrame {
+                code,
+                reason: "".into(),
+            };
+            match self.ws.close(Some(frame)) {
+                Ok(()) => {}
+                Err(e) => match classify(e) {
+                    Classified::WouldBlock => self.mark_blocked(),
+                    _ => self.finish(),
+                },
+            }
+        } else {
+            self.finish();
+        }
+    }
+
+    // ----- commands from other threads ------------------------------------------------------
+
+    /// Carry out queued commands. Returns true when more are waiting (budget spent).
+    pub(crate) fn apply_commands(&mut self) -> bool {
+        let Some(mut inbox) = self.inbox.take() else {
+            return false;
+        };
+        let mut more = false;
+        for _ in 0..COMMAND_BUDGET {
+            if self.phase == Phase::Done {
+                break;
+            }
+            let Some(command) = inbox.next() else { break };
+            if let Err(stalled) = self.execute(command) {
+                // Wait for the socket to drain; commands keep their order.
+                inbox.stall(stalled);
+                break;
+            }
+            more = inbox.has_pending();
+        }
+        self.inbox = Some(inbox);
+        more
+    }
+
+    /// Carry out one command; a send that meets a full queue comes back to wait its turn.
+    fn execute(&mut self, command: Command) -> Result<(), Command> {
+        let message = match &command {
+            Command::SendText(t) => Message::Text(t.clone()),
+            Command::SendBinary(b) => Message::Binary(b.clone()),
+            Command::SendPing(b) => Message::Ping(b.clone()),
+            Command::SendPong(b) => Message::Pong(b.clone()),
+            Command::Close(code, reason) => {
+                if let Err(e) = self.close(*code, reason) {
+                    self.errors.push_back(e);
+                }
+                return Ok(());
+            }
+            Command::ForceQuit => {
+                self.force_quit();
+                return Ok(());
+            }
+        };
+        match self.send(message) {
+            Ok(()) => Ok(()),
+            // Blocked: it will fit once the socket drains.
+            Err(Error::QueueFull { .. }) if self.write_blocked => Err(command),
+            Err(e) => {
+                self.errors.push_back(e);
+                Ok(())
+            }
+        }
+    }
+
+    // ----- receiving ------------------------------------------------------------------------
+
+    /// Read and dispatch every message already readable, up to a budget.
+    pub(crate) fn read_pass<D: Dispatch + ?Sized>(&mut self, d: &mut D) -> ReadPass {
+        let mut pass = ReadPass {
+            messages: 0,
+            more: false,
+        };
+        for _ in 0..READ_BUDGET {
+            match self.phase {
+                Phase::Done => return pass,
+                Phase::Lingering { .. } => {
+                    self.discard_input();
+                    return pass;
+                }
+                _ => {}
+            }
+            match self.ws.read() {
+                Ok(message) => {
+                    pass.messages += 1;
+                    self.on_message(message, d);
+                }
+                Err(e) => match classify(e) {
+                    Classified::WouldBlock => return pass,
+                    Classified::Closed => {
+                        tracing::debug!("connection closed");
+                        self.finish();
+                        return pass;
+                    }
+                    Classified::Fatal(err, code) => {
+                        self.fail(err, code);
+                        return pass;
+                    }
+                },
+            }
+        }
+        pass.more = true;
+        pass
+    }
+
+    fn on_message<D: Dispatch + ?Sized>(&mut self, message: Message, d: &mut D) {
+        let Message::Close(frame) = message else {
+            d.message(&mut Context { session: self }, message);
+            return;
+        };
+        let (code, reason) = frame
+            .map(|f| (f.code, f.reason.to_string()))
+            .unwrap_or((CloseCode::Status, String::new()));
+        let initiator = match self.phase {
+            Phase::Open => {
+                // tungstenite queued the answer; send it now.
+                self.phase = Phase::ClosingByPeer {
+                    deadline: Instant::now() + self.close_timeout,
+                };
+                self.flush();
+                Initiator::Remote
+            }
+            Phase::ClosingByUs { deadline, .. } => {
+                self.phase = Phase::ClosingByUs {
+                    deadline,
+                    acked: true,
+                };
+                Initiator::Local
+            }
+            _ => return,
+        };
+        tracing::info!(code = u16::from(code), %reason, ?initiator, "close handshake");
+        d.closed(
+            &mut Context { session: self },
+            CloseInfo {
+                code,
+                reason,
+                initiator,
+            },
+        );
+    }
+
+    /// After a failure: read and drop whatever the peer still sends, until it hangs up.
+    fn discard_input(&mut self) {
+        let mut scratch = [0u8; 4096];
+        loop {
+            match self.ws.get_mut().read(&mut scratch) {
+                Ok(0) => return self.finish(),
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return self.finish(),
+            }
+        }
+    }
+
+    // ----- time -----------------------------------------------------------------------------
+
+    /// The earliest deadline the loop must wake for.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        let close = match self.phase {
+            Phase::ClosingByUs { deadline, .. }
+            | Phase::ClosingByPeer { deadline }
+            | Phase::Lingering { deadline } => Some(deadline),
+            _ => None,
+        };
+        let write = match (self.write_blocked, self.write_timeout) {
+            (true, Some(t)) => Some(self.write_progress.0 + t),
+            _ => None,
+        };
+        match (close, write) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Act on passed deadlines.
+    pub(crate) fn check_deadlines(&mut self, now: Instant) {
+        if let (true, Some(timeout)) = (self.write_blocked, self.write_timeout) {
+            let written = self.stream().bytes_written();
+            if written != self.write_progress.1 {
+                self.write_progress = (now, written);
+            } else if now >= self.write_progress.0 + timeout {
+                self.errors.push_back(Error::Timeout(TimeoutKind::Write));
+                self.finish();
+                return;
+            }
+        }
+        match self.phase {
+            Phase::ClosingByUs { deadline, acked } if now >= deadline => {
+                if !acked {
+                    tracing::warn!("close handshake timed out");
+                    self.errors.push_back(Error::Timeout(TimeoutKind::Close));
+                }
+                self.finish();
+            }
+            Phase::ClosingByPeer { deadline } | Phase::Lingering { deadline }
+                if now >= deadline =>
+            {
+                self.finish();
+            }
+            _ => {}
+        }
+    }
+}

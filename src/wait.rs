@@ -1,0 +1,120 @@
+//! How a connection passes time between passes: busy spin, sleep, or OS readiness.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
+
+use crate::command::Inbox;
+use crate::session::Session;
+use crate::WaitStrategy;
+
+const SOCKET: Token = Token(0);
+const WAKER: Token = Token(1);
+
+/// What ended a wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Woke {
+    /// The socket or a command may have something: run a pass.
+    Activity,
+    /// The deadline passed with nothing.
+    Deadline,
+    /// A spin or sleep ended; nothing is known.
+    Poll,
+}
+
+/// The waiting half of a driver.
+#[derive(Debug)]
+pub(crate) enum Waiter {
+    Spin,
+    Sleep(Duration),
+    Readiness { poll: Poll, events: Events },
+}
+
+impl Waiter {
+    /// Build the waiter for `strategy` around `session`'s socket. For readiness, also return a
+    /// waker that other threads can use to end a wait.
+    pub(crate) fn new(
+        strategy: WaitStrategy,
+        session: &Session,
+        with_waker: bool,
+    ) -> io::Result<(Waiter, Option<Waker>)> {
+        match strategy {
+            WaitStrategy::BusySpin => Ok((Waiter::Spin, None)),
+            WaitStrategy::Sleep(d) => Ok((Waiter::Sleep(d), None)),
+            WaitStrategy::Readiness => {
+                let poll = Poll::new()?;
+                let fd = session.stream().conn().tcp().as_raw_fd();
+                // Edge-triggered: the session reads until "would block" before each wait.
+                poll.registry().register(
+                    &mut SourceFd(&fd),
+                    SOCKET,
+                    Interest::READABLE | Interest::WRITABLE,
+                )?;
+                let waker = if with_waker {
+                    Some(Waker::new(poll.registry(), WAKER)?)
+                } else {
+                    None
+                };
+                Ok((
+                    Waiter::Readiness {
+                        poll,
+                        events: Events::with_capacity(4),
+                    },
+                    waker,
+                ))
+            }
+        }
+    }
+
+    /// Whether each empty pass counts as idle (spin and sleep call `on_idle` every time).
+    pub(crate) fn idles_every_pass(&self) -> bool {
+        !matches!(self, Waiter::Readiness { .. })
+    }
+
+    /// Wait until something may have happened or `deadline` passes.
+    pub(crate) fn wait(
+        &mut self,
+        deadline: Option<Instant>,
+        inbox: Option<&mut Inbox>,
+    ) -> io::Result<Woke> {
+        let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        match self {
+            Waiter::Spin => {
+                std::hint::spin_loop();
+                Ok(Woke::Poll)
+            }
+            Waiter::Sleep(d) => {
+                let d = timeout.map_or(*d, |t| t.min(*d));
+                match inbox {
+                    Some(inbox) => inbox.wait_for_command(d),
+                    None => std::thread::sleep(d),
+                }
+                Ok(Woke::Poll)
+            }
+            Waiter::Readiness { poll, events } => {
+                if let Some(inbox) = &inbox {
+                    // Park first, then look: a sender that pushes after the look sees the flag
+                    // and wakes us (see `Signal::notify`).
+                    inbox.signal().set_parked(true);
+                    if inbox.has_pending() {
+                        inbox.signal().set_parked(false);
+                        return Ok(Woke::Activity);
+                    }
+                }
+                let r = poll.poll(events, timeout);
+                if let Some(inbox) = &inbox {
+                    inbox.signal().set_parked(false);
+                }
+                match r {
+                    Ok(()) if events.is_empty() => Ok(Woke::Deadline),
+                    Ok(()) => Ok(Woke::Activity),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(Woke::Activity),
+                    Err(e) => Err(e),
+                }
+            }
+        }
+    }
+}
