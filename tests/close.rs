@@ -1,0 +1,212 @@
+//! Close handshake invariants, in every mode: nothing is lost in either direction, the close
+//! code and reason arrive as values, deadlines hold, `on_quit` comes last exactly once.
+
+mod util;
+
+use std::time::{Duration, Instant};
+
+use syncws::{Config, Error, Initiator, TimeoutKind};
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::CloseFrame;
+use tungstenite::Message;
+use util::*;
+
+const N: usize = 500;
+
+#[test]
+fn server_close_arrives_after_every_message_it_sent() {
+    for mode in MODES {
+        let (url, server) = ws_server(|mut ws| {
+            for i in 0..N {
+                ws.write(Message::text(format!("m{i}"))).unwrap();
+            }
+            // The Close goes out in the same flush as the data, so they arrive together.
+            ws.close(Some(CloseFrame {
+                code: CloseCode::Library(4001),
+                reason: "bye".into(),
+            }))
+            .unwrap();
+            let mut answered = false;
+            loop {
+                match ws.read() {
+                    Ok(Message::Close(_)) => answered = true,
+                    Ok(_) => {}
+                    Err(_) => return answered,
+                }
+            }
+        });
+        let out = drive(mode, &url, Config::builder(), passive());
+        let expected: Vec<String> = (0..N).map(|i| format!("m{i}")).collect();
+        assert_eq!(out.texts(), expected, "{mode:?}: every message, in order");
+        let close = out
+            .closed()
+            .unwrap_or_else(|| panic!("{mode:?}: no close: {:?}", out.recs));
+        assert_eq!(u16::from(close.code), 4001, "{mode:?}");
+        assert_eq!(close.reason, "bye", "{mode:?}");
+        assert_eq!(close.initiator, Initiator::Remote, "{mode:?}");
+        let closed_at = out.position(|r| matches!(r, Rec::Closed(_))).unwrap();
+        let last_text = out
+            .position(|r| *r == Rec::Text(format!("m{}", N - 1)))
+            .unwrap();
+        assert!(
+            last_text < closed_at,
+            "{mode:?}: close before the last message"
+        );
+        assert!(out.errors.is_empty(), "{mode:?}: {:?}", out.errors);
+        assert!(
+            server.join().unwrap(),
+            "{mode:?}: the client must answer the Close"
+        );
+    }
+}
+
+#[test]
+fn everything_sent_before_close_reaches_the_server_before_our_close() {
+    for mode in MODES {
+        let (url, server) = ws_server(|mut ws| {
+            let (got, frame) = read_until_close(&mut ws);
+            // Let tungstenite send its answer and finish.
+            while ws.read().is_ok() {}
+            (got, frame)
+        });
+        let out = drive(
+            mode,
+            &url,
+            Config::builder(),
+            Box::new(|rec, act| {
+                if let Rec::Activated(_) = rec {
+                    for i in 0..N {
+                        act.text(&format!("c{i}")).unwrap();
+                    }
+                    act.close(1000, "done").unwrap();
+                }
+            }),
+        );
+        let (got, frame) = server.join().unwrap();
+        let got: Vec<String> = got
+            .into_iter()
+            .map(|m| m.into_text().unwrap().to_string())
+            .collect();
+        let expected: Vec<String> = (0..N).map(|i| format!("c{i}")).collect();
+        assert_eq!(
+            got, expected,
+            "{mode:?}: the server got every message before the Close"
+        );
+        let frame = frame.expect("close frame with a code");
+        assert_eq!(frame.code, CloseCode::Normal, "{mode:?}");
+        assert_eq!(frame.reason.as_str(), "done", "{mode:?}");
+        let close = out
+            .closed()
+            .unwrap_or_else(|| panic!("{mode:?}: {:?}", out.recs));
+        assert_eq!(close.initiator, Initiator::Local, "{mode:?}");
+        assert_eq!(close.code, CloseCode::Normal, "{mode:?}");
+        assert!(out.errors.is_empty(), "{mode:?}: {:?}", out.errors);
+    }
+}
+
+#[test]
+fn a_server_that_never_answers_close_cannot_hold_the_client() {
+    for mode in MODES {
+        let (url, server) = ws_server(|mut ws| {
+            // Swallow everything, answer nothing, until the client gives up and hangs up.
+            read_to_end(ws.get_mut()).len()
+        });
+        let started = Instant::now();
+        let out = drive(
+            mode,
+            &url,
+            Config::builder().close_timeout(Duration::from_millis(300)),
+            Box::new(|rec, act| {
+                if let Rec::Activated(_) = rec {
+                    act.close(1000, "bye").unwrap();
+                }
+            }),
+        );
+        assert!(
+            matches!(out.errors.as_slice(), [Error::Timeout(TimeoutKind::Close)]),
+            "{mode:?}: {:?}",
+            out.recs
+        );
+        assert!(
+            out.closed().is_none(),
+            "{mode:?}: no close handshake happened"
+        );
+        // The deadline is what ended it, not the test's own limit.
+        assert!(started.elapsed() < TEST_DEADLINE / 2, "{mode:?}");
+        assert!(server.join().unwrap() > 0, "{mode:?}: our Close was sent");
+    }
+}
+
+#[test]
+fn close_arguments_are_checked_and_the_connection_stays_usable() {
+    for mode in MODES {
+        let (url, server) = ws_server(|mut ws| read_until_close(&mut ws).1.map(|f| f.code));
+        let refused = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let r = refused.clone();
+        let out = drive(
+            mode,
+            &url,
+            Config::builder(),
+            Box::new(move |rec, act| {
+                if let Rec::Activated(_) = rec {
+                    // Callback modes refuse at once; the threaded client reports Error events.
+                    let mut r = r.lock().unwrap();
+                    r.extend(act.close(1005, "reserved code").err());
+                    r.extend(act.close(1000, &"x".repeat(124)).err());
+                    act.close(4000, "real close").unwrap();
+                }
+            }),
+        );
+        let mut reported: Vec<String> = refused.lock().unwrap().clone();
+        reported.extend(out.errors.iter().map(|e| e.to_string()));
+        assert_eq!(
+            reported,
+            [
+                "close code 1005 may not be sent",
+                "close reason of 124 bytes is longer than 123 bytes"
+            ],
+            "{mode:?}"
+        );
+        assert_eq!(
+            server.join().unwrap(),
+            Some(CloseCode::Library(4000)),
+            "{mode:?}: only the valid close reached the wire"
+        );
+        assert_eq!(
+            out.closed().map(|c| c.code),
+            Some(CloseCode::Library(4000)),
+            "{mode:?}"
+        );
+    }
+}
+
+#[test]
+fn force_quit_drops_the_connection_at_once() {
+    for mode in MODES {
+        let (url, server) = ws_server(|mut ws| {
+            // A force-quit is not a close handshake: the server sees the TCP connection end.
+            match ws.read() {
+                Err(tungstenite::Error::Protocol(p)) => format!("{p:?}"),
+                Err(e) => format!("{e:?}"),
+                Ok(m) => format!("unexpected {m:?}"),
+            }
+        });
+        let out = drive(
+            mode,
+            &url,
+            Config::builder(),
+            Box::new(|rec, act| {
+                if let Rec::Activated(_) = rec {
+                    act.quit();
+                }
+            }),
+        );
+        assert!(out.closed().is_none(), "{mode:?}");
+        assert!(out.errors.is_empty(), "{mode:?}: {:?}", out.errors);
+        let seen = server.join().unwrap();
+        assert!(
+            seen.contains("ResetWithoutClosingHandshake") || seen.contains("Io"),
+            "{mode:?}: server saw {seen}"
+        );
+    }
+}

@@ -1,0 +1,494 @@
+//! Test support: peers on 127.0.0.1:0 written with plain tungstenite or raw TCP (independent of
+//! the code under test), and a harness that runs one script in every client mode.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::RecvTimeoutError;
+use syncws::{
+    BlockingClient, CloseInfo, Command, CommandSender, Config, Context, Error, Event, Handler,
+    NonBlockingClient, ThreadedClient, WaitStrategy,
+};
+use tungstenite::protocol::WebSocket;
+
+/// How long any test may take before it fails instead of hanging.
+pub const TEST_DEADLINE: Duration = Duration::from_secs(60);
+/// Socket timeout for test servers, so a broken client cannot hang them.
+pub const SERVER_IO_TIMEOUT: Duration = Duration::from_secs(30);
+
+// ----- peers -------------------------------------------------------------------------------------
+
+/// Bind 127.0.0.1:0 and hand the real address back.
+pub fn bind() -> (TcpListener, SocketAddr) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    let addr = listener.local_addr().expect("local addr");
+    (listener, addr)
+}
+
+/// Accept one TCP connection and run `f` on it in a thread.
+pub fn raw_server<R: Send + 'static>(
+    f: impl FnOnce(TcpStream) -> R + Send + 'static,
+) -> (SocketAddr, JoinHandle<R>) {
+    let (listener, addr) = bind();
+    serve_one(listener, addr, f)
+}
+
+/// Like [`ws_server`], with the server's receive buffer pinned to `rcvbuf` bytes (set on the
+/// listener, so the accepted socket has it from the start), for tests that must fill a socket.
+pub fn ws_server_small_rcvbuf<R: Send + 'static>(
+    rcvbuf: usize,
+    f: impl FnOnce(WebSocket<TcpStream>) -> R + Send + 'static,
+) -> (String, JoinHandle<R>) {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(rcvbuf).unwrap();
+    socket
+        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    socket.listen(1).unwrap();
+    let listener: TcpListener = socket.into();
+    let addr = listener.local_addr().unwrap();
+    let (addr, handle) = serve_one(listener, addr, move |tcp| {
+        f(tungstenite::accept(tcp).expect("server handshake"))
+    });
+    (format!("ws://{addr}/"), handle)
+}
+
+fn serve_one<R: Send + 'static>(
+    listener: TcpListener,
+    addr: SocketAddr,
+    f: impl FnOnce(TcpStream) -> R + Send + 'static,
+) -> (SocketAddr, JoinHandle<R>) {
+    let handle = std::thread::spawn(move || {
+        let (tcp, _) = listener.accept().expect("accept");
+        tcp.set_read_timeout(Some(SERVER_IO_TIMEOUT)).unwrap();
+        tcp.set_write_timeout(Some(SERVER_IO_TIMEOUT)).unwrap();
+        f(tcp)
+    });
+    (addr, handle)
+}
+
+/// Accept one WebSocket connection (tungstenite's server) and run `f` on it in a thread.
+/// Returns the `ws://` URL.
+pub fn ws_server<R: Send + 'static>(
+    f: impl FnOnce(WebSocket<TcpStream>) -> R + Send + 'static,
+) -> (String, JoinHandle<R>) {
+    let (addr, handle) = raw_server(move |tcp| {
+        let ws = tungstenite::accept(tcp).expect("server handshake");
+        f(ws)
+    });
+    (format!("ws://{addr}/"), handle)
+}
+
+/// Read messages until the client's Close; return the data messages and the close frame.
+pub fn read_until_close(
+    ws: &mut WebSocket<TcpStream>,
+) -> (
+    Vec<tungstenite::Message>,
+    Option<tungstenite::protocol::CloseFrame>,
+) {
+    let mut got = Vec::new();
+    loop {
+        match ws.read() {
+            Ok(tungstenite::Message::Close(frame)) => {
+                // Answer, then let tungstenite finish the handshake.
+                let _ = ws.flush();
+                return (got, frame);
+            }
+            Ok(m) => got.push(m),
+            Err(e) => panic!("server read failed before close: {e}"),
+        }
+    }
+}
+
+/// Echo until the connection ends; returns how many messages were echoed.
+pub fn echo(mut ws: WebSocket<TcpStream>) -> usize {
+    let mut n = 0;
+    loop {
+        match ws.read() {
+            Ok(m @ (tungstenite::Message::Text(_) | tungstenite::Message::Binary(_))) => {
+                n += 1;
+                ws.send(m).expect("echo");
+            }
+            Ok(_) => {}
+            Err(_) => return n,
+        }
+    }
+}
+
+/// Write raw bytes (a hand-made frame) on the server side of a tungstenite socket.
+pub fn write_raw(ws: &mut WebSocket<TcpStream>, bytes: &[u8]) {
+    ws.get_mut().write_all(bytes).expect("raw write");
+}
+
+/// Read what the client sends until its Close frame (raw, after a tungstenite handshake) and
+/// return the close code, or None if TCP ended first.
+pub fn close_code_from_client(ws: &mut WebSocket<TcpStream>) -> Option<u16> {
+    loop {
+        match ws.read() {
+            Ok(tungstenite::Message::Close(Some(f))) => return Some(f.code.into()),
+            Ok(tungstenite::Message::Close(None)) => return Some(1005),
+            Ok(_) => {}
+            Err(_) => return None,
+        }
+    }
+}
+
+/// Read from a raw socket until EOF (or error), returning the bytes.
+pub fn read_to_end(tcp: &mut TcpStream) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let _ = tcp.read_to_end(&mut buf);
+    buf
+}
+
+/// A CA and certificates it signs, for TLS tests.
+pub struct TestPki {
+    pub ca_pem: String,
+    ca: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+impl TestPki {
+    pub fn new() -> Self {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "syncws test CA");
+        let ca = rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap())
+            .unwrap();
+        TestPki {
+            ca_pem: ca.pem(),
+            ca,
+        }
+    }
+
+    /// A server identity for `names`, signed by this CA.
+    pub fn server_identity(&self, names: &[&str]) -> native_tls::Identity {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params =
+            rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let cert = params.signed_by(&key, &self.ca).unwrap();
+        native_tls::Identity::from_pkcs8(cert.pem().as_bytes(), key.serialize_pem().as_bytes())
+            .unwrap()
+    }
+}
+
+/// A self-signed server identity for `localhost`.
+pub fn self_signed_identity() -> native_tls::Identity {
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    native_tls::Identity::from_pkcs8(
+        cert.pem().as_bytes(),
+        signing_key.serialize_pem().as_bytes(),
+    )
+    .unwrap()
+}
+
+/// Accept one TLS + WebSocket connection and run `f`. Returns the port.
+pub fn wss_server<R: Send + 'static>(
+    identity: native_tls::Identity,
+    f: impl FnOnce(Result<WebSocket<native_tls::TlsStream<TcpStream>>, String>) -> R + Send + 'static,
+) -> (u16, JoinHandle<R>) {
+    let acceptor = native_tls::TlsAcceptor::new(identity).unwrap();
+    let (addr, handle) = raw_server(move |tcp| match acceptor.accept(tcp) {
+        Ok(tls) => f(tungstenite::accept(tls).map_err(|e| e.to_string())),
+        Err(e) => f(Err(e.to_string())),
+    });
+    (addr.port(), handle)
+}
+
+// ----- clients in every mode -----------------------------------------------------------------------
+
+/// A client mode under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Blocking,
+    NonBlocking(WaitStrategy),
+    Threaded,
+}
+
+/// Every mode, with the non-blocking client under each wait strategy.
+pub const MODES: [Mode; 5] = [
+    Mode::Blocking,
+    Mode::NonBlocking(WaitStrategy::Readiness),
+    Mode::NonBlocking(WaitStrategy::Sleep(Duration::from_millis(1))),
+    Mode::NonBlocking(WaitStrategy::BusySpin),
+    Mode::Threaded,
+];
+
+/// What a client reported, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rec {
+    Activated(Option<String>),
+    Text(String),
+    Binary(Vec<u8>),
+    Ping(Vec<u8>),
+    Pong(Vec<u8>),
+    Closed(CloseInfo),
+    Error(String),
+    Idle,
+    Quit,
+}
+
+/// What a script can do, in every mode.
+pub trait Actions {
+    fn text(&mut self, s: &str) -> Result<(), String>;
+    fn binary(&mut self, b: &[u8]) -> Result<(), String>;
+    fn ping(&mut self, b: &[u8]) -> Result<(), String>;
+    fn close(&mut self, code: u16, reason: &str) -> Result<(), String>;
+    fn quit(&mut self);
+}
+
+impl Actions for Context<'_> {
+    fn text(&mut self, s: &str) -> Result<(), String> {
+        self.send_text(s).map_err(|e| e.to_string())
+    }
+    fn binary(&mut self, b: &[u8]) -> Result<(), String> {
+        self.send_binary(b).map_err(|e| e.to_string())
+    }
+    fn ping(&mut self, b: &[u8]) -> Result<(), String> {
+        self.send_ping(b).map_err(|e| e.to_string())
+    }
+    fn close(&mut self, code: u16, reason: &str) -> Result<(), String> {
+        Context::close(self, code, reason).map_err(|e| e.to_string())
+    }
+    fn quit(&mut self) {
+        self.force_quit();
+    }
+}
+
+impl Actions for CommandSender {
+    fn text(&mut self, s: &str) -> Result<(), String> {
+        self.send_text(s.to_string()).map_err(|e| e.to_string())
+    }
+    fn binary(&mut self, b: &[u8]) -> Result<(), String> {
+        self.send_binary(b.to_vec()).map_err(|e| e.to_string())
+    }
+    fn ping(&mut self, b: &[u8]) -> Result<(), String> {
+        self.send(Command::SendPing(b.to_vec().into()))
+            .map_err(|e| e.to_string())
+    }
+    fn close(&mut self, code: u16, reason: &str) -> Result<(), String> {
+        CommandSender::close(self, code, reason).map_err(|e| e.to_string())
+    }
+    fn quit(&mut self) {
+        let _ = self.force_quit();
+    }
+}
+
+/// The script a test runs: sees each record and may act.
+pub type Script = Box<dyn FnMut(&Rec, &mut dyn Actions) + Send>;
+
+/// What happened on one connection.
+#[derive(Debug)]
+pub struct Outcome {
+    pub recs: Vec<Rec>,
+    pub errors: Vec<Error>,
+}
+
+impl Outcome {
+    pub fn texts(&self) -> Vec<String> {
+        self.recs
+            .iter()
+            .filter_map(|r| match r {
+                Rec::Text(t) => Some(t.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+    pub fn closed(&self) -> Option<&CloseInfo> {
+        self.recs.iter().find_map(|r| match r {
+            Rec::Closed(c) => Some(c),
+            _ => None,
+        })
+    }
+    pub fn position(&self, pred: impl Fn(&Rec) -> bool) -> Option<usize> {
+        self.recs.iter().position(pred)
+    }
+}
+
+struct Recorder {
+    recs: Vec<Rec>,
+    errors: Vec<Error>,
+    script: Script,
+}
+
+impl Recorder {
+    fn push(&mut self, rec: Rec, ctx: &mut Context<'_>) {
+        self.recs.push(rec.clone());
+        (self.script)(&rec, ctx);
+    }
+}
+
+impl Handler for Recorder {
+    fn on_activated(&mut self, ctx: &mut Context<'_>) {
+        let sub = ctx
+            .handshake()
+            .and_then(|h| h.subprotocol())
+            .map(str::to_owned);
+        self.push(Rec::Activated(sub), ctx);
+    }
+    fn on_text_message(&mut self, ctx: &mut Context<'_>, text: &str) {
+        self.push(Rec::Text(text.to_owned()), ctx);
+    }
+    fn on_binary_message(&mut self, ctx: &mut Context<'_>, data: &[u8]) {
+        self.push(Rec::Binary(data.to_vec()), ctx);
+    }
+    fn on_ping(&mut self, ctx: &mut Context<'_>, data: &[u8]) {
+        self.push(Rec::Ping(data.to_vec()), ctx);
+    }
+    fn on_pong(&mut self, ctx: &mut Context<'_>, data: &[u8]) {
+        self.push(Rec::Pong(data.to_vec()), ctx);
+    }
+    fn on_connection_closed(&mut self, ctx: &mut Context<'_>, close: &CloseInfo) {
+        self.push(Rec::Closed(close.clone()), ctx);
+    }
+    fn on_error(&mut self, ctx: &mut Context<'_>, error: &Error) {
+        self.errors.push(clone_error(error));
+        self.push(Rec::Error(format!("{error:?}")), ctx);
+    }
+    fn on_idle(&mut self, ctx: &mut Context<'_>) {
+        // Spin and sleep strategies call this after every empty poll; record once per run of
+        // idles to keep the log readable.
+        if self.recs.last() != Some(&Rec::Idle) {
+            self.push(Rec::Idle, ctx);
+        } else {
+            (self.script)(&Rec::Idle, ctx);
+        }
+    }
+    fn on_quit(&mut self) {
+        self.recs.push(Rec::Quit);
+    }
+}
+
+/// The typed errors tests match on, rebuilt (the library's Error is not Clone on purpose).
+fn clone_error(e: &Error) -> Error {
+    match e {
+        Error::Timeout(k) => Error::Timeout(*k),
+        Error::InvalidUtf8 => Error::InvalidUtf8,
+        Error::MessageTooLarge { size, max } => Error::MessageTooLarge {
+            size: *size,
+            max: *max,
+        },
+        Error::Protocol(p) => Error::Protocol(p.clone()),
+        Error::ConnectionReset => Error::ConnectionReset,
+        Error::QueueFull { len, limit } => Error::QueueFull {
+            len: *len,
+            limit: *limit,
+        },
+        Error::Closed => Error::Closed,
+        other => Error::Config(format!("{other}")),
+    }
+}
+
+/// Connect in `mode` with the config `builder` makes (the wait strategy is set from the mode)
+/// and run `script` until the connection ends, within [`TEST_DEADLINE`]. Checks what must hold
+/// in every mode: `Activated` first, `Quit` last and exactly once, and for the threaded client
+/// that both channel ends report disconnection afterwards.
+pub fn drive(mode: Mode, url: &str, builder: syncws::ConfigBuilder, script: Script) -> Outcome {
+    let strategy = match mode {
+        Mode::NonBlocking(s) => s,
+        _ => WaitStrategy::Readiness,
+    };
+    let config = builder
+        .wait_strategy(strategy)
+        .build()
+        .expect("valid config");
+    let url = url.to_owned();
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    std::thread::spawn(move || {
+        let mut recorder = Recorder {
+            recs: Vec::new(),
+            errors: Vec::new(),
+            script,
+        };
+        let result = match mode {
+            Mode::Blocking => BlockingClient::connect(&url, &config).map(|c| c.run(&mut recorder)),
+            Mode::NonBlocking(_) => {
+                NonBlockingClient::connect(&url, &config).map(|c| c.run(&mut recorder))
+            }
+            Mode::Threaded => {
+                let _ = tx.send(run_threaded(&url, config, recorder));
+                return;
+            }
+        };
+        let _ = tx.send(result.map(|()| Outcome {
+            recs: recorder.recs,
+            errors: recorder.errors,
+        }));
+    });
+    let outcome = match rx.recv_timeout(TEST_DEADLINE) {
+        Ok(Ok(o)) => o,
+        Ok(Err(e)) => panic!("{mode:?}: connect failed: {e}"),
+        Err(_) => panic!("{mode:?}: client did not finish within {TEST_DEADLINE:?}"),
+    };
+    check_universal(mode, &outcome);
+    outcome
+}
+
+fn check_universal(mode: Mode, outcome: &Outcome) {
+    assert!(
+        matches!(outcome.recs.first(), Some(Rec::Activated(_))),
+        "{mode:?}: first report must be Activated: {:?}",
+        outcome.recs
+    );
+    assert_eq!(
+        outcome.recs.iter().filter(|r| **r == Rec::Quit).count(),
+        1,
+        "{mode:?}: Quit exactly once: {:?}",
+        outcome.recs
+    );
+    assert_eq!(outcome.recs.last(), Some(&Rec::Quit), "{mode:?}: Quit last");
+}
+
+fn run_threaded(url: &str, config: Config, mut recorder: Recorder) -> Result<Outcome, Error> {
+    let client = ThreadedClient::connect(url, &config)?;
+    let mut control = client.control_tx.clone();
+    loop {
+        let event = match client.event_rx.recv_timeout(TEST_DEADLINE) {
+            Ok(e) => e,
+            Err(e) => panic!("threaded: no event: {e:?}"),
+        };
+        let rec = match event {
+            Event::Activated(h) => Rec::Activated(h.subprotocol().map(str::to_owned)),
+            Event::TextMessage(t) => Rec::Text(t.as_str().to_owned()),
+            Event::BinaryMessage(b) => Rec::Binary(b.to_vec()),
+            Event::Ping(p) => Rec::Ping(p.to_vec()),
+            Event::Pong(p) => Rec::Pong(p.to_vec()),
+            Event::ConnectionClosed(c) => Rec::Closed(c),
+            Event::Error(e) => {
+                let rec = Rec::Error(format!("{e:?}"));
+                recorder.errors.push(e);
+                rec
+            }
+            Event::Quit => {
+                recorder.recs.push(Rec::Quit);
+                break;
+            }
+            other => panic!("unexpected event {other:?}"),
+        };
+        recorder.recs.push(rec.clone());
+        (recorder.script)(&rec, &mut control);
+    }
+    // The worker is ending: both channel ends must report disconnection, promptly.
+    match client.event_rx.recv_timeout(Duration::from_secs(10)) {
+        Err(RecvTimeoutError::Disconnected) => {}
+        other => panic!("threaded: event_rx after Quit gave {other:?}, expected disconnection"),
+    }
+    assert!(
+        client.control_tx.send(Command::ForceQuit).is_err(),
+        "threaded: control_tx must report disconnection after the worker ends"
+    );
+    Ok(Outcome {
+        recs: recorder.recs,
+        errors: recorder.errors,
+    })
+}
+
+/// A script that does nothing.
+pub fn passive() -> Script {
+    Box::new(|_, _| {})
+}
