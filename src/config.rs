@@ -218,14 +218,19 @@ pub struct ConfigBuilder {
 }
 
 impl ConfigBuilder {
-    /// Add a request header. Order is kept and a name may repeat. Defaults to none.
+    /// Add a request header. Headers go out in the order added and a name may repeat; a `Host`
+    /// header replaces the one derived from the URL. Defaults to none.
     ///
-    /// An invalid name or value is reported by [`build`](Self::build).
+    /// An invalid name or value, or a header the handshake writes itself (`Connection`,
+    /// `Upgrade`, `Sec-WebSocket-*`), is reported by [`build`](Self::build).
     pub fn header(mut self, name: &str, value: &str) -> Self {
         match (
             HeaderName::from_bytes(name.as_bytes()),
             HeaderValue::from_str(value),
         ) {
+            (Ok(n), _) if crate::handshake::RESERVED_HEADERS.contains(&n) => self.problems.push(
+                format!("header {name:?} is written by the handshake itself (subprotocols: use `subprotocol`)"),
+            ),
             (Ok(n), Ok(v)) => self.config.headers.push((n, v)),
             _ => self
                 .problems
@@ -333,12 +338,13 @@ impl ConfigBuilder {
         self
     }
     /// Trust this PEM certificate (or bundle) in addition to the system roots. Defaults to none.
+    /// [`build`](Self::build) fails if it holds no certificate.
     pub fn root_certificate_pem(mut self, pem: &[u8]) -> Self {
         self.config.root_certificates.push(pem.to_vec());
         self
     }
     /// Present this client identity: a PEM certificate chain and its PKCS#8 PEM private key.
-    /// Defaults to none.
+    /// Defaults to none. [`build`](Self::build) fails if they cannot be loaded.
     pub fn identity_pem(mut self, cert_chain: &[u8], private_key: &[u8]) -> Self {
         self.config.identity = Some((cert_chain.to_vec(), private_key.to_vec()));
         self
@@ -397,6 +403,22 @@ impl ConfigBuilder {
             return Err(Error::Config(
                 "control_capacity and event_capacity must be at least 1".into(),
             ));
+        }
+        for pem in &c.root_certificates {
+            match native_tls::Certificate::stack_from_pem(pem) {
+                Ok(certs) if !certs.is_empty() => {}
+                Ok(_) => {
+                    return Err(Error::Config(
+                        "root certificate: no PEM certificate found".into(),
+                    ))
+                }
+                Err(e) => return Err(Error::Config(format!("root certificate: {e}"))),
+            }
+        }
+        if let Some((chain, key)) = &c.identity {
+            if let Err(e) = native_tls::Identity::from_pkcs8(chain, key) {
+                return Err(Error::Config(format!("client identity: {e}")));
+            }
         }
         if c.ttl == Some(0) {
             return Err(Error::Config("ttl must be at least 1".into()));

@@ -5,8 +5,6 @@ use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, TcpKeepalive, Type};
-use tungstenite::client::IntoClientRequest;
-use tungstenite::handshake::HandshakeError;
 use tungstenite::protocol::WebSocket;
 use url::{Host, Url};
 
@@ -65,41 +63,9 @@ fn open(url: &str, config: &Config) -> Result<(WebSocket<Stream>, Handshake), Er
         Stream::Plain(conn)
     };
 
-    let mut request = url
-        .into_client_request()
-        .map_err(|e| invalid(&e.to_string()))?;
-    for (name, value) in &config.headers {
-        request.headers_mut().append(name.clone(), value.clone());
-    }
-    if !config.subprotocols.is_empty() {
-        let offer = config.subprotocols.join(", ");
-        let value = http::HeaderValue::from_str(&offer)
-            .map_err(|_| Error::Config(format!("invalid subprotocols {offer:?}")))?;
-        request
-            .headers_mut()
-            .insert(http::header::SEC_WEBSOCKET_PROTOCOL, value);
-    }
-
-    match tungstenite::client::client_with_config(request, stream, Some(config.websocket_config()))
-    {
-        Ok((mut ws, response)) => {
-            ws.get_mut().conn_mut().make_nonblocking()?;
-            Ok((ws, Handshake::from_response(&response)))
-        }
-        Err(HandshakeError::Interrupted(_)) => Err(Error::Timeout(TimeoutKind::Handshake)),
-        Err(HandshakeError::Failure(e)) => Err(handshake_failure(e)),
-    }
-}
-
-fn handshake_failure(e: tungstenite::Error) -> Error {
-    match e {
-        tungstenite::Error::Http(response) => Error::HandshakeRejected {
-            status: response.status(),
-        },
-        tungstenite::Error::Io(io) if is_timeout(&io) => Error::Timeout(TimeoutKind::Handshake),
-        tungstenite::Error::Io(io) => Error::Io(io),
-        other => Error::Handshake(Box::new(other)),
-    }
+    let (mut ws, handshake) = crate::handshake::client(stream, &parsed, config)?;
+    ws.get_mut().conn_mut().make_nonblocking()?;
+    Ok((ws, handshake))
 }
 
 fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, Error> {

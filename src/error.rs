@@ -69,10 +69,10 @@ pub enum Error {
         /// The HTTP status the server sent.
         status: http::StatusCode,
     },
-    /// The server's upgrade response broke the protocol (bad accept key, a subprotocol we did not
-    /// offer, malformed HTTP).
-    #[error("invalid handshake response: {0}")]
-    Handshake(#[source] Box<tungstenite::Error>),
+    /// The opening handshake broke the protocol: a bad accept key, a subprotocol or extension
+    /// we did not offer, malformed HTTP (or, on the server side, a bad upgrade request).
+    #[error("invalid handshake: {0}")]
+    InvalidHandshake(String),
     /// A text message was not valid UTF-8; the connection was closed with 1007.
     #[error("invalid utf-8 in a text message")]
     InvalidUtf8,
@@ -243,7 +243,7 @@ pub(crate) fn classify(err: tungstenite::Error) -> Classified {
             },
             None,
         ),
-        other => Classified::Fatal(Error::Handshake(Box::new(other)), None),
+        other => Classified::Fatal(Error::Io(io::Error::other(other.to_string())), None),
     }
 }
 

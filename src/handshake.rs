@@ -14,19 +14,6 @@ pub struct Handshake {
 }
 
 impl Handshake {
-    pub(crate) fn from_response<B>(response: &http::Response<B>) -> Self {
-        let subprotocol = response
-            .headers()
-            .get(http::header::SEC_WEBSOCKET_PROTOCOL)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        Handshake {
-            status: response.status(),
-            headers: response.headers().clone(),
-            subprotocol,
-        }
-    }
-
     /// The HTTP status of the upgrade response (101 for a client).
     pub fn status(&self) -> StatusCode {
         self.status
@@ -40,5 +27,217 @@ impl Handshake {
     /// The subprotocol the server chose from those offered, if any.
     pub fn subprotocol(&self) -> Option<&str> {
         self.subprotocol.as_deref()
+    }
+}
+
+// ----- the client side of the opening handshake ------------------------------------------------
+//
+// Written here rather than through tungstenite's client handshake so that request headers go
+// out exactly as configured (order kept, names may repeat, `Host` may be overridden) and so that
+// what the server agreed (subprotocol, extensions) is checked in one place.
+
+use std::io::{self, Read, Write};
+
+use http::header::{self, HeaderName, HeaderValue};
+use tungstenite::protocol::{Role, WebSocket};
+use url::Url;
+
+use crate::error::{Error, TimeoutKind};
+use crate::stream::Stream;
+use crate::Config;
+
+/// Largest response head we accept from a server.
+const MAX_RESPONSE_HEAD: usize = 64 << 10;
+/// Most response headers we parse.
+const MAX_HEADERS: usize = 64;
+
+/// Headers the handshake writes itself; setting them through the config is refused.
+pub(crate) const RESERVED_HEADERS: [HeaderName; 6] = [
+    header::CONNECTION,
+    header::UPGRADE,
+    header::SEC_WEBSOCKET_KEY,
+    header::SEC_WEBSOCKET_VERSION,
+    header::SEC_WEBSOCKET_PROTOCOL,
+    header::SEC_WEBSOCKET_EXTENSIONS,
+];
+
+/// Send the upgrade request on `stream` (blocking, under the handshake deadline), read and check
+/// the answer, and return the open WebSocket with what was agreed.
+pub(crate) fn client(
+    mut stream: Stream,
+    url: &Url,
+    config: &Config,
+) -> Result<(WebSocket<Stream>, Handshake), Error> {
+    let key = tungstenite::handshake::client::generate_key();
+    let request = request(url, &key, config);
+    stream.write_all(&request).map_err(io_error)?;
+    let (handshake, leftover) = read_response(&mut stream)?;
+    verify(&handshake, &key, config)?;
+    let ws = WebSocket::from_partially_read(
+        stream,
+        leftover,
+        Role::Client,
+        Some(config.websocket_config()),
+    );
+    Ok((ws, handshake))
+}
+
+fn request(url: &Url, key: &str, config: &Config) -> Vec<u8> {
+    let mut path = url.path().to_owned();
+    if let Some(query) = url.query() {
+        path.push('?');
+        path.push_str(query);
+    }
+    let mut out = Vec::with_capacity(256);
+    // Writes to a Vec cannot fail.
+    let _ = write!(out, "GET {path} HTTP/1.1\r\n");
+    let user_host = config.headers.iter().find(|(n, _)| n == header::HOST);
+    match user_host {
+        Some((_, value)) => {
+            out.extend_from_slice(b"Host: ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        None => {
+            // `host_str` keeps the brackets of an IPv6 literal; `port` is None for the default.
+            let host = url.host_str().unwrap_or_default();
+            let _ = match url.port() {
+                Some(port) => write!(out, "Host: {host}:{port}\r\n"),
+                None => write!(out, "Host: {host}\r\n"),
+            };
+        }
+    }
+    let _ = write!(
+        out,
+        "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: {key}\r\n"
+    );
+    if !config.subprotocols.is_empty() {
+        let _ = write!(
+            out,
+            "Sec-WebSocket-Protocol: {}\r\n",
+            config.subprotocols.join(", ")
+        );
+    }
+    for (name, value) in config.headers.iter().filter(|(n, _)| n != header::HOST) {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// Read up to the end of the response head; what follows it already belongs to the WebSocket.
+fn read_response(stream: &mut Stream) -> Result<(Handshake, Vec<u8>), Error> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 2048];
+    let head_len = loop {
+        let n = stream.read(&mut chunk).map_err(io_error)?;
+        if n == 0 {
+            return Err(Error::InvalidHandshake(
+                "the server closed the connection during the handshake".into(),
+            ));
+        }
+        let searched = buf.len().saturating_sub(3);
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(pos) = buf[searched..].windows(4).position(|w| w == b"\r\n\r\n") {
+            break searched + pos + 4;
+        }
+        if buf.len() > MAX_RESPONSE_HEAD {
+            return Err(Error::InvalidHandshake(format!(
+                "response head longer than {MAX_RESPONSE_HEAD} bytes"
+            )));
+        }
+    };
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut headers);
+    match response.parse(&buf[..head_len]) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => {
+            return Err(Error::InvalidHandshake("incomplete response head".into()))
+        }
+        Err(e) => return Err(Error::InvalidHandshake(format!("malformed response: {e}"))),
+    }
+    let status = response
+        .code
+        .and_then(|c| http::StatusCode::from_u16(c).ok())
+        .ok_or_else(|| Error::InvalidHandshake("response without a valid status".into()))?;
+    let mut map = http::HeaderMap::new();
+    for h in response.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| Error::InvalidHandshake(format!("bad header name {:?}", h.name)))?;
+        let value = HeaderValue::from_bytes(h.value)
+            .map_err(|_| Error::InvalidHandshake(format!("bad value for header {name}")))?;
+        map.append(name, value);
+    }
+    let subprotocol = map
+        .get(header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let handshake = Handshake {
+        status,
+        headers: map,
+        subprotocol,
+    };
+    Ok((handshake, buf.split_off(head_len)))
+}
+
+/// RFC 6455 section 4.1: what the client must check before the connection is open.
+fn verify(handshake: &Handshake, key: &str, config: &Config) -> Result<(), Error> {
+    if handshake.status != http::StatusCode::SWITCHING_PROTOCOLS {
+        return Err(Error::HandshakeRejected {
+            status: handshake.status,
+        });
+    }
+    let get = |name: HeaderName| {
+        handshake
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    };
+    if !get(header::UPGRADE).eq_ignore_ascii_case("websocket") {
+        return Err(Error::InvalidHandshake(
+            "response lacks `Upgrade: websocket`".into(),
+        ));
+    }
+    if !get(header::CONNECTION)
+        .split(',')
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+    {
+        return Err(Error::InvalidHandshake(
+            "response lacks `Connection: upgrade`".into(),
+        ));
+    }
+    let expected = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    if get(header::SEC_WEBSOCKET_ACCEPT) != expected {
+        return Err(Error::InvalidHandshake(
+            "Sec-WebSocket-Accept does not match our key".into(),
+        ));
+    }
+    if let Some(chosen) = &handshake.subprotocol {
+        if !config.subprotocols.iter().any(|p| p == chosen) {
+            return Err(Error::InvalidHandshake(format!(
+                "server chose subprotocol {chosen:?}, which we did not offer"
+            )));
+        }
+    }
+    let extensions = get(header::SEC_WEBSOCKET_EXTENSIONS);
+    if !extensions.trim().is_empty() {
+        return Err(Error::InvalidHandshake(format!(
+            "server accepted extensions we did not offer: {extensions}"
+        )));
+    }
+    Ok(())
+}
+
+fn io_error(e: io::Error) -> Error {
+    match e.kind() {
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => {
+            Error::Timeout(TimeoutKind::Handshake)
+        }
+        _ => Error::Io(e),
     }
 }

@@ -87,7 +87,7 @@ impl ServerConnection {
             {
                 return Err(Error::Timeout(TimeoutKind::Handshake))
             }
-            Err(HandshakeError::Failure(e)) => return Err(Error::Handshake(Box::new(e))),
+            Err(HandshakeError::Failure(e)) => return Err(Error::InvalidHandshake(e.to_string())),
         };
         ws.get_mut().conn_mut().make_nonblocking()?;
         let session = Session::new(ws, None, config);

@@ -82,9 +82,34 @@ pub fn ws_server<R: Send + 'static>(
     (format!("ws://{addr}/"), handle)
 }
 
+/// Accept an upgrade by hand: returns the request head exactly as it came over the wire, and
+/// the server-side WebSocket. `extra` lines are added to the 101 response.
+pub fn accept_by_hand(mut tcp: TcpStream, extra: &str) -> (String, WebSocket<TcpStream>) {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tcp.read_exact(&mut byte).expect("request head");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).expect("ascii request");
+    let key = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+        .expect("key header");
+    let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    write!(
+        tcp,
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {accept}\r\n{extra}\r\n"
+    )
+    .unwrap();
+    let ws = WebSocket::from_raw_socket(tcp, tungstenite::protocol::Role::Server, None);
+    (head, ws)
+}
+
 /// Read messages until the client's Close; return the data messages and the close frame.
-pub fn read_until_close(
-    ws: &mut WebSocket<TcpStream>,
+pub fn read_until_close<S: Read + Write>(
+    ws: &mut WebSocket<S>,
 ) -> (
     Vec<tungstenite::Message>,
     Option<tungstenite::protocol::CloseFrame>,

@@ -1,0 +1,369 @@
+//! Opening a connection: each way it can fail gives a distinct, typed, readable error; deadlines
+//! hold; TLS works with extra roots; headers and subprotocols go out as configured.
+
+mod util;
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use syncws::{
+    BlockingClient, Config, Error, NonBlockingClient, ThreadedClient, TimeoutKind, TlsFailure,
+};
+use util::*;
+
+/// Connect with each client type; all three must give the same kind of error.
+fn connect_errors(url: &str, config: &Config) -> Vec<Error> {
+    vec![
+        BlockingClient::connect(url, config).unwrap_err(),
+        NonBlockingClient::connect(url, config).unwrap_err(),
+        ThreadedClient::connect(url, config).unwrap_err(),
+    ]
+}
+
+#[test]
+fn connection_refused() {
+    let (listener, addr) = bind();
+    drop(listener);
+    for e in connect_errors(&format!("ws://{addr}/"), &Config::default()) {
+        match &e {
+            Error::Connect { addr: a, source } => {
+                assert_eq!(*a, addr);
+                assert_eq!(source.kind(), std::io::ErrorKind::ConnectionRefused);
+            }
+            other => panic!("expected Connect, got {other:?}"),
+        }
+        assert!(
+            e.to_string().starts_with(&format!("connect to {addr}: ")),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn unknown_host() {
+    for e in connect_errors("ws://no-such-host.invalid/", &Config::default()) {
+        assert!(
+            matches!(&e, Error::Resolve { host, .. } if host == "no-such-host.invalid"),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string().starts_with("resolve no-such-host.invalid: "),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn unsupported_scheme_and_bad_urls() {
+    for e in connect_errors("http://127.0.0.1:9/", &Config::default()) {
+        assert!(
+            matches!(&e, Error::UnsupportedScheme { scheme } if scheme == "http"),
+            "{e:?}"
+        );
+    }
+    for e in connect_errors("not a url", &Config::default()) {
+        assert!(matches!(e, Error::InvalidUrl { .. }), "{e:?}");
+    }
+}
+
+#[test]
+fn a_server_that_never_answers_the_handshake_cannot_hold_connect() {
+    for scheme in ["ws", "wss"] {
+        // Accepts TCP, then says nothing (no HTTP answer, no TLS) until the client leaves.
+        let (addr, server) = raw_server(|mut tcp| read_to_end(&mut tcp).len());
+        let config = Config::builder()
+            .handshake_timeout(Some(Duration::from_millis(300)))
+            .build()
+            .unwrap();
+        let started = Instant::now();
+        let e = BlockingClient::connect(&format!("{scheme}://localhost:{}/", addr.port()), &config)
+            .unwrap_err();
+        assert!(
+            matches!(e, Error::Timeout(TimeoutKind::Handshake)),
+            "{scheme}: {e:?}"
+        );
+        assert_eq!(e.to_string(), "websocket opening handshake timed out");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{scheme}: bounded"
+        );
+        server.join().unwrap();
+    }
+}
+
+#[test]
+fn a_server_that_trickles_its_answer_cannot_stretch_the_deadline() {
+    // One byte of HTTP every 100 ms: each read succeeds, the whole must still end on time.
+    let (addr, server) = raw_server(|mut tcp| {
+        let mut request = [0u8; 1024];
+        let _ = tcp.read(&mut request);
+        for b in b"HTTP/1.1 101 Switching Protocols\r\n"
+            .iter()
+            .cycle()
+            .take(200)
+        {
+            if tcp.write_all(&[*b]).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    let config = Config::builder()
+        .handshake_timeout(Some(Duration::from_millis(500)))
+        .build()
+        .unwrap();
+    let e = BlockingClient::connect(&format!("ws://{addr}/"), &config).unwrap_err();
+    assert!(matches!(e, Error::Timeout(TimeoutKind::Handshake)), "{e:?}");
+    server.join().unwrap();
+}
+
+#[test]
+fn a_rejected_upgrade_reports_the_http_status() {
+    let (addr, server) = raw_server(|mut tcp| {
+        let mut request = [0u8; 2048];
+        let _ = tcp.read(&mut request);
+        tcp.write_all(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n")
+            .unwrap();
+    });
+    let e = BlockingClient::connect(&format!("ws://{addr}/"), &Config::default()).unwrap_err();
+    assert!(
+        matches!(e, Error::HandshakeRejected { status } if status.as_u16() == 403),
+        "{e:?}"
+    );
+    server.join().unwrap();
+}
+
+#[test]
+fn headers_go_out_in_order_and_the_chosen_subprotocol_is_reported() {
+    for mode in MODES {
+        let (addr, server) = raw_server(|tcp| {
+            let (head, ws) = accept_by_hand(tcp, "Sec-WebSocket-Protocol: chat.v2\r\n");
+            echo(ws);
+            head
+        });
+        let out = drive(
+            mode,
+            &format!("ws://{addr}/feed?x=1#frag"),
+            Config::builder()
+                .header("X-Trace", "a")
+                .header("X-Token", "b")
+                .header("X-Trace", "c")
+                .subprotocol("chat.v1")
+                .subprotocol("chat.v2"),
+            Box::new(|rec, act| {
+                if let Rec::Activated(_) = rec {
+                    act.close(1000, "").unwrap();
+                }
+            }),
+        );
+        assert_eq!(
+            out.recs[0],
+            Rec::Activated(Some("chat.v2".into())),
+            "{mode:?}"
+        );
+        let head = server.join().unwrap();
+        let lines: Vec<&str> = head.lines().collect();
+        assert_eq!(
+            lines[0], "GET /feed?x=1 HTTP/1.1",
+            "{mode:?}: path and query, no fragment"
+        );
+        assert_eq!(lines[1], format!("Host: {addr}"), "{mode:?}");
+        let user: Vec<&str> = lines
+            .iter()
+            .copied()
+            .filter(|l| l.starts_with("x-") || l.starts_with("Sec-WebSocket-Protocol"))
+            .collect();
+        assert_eq!(
+            user,
+            [
+                "Sec-WebSocket-Protocol: chat.v1, chat.v2",
+                "x-trace: a",
+                "x-token: b",
+                "x-trace: c"
+            ],
+            "{mode:?}: exact order on the wire"
+        );
+    }
+}
+
+#[test]
+fn a_host_header_replaces_the_derived_one_and_reserved_headers_are_refused() {
+    let (addr, server) = raw_server(|tcp| {
+        let (head, mut ws) = accept_by_hand(tcp, "");
+        read_until_close(&mut ws);
+        head
+    });
+    let out = drive(
+        Mode::Blocking,
+        &format!("ws://{addr}/"),
+        Config::builder().header("Host", "example.test"),
+        Box::new(|rec, act| {
+            if let Rec::Activated(_) = rec {
+                act.close(1000, "").unwrap();
+            }
+        }),
+    );
+    assert!(out.errors.is_empty());
+    let head = server.join().unwrap();
+    assert_eq!(head.lines().filter(|l| l.starts_with("Host:")).count(), 1);
+    assert!(head.contains("Host: example.test\r\n"), "{head}");
+    let e = Config::builder()
+        .header("Sec-WebSocket-Key", "x")
+        .build()
+        .unwrap_err();
+    assert!(e.to_string().contains("written by the handshake"), "{e}");
+}
+
+#[test]
+fn a_bad_accept_key_or_an_unoffered_extension_or_subprotocol_fails_the_handshake() {
+    for (extra, expected) in [
+        (
+            "Sec-WebSocket-Extensions: permessage-deflate\r\n",
+            "extensions we did not offer",
+        ),
+        ("Sec-WebSocket-Protocol: evil\r\n", "which we did not offer"),
+    ] {
+        let (addr, server) = raw_server(move |tcp| {
+            let _ = accept_by_hand(tcp, extra);
+        });
+        let config = Config::builder().subprotocol("chat.v1").build().unwrap();
+        let e = BlockingClient::connect(&format!("ws://{addr}/"), &config).unwrap_err();
+        assert!(
+            matches!(&e, Error::InvalidHandshake(m) if m.contains(expected)),
+            "{e:?}"
+        );
+        server.join().unwrap();
+    }
+    let (addr, server) = raw_server(|mut tcp| {
+        let mut request = [0u8; 2048];
+        let _ = tcp.read(&mut request);
+        tcp.write_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+              Connection: Upgrade\r\nSec-WebSocket-Accept: bm90IHRoZSBrZXk=\r\n\r\n",
+        )
+        .unwrap();
+    });
+    let e = BlockingClient::connect(&format!("ws://{addr}/"), &Config::default()).unwrap_err();
+    assert!(
+        matches!(&e, Error::InvalidHandshake(m) if m.contains("Accept")),
+        "{e:?}"
+    );
+    server.join().unwrap();
+}
+
+// ----- TLS ------------------------------------------------------------------------------------
+
+#[test]
+fn wss_with_an_extra_root_works_in_every_mode() {
+    let pki = TestPki::new();
+    for mode in MODES {
+        let (port, server) = wss_server(pki.server_identity(&["localhost"]), |ws| {
+            let mut ws = ws.expect("tls + upgrade");
+            let mut n = 0;
+            while let Ok(m) = ws.read() {
+                if m.is_text() {
+                    n += 1;
+                    ws.send(m).unwrap();
+                }
+            }
+            n
+        });
+        let out = drive(
+            mode,
+            &format!("wss://localhost:{port}/"),
+            Config::builder().root_certificate_pem(pki.ca_pem.as_bytes()),
+            Box::new(|rec, act| match rec {
+                Rec::Activated(_) => {
+                    for i in 0..50 {
+                        act.text(&format!("secret {i}")).unwrap();
+                    }
+                }
+                Rec::Text(t) if t == "secret 49" => act.close(1000, "").unwrap(),
+                _ => {}
+            }),
+        );
+        let expected: Vec<String> = (0..50).map(|i| format!("secret {i}")).collect();
+        assert_eq!(out.texts(), expected, "{mode:?}");
+        assert!(out.errors.is_empty(), "{mode:?}: {:?}", out.errors);
+        assert_eq!(server.join().unwrap(), 50, "{mode:?}");
+    }
+}
+
+fn tls_error(url: &str, config: &Config) -> (TlsFailure, String) {
+    match BlockingClient::connect(url, config).unwrap_err() {
+        e @ Error::Tls { failure, .. } => (failure, e.to_string()),
+        other => panic!("expected a TLS error, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_certificate_for_another_host_is_refused() {
+    let pki = TestPki::new();
+    let (port, server) = wss_server(pki.server_identity(&["other.example"]), |r| r.is_ok());
+    let config = Config::builder()
+        .root_certificate_pem(pki.ca_pem.as_bytes())
+        .build()
+        .unwrap();
+    let (failure, text) = tls_error(&format!("wss://localhost:{port}/"), &config);
+    assert_eq!(failure, TlsFailure::HostnameMismatch, "{text}");
+    assert!(
+        text.starts_with("tls handshake with localhost: certificate is for another host"),
+        "{text}"
+    );
+    assert!(!server.join().unwrap());
+}
+
+#[test]
+fn a_self_signed_certificate_is_refused_unless_the_dangerous_switch_is_on() {
+    let (port, server) = wss_server(self_signed_identity(), |r| r.is_ok());
+    let (failure, text) = tls_error(&format!("wss://localhost:{port}/"), &Config::default());
+    assert_eq!(failure, TlsFailure::SelfSigned, "{text}");
+    assert!(!server.join().unwrap());
+
+    let (port, server) = wss_server(self_signed_identity(), |ws| {
+        let mut ws = ws.expect("tls + upgrade");
+        read_until_close(&mut ws).1.map(|f| u16::from(f.code))
+    });
+    let out = drive(
+        Mode::Blocking,
+        &format!("wss://localhost:{port}/"),
+        Config::builder().danger_accept_invalid_certs(true),
+        Box::new(|rec, act| {
+            if let Rec::Activated(_) = rec {
+                act.close(1000, "").unwrap();
+            }
+        }),
+    );
+    assert!(out.errors.is_empty(), "{:?}", out.errors);
+    assert_eq!(server.join().unwrap(), Some(1000));
+}
+
+#[test]
+fn an_untrusted_issuer_is_refused_with_its_own_reason() {
+    // Signed by a CA the client does not know.
+    let pki = TestPki::new();
+    let (port, server) = wss_server(pki.server_identity(&["localhost"]), |r| r.is_ok());
+    let (failure, text) = tls_error(&format!("wss://localhost:{port}/"), &Config::default());
+    assert_eq!(failure, TlsFailure::UntrustedIssuer, "{text}");
+    assert!(!server.join().unwrap());
+}
+
+#[test]
+fn bad_tls_material_is_refused_by_build() {
+    let e = Config::builder()
+        .root_certificate_pem(b"not a pem")
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::Config(m) if m.starts_with("root certificate")),
+        "{e:?}"
+    );
+    let e = Config::builder()
+        .identity_pem(b"no cert", b"no key")
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::Config(m) if m.starts_with("client identity")),
+        "{e:?}"
+    );
+}
