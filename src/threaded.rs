@@ -85,6 +85,16 @@ impl ThreadedClient {
                     gone: false,
                 };
                 driver.run(&mut forward);
+                // Commands first, so that once `event_rx` reports disconnection, `control_tx`
+                // already does too; `done` last, so a joining owner sees both.
+                let Forward {
+                    events,
+                    control,
+                    stop,
+                    ..
+                } = forward;
+                drop((control, stop));
+                drop(events);
                 drop(done_tx);
             })?;
         Ok(ThreadedClient {

@@ -47,9 +47,12 @@ fn stalled_server(go: Receiver<()>) -> (String, std::thread::JoinHandle<Vec<u8>>
     })
 }
 
+/// What each send returned, shared with the test.
+type SendResults = Arc<Mutex<Vec<Result<(), String>>>>;
+
 /// Send `COUNT` big messages while the server is not reading, stop at the first refusal, then
 /// let the server read, and close. Returns what each send returned.
-fn send_all_then_release(go: Sender<()>) -> (Script, Arc<Mutex<Vec<Result<(), String>>>>) {
+fn send_all_then_release(go: Sender<()>) -> (Script, SendResults) {
     let results = Arc::new(Mutex::new(Vec::new()));
     let r = results.clone();
     let script: Script = Box::new(move |rec, act| {

@@ -448,7 +448,10 @@ pub fn drive(mode: Mode, url: &str, builder: syncws::ConfigBuilder, script: Scri
     let outcome = match rx.recv_timeout(TEST_DEADLINE) {
         Ok(Ok(o)) => o,
         Ok(Err(e)) => panic!("{mode:?}: connect failed: {e}"),
-        Err(_) => panic!("{mode:?}: client did not finish within {TEST_DEADLINE:?}"),
+        Err(RecvTimeoutError::Disconnected) => panic!("{mode:?}: client thread panicked (above)"),
+        Err(RecvTimeoutError::Timeout) => {
+            panic!("{mode:?}: client did not finish within {TEST_DEADLINE:?}")
+        }
     };
     check_universal(mode, &outcome);
     outcome
