@@ -64,7 +64,7 @@ fn open(url: &str, config: &Config) -> Result<(WebSocket<Stream>, Handshake), Er
     };
 
     let (mut ws, handshake) = crate::handshake::client(stream, &parsed, config)?;
-    ws.get_mut().conn_mut().make_nonblocking()?;
+    ws.get_mut().make_nonblocking()?;
     Ok((ws, handshake))
 }
 

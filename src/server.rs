@@ -89,7 +89,7 @@ impl ServerConnection {
             }
             Err(HandshakeError::Failure(e)) => return Err(Error::InvalidHandshake(e.to_string())),
         };
-        ws.get_mut().conn_mut().make_nonblocking()?;
+        ws.get_mut().make_nonblocking()?;
         let session = Session::new(ws, None, config);
         let (driver, handle, _) = Driver::with_commands(session, WaitStrategy::Readiness, config)?;
         Ok(ServerConnection { driver, handle })

@@ -494,3 +494,223 @@ impl Session {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The session over a scripted in-memory stream that says "would block" on cue: the
+    //! non-blocking paths, byte by byte, without sockets or timing.
+
+    use std::time::Duration;
+
+    use tungstenite::protocol::Role;
+
+    use super::*;
+    use crate::handler::Callbacks;
+    use crate::stream::scripted::{ReadStep, Scripted};
+    use crate::{Context, Handler};
+
+    fn session(config: &Config, reads: Vec<ReadStep>, write_budget: usize) -> Session {
+        let stream = Stream::Scripted(Scripted {
+            reads: reads.into(),
+            write_budget,
+            written: Vec::new(),
+        });
+        let ws = WebSocket::from_raw_socket(stream, Role::Client, Some(config.websocket_config()));
+        Session::new(ws, None, config)
+    }
+
+    fn scripted(s: &mut Session) -> &mut Scripted {
+        match s.ws.get_mut() {
+            Stream::Scripted(s) => s,
+            _ => unreachable!("test sessions are scripted"),
+        }
+    }
+
+    /// Decode the client's (masked) frames: (opcode, payload).
+    fn frames(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+        let mut out = Vec::new();
+        while !bytes.is_empty() {
+            let opcode = bytes[0] & 0x0f;
+            assert_eq!(bytes[1] & 0x80, 0x80, "client frames are masked");
+            let (len, mut at) = match bytes[1] & 0x7f {
+                126 => (u16::from_be_bytes([bytes[2], bytes[3]]) as usize, 4),
+                127 => (
+                    u64::from_be_bytes(bytes[2..10].try_into().unwrap()) as usize,
+                    10,
+                ),
+                n => (n as usize, 2),
+            };
+            let mask = [bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]];
+            at += 4;
+            let payload = bytes[at..at + len]
+                .iter()
+                .enumerate()
+                .map(|(i, b)| b ^ mask[i % 4])
+                .collect();
+            out.push((opcode, payload));
+            bytes = &bytes[at + len..];
+        }
+        out
+    }
+
+    /// An unmasked server frame.
+    fn server_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+        assert!(payload.len() < 126);
+        let mut f = vec![0x80 | opcode, payload.len() as u8];
+        f.extend_from_slice(payload);
+        f
+    }
+
+    #[derive(Default)]
+    struct Log(Vec<String>);
+
+    impl Handler for Log {
+        fn on_text_message(&mut self, _: &mut Context<'_>, text: &str) {
+            self.0.push(format!("text {text}"));
+        }
+        fn on_connection_closed(&mut self, _: &mut Context<'_>, close: &CloseInfo) {
+            self.0
+                .push(format!("closed {} {:?}", close.code, close.initiator));
+        }
+    }
+
+    #[test]
+    fn a_send_that_meets_a_full_stream_is_queued_once_and_drains_later() {
+        let mut s = session(&Config::default(), vec![], 10);
+        s.send(Message::Binary(vec![7u8; 1000].into())).unwrap();
+        assert!(!s.flush(), "the stream took 10 bytes, then would block");
+        assert_eq!(scripted(&mut s).written.len(), 10);
+        // Queued behind it, not retried, not lost.
+        s.send(Message::text("second")).unwrap();
+        assert!(!s.flush());
+        scripted(&mut s).write_budget = usize::MAX;
+        assert!(s.flush(), "drains once the stream takes bytes again");
+        let written = std::mem::take(&mut scripted(&mut s).written);
+        assert_eq!(
+            frames(&written),
+            [(0x2, vec![7u8; 1000]), (0x1, b"second".to_vec())],
+            "each message exactly once, in order"
+        );
+    }
+
+    #[test]
+    fn a_full_queue_refuses_a_send_and_queues_nothing_of_it() {
+        let config = Config::builder()
+            .write_buffer_size(64)
+            .max_queued_bytes(256)
+            .build()
+            .unwrap();
+        let mut s = session(&config, vec![], 0);
+        s.send(Message::Binary(vec![1u8; 150].into())).unwrap();
+        let err = s.send(Message::Binary(vec![2u8; 150].into())).unwrap_err();
+        assert!(
+            matches!(err, Error::QueueFull { limit: 256, .. }),
+            "{err:?}"
+        );
+        scripted(&mut s).write_budget = usize::MAX;
+        assert!(s.flush());
+        let written = std::mem::take(&mut scripted(&mut s).written);
+        assert_eq!(frames(&written), [(0x2, vec![1u8; 150])]);
+    }
+
+    #[test]
+    fn a_message_split_by_would_block_is_assembled_across_passes() {
+        let frame = server_frame(0x1, b"hello");
+        let reads = vec![
+            ReadStep::Data(frame[..3].to_vec()),
+            ReadStep::WouldBlock,
+            ReadStep::Data(frame[3..].to_vec()),
+            ReadStep::WouldBlock,
+        ];
+        let mut s = session(&Config::default(), reads, usize::MAX);
+        let mut log = Log::default();
+        let pass = s.read_pass(&mut Callbacks(&mut log));
+        assert_eq!(pass.messages, 0);
+        assert!(log.0.is_empty());
+        let pass = s.read_pass(&mut Callbacks(&mut log));
+        assert_eq!(pass.messages, 1);
+        assert_eq!(log.0, ["text hello"]);
+    }
+
+    #[test]
+    fn a_peer_close_is_answered_even_if_the_stream_was_blocked() {
+        let mut close = vec![0x03, 0xe8]; // 1000
+        close.extend_from_slice(b"bye");
+        let reads = vec![
+            ReadStep::Data(server_frame(0x1, b"last")),
+            ReadStep::Data(server_frame(0x8, &close)),
+        ];
+        let mut s = session(&Config::default(), reads, 0);
+        let mut log = Log::default();
+        s.read_pass(&mut Callbacks(&mut log));
+        assert_eq!(log.0, ["text last", "closed 1000 Remote"]);
+        assert!(!s.is_open());
+        scripted(&mut s).write_budget = usize::MAX;
+        assert!(s.flush());
+        let written = std::mem::take(&mut scripted(&mut s).written);
+        assert_eq!(
+            frames(&written),
+            [(0x8, vec![0x03, 0xe8, b'b', b'y', b'e'])]
+        );
+    }
+
+    #[test]
+    fn an_unanswered_close_ends_at_its_deadline_with_a_timeout() {
+        let config = Config::builder()
+            .close_timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        let mut s = session(&config, vec![], usize::MAX);
+        s.close(CloseCode::Normal, "bye").unwrap();
+        assert!(
+            s.send(Message::text("late")).is_err(),
+            "no sends after close"
+        );
+        let deadline = s.next_deadline().expect("close has a deadline");
+        s.check_deadlines(deadline - Duration::from_millis(1));
+        assert!(!s.is_done());
+        s.check_deadlines(deadline);
+        assert!(s.is_done());
+        assert!(matches!(
+            s.take_error(),
+            Some(Error::Timeout(TimeoutKind::Close))
+        ));
+    }
+
+    #[test]
+    fn the_end_of_the_stream_without_a_close_is_a_reset() {
+        let reads = vec![ReadStep::Data(server_frame(0x1, b"only")), ReadStep::Eof];
+        let mut s = session(&Config::default(), reads, usize::MAX);
+        let mut log = Log::default();
+        s.read_pass(&mut Callbacks(&mut log));
+        assert_eq!(log.0, ["text only"]);
+        assert!(s.is_done());
+        assert!(matches!(s.take_error(), Some(Error::ConnectionReset)));
+        assert!(s.take_error().is_none(), "reported once");
+    }
+
+    #[test]
+    fn a_write_that_makes_no_progress_times_out_but_slow_progress_does_not() {
+        let config = Config::builder()
+            .write_timeout(Some(Duration::from_secs(1)))
+            .build()
+            .unwrap();
+        let mut s = session(&config, vec![], 0);
+        s.send(Message::Binary(vec![0u8; 100_000].into())).unwrap();
+        assert!(!s.flush());
+        let first = s.next_deadline().expect("a blocked write has a deadline");
+        // Some progress just before the deadline moves it.
+        scripted(&mut s).write_budget = 10;
+        assert!(!s.flush());
+        s.check_deadlines(first);
+        assert!(!s.is_done(), "progress was made");
+        let second = s.next_deadline().unwrap();
+        assert!(second > first);
+        s.check_deadlines(second);
+        assert!(s.is_done());
+        assert!(matches!(
+            s.take_error(),
+            Some(Error::Timeout(TimeoutKind::Write))
+        ));
+    }
+}

@@ -87,36 +87,51 @@ impl Write for TcpConn {
     }
 }
 
-/// What a session reads and writes: plain TCP, or TLS over TCP.
+/// What a session reads and writes: plain TCP, or TLS over TCP (and, in unit tests, a scripted
+/// in-memory stream that says "would block" when its script says so).
 #[derive(Debug)]
 pub(crate) enum Stream {
     Plain(TcpConn),
     Tls(Box<native_tls::TlsStream<TcpConn>>),
+    #[cfg(test)]
+    Scripted(scripted::Scripted),
 }
 
 impl Stream {
-    pub(crate) fn conn(&self) -> &TcpConn {
+    /// The TCP connection under the stream (None only for scripted test streams).
+    pub(crate) fn tcp_conn(&self) -> Option<&TcpConn> {
         match self {
-            Stream::Plain(c) => c,
-            Stream::Tls(t) => t.get_ref(),
+            Stream::Plain(c) => Some(c),
+            Stream::Tls(t) => Some(t.get_ref()),
+            #[cfg(test)]
+            Stream::Scripted(_) => None,
         }
     }
 
-    pub(crate) fn conn_mut(&mut self) -> &mut TcpConn {
+    /// Leave handshake mode: no deadline, non-blocking from now on.
+    pub(crate) fn make_nonblocking(&mut self) -> io::Result<()> {
         match self {
-            Stream::Plain(c) => c,
-            Stream::Tls(t) => t.get_mut(),
+            Stream::Plain(c) => c.make_nonblocking(),
+            Stream::Tls(t) => t.get_mut().make_nonblocking(),
+            #[cfg(test)]
+            Stream::Scripted(_) => Ok(()),
         }
     }
 
-    /// Raw bytes written to the socket so far (after TLS).
+    /// Bytes written to the transport so far (after TLS).
     pub(crate) fn bytes_written(&self) -> u64 {
-        self.conn().written
+        match self {
+            #[cfg(test)]
+            Stream::Scripted(s) => s.written.len() as u64,
+            _ => self.tcp_conn().map_or(0, |c| c.written),
+        }
     }
 
     /// Best effort: end the TCP connection in both directions now.
     pub(crate) fn shutdown(&self) {
-        let _ = self.conn().tcp.shutdown(std::net::Shutdown::Both);
+        if let Some(c) = self.tcp_conn() {
+            let _ = c.tcp.shutdown(std::net::Shutdown::Both);
+        }
     }
 }
 
@@ -125,6 +140,8 @@ impl Read for Stream {
         match self {
             Stream::Plain(c) => c.read(buf),
             Stream::Tls(t) => t.read(buf),
+            #[cfg(test)]
+            Stream::Scripted(s) => s.read(buf),
         }
     }
 }
@@ -134,6 +151,8 @@ impl Write for Stream {
         match self {
             Stream::Plain(c) => c.write(buf),
             Stream::Tls(t) => t.write(buf),
+            #[cfg(test)]
+            Stream::Scripted(s) => s.write(buf),
         }
     }
 
@@ -141,6 +160,66 @@ impl Write for Stream {
         match self {
             Stream::Plain(c) => c.flush(),
             Stream::Tls(t) => t.flush(),
+            #[cfg(test)]
+            Stream::Scripted(_) => Ok(()),
+        }
+    }
+}
+
+/// An in-memory stream driven by a script, for testing the non-blocking paths byte by byte.
+#[cfg(test)]
+pub(crate) mod scripted {
+    use std::collections::VecDeque;
+    use std::io::{self, Read, Write};
+
+    /// One step of what reads return.
+    #[derive(Debug)]
+    pub(crate) enum ReadStep {
+        Data(Vec<u8>),
+        WouldBlock,
+        Eof,
+    }
+
+    #[derive(Debug, Default)]
+    pub(crate) struct Scripted {
+        /// What reads return, in order; an empty script says "would block".
+        pub(crate) reads: VecDeque<ReadStep>,
+        /// Bytes writes may still take before they say "would block".
+        pub(crate) write_budget: usize,
+        /// Everything written.
+        pub(crate) written: Vec<u8>,
+    }
+
+    impl Read for Scripted {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            match self.reads.pop_front() {
+                None | Some(ReadStep::WouldBlock) => Err(io::ErrorKind::WouldBlock.into()),
+                Some(ReadStep::Eof) => Ok(0),
+                Some(ReadStep::Data(mut d)) => {
+                    let n = d.len().min(buf.len());
+                    buf[..n].copy_from_slice(&d[..n]);
+                    if n < d.len() {
+                        self.reads.push_front(ReadStep::Data(d.split_off(n)));
+                    }
+                    Ok(n)
+                }
+            }
+        }
+    }
+
+    impl Write for Scripted {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.write_budget == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = buf.len().min(self.write_budget);
+            self.write_budget -= n;
+            self.written.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
         }
     }
 }

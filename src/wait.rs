@@ -46,7 +46,12 @@ impl Waiter {
             WaitStrategy::Sleep(d) => Ok((Waiter::Sleep(d), None)),
             WaitStrategy::Readiness => {
                 let poll = Poll::new()?;
-                let fd = session.stream().conn().tcp().as_raw_fd();
+                let fd = session
+                    .stream()
+                    .tcp_conn()
+                    .ok_or_else(|| io::Error::other("readiness needs a socket"))?
+                    .tcp()
+                    .as_raw_fd();
                 // Edge-triggered: the session reads until "would block" before each wait.
                 poll.registry().register(
                     &mut SourceFd(&fd),
