@@ -367,3 +367,38 @@ fn bad_tls_material_is_refused_by_build() {
         "{e:?}"
     );
 }
+
+#[test]
+fn ipv6_literals_and_every_socket_option_work() {
+    let listener = std::net::TcpListener::bind("[::1]:0").expect("::1 is available here");
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let (tcp, _) = listener.accept().unwrap();
+        tcp.set_read_timeout(Some(SERVER_IO_TIMEOUT)).unwrap();
+        let (head, ws) = accept_by_hand(tcp, "");
+        echo(ws);
+        head
+    });
+    let out = drive(
+        Mode::Blocking,
+        &format!("ws://[::1]:{}/", addr.port()),
+        Config::builder()
+            .nodelay(false)
+            .ttl(Some(32))
+            .keepalive(Some(Duration::from_secs(30)))
+            .send_buffer_size(Some(64 << 10))
+            .recv_buffer_size(Some(64 << 10))
+            .connect_timeout(Some(Duration::from_secs(2))),
+        Box::new(|rec, act| match rec {
+            Rec::Activated(_) => act.text("over v6").unwrap(),
+            Rec::Text(_) => act.close(1000, "").unwrap(),
+            _ => {}
+        }),
+    );
+    assert_eq!(out.texts(), ["over v6"]);
+    let head = server.join().unwrap();
+    assert!(
+        head.contains(&format!("Host: [::1]:{}\r\n", addr.port())),
+        "{head}"
+    );
+}
