@@ -6,6 +6,7 @@ use std::collections::VecDeque;
 use std::io::{self, Read};
 use std::time::{Duration, Instant};
 
+use tungstenite::error::ProtocolError;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, WebSocket};
 use tungstenite::Message;
@@ -383,6 +384,19 @@ impl Session {
                         self.finish();
                         return pass;
                     }
+                    // RFC 6455 1.4: after the peer's Close "a peer discards any further data
+                    // received". The close handshake is done; wait for the end of TCP as before.
+                    Classified::Fatal(Error::Protocol(ProtocolError::ReceivedAfterClosing), _)
+                        if self.close_received() =>
+                    {
+                        tracing::debug!("discarding data sent after the peer's close");
+                        if let Phase::ClosingByPeer { deadline }
+                        | Phase::ClosingByUs { deadline, .. } = self.phase
+                        {
+                            self.phase = Phase::Lingering { deadline };
+                        }
+                        return pass;
+                    }
                     Classified::Fatal(err, code) => {
                         self.fail(err, code);
                         return pass;
@@ -392,6 +406,14 @@ impl Session {
         }
         pass.more = true;
         pass
+    }
+
+    /// The peer's Close has arrived (whoever started the handshake).
+    fn close_received(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::ClosingByPeer { .. } | Phase::ClosingByUs { acked: true, .. }
+        )
     }
 
     fn on_message<D: Dispatch + ?Sized>(&mut self, message: Message, d: &mut D) {

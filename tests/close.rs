@@ -210,3 +210,26 @@ fn force_quit_drops_the_connection_at_once() {
         );
     }
 }
+
+#[test]
+fn data_after_the_peers_close_is_discarded_not_an_error() {
+    // Autobahn 7.1.2-7.1.6: Close, then a Ping and a Text. RFC 6455 1.4: discarded.
+    for mode in MODES {
+        let (url, server) = ws_server(|mut ws| {
+            // Close 1000, then a ping and a text, in one write (server frames are unmasked).
+            write_raw(
+                &mut ws,
+                &[0x88, 0x02, 0x03, 0xe8, 0x89, 0x00, 0x81, 0x01, b'x'],
+            );
+            close_code_from_client(&mut ws)
+        });
+        let out = drive(mode, &url, Config::builder(), passive());
+        let close = out
+            .closed()
+            .unwrap_or_else(|| panic!("{mode:?}: no close: {:?}", out.recs));
+        assert_eq!(u16::from(close.code), 1000, "{mode:?}");
+        assert!(out.texts().is_empty(), "{mode:?}: {:?}", out.texts());
+        assert!(out.errors.is_empty(), "{mode:?}: {:?}", out.errors);
+        assert_eq!(server.join().unwrap(), Some(1000), "{mode:?}: the answer");
+    }
+}
