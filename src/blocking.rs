@@ -50,6 +50,11 @@ impl BlockingClient {
         Ok(BlockingClient { driver })
     }
 
+    /// This connection's counters; the `Arc` can be read from any thread while it runs.
+    pub fn metrics(&self) -> std::sync::Arc<crate::Metrics> {
+        self.driver.session.metrics().clone()
+    }
+
     /// The server's handshake response.
     pub fn handshake(&self) -> &Handshake {
         // Client sessions are always built with their handshake.

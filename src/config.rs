@@ -67,6 +67,9 @@ pub struct Config {
     pub(crate) control_capacity: usize,
     pub(crate) event_capacity: usize,
     pub(crate) shutdown_timeout: Duration,
+    pub(crate) ping_interval: Option<Duration>,
+    pub(crate) pong_timeout: Duration,
+    pub(crate) ping_payload: Vec<u8>,
 }
 
 impl Default for Config {
@@ -96,6 +99,9 @@ impl Default for Config {
             control_capacity: 1024,
             event_capacity: 1024,
             shutdown_timeout: Duration::from_secs(5),
+            ping_interval: None,
+            pong_timeout: Duration::from_secs(10),
+            ping_payload: Vec::new(),
         }
     }
 }
@@ -192,6 +198,18 @@ impl Config {
     /// How long dropping a [`ThreadedClient`](crate::ThreadedClient) waits for its worker.
     pub fn shutdown_timeout(&self) -> Duration {
         self.shutdown_timeout
+    }
+    /// Idle time after which a heartbeat ping is sent.
+    pub fn ping_interval(&self) -> Option<Duration> {
+        self.ping_interval
+    }
+    /// How long after a heartbeat ping the peer may stay silent.
+    pub fn pong_timeout(&self) -> Duration {
+        self.pong_timeout
+    }
+    /// Payload of heartbeat pings.
+    pub fn ping_payload(&self) -> &[u8] {
+        &self.ping_payload
     }
     /// Whether certificate checks are off.
     pub fn danger_accept_invalid_certs(&self) -> bool {
@@ -380,6 +398,26 @@ impl ConfigBuilder {
         self
     }
 
+    /// Heartbeat: when nothing has arrived for this long, send a ping; if nothing (a pong or any
+    /// other traffic) arrives within [`pong_timeout`](Self::pong_timeout) after it, end the
+    /// connection with [`TimeoutKind::Pong`](crate::TimeoutKind::Pong). A dead peer is thus
+    /// found within interval + timeout. A readiness-mode client wakes only for these instants.
+    /// Defaults to `None` (no heartbeat).
+    pub fn ping_interval(mut self, interval: Option<Duration>) -> Self {
+        self.config.ping_interval = interval;
+        self
+    }
+    /// How long the peer may stay silent after a heartbeat ping. Defaults to 10 s.
+    pub fn pong_timeout(mut self, timeout: Duration) -> Self {
+        self.config.pong_timeout = timeout;
+        self
+    }
+    /// Payload of heartbeat pings (at most 125 bytes). Defaults to empty.
+    pub fn ping_payload(mut self, payload: &[u8]) -> Self {
+        self.config.ping_payload = payload.to_vec();
+        self
+    }
+
     /// Check the settings and build the [`Config`].
     ///
     /// # Errors
@@ -419,6 +457,17 @@ impl ConfigBuilder {
             if let Err(e) = native_tls::Identity::from_pkcs8(chain, key) {
                 return Err(Error::Config(format!("client identity: {e}")));
             }
+        }
+        if c.ping_payload.len() > 125 {
+            return Err(Error::Config(format!(
+                "ping_payload of {} bytes is longer than 125 bytes",
+                c.ping_payload.len()
+            )));
+        }
+        if c.ping_interval == Some(Duration::ZERO) || c.pong_timeout.is_zero() {
+            return Err(Error::Config(
+                "ping_interval and pong_timeout must not be zero".into(),
+            ));
         }
         if c.ttl == Some(0) {
             return Err(Error::Config("ttl must be at least 1".into()));

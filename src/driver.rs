@@ -79,13 +79,14 @@ impl Driver {
             }
             let more_commands = self.session.apply_commands();
             let pass = self.session.read_pass(d);
-            // Everything the hooks queued while reading goes out in one write.
-            self.session.flush();
             let now = Instant::now();
             if pass.messages > 0 {
                 last_input = now;
             }
+            // Deadlines may queue a heartbeat ping; it goes out with the rest.
             self.session.check_deadlines(now);
+            // Everything the hooks queued while reading goes out in one write.
+            self.session.flush();
             report(&mut self.session, d);
             if self.session.is_done() {
                 break;

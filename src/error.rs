@@ -135,6 +135,10 @@ pub enum TimeoutKind {
     /// Queued data made no progress onto the socket
     /// ([`ConfigBuilder::write_timeout`](crate::ConfigBuilder::write_timeout)).
     Write,
+    /// Nothing (no pong, no other traffic) arrived within
+    /// [`ConfigBuilder::pong_timeout`](crate::ConfigBuilder::pong_timeout) of a heartbeat ping:
+    /// the peer is gone or the path is dead.
+    Pong,
 }
 
 impl fmt::Display for TimeoutKind {
@@ -144,6 +148,7 @@ impl fmt::Display for TimeoutKind {
             TimeoutKind::Handshake => "websocket opening handshake",
             TimeoutKind::Close => "close handshake",
             TimeoutKind::Write => "write",
+            TimeoutKind::Pong => "heartbeat pong",
         })
     }
 }

@@ -4,7 +4,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Bytes, Message};
 
 use crate::session::Session;
-use crate::{Error, Handshake};
+use crate::{Error, Handshake, Metrics};
 
 /// Who started a close handshake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,6 +149,12 @@ impl Context<'_> {
     /// The opening handshake (status, headers, negotiated subprotocol), for client connections.
     pub fn handshake(&self) -> Option<&Handshake> {
         self.session.handshake()
+    }
+
+    /// This connection's counters (also readable from other threads through the client's
+    /// `metrics()`).
+    pub fn metrics(&self) -> &Metrics {
+        self.session.metrics()
     }
 
     /// Whether messages can still be sent (no close has started).

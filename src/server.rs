@@ -95,6 +95,11 @@ impl ServerConnection {
         Ok(ServerConnection { driver, handle })
     }
 
+    /// This connection's counters; the `Arc` can be read from any thread while it runs.
+    pub fn metrics(&self) -> std::sync::Arc<crate::Metrics> {
+        self.driver.session.metrics().clone()
+    }
+
     /// A cloneable, thread-safe sender of [`Command`](crate::Command)s into this connection.
     pub fn handle(&self) -> CommandSender {
         self.handle.clone()

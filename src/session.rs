@@ -4,18 +4,19 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Read};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tungstenite::error::ProtocolError;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, WebSocket};
-use tungstenite::Message;
+use tungstenite::{Bytes, Message};
 
 use crate::command::{Command, Inbox};
 use crate::error::{classify, Classified, Error, TimeoutKind};
 use crate::handler::{CloseInfo, Context, Dispatch, Initiator};
 use crate::stream::Stream;
-use crate::{Config, Handshake};
+use crate::{Config, Handshake, Metrics};
 
 /// Where the connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +49,18 @@ pub(crate) struct ReadPass {
     pub(crate) more: bool,
 }
 
+/// Heartbeat settings (see [`ConfigBuilder::ping_interval`](crate::ConfigBuilder::ping_interval)).
+#[derive(Debug)]
+struct Heartbeat {
+    interval: Duration,
+    timeout: Duration,
+    payload: Bytes,
+    /// When bytes last arrived, and the stream's read counter then.
+    last_input: (Instant, u64),
+    /// When our unanswered heartbeat ping went out.
+    awaiting: Option<Instant>,
+}
+
 /// One WebSocket connection, in either role.
 #[derive(Debug)]
 pub(crate) struct Session {
@@ -64,6 +77,10 @@ pub(crate) struct Session {
     /// Errors found outside a dispatch (sends, flushes, deadlines), reported by the driver.
     errors: VecDeque<Error>,
     inbox: Option<Inbox>,
+    metrics: Arc<Metrics>,
+    heartbeat: Option<Heartbeat>,
+    /// The last ping we sent (any ping), to time its pong.
+    last_ping: Option<(Instant, Bytes)>,
 }
 
 /// Messages read in one pass before commands and deadlines get a turn.
@@ -78,6 +95,13 @@ impl Session {
         config: &Config,
     ) -> Self {
         let written = ws.get_ref().bytes_written();
+        let heartbeat = config.ping_interval.map(|interval| Heartbeat {
+            interval,
+            timeout: config.pong_timeout,
+            payload: Bytes::from(config.ping_payload.clone()),
+            last_input: (Instant::now(), ws.get_ref().bytes_read()),
+            awaiting: None,
+        });
         Session {
             ws,
             handshake,
@@ -89,7 +113,14 @@ impl Session {
             write_progress: (Instant::now(), written),
             errors: VecDeque::new(),
             inbox: None,
+            metrics: Arc::new(Metrics::default()),
+            heartbeat,
+            last_ping: None,
         }
+    }
+
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     pub(crate) fn set_inbox(&mut self, inbox: Inbox) {
@@ -133,6 +164,28 @@ impl Session {
         if self.phase != Phase::Open {
             return Err(Error::Closed);
         }
+        let data_len = match &message {
+            Message::Text(t) => Some(t.len()),
+            Message::Binary(b) => Some(b.len()),
+            Message::Ping(p) => {
+                self.last_ping = Some((Instant::now(), p.clone()));
+                None
+            }
+            _ => None,
+        };
+        let result = self.write(message);
+        if result.is_ok() {
+            if let Some(len) = data_len {
+                self.metrics.sent(len);
+            }
+            if self.write_blocked {
+                self.metrics.queued();
+            }
+        }
+        result
+    }
+
+    fn write(&mut self, message: Message) -> Result<(), Error> {
         match self.ws.write(message) {
             Ok(()) => Ok(()),
             Err(tungstenite::Error::WriteBufferFull(frame)) => {
@@ -418,6 +471,16 @@ impl Session {
 
     fn on_message<D: Dispatch + ?Sized>(&mut self, message: Message, d: &mut D) {
         let Message::Close(frame) = message else {
+            match &message {
+                Message::Text(t) => self.metrics.received(t.len()),
+                Message::Binary(b) => self.metrics.received(b.len()),
+                Message::Pong(p) => {
+                    if let Some((sent, _)) = self.last_ping.take_if(|(_, payload)| payload == p) {
+                        self.metrics.rtt(sent.elapsed());
+                    }
+                }
+                _ => {}
+            }
             d.message(&mut Context { session: self }, message);
             return;
         };
@@ -453,6 +516,39 @@ impl Session {
         );
     }
 
+    /// Any bytes from the peer prove it alive; silence past the interval earns a ping, and
+    /// silence past the ping's timeout ends the connection.
+    fn check_heartbeat(&mut self, now: Instant) {
+        if self.phase != Phase::Open {
+            return;
+        }
+        let read = self.stream().bytes_read();
+        let Some(hb) = self.heartbeat.as_mut() else {
+            return;
+        };
+        if read != hb.last_input.1 {
+            hb.last_input = (now, read);
+            hb.awaiting = None;
+        }
+        match hb.awaiting {
+            Some(sent) if now >= sent + hb.timeout => {
+                tracing::warn!("no traffic after a heartbeat ping: peer is gone");
+                self.errors.push_back(Error::Timeout(TimeoutKind::Pong));
+                self.finish();
+            }
+            None if now >= hb.last_input.0 + hb.interval => {
+                hb.awaiting = Some(now);
+                let payload = hb.payload.clone();
+                tracing::trace!("heartbeat ping");
+                // Queued now, written by the flush that follows in the same pass.
+                if let Err(e) = self.send(Message::Ping(payload)) {
+                    tracing::debug!(error = %e, "heartbeat ping not queued");
+                }
+            }
+            _ => {}
+        }
+    }
+
     /// After a failure: read and drop whatever the peer still sends, until it hangs up.
     fn discard_input(&mut self) {
         let mut scratch = [0u8; 4096];
@@ -481,14 +577,19 @@ impl Session {
             (true, Some(t)) => Some(self.write_progress.0 + t),
             _ => None,
         };
-        match (close, write) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let heartbeat = match (&self.heartbeat, self.phase) {
+            (Some(hb), Phase::Open) => Some(match hb.awaiting {
+                Some(sent) => sent + hb.timeout,
+                None => hb.last_input.0 + hb.interval,
+            }),
+            _ => None,
+        };
+        [close, write, heartbeat].into_iter().flatten().min()
     }
 
     /// Act on passed deadlines.
     pub(crate) fn check_deadlines(&mut self, now: Instant) {
+        self.check_heartbeat(now);
         if let (true, Some(timeout)) = (self.write_blocked, self.write_timeout) {
             let written = self.stream().bytes_written();
             if written != self.write_progress.1 {
@@ -535,7 +636,7 @@ mod tests {
         let stream = Stream::Scripted(Scripted {
             reads: reads.into(),
             write_budget,
-            written: Vec::new(),
+            ..Scripted::default()
         });
         let ws = WebSocket::from_raw_socket(stream, Role::Client, Some(config.websocket_config()));
         Session::new(ws, None, config)
@@ -604,6 +705,11 @@ mod tests {
         assert_eq!(scripted(&mut s).written.len(), 10);
         // Queued behind it, not retried, not lost.
         s.send(Message::text("second")).unwrap();
+        assert_eq!(
+            s.metrics().frames_queued(),
+            1,
+            "the second met a full stream"
+        );
         assert!(!s.flush());
         scripted(&mut s).write_budget = usize::MAX;
         assert!(s.flush(), "drains once the stream takes bytes again");

@@ -12,6 +12,7 @@ pub(crate) struct TcpConn {
     tcp: TcpStream,
     deadline: Option<Instant>,
     written: u64,
+    read: u64,
 }
 
 impl TcpConn {
@@ -20,6 +21,7 @@ impl TcpConn {
             tcp,
             deadline,
             written: 0,
+            read: 0,
         }
     }
 
@@ -67,7 +69,11 @@ impl Read for TcpConn {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.arm(true)?;
         let r = self.tcp.read(buf);
-        self.timed_out(r)
+        let r = self.timed_out(r);
+        if let Ok(n) = r {
+            self.read += n as u64;
+        }
+        r
     }
 }
 
@@ -124,6 +130,15 @@ impl Stream {
             #[cfg(test)]
             Stream::Scripted(s) => s.written.len() as u64,
             _ => self.tcp_conn().map_or(0, |c| c.written),
+        }
+    }
+
+    /// Bytes read from the transport so far (before TLS): any of them shows the peer is alive.
+    pub(crate) fn bytes_read(&self) -> u64 {
+        match self {
+            #[cfg(test)]
+            Stream::Scripted(s) => s.read_total,
+            _ => self.tcp_conn().map_or(0, |c| c.read),
         }
     }
 
@@ -188,6 +203,8 @@ pub(crate) mod scripted {
         pub(crate) write_budget: usize,
         /// Everything written.
         pub(crate) written: Vec<u8>,
+        /// Bytes handed out by reads.
+        pub(crate) read_total: u64,
     }
 
     impl Read for Scripted {
@@ -201,6 +218,7 @@ pub(crate) mod scripted {
                     if n < d.len() {
                         self.reads.push_front(ReadStep::Data(d.split_off(n)));
                     }
+                    self.read_total += n as u64;
                     Ok(n)
                 }
             }

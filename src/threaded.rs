@@ -12,7 +12,7 @@ use crate::connect::connect;
 use crate::driver::Driver;
 use crate::handler::{CloseInfo, Context, Dispatch};
 use crate::session::Session;
-use crate::{Config, Error, Event, Handshake, WaitStrategy};
+use crate::{Config, Error, Event, Handshake, Metrics, WaitStrategy};
 
 /// A client whose connection runs on its own worker thread. The application sends
 /// [`Command`](crate::Command)s on [`control_tx`](Self::control_tx) and receives [`Event`]s on
@@ -51,6 +51,7 @@ pub struct ThreadedClient {
     /// Events from the worker, in order; disconnected after [`Event::Quit`].
     pub event_rx: Receiver<Event>,
     handshake: Handshake,
+    metrics: Arc<Metrics>,
     stop_tx: Option<Sender<()>>,
     signal: Arc<Signal>,
     done_rx: Receiver<()>,
@@ -69,6 +70,7 @@ impl ThreadedClient {
     pub fn connect(url: &str, config: &Config) -> Result<Self, Error> {
         let (ws, handshake) = connect(url, config)?;
         let session = Session::new(ws, Some(handshake.clone()), config);
+        let metrics = session.metrics().clone();
         let (mut driver, control_tx, signal) =
             Driver::with_commands(session, WaitStrategy::Readiness, config)?;
         let control_rx = driver.commands().clone();
@@ -101,6 +103,7 @@ impl ThreadedClient {
             control_tx,
             event_rx,
             handshake,
+            metrics,
             stop_tx: Some(stop_tx),
             signal,
             done_rx,
@@ -112,6 +115,11 @@ impl ThreadedClient {
     /// The server's handshake response.
     pub fn handshake(&self) -> &Handshake {
         &self.handshake
+    }
+
+    /// This connection's counters, readable from any thread while the worker runs.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
     }
 
     /// Whether the worker thread has ended.

@@ -1,0 +1,66 @@
+//! Per-connection counters a user can read at any time from any thread.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Counters for one connection, shared with the application (`client.metrics()`,
+/// [`Context::metrics`](crate::Context::metrics)). Every field is a relaxed atomic updated once
+/// per message on the thread that drives the connection: no locks, cheap enough to leave on.
+/// Reads from other threads are eventually consistent, not a snapshot across fields.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    messages_sent: AtomicU64,
+    bytes_sent: AtomicU64,
+    messages_received: AtomicU64,
+    bytes_received: AtomicU64,
+    frames_queued: AtomicU64,
+    last_rtt_ns: AtomicU64,
+}
+
+impl Metrics {
+    /// Data messages (text and binary) accepted for sending.
+    pub fn messages_sent(&self) -> u64 {
+        self.messages_sent.load(Ordering::Relaxed)
+    }
+    /// Payload bytes of the data messages accepted for sending.
+    pub fn bytes_sent(&self) -> u64 {
+        self.bytes_sent.load(Ordering::Relaxed)
+    }
+    /// Data messages (text and binary) delivered to the application.
+    pub fn messages_received(&self) -> u64 {
+        self.messages_received.load(Ordering::Relaxed)
+    }
+    /// Payload bytes of the data messages delivered to the application.
+    pub fn bytes_received(&self) -> u64 {
+        self.bytes_received.load(Ordering::Relaxed)
+    }
+    /// Frames that met a full socket and had to wait in the outgoing queue (each once).
+    pub fn frames_queued(&self) -> u64 {
+        self.frames_queued.load(Ordering::Relaxed)
+    }
+    /// The last round-trip time measured from a ping to its pong, if any was measured.
+    pub fn last_rtt(&self) -> Option<Duration> {
+        match self.last_rtt_ns.load(Ordering::Relaxed) {
+            0 => None,
+            ns => Some(Duration::from_nanos(ns)),
+        }
+    }
+
+    pub(crate) fn sent(&self, bytes: usize) {
+        self.messages_sent.fetch_add(1, Ordering::Relaxed);
+        self.bytes_sent.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+    pub(crate) fn received(&self, bytes: usize) {
+        self.messages_received.fetch_add(1, Ordering::Relaxed);
+        self.bytes_received
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+    pub(crate) fn queued(&self) {
+        self.frames_queued.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn rtt(&self, rtt: Duration) {
+        // A zero stays distinguishable from "not measured".
+        let ns = u64::try_from(rtt.as_nanos()).unwrap_or(u64::MAX).max(1);
+        self.last_rtt_ns.store(ns, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,188 @@
+//! Heartbeats find dead peers; metrics count what a user would count.
+
+mod util;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::bounded;
+use syncws::{BlockingClient, Config, Error, Event, ThreadedClient, TimeoutKind};
+use tungstenite::Message;
+use util::*;
+
+const INTERVAL: Duration = Duration::from_millis(200);
+const TIMEOUT: Duration = Duration::from_millis(300);
+
+#[test]
+fn a_half_open_peer_is_detected_within_interval_plus_timeout() {
+    for mode in MODES {
+        let (done_tx, done_rx) = bounded::<()>(1);
+        // Accepts, then goes silent without closing TCP: reads nothing, answers nothing.
+        let (url, server) = ws_server(move |ws| {
+            let _ = done_rx.recv_timeout(TEST_DEADLINE);
+            drop(ws);
+        });
+        let started = Instant::now();
+        let out = drive(
+            mode,
+            &url,
+            Config::builder()
+                .ping_interval(Some(INTERVAL))
+                .pong_timeout(TIMEOUT),
+            passive(),
+        );
+        let elapsed = started.elapsed();
+        done_tx.send(()).unwrap();
+        server.join().unwrap();
+        assert!(
+            matches!(out.errors.as_slice(), [Error::Timeout(TimeoutKind::Pong)]),
+            "{mode:?}: {:?}",
+            out.recs
+        );
+        assert_eq!(
+            out.errors[0].to_string(),
+            "heartbeat pong timed out",
+            "the error says it was the pong"
+        );
+        // Not before the peer had its chance; and within interval + timeout (plus scheduling).
+        assert!(elapsed >= INTERVAL + TIMEOUT, "{mode:?}: {elapsed:?}");
+        assert!(
+            elapsed < INTERVAL + TIMEOUT + Duration::from_secs(2),
+            "{mode:?}: {elapsed:?}"
+        );
+    }
+}
+
+#[test]
+fn a_quiet_but_live_peer_keeps_the_connection_and_gives_an_rtt() {
+    for mode in MODES {
+        // Reads (tungstenite answers pings) but never sends anything of its own.
+        let (url, server) = ws_server(|mut ws| {
+            let mut pings = 0;
+            loop {
+                match ws.read() {
+                    Ok(Message::Ping(p)) => {
+                        assert_eq!(p.as_ref(), b"hb");
+                        pings += 1;
+                    }
+                    Ok(Message::Close(_)) => {
+                        let _ = ws.flush();
+                    }
+                    Ok(_) => {}
+                    Err(_) => return pings,
+                }
+            }
+        });
+        let pongs = Arc::new(AtomicUsize::new(0));
+        let p = pongs.clone();
+        let out = drive(
+            mode,
+            &url,
+            Config::builder()
+                .ping_interval(Some(Duration::from_millis(50)))
+                .pong_timeout(Duration::from_secs(5))
+                .ping_payload(b"hb"),
+            Box::new(move |rec, act| {
+                if let Rec::Pong(payload) = rec {
+                    assert_eq!(payload, b"hb");
+                    if p.fetch_add(1, Ordering::Relaxed) + 1 == 3 {
+                        act.close(1000, "").unwrap();
+                    }
+                }
+            }),
+        );
+        assert!(out.errors.is_empty(), "{mode:?}: {:?}", out.errors);
+        assert!(pongs.load(Ordering::Relaxed) >= 3, "{mode:?}");
+        assert!(server.join().unwrap() >= 3, "{mode:?}");
+    }
+}
+
+#[test]
+fn traffic_counts_as_life_so_a_busy_peer_is_not_pinged() {
+    // The server streams a message every few ms for a while; with an interval longer than the
+    // gaps, no heartbeat ping is ever needed.
+    let (url, server) = ws_server(|mut ws| {
+        for i in 0..100 {
+            ws.send(Message::text(i.to_string())).unwrap();
+            std::thread::sleep(Duration::from_millis(3));
+        }
+        let mut pings = 0;
+        loop {
+            match ws.read() {
+                Ok(Message::Ping(_)) => pings += 1,
+                Ok(Message::Close(_)) => {
+                    let _ = ws.flush();
+                }
+                Ok(_) => {}
+                Err(_) => return pings,
+            }
+        }
+    });
+    let out = drive(
+        Mode::Blocking,
+        &url,
+        Config::builder().ping_interval(Some(Duration::from_millis(150))),
+        Box::new(|rec, act| {
+            if *rec == Rec::Text("99".into()) {
+                act.close(1000, "").unwrap();
+            }
+        }),
+    );
+    assert_eq!(out.texts().len(), 100);
+    assert_eq!(server.join().unwrap(), 0, "no ping while traffic flows");
+}
+
+#[test]
+fn metrics_count_messages_bytes_and_round_trips() {
+    let (url, server) = ws_server(echo);
+    let client = BlockingClient::connect(&url, &Config::default()).unwrap();
+    let metrics = client.metrics();
+    struct Run;
+    impl syncws::Handler for Run {
+        fn on_activated(&mut self, ctx: &mut syncws::Context<'_>) {
+            for i in 0..10 {
+                ctx.send_text(&"x".repeat(i)).unwrap();
+            }
+            ctx.send_binary(&[1, 2, 3]).unwrap();
+            ctx.send_ping(b"rtt").unwrap();
+        }
+        fn on_binary_message(&mut self, ctx: &mut syncws::Context<'_>, _: &[u8]) {
+            assert_eq!(ctx.metrics().messages_received(), 11);
+        }
+        fn on_pong(&mut self, ctx: &mut syncws::Context<'_>, _: &[u8]) {
+            ctx.close(1000, "").unwrap();
+        }
+    }
+    client.run(&mut Run);
+    assert_eq!(metrics.messages_sent(), 11);
+    assert_eq!(metrics.bytes_sent(), 45 + 3);
+    assert_eq!(metrics.messages_received(), 11);
+    assert_eq!(metrics.bytes_received(), 45 + 3);
+    assert!(metrics.last_rtt().is_some(), "measured from our ping");
+    assert_eq!(server.join().unwrap(), 11);
+}
+
+#[test]
+fn threaded_metrics_are_readable_while_the_worker_runs() {
+    let (url, server) = ws_server(echo);
+    let client = ThreadedClient::connect(&url, &Config::default()).unwrap();
+    let metrics = client.metrics();
+    for i in 0..100 {
+        client.control_tx.send_text(format!("{i}")).unwrap();
+    }
+    let mut echoed = 0;
+    for event in client.event_rx.iter() {
+        if let Event::TextMessage(_) = event {
+            echoed += 1;
+            // Read from this (application) thread while the worker updates them.
+            assert!(metrics.messages_received() >= echoed);
+            if echoed == 100 {
+                client.control_tx.close(1000, "").unwrap();
+            }
+        }
+    }
+    assert_eq!(metrics.messages_sent(), 100);
+    assert_eq!(metrics.messages_received(), 100);
+    assert_eq!(server.join().unwrap(), 100);
+}
