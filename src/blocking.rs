@@ -46,7 +46,7 @@ impl BlockingClient {
     pub fn connect(url: &str, config: &Config) -> Result<Self, Error> {
         let (ws, handshake) = connect(url, config)?;
         let session = Session::new(ws, Some(handshake), config);
-        let driver = Driver::new(session, WaitStrategy::Readiness, config)?;
+        let driver = Driver::new(session, WaitStrategy::Readiness, config)?.redial_to(url, config);
         Ok(BlockingClient { driver })
     }
 

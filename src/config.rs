@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
 
-use crate::Error;
+use crate::{Error, Reconnect, WhileDisconnected};
 
 /// How a [`NonBlockingClient`](crate::NonBlockingClient) passes time when the socket has nothing
 /// to read and nothing can be written.
@@ -70,6 +70,8 @@ pub struct Config {
     pub(crate) ping_interval: Option<Duration>,
     pub(crate) pong_timeout: Duration,
     pub(crate) ping_payload: Vec<u8>,
+    pub(crate) reconnect: Option<Reconnect>,
+    pub(crate) while_disconnected: WhileDisconnected,
 }
 
 impl Default for Config {
@@ -102,6 +104,8 @@ impl Default for Config {
             ping_interval: None,
             pong_timeout: Duration::from_secs(10),
             ping_payload: Vec::new(),
+            reconnect: None,
+            while_disconnected: WhileDisconnected::Refuse,
         }
     }
 }
@@ -210,6 +214,14 @@ impl Config {
     /// Payload of heartbeat pings.
     pub fn ping_payload(&self) -> &[u8] {
         &self.ping_payload
+    }
+    /// The reconnection policy, if any.
+    pub fn reconnect(&self) -> Option<&Reconnect> {
+        self.reconnect.as_ref()
+    }
+    /// What happens to sends while a reconnecting client is disconnected.
+    pub fn while_disconnected(&self) -> WhileDisconnected {
+        self.while_disconnected
     }
     /// Whether certificate checks are off.
     pub fn danger_accept_invalid_certs(&self) -> bool {
@@ -418,6 +430,19 @@ impl ConfigBuilder {
         self
     }
 
+    /// Reconnect after a connection ends without the user asking (see [`Reconnect`]). Applies to
+    /// the three clients. Defaults to `None`: a connection that ends stays ended.
+    pub fn reconnect(mut self, policy: Option<Reconnect>) -> Self {
+        self.config.reconnect = policy;
+        self
+    }
+    /// What happens to messages sent while a reconnecting client is disconnected. Defaults to
+    /// [`WhileDisconnected::Refuse`].
+    pub fn while_disconnected(mut self, policy: WhileDisconnected) -> Self {
+        self.config.while_disconnected = policy;
+        self
+    }
+
     /// Check the settings and build the [`Config`].
     ///
     /// # Errors
@@ -468,6 +493,9 @@ impl ConfigBuilder {
             return Err(Error::Config(
                 "ping_interval and pong_timeout must not be zero".into(),
             ));
+        }
+        if let Some(policy) = &c.reconnect {
+            policy.validate().map_err(Error::Config)?;
         }
         if c.ttl == Some(0) {
             return Err(Error::Config("ttl must be at least 1".into()));

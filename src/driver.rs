@@ -1,14 +1,26 @@
-//! The one loop every mode runs: commands, reads, flush, deadlines, then wait.
+//! The one loop every mode runs: commands, reads, deadlines, flush, then wait; and, for a
+//! reconnecting client, backoff and redial around it.
 
+use std::collections::VecDeque;
 use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tungstenite::Message;
+
 use crate::command::{CommandSender, Inbox, Signal};
 use crate::handler::{Context, Dispatch};
+use crate::reconnect::jitter_random;
 use crate::session::Session;
 use crate::wait::{Waiter, Woke};
-use crate::{Config, WaitStrategy};
+use crate::{Config, ReconnectAttempt, WaitStrategy};
+
+/// Where to dial again after a connection ends (clients with a reconnect policy).
+#[derive(Debug)]
+struct Dial {
+    url: String,
+    config: Config,
+}
 
 /// A session plus the way it waits. The front-ends build one and call [`Driver::run`].
 #[derive(Debug)]
@@ -16,6 +28,9 @@ pub(crate) struct Driver {
     pub(crate) session: Session,
     pub(crate) waiter: Waiter,
     pub(crate) read_timeout: Option<Duration>,
+    dial: Option<Dial>,
+    /// What ended the last connection or failed the last attempt, for `ReconnectAttempt`.
+    last_error: Option<String>,
 }
 
 impl Driver {
@@ -26,11 +41,7 @@ impl Driver {
         config: &Config,
     ) -> io::Result<Self> {
         let (waiter, _) = Waiter::new(strategy, &session, false)?;
-        Ok(Driver {
-            session,
-            waiter,
-            read_timeout: config.read_timeout,
-        })
+        Ok(Driver::assemble(session, waiter, config))
     }
 
     /// A driver that also takes commands from other threads, with the sender for them and the
@@ -44,12 +55,29 @@ impl Driver {
         let signal = Signal::new(waker);
         let (sender, inbox) = Inbox::channel(config.control_capacity, signal.clone());
         session.set_inbox(inbox);
-        let driver = Driver {
+        Ok((Driver::assemble(session, waiter, config), sender, signal))
+    }
+
+    fn assemble(session: Session, waiter: Waiter, config: &Config) -> Self {
+        Driver {
             session,
             waiter,
             read_timeout: config.read_timeout,
-        };
-        Ok((driver, sender, signal))
+            dial: None,
+            last_error: None,
+        }
+    }
+
+    /// Reconnect to `url` when a connection ends without the user asking, if the config has a
+    /// policy.
+    pub(crate) fn redial_to(mut self, url: &str, config: &Config) -> Self {
+        if config.reconnect.is_some() {
+            self.dial = Some(Dial {
+                url: url.to_owned(),
+                config: config.clone(),
+            });
+        }
+        self
     }
 
     /// The receiving end of the command channel (drivers built `with_commands`).
@@ -61,21 +89,48 @@ impl Driver {
             .receiver()
     }
 
-    /// Drive the connection until it ends. `on_quit` is the last call, exactly once.
+    /// Drive the connection (and its successors, when reconnecting) until it ends for good.
+    /// `on_quit` is the last call, exactly once.
     pub(crate) fn run<D: Dispatch + ?Sized>(mut self, d: &mut D) {
         let span = tracing::debug_span!("session");
         let _enter = span.enter();
-        d.activated(&mut Context {
-            session: &mut self.session,
-        });
+        let mut held = VecDeque::new();
+        loop {
+            d.activated(&mut Context {
+                session: &mut self.session,
+            });
+            for message in held.drain(..) {
+                if let Err(e) = self.session.send(message) {
+                    d.error(
+                        &mut Context {
+                            session: &mut self.session,
+                        },
+                        e,
+                    );
+                }
+            }
+            self.pump(d);
+            match self.redial(d) {
+                Some(h) => held = h,
+                None => break,
+            }
+        }
+        self.session.refuse_remaining_commands();
+        self.report(d);
+        d.quit();
+    }
+
+    /// Passes over one connection until it ends.
+    fn pump<D: Dispatch + ?Sized>(&mut self, d: &mut D) {
+        self.last_error = None;
         let mut last_input = Instant::now();
         loop {
             if d.stop_requested() {
                 self.session.abandon();
             }
-            report(&mut self.session, d);
+            self.report(d);
             if self.session.is_done() {
-                break;
+                return;
             }
             let more_commands = self.session.apply_commands();
             let pass = self.session.read_pass(d);
@@ -87,9 +142,9 @@ impl Driver {
             self.session.check_deadlines(now);
             // Everything the hooks queued while reading goes out in one write.
             self.session.flush();
-            report(&mut self.session, d);
+            self.report(d);
             if self.session.is_done() {
-                break;
+                return;
             }
             if pass.more || more_commands {
                 continue;
@@ -115,13 +170,98 @@ impl Driver {
                 });
             }
         }
-        report(&mut self.session, d);
-        d.quit();
     }
-}
 
-fn report<D: Dispatch + ?Sized>(session: &mut Session, d: &mut D) {
-    while let Some(error) = session.take_error() {
-        d.error(&mut Context { session }, error);
+    /// After a connection ended: back off and dial again until it works, the policy gives up,
+    /// or the user stops it. Returns the messages held meanwhile, with a new session in place.
+    fn redial<D: Dispatch + ?Sized>(&mut self, d: &mut D) -> Option<VecDeque<Message>> {
+        let dial = self.dial.as_ref()?;
+        let policy = dial.config.reconnect.clone()?;
+        if self.session.user_ended() || d.stop_requested() {
+            return None;
+        }
+        self.waiter.unbind(&self.session);
+        self.session.enter_reconnect(dial.config.while_disconnected);
+        for attempt in 1.. {
+            if policy.max_attempts.is_some_and(|max| attempt > max) {
+                tracing::warn!(attempts = attempt - 1, "giving up reconnecting");
+                self.session.drop_held();
+                return None;
+            }
+            let delay = policy.delay(attempt, jitter_random());
+            tracing::info!(attempt, ?delay, "reconnecting");
+            d.reconnecting(
+                &mut Context {
+                    session: &mut self.session,
+                },
+                ReconnectAttempt {
+                    attempt,
+                    delay,
+                    last_error: self.last_error.clone(),
+                },
+            );
+            if !self.backoff(delay, d) {
+                self.session.drop_held();
+                return None;
+            }
+            // Borrow the dial target afresh: `backoff` needed `self` mutably.
+            let dial = self.dial.as_ref()?;
+            match crate::connect::connect(&dial.url, &dial.config) {
+                Ok((ws, handshake)) => {
+                    let mut session = Session::new(ws, Some(handshake), &dial.config);
+                    let held = session.adopt(&mut self.session);
+                    if let Err(e) = self.waiter.rebind(&self.session, &session) {
+                        session.fail(e.into(), None);
+                    }
+                    self.session = session;
+                    self.session.metrics().reconnected();
+                    self.last_error = None;
+                    return Some(held);
+                }
+                Err(e) => {
+                    self.last_error = Some(e.to_string());
+                    d.error(
+                        &mut Context {
+                            session: &mut self.session,
+                        },
+                        e,
+                    );
+                }
+            }
+        }
+        None
+    }
+
+    /// Wait `delay`, still taking commands: a close or force-quit (or the owner's drop) ends
+    /// the wait and the reconnecting at once. Returns whether to go on.
+    fn backoff<D: Dispatch + ?Sized>(&mut self, delay: Duration, d: &mut D) -> bool {
+        let until = Instant::now() + delay;
+        loop {
+            self.session.apply_commands();
+            self.report(d);
+            if self.session.user_ended() || d.stop_requested() {
+                return false;
+            }
+            if Instant::now() >= until {
+                return true;
+            }
+            if let Err(e) = self.waiter.wait(Some(until), self.session.inbox_mut()) {
+                tracing::warn!(error = %e, "wait failed during backoff");
+                return false;
+            }
+        }
+    }
+
+    /// Hand queued errors to the dispatcher, remembering the last for `ReconnectAttempt`.
+    fn report<D: Dispatch + ?Sized>(&mut self, d: &mut D) {
+        while let Some(error) = self.session.take_error() {
+            self.last_error = Some(error.to_string());
+            d.error(
+                &mut Context {
+                    session: &mut self.session,
+                },
+                error,
+            );
+        }
     }
 }

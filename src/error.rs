@@ -107,6 +107,11 @@ pub enum Error {
     /// The connection is closing or closed: nothing more can be sent.
     #[error("connection is closing or closed")]
     Closed,
+    /// A reconnecting client is between connections and
+    /// [`WhileDisconnected::Refuse`](crate::WhileDisconnected::Refuse) is in force: the message
+    /// was not sent or kept.
+    #[error("disconnected (reconnecting): the message was not sent")]
+    Disconnected,
     /// A close code that may not be sent on the wire (1005, 1006, 1015, or outside 1000-4999).
     #[error("close code {0} may not be sent")]
     InvalidCloseCode(u16),

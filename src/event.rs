@@ -2,7 +2,7 @@
 
 use tungstenite::{Bytes, Utf8Bytes};
 
-use crate::{CloseInfo, Error, Handshake};
+use crate::{CloseInfo, Error, Handshake, ReconnectAttempt};
 
 /// One thing that happened on a threaded connection, in the order it happened. The same
 /// sequence a [`Handler`](crate::Handler) sees: `Activated` first, `Quit` last and exactly once;
@@ -27,6 +27,10 @@ pub enum Event {
     ConnectionClosed(CloseInfo),
     /// Something failed (see [`Handler::on_error`](crate::Handler::on_error)).
     Error(Error),
+    /// The connection was lost and the client will try again after the attempt's delay (see
+    /// [`ConfigBuilder::reconnect`](crate::ConfigBuilder::reconnect)); `Activated` follows a
+    /// success. Send [`Command::Close`](crate::Command::Close) or `ForceQuit` to stop.
+    Reconnecting(ReconnectAttempt),
     /// The connection is over; nothing follows.
     Quit,
 }

@@ -4,7 +4,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Bytes, Message};
 
 use crate::session::Session;
-use crate::{Error, Handshake, Metrics};
+use crate::{Error, Handshake, Metrics, ReconnectAttempt};
 
 /// Who started a close handshake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +58,11 @@ pub trait Handler {
     /// Nothing arrived: called when `read_timeout` passes without input, and, under the
     /// `BusySpin` and `Sleep` wait strategies, after every poll that found nothing.
     fn on_idle(&mut self, ctx: &mut Context<'_>) {}
+    /// A reconnecting client lost its connection and will try again after `attempt.delay`
+    /// (see [`ConfigBuilder::reconnect`](crate::ConfigBuilder::reconnect)). Calling
+    /// [`Context::force_quit`] or [`Context::close`] here stops reconnecting; `on_activated`
+    /// follows a successful attempt.
+    fn on_reconnecting(&mut self, ctx: &mut Context<'_>, attempt: &ReconnectAttempt) {}
     /// The connection is over; nothing more will be called.
     fn on_quit(&mut self) {}
 }
@@ -171,6 +176,7 @@ pub(crate) trait Dispatch {
     fn closed(&mut self, ctx: &mut Context<'_>, close: CloseInfo);
     fn error(&mut self, ctx: &mut Context<'_>, error: Error);
     fn idle(&mut self, ctx: &mut Context<'_>);
+    fn reconnecting(&mut self, ctx: &mut Context<'_>, attempt: ReconnectAttempt);
     fn quit(&mut self);
     /// The owner is gone and wants the connection dropped (the threaded client's drop).
     fn stop_requested(&mut self) -> bool {
@@ -202,6 +208,9 @@ impl<H: Handler + ?Sized> Dispatch for Callbacks<'_, H> {
     }
     fn idle(&mut self, ctx: &mut Context<'_>) {
         self.0.on_idle(ctx);
+    }
+    fn reconnecting(&mut self, ctx: &mut Context<'_>, attempt: ReconnectAttempt) {
+        self.0.on_reconnecting(ctx, &attempt);
     }
     fn quit(&mut self) {
         self.0.on_quit();

@@ -98,6 +98,7 @@ mod handler;
 mod handshake;
 mod metrics;
 mod nonblocking;
+mod reconnect;
 mod server;
 mod session;
 mod stream;
@@ -113,6 +114,7 @@ pub use handler::{CloseInfo, Context, Handler, Initiator};
 pub use handshake::Handshake;
 pub use metrics::Metrics;
 pub use nonblocking::NonBlockingClient;
+pub use reconnect::{Reconnect, ReconnectAttempt, WhileDisconnected};
 pub use server::ServerConnection;
 pub use threaded::ThreadedClient;
 

@@ -14,6 +14,7 @@ pub struct Metrics {
     messages_received: AtomicU64,
     bytes_received: AtomicU64,
     frames_queued: AtomicU64,
+    reconnects: AtomicU64,
     last_rtt_ns: AtomicU64,
 }
 
@@ -38,6 +39,10 @@ impl Metrics {
     pub fn frames_queued(&self) -> u64 {
         self.frames_queued.load(Ordering::Relaxed)
     }
+    /// Successful reconnections (see [`ConfigBuilder::reconnect`](crate::ConfigBuilder::reconnect)).
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects.load(Ordering::Relaxed)
+    }
     /// The last round-trip time measured from a ping to its pong, if any was measured.
     pub fn last_rtt(&self) -> Option<Duration> {
         match self.last_rtt_ns.load(Ordering::Relaxed) {
@@ -57,6 +62,9 @@ impl Metrics {
     }
     pub(crate) fn queued(&self) {
         self.frames_queued.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn reconnected(&self) {
+        self.reconnects.fetch_add(1, Ordering::Relaxed);
     }
     pub(crate) fn rtt(&self, rtt: Duration) {
         // A zero stays distinguishable from "not measured".

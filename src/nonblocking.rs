@@ -54,6 +54,7 @@ impl NonBlockingClient {
         let (ws, handshake) = connect(url, config)?;
         let session = Session::new(ws, Some(handshake), config);
         let (driver, handle, _) = Driver::with_commands(session, config.wait_strategy, config)?;
+        let driver = driver.redial_to(url, config);
         Ok(NonBlockingClient { driver, handle })
     }
 

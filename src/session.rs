@@ -61,6 +61,17 @@ struct Heartbeat {
     awaiting: Option<Instant>,
 }
 
+/// Sends made while a reconnecting client is between connections.
+#[derive(Debug)]
+enum Disconnected {
+    Refuse,
+    Hold {
+        queue: VecDeque<Message>,
+        bytes: usize,
+        max: usize,
+    },
+}
+
 /// One WebSocket connection, in either role.
 #[derive(Debug)]
 pub(crate) struct Session {
@@ -81,6 +92,10 @@ pub(crate) struct Session {
     heartbeat: Option<Heartbeat>,
     /// The last ping we sent (any ping), to time its pong.
     last_ping: Option<(Instant, Bytes)>,
+    /// The user closed, force-quit or dropped: never reconnect.
+    user_ended: bool,
+    /// Set while a reconnecting client waits for its next connection.
+    disconnected: Option<Disconnected>,
 }
 
 /// Messages read in one pass before commands and deadlines get a turn.
@@ -116,6 +131,49 @@ impl Session {
             metrics: Arc::new(Metrics::default()),
             heartbeat,
             last_ping: None,
+            user_ended: false,
+            disconnected: None,
+        }
+    }
+
+    /// The user ended the connection (close, force-quit, drop): it must not be reconnected.
+    pub(crate) fn user_ended(&self) -> bool {
+        self.user_ended
+    }
+
+    /// This session is over and the client will reconnect: from now on sends are held or
+    /// refused as `policy` says.
+    pub(crate) fn enter_reconnect(&mut self, policy: crate::WhileDisconnected) {
+        self.disconnected = Some(match policy {
+            crate::WhileDisconnected::Queue { max_bytes } => Disconnected::Hold {
+                queue: VecDeque::new(),
+                bytes: 0,
+                max: max_bytes,
+            },
+            _ => Disconnected::Refuse,
+        });
+    }
+
+    /// Take over what outlives a connection: the command inbox, the counters, and messages
+    /// held while disconnected (returned, to be sent after `on_activated`).
+    pub(crate) fn adopt(&mut self, old: &mut Session) -> VecDeque<Message> {
+        self.inbox = old.inbox.take();
+        self.metrics = old.metrics.clone();
+        match old.disconnected.take() {
+            Some(Disconnected::Hold { queue, .. }) => queue,
+            _ => VecDeque::new(),
+        }
+    }
+
+    /// Messages held while disconnected, when reconnecting gives up: report them as not sent.
+    pub(crate) fn drop_held(&mut self) {
+        if let Some(Disconnected::Hold { queue, .. }) = &mut self.disconnected {
+            if !queue.is_empty() {
+                let n = queue.len();
+                queue.clear();
+                tracing::warn!(messages = n, "reconnecting gave up; held messages not sent");
+                self.errors.push_back(Error::Disconnected);
+            }
         }
     }
 
@@ -162,7 +220,7 @@ impl Session {
     /// when `write_buffer_size` bytes are queued. A full socket keeps it queued, exactly once.
     pub(crate) fn send(&mut self, message: Message) -> Result<(), Error> {
         if self.phase != Phase::Open {
-            return Err(Error::Closed);
+            return self.send_while_closed(message);
         }
         let data_len = match &message {
             Message::Text(t) => Some(t.len()),
@@ -183,6 +241,22 @@ impl Session {
             }
         }
         result
+    }
+
+    fn send_while_closed(&mut self, message: Message) -> Result<(), Error> {
+        match &mut self.disconnected {
+            None => Err(Error::Closed),
+            Some(Disconnected::Refuse) => Err(Error::Disconnected),
+            Some(Disconnected::Hold { queue, bytes, max }) => {
+                let len = message.len();
+                if *bytes + len > *max {
+                    return Err(Error::QueueFull { len, limit: *max });
+                }
+                *bytes += len;
+                queue.push_back(message);
+                Ok(())
+            }
+        }
     }
 
     fn write(&mut self, message: Message) -> Result<(), Error> {
@@ -281,6 +355,7 @@ impl Session {
         if reason.len() > 123 {
             return Err(Error::CloseReasonTooLong(reason.len()));
         }
+        self.user_ended = true;
         if self.phase != Phase::Open {
             return Ok(());
         }
@@ -304,6 +379,7 @@ impl Session {
 
     /// Drop the connection now.
     pub(crate) fn force_quit(&mut self) {
+        self.user_ended = true;
         if self.phase != Phase::Done {
             tracing::debug!("force quit");
             self.finish();
@@ -312,6 +388,7 @@ impl Session {
 
     /// Going away without waiting (a dropped client): a best-effort Close, then drop.
     pub(crate) fn abandon(&mut self) {
+        self.user_ended = true;
         if self.phase == Phase::Open {
             let _ = self.close(CloseCode::Away, "client dropped");
             self.flush();
@@ -320,6 +397,7 @@ impl Session {
     }
 
     fn finish(&mut self) {
+        self.write_blocked = false;
         if self.phase != Phase::Done {
             self.phase = Phase::Done;
             self.stream().shutdown();
@@ -364,7 +442,9 @@ impl Session {
         };
         let mut more = false;
         for _ in 0..COMMAND_BUDGET {
-            if self.phase == Phase::Done {
+            // Between connections commands still count: a close stops reconnecting, sends are
+            // held or refused.
+            if self.phase == Phase::Done && self.disconnected.is_none() {
                 break;
             }
             let Some(command) = inbox.next() else { break };
@@ -377,6 +457,19 @@ impl Session {
         }
         self.inbox = Some(inbox);
         more
+    }
+
+    /// The client is ending: commands still waiting will never be carried out. Each send among
+    /// them is reported (as `Error::Closed`), so none is dropped silently.
+    pub(crate) fn refuse_remaining_commands(&mut self) {
+        let Some(mut inbox) = self.inbox.take() else {
+            return;
+        };
+        while let Some(command) = inbox.next() {
+            if !matches!(command, Command::Close(..) | Command::ForceQuit) {
+                self.errors.push_back(Error::Closed);
+            }
+        }
     }
 
     /// Carry out one command; a send that meets a full queue comes back to wait its turn.
@@ -803,6 +896,21 @@ mod tests {
             s.take_error(),
             Some(Error::Timeout(TimeoutKind::Close))
         ));
+    }
+
+    #[test]
+    fn commands_left_when_a_client_ends_are_reported_not_dropped() {
+        let mut s = session(&Config::default(), vec![], usize::MAX);
+        let (sender, inbox) = crate::command::Inbox::channel(8, crate::command::Signal::new(None));
+        s.set_inbox(inbox);
+        sender.send_text("a").unwrap();
+        sender.send_binary(vec![1]).unwrap();
+        sender.force_quit().unwrap();
+        s.refuse_remaining_commands();
+        assert!(matches!(s.take_error(), Some(Error::Closed)));
+        assert!(matches!(s.take_error(), Some(Error::Closed)));
+        assert!(s.take_error().is_none(), "one report per unsent message");
+        assert!(sender.send_text("late").is_err(), "the channel is closed");
     }
 
     #[test]

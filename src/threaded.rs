@@ -12,7 +12,7 @@ use crate::connect::connect;
 use crate::driver::Driver;
 use crate::handler::{CloseInfo, Context, Dispatch};
 use crate::session::Session;
-use crate::{Config, Error, Event, Handshake, Metrics, WaitStrategy};
+use crate::{Config, Error, Event, Handshake, Metrics, ReconnectAttempt, WaitStrategy};
 
 /// A client whose connection runs on its own worker thread. The application sends
 /// [`Command`](crate::Command)s on [`control_tx`](Self::control_tx) and receives [`Event`]s on
@@ -71,8 +71,9 @@ impl ThreadedClient {
         let (ws, handshake) = connect(url, config)?;
         let session = Session::new(ws, Some(handshake.clone()), config);
         let metrics = session.metrics().clone();
-        let (mut driver, control_tx, signal) =
+        let (driver, control_tx, signal) =
             Driver::with_commands(session, WaitStrategy::Readiness, config)?;
+        let mut driver = driver.redial_to(url, config);
         let control_rx = driver.commands().clone();
         let (event_tx, event_rx) = crossbeam_channel::bounded(config.event_capacity);
         let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
@@ -242,6 +243,9 @@ impl Dispatch for Forward {
         self.emit(Some(ctx), Event::Error(error));
     }
     fn idle(&mut self, _ctx: &mut Context<'_>) {}
+    fn reconnecting(&mut self, ctx: &mut Context<'_>, attempt: ReconnectAttempt) {
+        self.emit(Some(ctx), Event::Reconnecting(attempt));
+    }
     fn quit(&mut self) {
         self.emit(None, Event::Quit);
     }

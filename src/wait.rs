@@ -46,18 +46,7 @@ impl Waiter {
             WaitStrategy::Sleep(d) => Ok((Waiter::Sleep(d), None)),
             WaitStrategy::Readiness => {
                 let poll = Poll::new()?;
-                let fd = session
-                    .stream()
-                    .tcp_conn()
-                    .ok_or_else(|| io::Error::other("readiness needs a socket"))?
-                    .tcp()
-                    .as_raw_fd();
-                // Edge-triggered: the session reads until "would block" before each wait.
-                poll.registry().register(
-                    &mut SourceFd(&fd),
-                    SOCKET,
-                    Interest::READABLE | Interest::WRITABLE,
-                )?;
+                register(&poll, session)?;
                 let waker = if with_waker {
                     Some(Waker::new(poll.registry(), WAKER)?)
                 } else {
@@ -71,6 +60,24 @@ impl Waiter {
                     waker,
                 ))
             }
+        }
+    }
+
+    /// Follow the connection to a new socket (after a reconnect).
+    pub(crate) fn rebind(&mut self, old: &Session, new: &Session) -> io::Result<()> {
+        if let Waiter::Readiness { poll, .. } = self {
+            // Deregister while the old socket is still open: the new one may get its number.
+            let _ = poll.registry().deregister(&mut SourceFd(&fd(old)?));
+            register(poll, new)?;
+        }
+        Ok(())
+    }
+
+    /// Stop watching a dead connection's socket (so a backoff wait sleeps until its deadline
+    /// or a command).
+    pub(crate) fn unbind(&mut self, old: &Session) {
+        if let (Waiter::Readiness { poll, .. }, Ok(fd)) = (self, fd(old)) {
+            let _ = poll.registry().deregister(&mut SourceFd(&fd));
         }
     }
 
@@ -122,4 +129,22 @@ impl Waiter {
             }
         }
     }
+}
+
+fn fd(session: &Session) -> io::Result<std::os::fd::RawFd> {
+    Ok(session
+        .stream()
+        .tcp_conn()
+        .ok_or_else(|| io::Error::other("readiness needs a socket"))?
+        .tcp()
+        .as_raw_fd())
+}
+
+/// Edge-triggered: the session reads until "would block" before each wait.
+fn register(poll: &Poll, session: &Session) -> io::Result<()> {
+    poll.registry().register(
+        &mut SourceFd(&fd(session)?),
+        SOCKET,
+        Interest::READABLE | Interest::WRITABLE,
+    )
 }

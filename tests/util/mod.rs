@@ -255,6 +255,8 @@ pub enum Rec {
     Closed(CloseInfo),
     Error(String),
     Idle,
+    /// A reconnect attempt: its number.
+    Reconnecting(u32),
     Quit,
 }
 
@@ -384,6 +386,9 @@ impl Handler for Recorder {
             (self.script)(&Rec::Idle, ctx);
         }
     }
+    fn on_reconnecting(&mut self, ctx: &mut Context<'_>, attempt: &syncws::ReconnectAttempt) {
+        self.push(Rec::Reconnecting(attempt.attempt), ctx);
+    }
     fn on_quit(&mut self) {
         self.recs.push(Rec::Quit);
     }
@@ -405,6 +410,11 @@ fn clone_error(e: &Error) -> Error {
             limit: *limit,
         },
         Error::Closed => Error::Closed,
+        Error::Disconnected => Error::Disconnected,
+        Error::Connect { addr, source } => Error::Connect {
+            addr: *addr,
+            source: std::io::Error::from(source.kind()),
+        },
         other => Error::Config(format!("{other}")),
     }
 }
@@ -492,6 +502,7 @@ fn run_threaded(url: &str, config: Config, mut recorder: Recorder) -> Result<Out
                 recorder.errors.push(e);
                 rec
             }
+            Event::Reconnecting(a) => Rec::Reconnecting(a.attempt),
             Event::Quit => {
                 recorder.recs.push(Rec::Quit);
                 break;
