@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
 
+use crate::proxy::Proxy;
 use crate::{Error, Reconnect, WhileDisconnected};
 
 /// How a [`NonBlockingClient`](crate::NonBlockingClient) passes time when the socket has nothing
@@ -63,6 +64,8 @@ pub struct Config {
     pub(crate) root_certificates: Vec<Vec<u8>>,
     pub(crate) identity: Option<(Vec<u8>, Vec<u8>)>,
     pub(crate) danger_accept_invalid_certs: bool,
+    pub(crate) proxy: Option<Proxy>,
+    pub(crate) proxy_from_env: bool,
     pub(crate) wait_strategy: WaitStrategy,
     pub(crate) control_capacity: usize,
     pub(crate) event_capacity: usize,
@@ -97,6 +100,8 @@ impl Default for Config {
             root_certificates: Vec::new(),
             identity: None,
             danger_accept_invalid_certs: false,
+            proxy: None,
+            proxy_from_env: false,
             wait_strategy: WaitStrategy::Readiness,
             control_capacity: 1024,
             event_capacity: 1024,
@@ -131,7 +136,7 @@ impl Config {
     pub fn connect_timeout(&self) -> Option<Duration> {
         self.connect_timeout
     }
-    /// Limit on the whole opening (TCP + TLS + HTTP upgrade).
+    /// Limit on the whole opening (TCP + proxy tunnel + TLS + HTTP upgrade).
     pub fn handshake_timeout(&self) -> Option<Duration> {
         self.handshake_timeout
     }
@@ -227,6 +232,15 @@ impl Config {
     pub fn danger_accept_invalid_certs(&self) -> bool {
         self.danger_accept_invalid_certs
     }
+    /// The proxy every connection goes through, if one is set.
+    pub fn proxy(&self) -> Option<&Proxy> {
+        self.proxy.as_ref()
+    }
+    /// Whether, with no [`proxy`](Self::proxy) set, the proxy environment variables are read
+    /// at each connect.
+    pub fn proxy_from_env(&self) -> bool {
+        self.proxy_from_env
+    }
 
     pub(crate) fn websocket_config(&self) -> tungstenite::protocol::WebSocketConfig {
         tungstenite::protocol::WebSocketConfig::default()
@@ -285,8 +299,8 @@ impl ConfigBuilder {
         self.config.connect_timeout = timeout;
         self
     }
-    /// Limit the whole opening: TCP connect, TLS handshake and HTTP upgrade together (DNS is left
-    /// to the system resolver). `None` means no limit. Defaults to 30 s.
+    /// Limit the whole opening: TCP connect, proxy tunnel, TLS handshake and HTTP upgrade
+    /// together (DNS is left to the system resolver). `None` means no limit. Defaults to 30 s.
     pub fn handshake_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.config.handshake_timeout = timeout;
         self
@@ -383,6 +397,46 @@ impl ConfigBuilder {
     /// the path read and change the traffic. Defaults to `false`.
     pub fn danger_accept_invalid_certs(mut self, accept: bool) -> Self {
         self.config.danger_accept_invalid_certs = accept;
+        self
+    }
+    /// Open every connection through this proxy: an HTTP proxy (`CONNECT` tunnel) or SOCKS5, see
+    /// [`Proxy`]. It applies to every target, and the environment is then not read (no
+    /// `NO_PROXY`). TCP options and `connect_timeout` apply to the connection to the proxy; the
+    /// proxy exchange counts against `handshake_timeout`; TLS for `wss://` runs end to end with
+    /// the target, verified against the target's name. Defaults to `None`: connect directly (or
+    /// as [`proxy_from_env`](Self::proxy_from_env) says).
+    ///
+    /// ```
+    /// use syncws::{Config, Proxy};
+    /// let config = Config::builder()
+    ///     .proxy(Some(Proxy::parse("socks5h://user:secret@127.0.0.1:1080")?))
+    ///     .build()?;
+    /// assert_eq!(config.proxy().map(|p| p.port()), Some(1080));
+    /// # Ok::<(), syncws::Error>(())
+    /// ```
+    pub fn proxy(mut self, proxy: Option<Proxy>) -> Self {
+        self.config.proxy = proxy;
+        self
+    }
+    /// When no [`proxy`](Self::proxy) is set, pick one at each connect from the conventional
+    /// environment variables, as curl does:
+    ///
+    /// - `wss://` uses `https_proxy` or `HTTPS_PROXY`, `ws://` uses `http_proxy` or
+    ///   `HTTP_PROXY`, both falling back to `all_proxy` or `ALL_PROXY`. The lowercase name wins;
+    ///   an empty value counts as unset; a value without a scheme is an `http://` proxy.
+    ///   `HTTP_PROXY` is ignored when `REQUEST_METHOD` is set (in a CGI program a client can
+    ///   set it through a `Proxy:` request header).
+    /// - `no_proxy` or `NO_PROXY` lists, comma-separated, the targets to reach directly: `*`
+    ///   for all; a host name, which also matches its subdomains (`example.com`,
+    ///   `.example.com` and `*.example.com` all match `ws.example.com`); an IP address, or a
+    ///   network such as `10.0.0.0/8`. An entry with a port (`example.com:8443`, `[::1]:9001`)
+    ///   matches only that port. Matching is case-insensitive, against the host as written in
+    ///   the URL (names are not resolved for it). `localhost` is not exempt unless listed.
+    ///
+    /// A variable holding a bad proxy URL fails the connect with [`Error::InvalidProxy`]
+    /// naming it. Defaults to `false`: the environment is not read.
+    pub fn proxy_from_env(mut self, enabled: bool) -> Self {
+        self.config.proxy_from_env = enabled;
         self
     }
     /// How [`NonBlockingClient`](crate::NonBlockingClient) waits. Defaults to
@@ -525,6 +579,8 @@ mod tests {
         assert_eq!(c.close_timeout(), Duration::from_secs(5));
         assert_eq!(c.max_message_size(), Some(64 << 20));
         assert_eq!(c.wait_strategy(), WaitStrategy::Readiness);
+        assert!(c.proxy().is_none());
+        assert!(!c.proxy_from_env());
     }
 
     #[test]

@@ -1,7 +1,8 @@
-//! URL -> DNS -> TCP -> TLS -> WebSocket upgrade, every step bounded by the handshake deadline.
+//! URL -> DNS -> TCP -> [proxy tunnel] -> TLS -> WebSocket upgrade, every step after DNS bounded
+//! by the handshake deadline.
 
 use std::io;
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, TcpKeepalive, Type};
@@ -9,6 +10,7 @@ use tungstenite::protocol::WebSocket;
 use url::{Host, Url};
 
 use crate::error::{Error, TimeoutKind, TlsFailure};
+use crate::proxy::{self, Proxy, Target};
 use crate::stream::{Stream, TcpConn};
 use crate::{Config, Handshake};
 
@@ -49,14 +51,25 @@ fn open(url: &str, config: &Config) -> Result<(WebSocket<Stream>, Handshake), Er
         .port_or_known_default()
         .unwrap_or(if tls { 443 } else { 80 });
     let deadline = config.handshake_timeout.map(|d| Instant::now() + d);
+    let proxy = proxy::for_target(config, tls, &host, port)?;
 
-    let (addrs, server_name) = match host {
-        Host::Domain(name) => (resolve(name, port)?, name.to_owned()),
-        Host::Ipv4(ip) => (vec![SocketAddr::new(ip.into(), port)], ip.to_string()),
-        Host::Ipv6(ip) => (vec![SocketAddr::new(ip.into(), port)], ip.to_string()),
+    // TLS verifies the target's name, through a proxy too.
+    let server_name = match host {
+        Host::Domain(name) => name.to_owned(),
+        Host::Ipv4(ip) => ip.to_string(),
+        Host::Ipv6(ip) => ip.to_string(),
     };
-    let tcp = connect_tcp(&addrs, config, deadline)?;
-    let conn = TcpConn::new(tcp, deadline);
+    let conn = match &proxy {
+        None => {
+            let addrs = match host {
+                Host::Domain(name) => resolve(name, port)?,
+                Host::Ipv4(ip) => vec![SocketAddr::new(ip.into(), port)],
+                Host::Ipv6(ip) => vec![SocketAddr::new(ip.into(), port)],
+            };
+            TcpConn::new(connect_tcp(&addrs, config, deadline)?, deadline)
+        }
+        Some(proxy) => through_proxy(proxy, &host, port, config, deadline)?,
+    };
     let stream = if tls {
         Stream::Tls(Box::new(tls_handshake(&server_name, conn, config)?))
     } else {
@@ -66,6 +79,42 @@ fn open(url: &str, config: &Config) -> Result<(WebSocket<Stream>, Handshake), Er
     let (mut ws, handshake) = crate::handshake::client(stream, &parsed, config)?;
     ws.get_mut().make_nonblocking()?;
     Ok((ws, handshake))
+}
+
+/// Connect to the proxy (its addresses, the same socket options and timeouts as a direct
+/// connection) and have it open a tunnel to the target, under the handshake deadline.
+fn through_proxy(
+    proxy: &Proxy,
+    host: &Host<&str>,
+    port: u16,
+    config: &Config,
+    deadline: Option<Instant>,
+) -> Result<TcpConn, Error> {
+    let target = match *host {
+        // SOCKS5 takes one address; like curl, we give it the first one the resolver returns.
+        Host::Domain(name) if proxy.resolves_locally() => Target::Ip(resolve(name, port)?[0].ip()),
+        Host::Domain(name) => Target::Name(name),
+        Host::Ipv4(ip) => Target::Ip(ip.into()),
+        Host::Ipv6(ip) => Target::Ip(ip.into()),
+    };
+    let unreachable = |source| Error::ProxyConnect {
+        proxy: proxy.authority(),
+        source,
+    };
+    let addrs = match proxy.host().parse::<IpAddr>() {
+        Ok(ip) => vec![SocketAddr::new(ip, proxy.port())],
+        Err(_) => resolve(proxy.host(), proxy.port()).map_err(|e| match e {
+            Error::Resolve { source, .. } => unreachable(source),
+            other => other,
+        })?,
+    };
+    let tcp = connect_tcp(&addrs, config, deadline).map_err(|e| match e {
+        Error::Connect { source, .. } => unreachable(source),
+        other => other,
+    })?;
+    let mut conn = TcpConn::new(tcp, deadline);
+    proxy::tunnel(&mut conn, proxy, target, port)?;
+    Ok(conn)
 }
 
 fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, Error> {

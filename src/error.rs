@@ -118,6 +118,46 @@ pub enum Error {
     /// A close reason longer than the 123 bytes a close frame can carry.
     #[error("close reason of {0} bytes is longer than 123 bytes")]
     CloseReasonTooLong(usize),
+    /// A proxy URL, given to [`Proxy::parse`](crate::Proxy::parse) or read from the environment
+    /// (see [`ConfigBuilder::proxy_from_env`](crate::ConfigBuilder::proxy_from_env)), is not
+    /// one this library can use. Credentials in the URL are masked.
+    #[error("invalid proxy url {url:?}: {reason}")]
+    InvalidProxy {
+        /// The URL as given, with any user name and password replaced by `***`.
+        url: String,
+        /// What is wrong with it (and, from the environment, which variable held it).
+        reason: String,
+    },
+    /// The proxy could not be reached (its name did not resolve, or every address refused or
+    /// failed the TCP connection), or the connection to it failed during the tunnel exchange.
+    /// A timeout is [`Error::Timeout`] instead.
+    #[error("connection to proxy {proxy}: {source}")]
+    ProxyConnect {
+        /// The proxy, as `host:port`.
+        proxy: String,
+        /// The resolver's or the socket's error.
+        #[source]
+        source: io::Error,
+    },
+    /// The proxy refused to open a tunnel to the target; [`ProxyStatus`] says how (an HTTP
+    /// status such as 407, 403 or 502, or a SOCKS5 reply).
+    #[error("proxy {proxy} refused the tunnel: {status}")]
+    ProxyRefused {
+        /// The proxy, as `host:port`.
+        proxy: String,
+        /// Its answer.
+        status: ProxyStatus,
+    },
+    /// The exchange with the proxy broke down: its answer was not HTTP or SOCKS5, it chose an
+    /// authentication method we did not offer, it hung up before answering, or the request
+    /// cannot be expressed (a host name longer than SOCKS5's 255 bytes).
+    #[error("proxy {proxy}: {reason}")]
+    ProxyProtocol {
+        /// The proxy, as `host:port`.
+        proxy: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// The configuration is inconsistent; the message says which setting.
     #[error("invalid configuration: {0}")]
     Config(String),
@@ -132,7 +172,7 @@ pub enum Error {
 pub enum TimeoutKind {
     /// TCP connect ([`ConfigBuilder::connect_timeout`](crate::ConfigBuilder::connect_timeout)).
     Connect,
-    /// The whole opening: TCP + TLS + HTTP upgrade
+    /// The whole opening: TCP + proxy tunnel + TLS + HTTP upgrade
     /// ([`ConfigBuilder::handshake_timeout`](crate::ConfigBuilder::handshake_timeout)).
     Handshake,
     /// The close handshake ([`ConfigBuilder::close_timeout`](crate::ConfigBuilder::close_timeout)).
@@ -155,6 +195,55 @@ impl fmt::Display for TimeoutKind {
             TimeoutKind::Write => "write",
             TimeoutKind::Pong => "heartbeat pong",
         })
+    }
+}
+
+/// How a proxy refused to open a tunnel, for [`Error::ProxyRefused`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ProxyStatus {
+    /// An HTTP proxy answered `CONNECT` with this status instead of 2xx: typically 407 (proxy
+    /// credentials missing or wrong), 403 (the target is forbidden by policy) or 502 (the proxy
+    /// could not reach the target).
+    Http(http::StatusCode),
+    /// A SOCKS5 proxy accepts none of the authentication methods offered ("no authentication",
+    /// plus "username/password" when the proxy URL has credentials): it wants credentials.
+    Socks5NoAcceptableAuth,
+    /// A SOCKS5 proxy rejected the user name and password (RFC 1929).
+    Socks5AuthRejected,
+    /// A SOCKS5 proxy answered the CONNECT request with this reply code (RFC 1928 section 6:
+    /// 1 general failure, 2 not allowed by ruleset, 3 network unreachable, 4 host unreachable,
+    /// 5 connection refused, 6 TTL expired, 7 command not supported, 8 address type not
+    /// supported).
+    Socks5(u8),
+}
+
+impl fmt::Display for ProxyStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProxyStatus::Http(status) => write!(f, "HTTP {status}"),
+            ProxyStatus::Socks5NoAcceptableAuth => f.write_str(
+                "SOCKS5 proxy accepts none of the offered authentication methods \
+                 (credentials required?)",
+            ),
+            ProxyStatus::Socks5AuthRejected => {
+                f.write_str("SOCKS5 user name and password rejected")
+            }
+            ProxyStatus::Socks5(code) => {
+                let reason = match code {
+                    1 => "general SOCKS server failure",
+                    2 => "connection not allowed by ruleset",
+                    3 => "network unreachable",
+                    4 => "host unreachable",
+                    5 => "connection refused",
+                    6 => "TTL expired",
+                    7 => "command not supported",
+                    8 => "address type not supported",
+                    _ => "unassigned reply code",
+                };
+                write!(f, "SOCKS5 reply {code}: {reason}")
+            }
+        }
     }
 }
 

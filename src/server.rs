@@ -47,7 +47,7 @@ impl ServerConnection {
     ///
     /// # Errors
     ///
-    /// [`Error::Tls`], [`Error::Handshake`] for a bad upgrade request, [`Error::Timeout`].
+    /// [`Error::Tls`], [`Error::InvalidHandshake`] for a bad upgrade request, [`Error::Timeout`].
     pub fn accept(
         tcp: TcpStream,
         tls: Option<&native_tls::TlsAcceptor>,

@@ -2,6 +2,8 @@
 //! the code under test), and a harness that runs one script in every client mode.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::thread::JoinHandle;
