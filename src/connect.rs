@@ -16,7 +16,7 @@ use crate::{Config, Handshake};
 
 /// Open a client connection: the socket is non-blocking when this returns.
 pub(crate) fn connect(url: &str, config: &Config) -> Result<(WebSocket<Stream>, Handshake), Error> {
-    let span = tracing::info_span!("connect", url = %url);
+    let span = tracing::info_span!("connect", url = %redacted(url));
     let _enter = span.enter();
     let started = Instant::now();
     let result = open(url, config);
@@ -279,4 +279,27 @@ fn chain_has_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
         current = err.source();
     }
     false
+}
+
+/// The URL for logs: without credentials (`ws://user:pass@host/` logs as `ws://host/`).
+fn redacted(url: &str) -> String {
+    match Url::parse(url) {
+        Ok(mut u) if !u.username().is_empty() || u.password().is_some() => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.to_string()
+        }
+        Ok(_) => url.to_owned(),
+        Err(_) => "<invalid url>".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn credentials_never_reach_the_logs() {
+        assert_eq!(super::redacted("ws://u:secret@h:1/p?q"), "ws://h:1/p?q");
+        assert_eq!(super::redacted("wss://h/"), "wss://h/");
+        assert_eq!(super::redacted("not a url secret"), "<invalid url>");
+    }
 }

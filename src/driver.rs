@@ -219,6 +219,7 @@ impl Driver {
                     return Some(held);
                 }
                 Err(e) => {
+                    let permanent = e.is_permanent();
                     self.last_error = Some(e.to_string());
                     d.error(
                         &mut Context {
@@ -226,6 +227,11 @@ impl Driver {
                         },
                         e,
                     );
+                    if permanent {
+                        tracing::warn!("giving up reconnecting: retrying cannot help");
+                        self.session.drop_held();
+                        return None;
+                    }
                 }
             }
         }

@@ -166,6 +166,30 @@ pub enum Error {
     Io(#[from] io::Error),
 }
 
+impl Error {
+    /// Whether trying the same connection again cannot help: the URL, proxy or TLS
+    /// configuration is wrong, or credentials were refused (HTTP 401, proxy 407, SOCKS5
+    /// authentication). A reconnecting client gives up on these at once instead of retrying
+    /// until `max_attempts`.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            Error::InvalidUrl { .. }
+            | Error::UnsupportedScheme { .. }
+            | Error::InvalidProxy { .. }
+            | Error::Config(_) => true,
+            Error::Tls { failure, .. } => *failure == TlsFailure::Configuration,
+            Error::HandshakeRejected { status } => *status == http::StatusCode::UNAUTHORIZED,
+            Error::ProxyRefused { status, .. } => {
+                matches!(
+                    status,
+                    ProxyStatus::Socks5AuthRejected | ProxyStatus::Socks5NoAcceptableAuth
+                ) || *status == ProxyStatus::Http(http::StatusCode::PROXY_AUTHENTICATION_REQUIRED)
+            }
+            _ => false,
+        }
+    }
+}
+
 /// Which deadline passed, for [`Error::Timeout`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -358,6 +382,21 @@ mod tests {
             "{}",
             std::mem::size_of::<Error>()
         );
+    }
+
+    #[test]
+    fn only_errors_retrying_cannot_fix_are_permanent() {
+        assert!(Error::Config("x".into()).is_permanent());
+        assert!(Error::HandshakeRejected {
+            status: http::StatusCode::UNAUTHORIZED
+        }
+        .is_permanent());
+        assert!(!Error::HandshakeRejected {
+            status: http::StatusCode::SERVICE_UNAVAILABLE
+        }
+        .is_permanent());
+        assert!(!Error::ConnectionReset.is_permanent());
+        assert!(!Error::Timeout(TimeoutKind::Connect).is_permanent());
     }
 
     #[test]

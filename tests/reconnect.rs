@@ -253,3 +253,44 @@ fn sends_while_disconnected_are_refused_by_default() {
         );
     }
 }
+
+#[test]
+fn an_error_that_retrying_cannot_fix_ends_reconnecting_at_once() {
+    for mode in MODES {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (tcp, _) = listener.accept().unwrap();
+            drop(tungstenite::accept(tcp).unwrap()); // the first connection dies
+                                                     // Every attempt after it is refused with 401: the credentials will not get better.
+            let (mut tcp, _) = listener.accept().unwrap();
+            let mut request = [0u8; 2048];
+            let _ = std::io::Read::read(&mut tcp, &mut request);
+            std::io::Write::write_all(
+                &mut tcp,
+                b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n",
+            )
+            .unwrap();
+        });
+        let out = drive(
+            mode,
+            &format!("ws://{addr}/"),
+            Config::builder().reconnect(Some(fast().max_attempts(None))),
+            passive(),
+        );
+        server.join().unwrap();
+        let attempts = out
+            .recs
+            .iter()
+            .filter(|r| matches!(r, Rec::Reconnecting(_)))
+            .count();
+        assert_eq!(attempts, 1, "{mode:?}: {:?}", out.recs);
+        assert!(
+            out.errors
+                .iter()
+                .any(|e| e.to_string().contains("HTTP 401")),
+            "{mode:?}: {:?}",
+            out.errors
+        );
+    }
+}
