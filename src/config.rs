@@ -5,7 +5,7 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue};
 
 use crate::proxy::Proxy;
-use crate::{Error, Reconnect, WhileDisconnected};
+use crate::{Error, Reconnect, TlsBackend, WhileDisconnected};
 
 /// How a [`NonBlockingClient`](crate::NonBlockingClient) passes time when the socket has nothing
 /// to read and nothing can be written.
@@ -73,6 +73,7 @@ pub struct Config {
     pub(crate) ping_interval: Option<Duration>,
     pub(crate) pong_timeout: Duration,
     pub(crate) ping_payload: Vec<u8>,
+    pub(crate) tls_backend: TlsBackend,
     pub(crate) reconnect: Option<Reconnect>,
     pub(crate) while_disconnected: WhileDisconnected,
 }
@@ -109,6 +110,7 @@ impl Default for Config {
             ping_interval: None,
             pong_timeout: Duration::from_secs(10),
             ping_payload: Vec::new(),
+            tls_backend: TlsBackend::NativeTls,
             reconnect: None,
             while_disconnected: WhileDisconnected::Refuse,
         }
@@ -219,6 +221,10 @@ impl Config {
     /// Payload of heartbeat pings.
     pub fn ping_payload(&self) -> &[u8] {
         &self.ping_payload
+    }
+    /// The TLS implementation for `wss://`.
+    pub fn tls_backend(&self) -> TlsBackend {
+        self.tls_backend
     }
     /// The reconnection policy, if any.
     pub fn reconnect(&self) -> Option<&Reconnect> {
@@ -484,6 +490,13 @@ impl ConfigBuilder {
         self
     }
 
+    /// Which TLS implementation `wss://` uses; both honour the root, identity and dangerous
+    /// settings. [`TlsBackend::Rustls`] needs the crate's `rustls` feature. Defaults to
+    /// [`TlsBackend::NativeTls`].
+    pub fn tls_backend(mut self, backend: TlsBackend) -> Self {
+        self.config.tls_backend = backend;
+        self
+    }
     /// Reconnect after a connection ends without the user asking (see [`Reconnect`]). Applies to
     /// the three clients. Defaults to `None`: a connection that ends stays ended.
     pub fn reconnect(mut self, policy: Option<Reconnect>) -> Self {
@@ -521,22 +534,7 @@ impl ConfigBuilder {
                 "control_capacity and event_capacity must be at least 1".into(),
             ));
         }
-        for pem in &c.root_certificates {
-            match native_tls::Certificate::stack_from_pem(pem) {
-                Ok(certs) if !certs.is_empty() => {}
-                Ok(_) => {
-                    return Err(Error::Config(
-                        "root certificate: no PEM certificate found".into(),
-                    ))
-                }
-                Err(e) => return Err(Error::Config(format!("root certificate: {e}"))),
-            }
-        }
-        if let Some((chain, key)) = &c.identity {
-            if let Err(e) = native_tls::Identity::from_pkcs8(chain, key) {
-                return Err(Error::Config(format!("client identity: {e}")));
-            }
-        }
+        crate::tls::validate(&c)?;
         if c.ping_payload.len() > 125 {
             return Err(Error::Config(format!(
                 "ping_payload of {} bytes is longer than 125 bytes",

@@ -9,7 +9,7 @@ use socket2::{Domain, Protocol, Socket, TcpKeepalive, Type};
 use tungstenite::protocol::WebSocket;
 use url::{Host, Url};
 
-use crate::error::{Error, TimeoutKind, TlsFailure};
+use crate::error::{Error, TimeoutKind};
 use crate::proxy::{self, Proxy, Target};
 use crate::stream::{Stream, TcpConn};
 use crate::{Config, Handshake};
@@ -71,7 +71,7 @@ fn open(url: &str, config: &Config) -> Result<(WebSocket<Stream>, Handshake), Er
         Some(proxy) => through_proxy(proxy, &host, port, config, deadline)?,
     };
     let stream = if tls {
-        Stream::Tls(Box::new(tls_handshake(&server_name, conn, config)?))
+        crate::tls::handshake(&server_name, conn, config)?
     } else {
         Stream::Plain(conn)
     };
@@ -198,54 +198,6 @@ fn connect_one(
     Ok(socket.into())
 }
 
-fn tls_handshake(
-    host: &str,
-    conn: TcpConn,
-    config: &Config,
-) -> Result<native_tls::TlsStream<TcpConn>, Error> {
-    let tls_error = |failure, source| Error::Tls {
-        host: host.to_owned(),
-        failure,
-        source: Box::new(source),
-    };
-    let mut builder = native_tls::TlsConnector::builder();
-    for pem in &config.root_certificates {
-        let certs = native_tls::Certificate::stack_from_pem(pem)
-            .map_err(|e| tls_error(TlsFailure::Configuration, e))?;
-        for cert in certs {
-            builder.add_root_certificate(cert);
-        }
-    }
-    if let Some((chain, key)) = &config.identity {
-        let identity = native_tls::Identity::from_pkcs8(chain, key)
-            .map_err(|e| tls_error(TlsFailure::Configuration, e))?;
-        builder.identity(identity);
-    }
-    if config.danger_accept_invalid_certs {
-        tracing::warn!("certificate verification is off (danger_accept_invalid_certs)");
-        builder.danger_accept_invalid_certs(true);
-        builder.danger_accept_invalid_hostnames(true);
-    }
-    let connector = builder
-        .build()
-        .map_err(|e| tls_error(TlsFailure::Configuration, e))?;
-    match connector.connect(host, conn) {
-        Ok(stream) => {
-            tracing::debug!(host, "tls established");
-            Ok(stream)
-        }
-        Err(native_tls::HandshakeError::WouldBlock(_)) => {
-            Err(Error::Timeout(TimeoutKind::Handshake))
-        }
-        Err(native_tls::HandshakeError::Failure(e)) => {
-            if chain_has_timeout(&e) {
-                return Err(Error::Timeout(TimeoutKind::Handshake));
-            }
-            Err(tls_error(TlsFailure::classify(&e), e))
-        }
-    }
-}
-
 fn remaining(deadline: Option<Instant>) -> Result<Option<Duration>, Error> {
     match deadline {
         None => Ok(None),
@@ -265,20 +217,6 @@ fn is_timeout(e: &io::Error) -> bool {
         e.kind(),
         io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
     )
-}
-
-/// native-tls hides the socket error in its source chain.
-fn chain_has_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut current = Some(e);
-    while let Some(err) = current {
-        if let Some(io) = err.downcast_ref::<io::Error>() {
-            if is_timeout(io) {
-                return true;
-            }
-        }
-        current = err.source();
-    }
-    false
 }
 
 /// The URL for logs: without credentials (`ws://user:pass@host/` logs as `ws://host/`).

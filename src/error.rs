@@ -58,9 +58,9 @@ pub enum Error {
         host: String,
         /// The reason, classified.
         failure: TlsFailure,
-        /// The TLS library's error.
+        /// The TLS library's error (native-tls's or rustls's).
         #[source]
-        source: Box<native_tls::Error>,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The server answered the upgrade request with something other than `101 Switching
     /// Protocols`.
@@ -342,6 +342,11 @@ pub(crate) fn classify(err: tungstenite::Error) -> Classified {
         T::Io(e) if e.kind() == io::ErrorKind::WouldBlock => Classified::WouldBlock,
         T::Io(e) if e.kind() == io::ErrorKind::Interrupted => Classified::WouldBlock,
         T::ConnectionClosed | T::AlreadyClosed => Classified::Closed,
+        // rustls reports a TCP end without TLS close_notify as UnexpectedEof where OpenSSL
+        // reports a plain end: both are the peer hanging up.
+        T::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+            Classified::Fatal(Error::ConnectionReset, None)
+        }
         T::Io(e) => Classified::Fatal(Error::Io(e), None),
         T::Utf8(_) => Classified::Fatal(Error::InvalidUtf8, Some(CloseCode::Invalid)),
         T::Capacity(CapacityError::MessageTooLong { size, max_size }) => Classified::Fatal(

@@ -66,7 +66,19 @@
 //! One enum, [`Error`]. Connect errors are distinct and matchable: [`Error::Connect`]
 //! (refused), [`Error::Resolve`] (unknown host), [`Error::UnsupportedScheme`],
 //! [`Error::Tls`] with a [`TlsFailure`] (another host's certificate, self-signed, ...),
-//! [`Error::HandshakeRejected`] with the HTTP status, [`Error::Timeout`].
+//! [`Error::HandshakeRejected`] with the HTTP status, [`Error::Timeout`]; through a proxy:
+//! [`Error::ProxyConnect`], [`Error::ProxyRefused`] with a [`ProxyStatus`] (HTTP 407/403/502,
+//! SOCKS5 reply), [`Error::ProxyProtocol`], [`Error::InvalidProxy`].
+//!
+//! ## Features
+//!
+//! - `rustls`: a second TLS backend, [`TlsBackend::Rustls`], beside the default native-tls.
+//!
+//! ## Liveness and reach
+//!
+//! Heartbeats ([`ConfigBuilder::ping_interval`]) find dead peers; [`Reconnect`] brings a client
+//! back with backoff; [`Proxy`] tunnels through HTTP CONNECT or SOCKS5; [`Metrics`] counts
+//! traffic, readable from any thread.
 //!
 //! ## CPU and latency
 //!
@@ -104,6 +116,7 @@ mod server;
 mod session;
 mod stream;
 mod threaded;
+mod tls;
 mod wait;
 
 pub use blocking::BlockingClient;
@@ -119,6 +132,7 @@ pub use proxy::{Proxy, ProxyKind};
 pub use reconnect::{Reconnect, ReconnectAttempt, WhileDisconnected};
 pub use server::ServerConnection;
 pub use threaded::ThreadedClient;
+pub use tls::TlsBackend;
 
 /// Channel errors returned by [`CommandSender`], which hand the command back.
 pub use crossbeam_channel::{SendError, SendTimeoutError, TrySendError};

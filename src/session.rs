@@ -530,6 +530,13 @@ impl Session {
                         self.finish();
                         return pass;
                     }
+                    // The close handshake is done and the peer hung up (without TLS close_notify,
+                    // which rustls reports): the normal end.
+                    Classified::Fatal(Error::ConnectionReset, _) if self.close_received() => {
+                        tracing::debug!("connection closed");
+                        self.finish();
+                        return pass;
+                    }
                     // RFC 6455 1.4: after the peer's Close "a peer discards any further data
                     // received". The close handshake is done; wait for the end of TCP as before.
                     Classified::Fatal(Error::Protocol(ProtocolError::ReceivedAfterClosing), _)

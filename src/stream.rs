@@ -99,6 +99,8 @@ impl Write for TcpConn {
 pub(crate) enum Stream {
     Plain(TcpConn),
     Tls(Box<native_tls::TlsStream<TcpConn>>),
+    #[cfg(feature = "rustls")]
+    Rustls(Box<crate::tls::RustlsStream>),
     #[cfg(test)]
     Scripted(scripted::Scripted),
 }
@@ -109,6 +111,8 @@ impl Stream {
         match self {
             Stream::Plain(c) => Some(c),
             Stream::Tls(t) => Some(t.get_ref()),
+            #[cfg(feature = "rustls")]
+            Stream::Rustls(t) => Some(t.get_ref()),
             #[cfg(test)]
             Stream::Scripted(_) => None,
         }
@@ -119,6 +123,8 @@ impl Stream {
         match self {
             Stream::Plain(c) => c.make_nonblocking(),
             Stream::Tls(t) => t.get_mut().make_nonblocking(),
+            #[cfg(feature = "rustls")]
+            Stream::Rustls(t) => t.get_mut().make_nonblocking(),
             #[cfg(test)]
             Stream::Scripted(_) => Ok(()),
         }
@@ -155,6 +161,8 @@ impl Read for Stream {
         match self {
             Stream::Plain(c) => c.read(buf),
             Stream::Tls(t) => t.read(buf),
+            #[cfg(feature = "rustls")]
+            Stream::Rustls(t) => t.read(buf),
             #[cfg(test)]
             Stream::Scripted(s) => s.read(buf),
         }
@@ -166,6 +174,8 @@ impl Write for Stream {
         match self {
             Stream::Plain(c) => c.write(buf),
             Stream::Tls(t) => t.write(buf),
+            #[cfg(feature = "rustls")]
+            Stream::Rustls(t) => t.write(buf),
             #[cfg(test)]
             Stream::Scripted(s) => s.write(buf),
         }
@@ -175,6 +185,8 @@ impl Write for Stream {
         match self {
             Stream::Plain(c) => c.flush(),
             Stream::Tls(t) => t.flush(),
+            #[cfg(feature = "rustls")]
+            Stream::Rustls(t) => t.flush(),
             #[cfg(test)]
             Stream::Scripted(_) => Ok(()),
         }

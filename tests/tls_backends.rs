@@ -1,0 +1,149 @@
+//! Both TLS backends honour the same options: extra roots, the dangerous switch, hostname and
+//! issuer checks with typed reasons. rustls runs when the `rustls` feature is on
+//! (`cargo test --all-features`, as CI does).
+
+mod util;
+
+use syncws::{BlockingClient, Config, Error, TlsBackend, TlsFailure};
+use util::*;
+
+fn backends() -> Vec<TlsBackend> {
+    let mut all = vec![TlsBackend::NativeTls];
+    if cfg!(feature = "rustls") {
+        all.push(TlsBackend::Rustls);
+    }
+    all
+}
+
+fn echo_once(
+    ws: Result<tungstenite::WebSocket<native_tls::TlsStream<std::net::TcpStream>>, String>,
+) -> usize {
+    let mut ws = ws.expect("tls + upgrade");
+    let mut n = 0;
+    while let Ok(m) = ws.read() {
+        if m.is_text() {
+            n += 1;
+            ws.send(m).unwrap();
+        }
+    }
+    n
+}
+
+#[test]
+fn each_backend_trusts_an_extra_root_in_every_mode() {
+    let pki = TestPki::new();
+    for backend in backends() {
+        for mode in MODES {
+            let (port, server) = wss_server(pki.server_identity(&["localhost"]), echo_once);
+            let out = drive(
+                mode,
+                &format!("wss://localhost:{port}/"),
+                Config::builder()
+                    .tls_backend(backend)
+                    .root_certificate_pem(pki.ca_pem.as_bytes()),
+                Box::new(|rec, act| match rec {
+                    Rec::Activated(_) => act.text("over tls").unwrap(),
+                    Rec::Text(_) => act.close(1000, "").unwrap(),
+                    _ => {}
+                }),
+            );
+            assert_eq!(out.texts(), ["over tls"], "{backend:?} {mode:?}");
+            assert!(
+                out.errors.is_empty(),
+                "{backend:?} {mode:?}: {:?}",
+                out.errors
+            );
+            assert_eq!(server.join().unwrap(), 1);
+        }
+    }
+}
+
+fn failure(backend: TlsBackend, url: &str, builder: syncws::ConfigBuilder) -> TlsFailure {
+    let config = builder.tls_backend(backend).build().unwrap();
+    match BlockingClient::connect(url, &config).unwrap_err() {
+        Error::Tls { failure, host, .. } => {
+            assert_eq!(host, "localhost");
+            failure
+        }
+        other => panic!("{backend:?}: expected a TLS error, got {other:?}"),
+    }
+}
+
+#[test]
+fn each_backend_refuses_another_hosts_certificate_and_an_unknown_issuer() {
+    let pki = TestPki::new();
+    for backend in backends() {
+        let (port, server) = wss_server(pki.server_identity(&["other.example"]), |r| r.is_ok());
+        let got = failure(
+            backend,
+            &format!("wss://localhost:{port}/"),
+            Config::builder().root_certificate_pem(pki.ca_pem.as_bytes()),
+        );
+        assert_eq!(got, TlsFailure::HostnameMismatch, "{backend:?}");
+        assert!(!server.join().unwrap());
+
+        let (port, server) = wss_server(pki.server_identity(&["localhost"]), |r| r.is_ok());
+        let got = failure(
+            backend,
+            &format!("wss://localhost:{port}/"),
+            Config::builder(),
+        );
+        assert_eq!(got, TlsFailure::UntrustedIssuer, "{backend:?}");
+        assert!(!server.join().unwrap());
+    }
+}
+
+#[test]
+fn each_backend_accepts_anything_with_the_dangerous_switch() {
+    for backend in backends() {
+        let (port, server) = wss_server(self_signed_identity(), echo_once);
+        let out = drive(
+            Mode::Blocking,
+            &format!("wss://localhost:{port}/"),
+            Config::builder()
+                .tls_backend(backend)
+                .danger_accept_invalid_certs(true),
+            Box::new(|rec, act| match rec {
+                Rec::Activated(_) => act.text("trust me").unwrap(),
+                Rec::Text(_) => act.close(1000, "").unwrap(),
+                _ => {}
+            }),
+        );
+        assert_eq!(out.texts(), ["trust me"], "{backend:?}");
+        assert_eq!(server.join().unwrap(), 1);
+    }
+}
+
+#[test]
+fn each_backend_refuses_bad_tls_material_at_build() {
+    for backend in backends() {
+        let e = Config::builder()
+            .tls_backend(backend)
+            .root_certificate_pem(b"garbage")
+            .build()
+            .unwrap_err();
+        assert!(
+            matches!(&e, Error::Config(m) if m.starts_with("root certificate")),
+            "{backend:?}: {e}"
+        );
+        let e = Config::builder()
+            .tls_backend(backend)
+            .identity_pem(b"garbage", b"garbage")
+            .build()
+            .unwrap_err();
+        assert!(
+            matches!(&e, Error::Config(m) if m.starts_with("client identity")),
+            "{backend:?}: {e}"
+        );
+    }
+}
+
+#[cfg(not(feature = "rustls"))]
+#[test]
+fn rustls_without_the_feature_is_a_configuration_error() {
+    let e = Config::builder()
+        .tls_backend(TlsBackend::Rustls)
+        .build()
+        .unwrap_err();
+    assert!(e.to_string().contains("`rustls` feature"), "{e}");
+}
