@@ -147,3 +147,42 @@ fn rustls_without_the_feature_is_a_configuration_error() {
         .unwrap_err();
     assert!(e.to_string().contains("`rustls` feature"), "{e}");
 }
+
+#[test]
+fn each_backend_presents_a_client_identity_when_one_is_configured() {
+    let pki = TestPki::new();
+    let (client_cert, client_key) = pki.issue(&["client.test"]);
+    for backend in backends() {
+        let (port, server) = mtls_server(&pki);
+        let out = drive(
+            Mode::Blocking,
+            &format!("wss://localhost:{port}/"),
+            Config::builder()
+                .tls_backend(backend)
+                .root_certificate_pem(pki.ca_pem.as_bytes())
+                .identity_pem(client_cert.as_bytes(), client_key.as_bytes()),
+            Box::new(|rec, act| match rec {
+                Rec::Activated(_) => act.text("it is me").unwrap(),
+                Rec::Text(_) => act.close(1000, "").unwrap(),
+                _ => {}
+            }),
+        );
+        assert_eq!(out.texts(), ["it is me"], "{backend:?}");
+        assert_eq!(
+            server.join().unwrap(),
+            Ok(1),
+            "{backend:?}: the server verified us"
+        );
+
+        // Without the identity the server refuses us.
+        let (port, server) = mtls_server(&pki);
+        let config = Config::builder()
+            .tls_backend(backend)
+            .root_certificate_pem(pki.ca_pem.as_bytes())
+            .build()
+            .unwrap();
+        assert!(BlockingClient::connect(&format!("wss://localhost:{port}/"), &config).is_err());
+        let refused = server.join().unwrap().unwrap_err();
+        assert!(refused.contains("certificate"), "{backend:?}: {refused}");
+    }
+}

@@ -193,13 +193,18 @@ impl TestPki {
 
     /// A server identity for `names`, signed by this CA.
     pub fn server_identity(&self, names: &[&str]) -> native_tls::Identity {
+        let (cert, key) = self.issue(names);
+        native_tls::Identity::from_pkcs8(cert.as_bytes(), key.as_bytes()).unwrap()
+    }
+
+    /// A certificate for `names` signed by this CA, and its PKCS#8 key, both PEM.
+    pub fn issue(&self, names: &[&str]) -> (String, String) {
         let key = rcgen::KeyPair::generate().unwrap();
         let params =
             rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
                 .unwrap();
         let cert = params.signed_by(&key, &self.ca).unwrap();
-        native_tls::Identity::from_pkcs8(cert.pem().as_bytes(), key.serialize_pem().as_bytes())
-            .unwrap()
+        (cert.pem(), key.serialize_pem())
     }
 }
 
@@ -223,6 +228,53 @@ pub fn wss_server<R: Send + 'static>(
     let (addr, handle) = raw_server(move |tcp| match acceptor.accept(tcp) {
         Ok(tls) => f(tungstenite::accept(tls).map_err(|e| e.to_string())),
         Err(e) => f(Err(e.to_string())),
+    });
+    (addr.port(), handle)
+}
+
+/// A wss server (rustls) that requires a client certificate signed by `pki`'s CA. Returns the
+/// port; the thread returns how many messages it echoed, or why the TLS handshake failed.
+pub fn mtls_server(pki: &TestPki) -> (u16, JoinHandle<Result<usize, String>>) {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use std::sync::Arc;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(pki.ca_pem.as_bytes()).unwrap())
+        .unwrap();
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
+    let (cert, key) = pki.issue(&["localhost"]);
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
+            PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+        )
+        .unwrap();
+    let (addr, handle) = raw_server(move |mut tcp| {
+        let mut conn = rustls::ServerConnection::new(Arc::new(config)).unwrap();
+        while conn.is_handshaking() {
+            conn.complete_io(&mut tcp).map_err(|e| e.to_string())?;
+        }
+        let ws =
+            tungstenite::accept(rustls::StreamOwned::new(conn, tcp)).map_err(|e| e.to_string())?;
+        let mut ws = ws;
+        let mut n = 0;
+        while let Ok(m) = ws.read() {
+            if m.is_text() {
+                n += 1;
+                let _ = ws.send(m);
+            }
+        }
+        Ok(n)
     });
     (addr.port(), handle)
 }
