@@ -253,42 +253,6 @@ fn a_bad_accept_key_or_an_unoffered_extension_or_subprotocol_fails_the_handshake
 
 // ----- TLS ------------------------------------------------------------------------------------
 
-#[test]
-fn wss_with_an_extra_root_works_in_every_mode() {
-    let pki = TestPki::new();
-    for mode in MODES {
-        let (port, server) = wss_server(pki.server_identity(&["localhost"]), |ws| {
-            let mut ws = ws.expect("tls + upgrade");
-            let mut n = 0;
-            while let Ok(m) = ws.read() {
-                if m.is_text() {
-                    n += 1;
-                    ws.send(m).unwrap();
-                }
-            }
-            n
-        });
-        let out = drive(
-            mode,
-            &format!("wss://localhost:{port}/"),
-            Config::builder().root_certificate_pem(pki.ca_pem.as_bytes()),
-            Box::new(|rec, act| match rec {
-                Rec::Activated(_) => {
-                    for i in 0..50 {
-                        act.text(&format!("secret {i}")).unwrap();
-                    }
-                }
-                Rec::Text(t) if t == "secret 49" => act.close(1000, "").unwrap(),
-                _ => {}
-            }),
-        );
-        let expected: Vec<String> = (0..50).map(|i| format!("secret {i}")).collect();
-        assert_eq!(out.texts(), expected, "{mode:?}");
-        assert!(out.errors.is_empty(), "{mode:?}: {:?}", out.errors);
-        assert_eq!(server.join().unwrap(), 50, "{mode:?}");
-    }
-}
-
 fn tls_error(url: &str, config: &Config) -> (TlsFailure, String) {
     match BlockingClient::connect(url, config).unwrap_err() {
         e @ Error::Tls { failure, .. } => (failure, e.to_string()),
@@ -346,26 +310,6 @@ fn an_untrusted_issuer_is_refused_with_its_own_reason() {
     let (failure, text) = tls_error(&format!("wss://localhost:{port}/"), &Config::default());
     assert_eq!(failure, TlsFailure::UntrustedIssuer, "{text}");
     assert!(!server.join().unwrap());
-}
-
-#[test]
-fn bad_tls_material_is_refused_by_build() {
-    let e = Config::builder()
-        .root_certificate_pem(b"not a pem")
-        .build()
-        .unwrap_err();
-    assert!(
-        matches!(&e, Error::Config(m) if m.starts_with("root certificate")),
-        "{e:?}"
-    );
-    let e = Config::builder()
-        .identity_pem(b"no cert", b"no key")
-        .build()
-        .unwrap_err();
-    assert!(
-        matches!(&e, Error::Config(m) if m.starts_with("client identity")),
-        "{e:?}"
-    );
 }
 
 #[test]

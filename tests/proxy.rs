@@ -96,15 +96,7 @@ fn wss_through_an_http_connect_proxy_is_encrypted_end_to_end_in_every_mode() {
     let proxy = HttpProxy::default().start();
     for mode in MODES {
         let (port, server) = wss_server(pki.server_identity(&["localhost"]), |ws| {
-            let mut ws = ws.expect("tls + upgrade");
-            let mut n = 0;
-            while let Ok(m) = ws.read() {
-                if m.is_text() {
-                    n += 1;
-                    ws.send(m).unwrap();
-                }
-            }
-            n
+            echo(ws.expect("tls + upgrade"))
         });
         round_trip(
             mode,

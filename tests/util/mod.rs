@@ -131,7 +131,7 @@ pub fn read_until_close<S: Read + Write>(
 }
 
 /// Echo until the connection ends; returns how many messages were echoed.
-pub fn echo(mut ws: WebSocket<TcpStream>) -> usize {
+pub fn echo<S: Read + Write>(mut ws: WebSocket<S>) -> usize {
     let mut n = 0;
     loop {
         match ws.read() {
