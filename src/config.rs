@@ -18,7 +18,9 @@ pub enum WaitStrategy {
     /// Poll again at once. Lowest latency; one core stays busy.
     BusySpin,
     /// Sleep this long between empty polls (s9_websocket's "spin-wait duration"). A command from
-    /// another thread ends the sleep early.
+    /// another thread ends the sleep early. For 100 µs (at most the sleep) after a pass that read
+    /// or wrote, it polls without sleeping, so an answer that comes within microseconds of a
+    /// request is not held back by a whole sleep; an idle connection costs one poll per sleep.
     Sleep(Duration),
     /// Wait in the OS poll on the socket plus a waker: ~0% CPU when idle, and a message is
     /// handled as soon as it arrives. The default.

@@ -132,6 +132,7 @@ impl Driver {
             if self.session.is_done() {
                 return;
             }
+            let written = self.session.stream().bytes_written();
             let more_commands = self.session.apply_commands();
             let pass = self.session.read_pass(d);
             let now = Instant::now();
@@ -154,7 +155,8 @@ impl Driver {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
-            match self.waiter.wait(deadline, self.session.inbox_mut()) {
+            let active = pass.messages > 0 || self.session.stream().bytes_written() != written;
+            match self.waiter.wait(deadline, self.session.inbox_mut(), active) {
                 Ok(Woke::Poll) if pass.messages == 0 && self.waiter.idles_every_pass() => {
                     d.idle(&mut Context {
                         session: &mut self.session,
@@ -251,7 +253,10 @@ impl Driver {
             if Instant::now() >= until {
                 return true;
             }
-            if let Err(e) = self.waiter.wait(Some(until), self.session.inbox_mut()) {
+            if let Err(e) = self
+                .waiter
+                .wait(Some(until), self.session.inbox_mut(), false)
+            {
                 tracing::warn!(error = %e, "wait failed during backoff");
                 return false;
             }

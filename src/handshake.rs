@@ -73,12 +73,21 @@ pub(crate) fn client(
     stream.write_all(&request).map_err(io_error)?;
     let (handshake, leftover) = read_response(&mut stream)?;
     verify(&handshake, &key, config)?;
-    let ws = WebSocket::from_partially_read(
-        stream,
-        leftover,
-        Role::Client,
-        Some(config.websocket_config()),
-    );
+    // `from_partially_read` sizes tungstenite's read buffer from `leftover`'s capacity, which is
+    // 0 when the server sent nothing after its answer (the usual case). The buffer then
+    // remembers a 0-byte "original capacity" and, whenever it must grow while received payloads
+    // are still alive (the threaded client's events), allocates exactly one frame's worth: two
+    // reads and an allocation per message. `from_raw_socket` allocates `read_buffer_size`.
+    let ws = if leftover.is_empty() {
+        WebSocket::from_raw_socket(stream, Role::Client, Some(config.websocket_config()))
+    } else {
+        WebSocket::from_partially_read(
+            stream,
+            leftover,
+            Role::Client,
+            Some(config.websocket_config()),
+        )
+    };
     Ok((ws, handshake))
 }
 

@@ -11,6 +11,9 @@ use crate::command::Inbox;
 use crate::session::Session;
 use crate::WaitStrategy;
 
+/// How long the sleep strategy keeps polling without sleeping after a pass that read or wrote.
+const HOT_AFTER_ACTIVITY: Duration = Duration::from_micros(100);
+
 const SOCKET: Token = Token(0);
 const WAKER: Token = Token(1);
 
@@ -29,8 +32,15 @@ pub(crate) enum Woke {
 #[derive(Debug)]
 pub(crate) enum Waiter {
     Spin,
-    Sleep(Duration),
-    Readiness { poll: Poll, events: Events },
+    Sleep {
+        sleep: Duration,
+        /// Poll without sleeping until then (set after a pass that read or wrote).
+        hot_until: Option<Instant>,
+    },
+    Readiness {
+        poll: Poll,
+        events: Events,
+    },
 }
 
 impl Waiter {
@@ -43,7 +53,13 @@ impl Waiter {
     ) -> io::Result<(Waiter, Option<Waker>)> {
         match strategy {
             WaitStrategy::BusySpin => Ok((Waiter::Spin, None)),
-            WaitStrategy::Sleep(d) => Ok((Waiter::Sleep(d), None)),
+            WaitStrategy::Sleep(d) => Ok((
+                Waiter::Sleep {
+                    sleep: d,
+                    hot_until: None,
+                },
+                None,
+            )),
             WaitStrategy::Readiness => {
                 let poll = Poll::new()?;
                 register(&poll, session)?;
@@ -86,11 +102,13 @@ impl Waiter {
         !matches!(self, Waiter::Readiness { .. })
     }
 
-    /// Wait until something may have happened or `deadline` passes.
+    /// Wait until something may have happened or `deadline` passes. `active`: the pass before
+    /// this wait read or wrote something.
     pub(crate) fn wait(
         &mut self,
         deadline: Option<Instant>,
         inbox: Option<&mut Inbox>,
+        active: bool,
     ) -> io::Result<Woke> {
         let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         match self {
@@ -98,8 +116,18 @@ impl Waiter {
                 std::hint::spin_loop();
                 Ok(Woke::Poll)
             }
-            Waiter::Sleep(d) => {
-                let d = timeout.map_or(*d, |t| t.min(*d));
+            Waiter::Sleep { sleep, hot_until } => {
+                // After activity an answer is often microseconds away: poll without sleeping for
+                // a moment, so a request/response exchange does not wait out a whole sleep.
+                let now = Instant::now();
+                if active {
+                    *hot_until = Some(now + (*sleep).min(HOT_AFTER_ACTIVITY));
+                }
+                if hot_until.is_some_and(|t| now < t) {
+                    std::hint::spin_loop();
+                    return Ok(Woke::Poll);
+                }
+                let d = timeout.map_or(*sleep, |t| t.min(*sleep));
                 match inbox {
                     Some(inbox) => inbox.wait_for_command(d),
                     None => std::thread::sleep(d),

@@ -96,9 +96,13 @@ fn a_sleep_strategy_never_caps_throughput() {
     assert_eq!(texts.len(), N);
     assert!(texts.iter().enumerate().all(|(i, t)| *t == i.to_string()));
     // One message per sleep would take N sleeps (100 s); reading everything readable per pass
-    // takes a handful.
-    let sleeps = sleeps.load(Ordering::Relaxed);
-    assert!(sleeps < N / 100, "{sleeps} empty polls for {N} messages");
+    // takes a handful of sleeps. (Empty polls also count the strategy's short hot polling
+    // after activity, so they bound sleeps only loosely.)
+    let empty_polls = sleeps.load(Ordering::Relaxed);
+    assert!(
+        empty_polls < N,
+        "{empty_polls} empty polls for {N} messages"
+    );
     assert!(elapsed < SLEEP * N as u32 / 10, "took {elapsed:?}");
     server.join().unwrap();
 }
