@@ -124,6 +124,8 @@ impl Driver {
     fn pump<D: Dispatch + ?Sized>(&mut self, d: &mut D) {
         self.last_error = None;
         let mut last_input = Instant::now();
+        // Whether the socket may have data the session has not seen (see `TcpConn::rearm`).
+        let mut rearm = true;
         loop {
             if d.stop_requested() {
                 self.session.abandon();
@@ -134,6 +136,9 @@ impl Driver {
             }
             let written = self.session.stream().bytes_written();
             let more_commands = self.session.apply_commands();
+            if rearm {
+                self.session.rearm_reads();
+            }
             let pass = self.session.read_pass(d);
             let now = Instant::now();
             if pass.messages > 0 {
@@ -147,6 +152,7 @@ impl Driver {
             if self.session.is_done() {
                 return;
             }
+            rearm = true;
             if pass.more || more_commands {
                 continue;
             }
@@ -156,7 +162,15 @@ impl Driver {
                 (a, b) => a.or(b),
             };
             let active = pass.messages > 0 || self.session.stream().bytes_written() != written;
-            match self.waiter.wait(deadline, self.session.inbox_mut(), active) {
+            let woke = self.waiter.wait(deadline, self.session.inbox_mut(), active);
+            // Edge-triggered readiness reports every arrival, so after a wait that only a
+            // command or the deadline ended, the socket has nothing new.
+            rearm = !matches!(woke, Ok(Woke::Command | Woke::Deadline));
+            if matches!(woke, Ok(Woke::PeerClosed)) {
+                // A short read no longer means "nothing more": the end of the stream is.
+                self.session.stop_read_hints();
+            }
+            match woke {
                 Ok(Woke::Poll) if pass.messages == 0 && self.waiter.idles_every_pass() => {
                     d.idle(&mut Context {
                         session: &mut self.session,

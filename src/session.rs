@@ -198,6 +198,16 @@ impl Session {
         self.ws.get_ref()
     }
 
+    /// The socket may have new data (see `TcpConn::rearm`).
+    pub(crate) fn rearm_reads(&mut self) {
+        self.ws.get_mut().rearm();
+    }
+
+    /// The peer closed its side: every read goes to the kernel from now on.
+    pub(crate) fn stop_read_hints(&mut self) {
+        self.ws.get_mut().stop_read_hints();
+    }
+
     pub(crate) fn handshake(&self) -> Option<&Handshake> {
         self.handshake.as_ref()
     }

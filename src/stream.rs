@@ -5,14 +5,25 @@ use std::net::TcpStream;
 use std::time::Instant;
 
 /// A TCP socket that can hold a deadline (used during the opening handshake, when it is in
-/// blocking mode) and counts the bytes it writes (so a write timeout can tell "no progress" from
-/// "slow progress").
+/// blocking mode) and counts the bytes it moves (so a write timeout can tell "no progress" from
+/// "slow progress", and a heartbeat can see life).
+///
+/// In non-blocking mode a read that comes back short proves the socket was empty, so the next
+/// read says "would block" without asking the kernel, until [`TcpConn::rearm`]: the driver
+/// re-arms when the socket may have new data (readiness waits are edge-triggered, so data that
+/// arrives later wakes the loop). That saves the `read(2)` returning EAGAIN at the end of every
+/// read pass.
 #[derive(Debug)]
 pub(crate) struct TcpConn {
     tcp: TcpStream,
     deadline: Option<Instant>,
     written: u64,
     read: u64,
+    nonblocking: bool,
+    /// Whether a short read may stand for "would block" (off once the peer has closed).
+    hints: bool,
+    /// The last read was short: the socket is empty until re-armed.
+    drained: bool,
 }
 
 impl TcpConn {
@@ -22,6 +33,9 @@ impl TcpConn {
             deadline,
             written: 0,
             read: 0,
+            nonblocking: false,
+            hints: true,
+            drained: false,
         }
     }
 
@@ -30,7 +44,21 @@ impl TcpConn {
         self.deadline = None;
         self.tcp.set_read_timeout(None)?;
         self.tcp.set_write_timeout(None)?;
-        self.tcp.set_nonblocking(true)
+        self.tcp.set_nonblocking(true)?;
+        self.nonblocking = true;
+        Ok(())
+    }
+
+    /// The socket may have new data: the next read asks the kernel.
+    pub(crate) fn rearm(&mut self) {
+        self.drained = false;
+    }
+
+    /// The peer closed its side: its data and the end of the stream may have come with one
+    /// readiness event, so a short read no longer proves there is nothing more to read.
+    pub(crate) fn stop_read_hints(&mut self) {
+        self.hints = false;
+        self.drained = false;
     }
 
     pub(crate) fn tcp(&self) -> &TcpStream {
@@ -67,11 +95,21 @@ impl TcpConn {
 
 impl Read for TcpConn {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.drained {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
         self.arm(true)?;
         let r = self.tcp.read(buf);
         let r = self.timed_out(r);
-        if let Ok(n) = r {
-            self.read += n as u64;
+        match &r {
+            Ok(n) => {
+                self.read += *n as u64;
+                self.drained = self.nonblocking && self.hints && *n > 0 && *n < buf.len();
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.drained = self.nonblocking && self.hints;
+            }
+            Err(_) => {}
         }
         r
     }
@@ -115,6 +153,31 @@ impl Stream {
             Stream::Rustls(t) => Some(t.get_ref()),
             #[cfg(test)]
             Stream::Scripted(_) => None,
+        }
+    }
+
+    fn tcp_conn_mut(&mut self) -> Option<&mut TcpConn> {
+        match self {
+            Stream::Plain(c) => Some(c),
+            Stream::Tls(t) => Some(t.get_mut()),
+            #[cfg(feature = "rustls")]
+            Stream::Rustls(t) => Some(t.get_mut()),
+            #[cfg(test)]
+            Stream::Scripted(_) => None,
+        }
+    }
+
+    /// See [`TcpConn::rearm`].
+    pub(crate) fn rearm(&mut self) {
+        if let Some(c) = self.tcp_conn_mut() {
+            c.rearm();
+        }
+    }
+
+    /// See [`TcpConn::stop_read_hints`].
+    pub(crate) fn stop_read_hints(&mut self) {
+        if let Some(c) = self.tcp_conn_mut() {
+            c.stop_read_hints();
         }
     }
 

@@ -20,8 +20,13 @@ const WAKER: Token = Token(1);
 /// What ended a wait.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Woke {
-    /// The socket or a command may have something: run a pass.
+    /// The socket may have something: run a pass.
     Activity,
+    /// Only a command (or the waker) ended the wait; the socket has nothing new.
+    Command,
+    /// The peer closed its side (or the socket failed): reads must reach the kernel from now
+    /// on, to see the end of the stream (see `TcpConn::rearm`).
+    PeerClosed,
     /// The deadline passed with nothing.
     Deadline,
     /// A spin or sleep ended; nothing is known.
@@ -141,7 +146,7 @@ impl Waiter {
                     inbox.signal().set_parked(true);
                     if inbox.has_pending() {
                         inbox.signal().set_parked(false);
-                        return Ok(Woke::Activity);
+                        return Ok(Woke::Command);
                     }
                 }
                 let r = poll.poll(events, timeout);
@@ -150,6 +155,14 @@ impl Waiter {
                 }
                 match r {
                     Ok(()) if events.is_empty() => Ok(Woke::Deadline),
+                    Ok(())
+                        if events.iter().any(|e| {
+                            e.token() == SOCKET && (e.is_read_closed() || e.is_error())
+                        }) =>
+                    {
+                        Ok(Woke::PeerClosed)
+                    }
+                    Ok(()) if events.iter().all(|e| e.token() == WAKER) => Ok(Woke::Command),
                     Ok(()) => Ok(Woke::Activity),
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(Woke::Activity),
                     Err(e) => Err(e),

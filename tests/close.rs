@@ -233,3 +233,43 @@ fn data_after_the_peers_close_is_discarded_not_an_error() {
         assert_eq!(server.join().unwrap(), Some(1000), "{mode:?}: the answer");
     }
 }
+
+#[test]
+fn the_servers_close_answer_and_its_fin_arriving_together_end_the_connection_at_once() {
+    // We close; the server answers and drops TCP at once, so its Close and its FIN usually reach
+    // us in one readiness event. The end of the stream must be seen now, not when
+    // `close_timeout` passes.
+    for mode in MODES {
+        for _ in 0..5 {
+            let (url, server) = ws_server(|mut ws| loop {
+                match ws.read() {
+                    Ok(Message::Close(_)) => {
+                        let _ = ws.flush();
+                        return;
+                    }
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
+            });
+            let started = Instant::now();
+            let out = drive(
+                mode,
+                &url,
+                Config::builder().close_timeout(Duration::from_secs(5)),
+                Box::new(|rec, act| {
+                    if let Rec::Activated(_) = rec {
+                        act.close(1000, "bye").unwrap();
+                    }
+                }),
+            );
+            server.join().unwrap();
+            assert!(out.closed().is_some(), "{mode:?}: {:?}", out.recs);
+            assert!(out.errors.is_empty(), "{mode:?}: {:?}", out.errors);
+            assert!(
+                started.elapsed() < Duration::from_secs(2),
+                "{mode:?}: took {:?} (waited for the close timeout?)",
+                started.elapsed()
+            );
+        }
+    }
+}
