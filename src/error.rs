@@ -285,6 +285,10 @@ pub enum TlsFailure {
     Expired,
     /// The TLS configuration (roots, identity) could not be loaded.
     Configuration,
+    /// The peer does not speak TLS on this port (a `ws://` server addressed as `wss://`?).
+    NotTls,
+    /// The peer closed the connection during the TLS handshake.
+    ClosedDuringHandshake,
     /// Anything else (protocol mismatch, the peer is not speaking TLS, ...).
     Other,
 }
@@ -297,6 +301,10 @@ impl fmt::Display for TlsFailure {
             TlsFailure::UntrustedIssuer => "certificate issuer is not trusted",
             TlsFailure::Expired => "certificate has expired or is not yet valid",
             TlsFailure::Configuration => "tls configuration could not be loaded",
+            TlsFailure::NotTls => "the server does not speak tls on this port (a ws:// server?)",
+            TlsFailure::ClosedDuringHandshake => {
+                "the server closed the connection during the tls handshake"
+            }
             TlsFailure::Other => "tls failure",
         })
     }
@@ -313,6 +321,13 @@ impl TlsFailure {
             TlsFailure::SelfSigned
         } else if text.contains("has expired") || text.contains("not yet valid") {
             TlsFailure::Expired
+        } else if text.contains("wrong version number")
+            || text.contains("packet length too long")
+            || text.contains("http request")
+        {
+            TlsFailure::NotTls
+        } else if text.contains("unexpected eof") {
+            TlsFailure::ClosedDuringHandshake
         } else if text.contains("unable to get local issuer")
             || text.contains("unable to get issuer")
             || text.contains("certificate verify failed")

@@ -258,6 +258,8 @@ mod rustls_backend {
                 | CertificateError::NotValidYetContext { .. } => TlsFailure::Expired,
                 _ => TlsFailure::Other,
             },
+            Some(rustls::Error::InvalidMessage(_)) => TlsFailure::NotTls,
+            None if e.kind() == io::ErrorKind::UnexpectedEof => TlsFailure::ClosedDuringHandshake,
             _ => TlsFailure::Other,
         };
         tls_error(host, kind, e)

@@ -178,3 +178,49 @@ fn each_backend_presents_a_client_identity_when_one_is_configured() {
         assert!(refused.contains("certificate"), "{backend:?}: {refused}");
     }
 }
+
+#[test]
+fn each_backend_says_when_the_server_does_not_speak_tls() {
+    for backend in backends() {
+        // A plain HTTP server on the port we address as wss://.
+        let (addr, server) = raw_server(|mut tcp| {
+            let mut hello = [0u8; 1024];
+            let _ = std::io::Read::read(&mut tcp, &mut hello);
+            let _ = std::io::Write::write_all(&mut tcp, b"HTTP/1.1 400 Bad Request\r\n\r\n");
+        });
+        let config = Config::builder().tls_backend(backend).build().unwrap();
+        let e = BlockingClient::connect(&format!("wss://localhost:{}/", addr.port()), &config)
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::Tls {
+                    failure: TlsFailure::NotTls,
+                    ..
+                }
+            ),
+            "{backend:?}: {e:?}"
+        );
+        assert!(e.to_string().contains("does not speak tls"), "{e}");
+        server.join().unwrap();
+
+        // A server that hangs up on the ClientHello.
+        let (addr, server) = raw_server(|mut tcp| {
+            let mut hello = [0u8; 1024];
+            let _ = std::io::Read::read(&mut tcp, &mut hello);
+        });
+        let e = BlockingClient::connect(&format!("wss://localhost:{}/", addr.port()), &config)
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::Tls {
+                    failure: TlsFailure::ClosedDuringHandshake,
+                    ..
+                }
+            ),
+            "{backend:?}: {e:?}"
+        );
+        server.join().unwrap();
+    }
+}
