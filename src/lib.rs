@@ -140,3 +140,8 @@ pub use crossbeam_channel::{SendError, SendTimeoutError, TrySendError};
 pub use tungstenite::protocol::frame::coding::CloseCode;
 /// Owned messages for [`Context::send`], and the payload buffers of [`Event`] and [`Command`].
 pub use tungstenite::{Bytes, Message, Utf8Bytes};
+
+/// The README's examples, compiled as doc-tests so they cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
