@@ -208,6 +208,10 @@ pub enum TimeoutKind {
     /// [`ConfigBuilder::pong_timeout`](crate::ConfigBuilder::pong_timeout) of a heartbeat ping:
     /// the peer is gone or the path is dead.
     Pong,
+    /// A [`ThreadedClient`](crate::ThreadedClient)'s worker did not end within
+    /// [`ConfigBuilder::shutdown_timeout`](crate::ConfigBuilder::shutdown_timeout) (it can only be
+    /// inside a reconnect attempt's connect, which ends by itself within `handshake_timeout`).
+    Shutdown,
 }
 
 impl fmt::Display for TimeoutKind {
@@ -218,6 +222,7 @@ impl fmt::Display for TimeoutKind {
             TimeoutKind::Close => "close handshake",
             TimeoutKind::Write => "write",
             TimeoutKind::Pong => "heartbeat pong",
+            TimeoutKind::Shutdown => "worker shutdown",
         })
     }
 }

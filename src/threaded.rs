@@ -25,7 +25,10 @@ use crate::{Config, Error, Event, Handshake, Metrics, ReconnectAttempt, WaitStra
 ///
 /// When the worker ends, `event_rx` reports disconnection after [`Event::Quit`] and sends on
 /// `control_tx` fail. Dropping the client stops the worker (a best-effort Close 1001) and joins
-/// it within [`ConfigBuilder::shutdown_timeout`](crate::ConfigBuilder::shutdown_timeout).
+/// it within [`ConfigBuilder::shutdown_timeout`](crate::ConfigBuilder::shutdown_timeout). Every
+/// wait of the worker is bounded and interruptible except a reconnect attempt's connect (DNS,
+/// TCP, TLS, upgrade), which the OS cannot interrupt; if the drop lands there, the worker is
+/// left to end by itself within `handshake_timeout`.
 ///
 /// ```no_run
 /// use syncws::{Config, Event, ThreadedClient};
@@ -132,8 +135,9 @@ impl ThreadedClient {
     ///
     /// # Errors
     ///
-    /// [`Error::Timeout`] if the worker did not end within `timeout` (it is then left to finish
-    /// on its own).
+    /// [`Error::Timeout`] with [`TimeoutKind::Shutdown`](crate::TimeoutKind::Shutdown) if the
+    /// worker did not end within `timeout` (it is then left to finish on its own, within
+    /// `handshake_timeout`).
     pub fn shutdown(mut self, timeout: Duration) -> Result<(), Error> {
         self.stop(timeout)
     }
@@ -147,7 +151,7 @@ impl ThreadedClient {
         match self.done_rx.recv_timeout(timeout) {
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
                 tracing::error!("worker did not stop within {timeout:?}");
-                Err(Error::Timeout(crate::TimeoutKind::Close))
+                Err(Error::Timeout(crate::TimeoutKind::Shutdown))
             }
             _ => {
                 if worker.join().is_err() {

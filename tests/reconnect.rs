@@ -294,3 +294,55 @@ fn an_error_that_retrying_cannot_fix_ends_reconnecting_at_once() {
         );
     }
 }
+
+#[test]
+fn shutdown_during_a_reconnect_attempt_is_bounded() {
+    use syncws::{Event, ThreadedClient, TimeoutKind};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (release_tx, release_rx) = bounded::<()>(1);
+    let (accepted_tx, accepted_rx) = bounded::<()>(1);
+    let server = std::thread::spawn(move || {
+        // The first connection dies, so the client reconnects...
+        let (tcp, _) = listener.accept().unwrap();
+        drop(tungstenite::accept(tcp).unwrap());
+        // ...to a server that accepts TCP and never answers the upgrade.
+        let (silent, _) = listener.accept().unwrap();
+        accepted_tx.send(()).unwrap();
+        let _ = release_rx.recv_timeout(TEST_DEADLINE);
+        drop(silent);
+    });
+    let config = Config::builder()
+        .reconnect(Some(fast()))
+        .handshake_timeout(Some(Duration::from_secs(2)))
+        .build()
+        .unwrap();
+    let client = ThreadedClient::connect(&format!("ws://{addr}/"), &config).unwrap();
+    let events = client.event_rx.clone();
+    // Wait until the worker is inside the reconnect attempt's (blocking) upgrade.
+    accepted_rx
+        .recv_timeout(TEST_DEADLINE)
+        .expect("reconnect attempt");
+    let started = Instant::now();
+    let result = client.shutdown(Duration::from_millis(200));
+    assert!(
+        matches!(result, Err(Error::Timeout(TimeoutKind::Shutdown))),
+        "{result:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "shutdown is bounded"
+    );
+    // The detached worker still ends by itself, within the handshake timeout.
+    let ended = Instant::now();
+    let rest: Vec<Event> = std::iter::from_fn(|| events.recv_timeout(TEST_DEADLINE).ok()).collect();
+    assert!(
+        ended.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        ended.elapsed()
+    );
+    assert!(rest.iter().any(|e| matches!(e, Event::Reconnecting(_))));
+    assert!(matches!(rest.last(), Some(Event::Quit)), "{rest:?}");
+    release_tx.send(()).unwrap();
+    server.join().unwrap();
+}
