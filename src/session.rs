@@ -450,21 +450,27 @@ impl Session {
         let Some(mut inbox) = self.inbox.take() else {
             return false;
         };
-        let mut more = false;
+        let mut spent = true;
         for _ in 0..COMMAND_BUDGET {
             // Between connections commands still count: a close stops reconnecting, sends are
             // held or refused.
             if self.phase == Phase::Done && self.disconnected.is_none() {
+                spent = false;
                 break;
             }
-            let Some(command) = inbox.next() else { break };
+            let Some(command) = inbox.next() else {
+                spent = false;
+                break;
+            };
             if let Err(stalled) = self.execute(command) {
                 // Wait for the socket to drain; commands keep their order.
                 inbox.stall(stalled);
+                spent = false;
                 break;
             }
-            more = inbox.has_pending();
         }
+        // Only a spent budget can leave commands behind that deserve another pass at once.
+        let more = spent && inbox.has_pending();
         self.inbox = Some(inbox);
         more
     }
