@@ -115,6 +115,10 @@ pub enum Error {
     /// A close code that may not be sent on the wire (1005, 1006, 1015, or outside 1000-4999).
     #[error("close code {0} may not be sent")]
     InvalidCloseCode(u16),
+    /// A ping or pong payload longer than the 125 bytes a control frame can carry (RFC 6455
+    /// 5.5); nothing was sent.
+    #[error("control frame payload of {0} bytes is longer than 125 bytes")]
+    ControlPayloadTooLong(usize),
     /// A close reason longer than the 123 bytes a close frame can carry.
     #[error("close reason of {0} bytes is longer than 123 bytes")]
     CloseReasonTooLong(usize),

@@ -101,7 +101,8 @@ impl Context<'_> {
     ///
     /// # Errors
     ///
-    /// As for [`send_text`](Self::send_text).
+    /// [`Error::ControlPayloadTooLong`] past 125 bytes; otherwise as for
+    /// [`send_text`](Self::send_text).
     pub fn send_ping(&mut self, data: &[u8]) -> Result<(), Error> {
         self.session
             .send(Message::Ping(Bytes::copy_from_slice(data)))
@@ -111,7 +112,8 @@ impl Context<'_> {
     ///
     /// # Errors
     ///
-    /// As for [`send_text`](Self::send_text).
+    /// [`Error::ControlPayloadTooLong`] past 125 bytes; otherwise as for
+    /// [`send_text`](Self::send_text).
     pub fn send_pong(&mut self, data: &[u8]) -> Result<(), Error> {
         self.session
             .send(Message::Pong(Bytes::copy_from_slice(data)))

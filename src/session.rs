@@ -229,6 +229,11 @@ impl Session {
     /// Queue a message. It is written when the loop next flushes (before it waits) or at once
     /// when `write_buffer_size` bytes are queued. A full socket keeps it queued, exactly once.
     pub(crate) fn send(&mut self, message: Message) -> Result<(), Error> {
+        if let Message::Ping(p) | Message::Pong(p) = &message {
+            if p.len() > 125 {
+                return Err(Error::ControlPayloadTooLong(p.len()));
+            }
+        }
         if self.phase != Phase::Open {
             return self.send_while_closed(message);
         }
@@ -934,6 +939,21 @@ mod tests {
         assert!(matches!(s.take_error(), Some(Error::Closed)));
         assert!(s.take_error().is_none(), "one report per unsent message");
         assert!(sender.send_text("late").is_err(), "the channel is closed");
+    }
+
+    #[test]
+    fn an_oversized_ping_is_refused_before_it_reaches_the_wire() {
+        let mut s = session(&Config::default(), vec![], usize::MAX);
+        let err = s.send(Message::Ping(vec![0u8; 126].into())).unwrap_err();
+        assert!(matches!(err, Error::ControlPayloadTooLong(126)), "{err:?}");
+        s.send(Message::Pong(vec![0u8; 125].into())).unwrap();
+        assert!(s.flush());
+        let written = std::mem::take(&mut scripted(&mut s).written);
+        assert_eq!(
+            frames(&written),
+            [(0xA, vec![0u8; 125])],
+            "only the valid pong"
+        );
     }
 
     #[test]
