@@ -80,6 +80,11 @@ impl Driver {
         self
     }
 
+    /// See [`Waiter::set_command_spin`].
+    pub(crate) fn set_command_spin(&mut self, spin: Duration) {
+        self.waiter.set_command_spin(spin);
+    }
+
     /// The receiving end of the command channel (drivers built `with_commands`).
     pub(crate) fn commands(&mut self) -> &crossbeam_channel::Receiver<crate::Command> {
         // `with_commands` always installs an inbox; `new` drivers never call this.
@@ -162,7 +167,12 @@ impl Driver {
                 (a, b) => a.or(b),
             };
             let active = pass.messages > 0 || self.session.stream().bytes_written() != written;
-            let woke = self.waiter.wait(deadline, self.session.inbox_mut(), active);
+            let woke = self.waiter.wait(
+                deadline,
+                self.session.inbox_mut(),
+                active,
+                pass.messages > 0,
+            );
             // Edge-triggered readiness reports every arrival, so after a wait that only a
             // command or the deadline ended, the socket has nothing new.
             rearm = !matches!(woke, Ok(Woke::Command | Woke::Deadline));
@@ -269,7 +279,7 @@ impl Driver {
             }
             if let Err(e) = self
                 .waiter
-                .wait(Some(until), self.session.inbox_mut(), false)
+                .wait(Some(until), self.session.inbox_mut(), false, false)
             {
                 tracing::warn!(error = %e, "wait failed during backoff");
                 return false;

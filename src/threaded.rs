@@ -77,6 +77,7 @@ impl ThreadedClient {
         let (driver, control_tx, signal) =
             Driver::with_commands(session, WaitStrategy::Readiness, config)?;
         let mut driver = driver.redial_to(url, config);
+        driver.set_command_spin(config.worker_spin);
         let control_rx = driver.commands().clone();
         let (event_tx, event_rx) = crossbeam_channel::bounded(config.event_capacity);
         let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);

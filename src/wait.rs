@@ -45,6 +45,9 @@ pub(crate) enum Waiter {
     Readiness {
         poll: Poll,
         events: Events,
+        /// After delivering messages, look for a command this long before parking (the
+        /// threaded worker: the application's reply is usually microseconds away).
+        command_spin: Duration,
     },
 }
 
@@ -77,10 +80,19 @@ impl Waiter {
                     Waiter::Readiness {
                         poll,
                         events: Events::with_capacity(4),
+                        command_spin: Duration::ZERO,
                     },
                     waker,
                 ))
             }
+        }
+    }
+
+    /// Look for a command for up to `spin` after a pass that delivered messages, before parking
+    /// in the OS poll (readiness only).
+    pub(crate) fn set_command_spin(&mut self, spin: Duration) {
+        if let Waiter::Readiness { command_spin, .. } = self {
+            *command_spin = spin;
         }
     }
 
@@ -108,12 +120,13 @@ impl Waiter {
     }
 
     /// Wait until something may have happened or `deadline` passes. `active`: the pass before
-    /// this wait read or wrote something.
+    /// this wait read or wrote something; `delivered`: it dispatched messages.
     pub(crate) fn wait(
         &mut self,
         deadline: Option<Instant>,
         inbox: Option<&mut Inbox>,
         active: bool,
+        delivered: bool,
     ) -> io::Result<Woke> {
         let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         match self {
@@ -139,7 +152,23 @@ impl Waiter {
                 }
                 Ok(Woke::Poll)
             }
-            Waiter::Readiness { poll, events } => {
+            Waiter::Readiness {
+                poll,
+                events,
+                command_spin,
+            } => {
+                // A reply to what we just delivered is usually microseconds away: picking it up
+                // here saves the waker's system call and the wake-up from the OS poll.
+                if let (true, Some(inbox)) = (delivered && !command_spin.is_zero(), &inbox) {
+                    let until = Instant::now() + *command_spin;
+                    let until = deadline.map_or(until, |d| d.min(until));
+                    while Instant::now() < until {
+                        if inbox.has_pending() {
+                            return Ok(Woke::Command);
+                        }
+                        std::hint::spin_loop();
+                    }
+                }
                 if let Some(inbox) = &inbox {
                     // Park first, then look: a sender that pushes after the look sees the flag
                     // and wakes us (see `Signal::notify`).
