@@ -158,7 +158,7 @@ fn connect_tcp(
     }
     // `resolve` never returns an empty list, so one attempt was made.
     let (addr, source) = last.expect("at least one address was tried");
-    if is_timeout(&source) {
+    if crate::error::is_deadline(&source) {
         if deadline.is_some_and(|d| Instant::now() >= d) {
             return Err(Error::Timeout(TimeoutKind::Handshake));
         }
@@ -210,13 +210,6 @@ fn remaining(deadline: Option<Instant>) -> Result<Option<Duration>, Error> {
             }
         }
     }
-}
-
-fn is_timeout(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
-    )
 }
 
 /// The URL for logs: without credentials (`ws://user:pass@host/` logs as `ws://host/`).

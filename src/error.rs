@@ -348,6 +348,25 @@ impl TlsFailure {
     }
 }
 
+/// During the opening handshake the socket blocks with a timeout set to what is left of the
+/// deadline; a read or write that runs out shows up as `TimedOut` (our `TcpConn` mapping) or
+/// `WouldBlock` (the platform's). The one place that says "the handshake deadline passed".
+pub(crate) fn is_deadline(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+    )
+}
+
+/// An I/O error during the opening handshake, as the library's error.
+pub(crate) fn handshake_io(e: io::Error) -> Error {
+    if is_deadline(&e) {
+        Error::Timeout(TimeoutKind::Handshake)
+    } else {
+        Error::Io(e)
+    }
+}
+
 /// What the session should do with a tungstenite error: the mapped error, and the close code to
 /// send before ending (if the protocol state still lets us send one).
 pub(crate) enum Classified {

@@ -36,13 +36,13 @@ impl Handshake {
 // out exactly as configured (order kept, names may repeat, `Host` may be overridden) and so that
 // what the server agreed (subprotocol, extensions) is checked in one place.
 
-use std::io::{self, Read, Write};
+use std::io::{Read, Write};
 
 use http::header::{self, HeaderName, HeaderValue};
 use tungstenite::protocol::{Role, WebSocket};
 use url::Url;
 
-use crate::error::{Error, TimeoutKind};
+use crate::error::Error;
 use crate::stream::Stream;
 use crate::Config;
 
@@ -70,7 +70,9 @@ pub(crate) fn client(
 ) -> Result<(WebSocket<Stream>, Handshake), Error> {
     let key = tungstenite::handshake::client::generate_key();
     let request = request(url, &key, config);
-    stream.write_all(&request).map_err(io_error)?;
+    stream
+        .write_all(&request)
+        .map_err(crate::error::handshake_io)?;
     let (handshake, leftover) = read_response(&mut stream)?;
     verify(&handshake, &key, config)?;
     // `from_partially_read` sizes tungstenite's read buffer from `leftover`'s capacity, which is
@@ -143,7 +145,9 @@ fn read_response(stream: &mut Stream) -> Result<(Handshake, Vec<u8>), Error> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 2048];
     let head_len = loop {
-        let n = stream.read(&mut chunk).map_err(io_error)?;
+        let n = stream
+            .read(&mut chunk)
+            .map_err(crate::error::handshake_io)?;
         if n == 0 {
             return Err(Error::InvalidHandshake(
                 "the server closed the connection during the handshake".into(),
@@ -240,13 +244,4 @@ fn verify(handshake: &Handshake, key: &str, config: &Config) -> Result<(), Error
         )));
     }
     Ok(())
-}
-
-fn io_error(e: io::Error) -> Error {
-    match e.kind() {
-        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => {
-            Error::Timeout(TimeoutKind::Handshake)
-        }
-        _ => Error::Io(e),
-    }
 }

@@ -689,10 +689,10 @@ fn protocol(proxy: &Proxy, reason: impl Into<String>) -> Error {
 /// The one place that sorts I/O failures during the proxy exchange: the handshake deadline, the
 /// proxy hanging up mid-answer, or a broken connection.
 fn io_error(proxy: &Proxy, e: io::Error) -> Error {
+    if crate::error::is_deadline(&e) {
+        return Error::Timeout(TimeoutKind::Handshake);
+    }
     match e.kind() {
-        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => {
-            Error::Timeout(TimeoutKind::Handshake)
-        }
         io::ErrorKind::UnexpectedEof => protocol(
             proxy,
             "the proxy closed the connection in the middle of the exchange",

@@ -80,10 +80,7 @@ impl ServerConnection {
                 return Err(Error::Timeout(TimeoutKind::Handshake))
             }
             Err(HandshakeError::Failure(tungstenite::Error::Io(e)))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
-                ) =>
+                if crate::error::is_deadline(&e) =>
             {
                 return Err(Error::Timeout(TimeoutKind::Handshake))
             }

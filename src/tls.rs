@@ -129,13 +129,11 @@ fn native(
 fn chain_has_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut current = Some(e);
     while let Some(err) = current {
-        if let Some(io) = err.downcast_ref::<io::Error>() {
-            if matches!(
-                io.kind(),
-                io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
-            ) {
-                return true;
-            }
+        if err
+            .downcast_ref::<io::Error>()
+            .is_some_and(crate::error::is_deadline)
+        {
+            return true;
         }
         current = err.source();
     }
@@ -241,10 +239,7 @@ mod rustls_backend {
 
     /// rustls reports verification failures as typed errors inside the io::Error.
     fn failure(host: &str, e: io::Error) -> Error {
-        if matches!(
-            e.kind(),
-            io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
-        ) {
+        if crate::error::is_deadline(&e) {
             return Error::Timeout(TimeoutKind::Handshake);
         }
         let kind = match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
