@@ -103,3 +103,19 @@ pub fn run(client: Client, job: &mut Job, addrs: &Addrs, p: &Params) {
         job.fail(e);
     }
 }
+
+/// The idle test for a client that reports on a channel (the threaded clients): measure while
+/// nothing should arrive for `p.idle`; anything that does is an error.
+fn idle_on_channel<T: std::fmt::Debug>(
+    events: &crossbeam_channel::Receiver<T>,
+    job: &mut Job,
+    p: &Params,
+) -> Result<(), String> {
+    job.start();
+    let r = events.recv_timeout(p.idle);
+    job.idle_end();
+    match r {
+        Err(_) => Ok(()),
+        Ok(e) => Err(format!("idle connection received {e:?}")),
+    }
+}

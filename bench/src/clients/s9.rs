@@ -286,13 +286,7 @@ fn drive_threaded(
         other => return Err(format!("expected Activated, got {other:?}")),
     }
     if job.test() == Test::Idle {
-        job.start();
-        let r = client.event_rx.recv_timeout(p.idle);
-        job.idle_end();
-        return match r {
-            Err(_) => Ok(()),
-            Ok(e) => Err(format!("idle connection received {e:?}")),
-        };
+        return super::idle_on_channel(&client.event_rx, job, p);
     }
     let bin = bin64k();
     let binary = job.test().binary();

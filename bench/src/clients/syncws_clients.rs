@@ -158,13 +158,7 @@ fn drive(client: &ThreadedClient, job: &mut Job, p: &Params) -> Result<(), Strin
         other => return Err(format!("expected Activated, got {other:?}")),
     }
     if job.test() == Test::Idle {
-        job.start();
-        let r = client.event_rx.recv_timeout(p.idle);
-        job.idle_end();
-        return match r {
-            Err(_) => Ok(()),
-            Ok(e) => Err(format!("idle connection received {e:?}")),
-        };
+        return super::idle_on_channel(&client.event_rx, job, p);
     }
     let command = match message(job.test()) {
         Message::Binary(b) => Command::SendBinary(b),
