@@ -5,6 +5,7 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue};
 
 use crate::proxy::Proxy;
+use crate::DeflateConfig;
 use crate::{Error, Reconnect, TlsBackend, WhileDisconnected};
 
 /// How a [`NonBlockingClient`](crate::NonBlockingClient) passes time when the socket has nothing
@@ -78,6 +79,7 @@ pub struct Config {
     pub(crate) ping_payload: Vec<u8>,
     pub(crate) tls_backend: TlsBackend,
     pub(crate) reconnect: Option<Reconnect>,
+    pub(crate) deflate: Option<DeflateConfig>,
     pub(crate) while_disconnected: WhileDisconnected,
 }
 
@@ -116,6 +118,7 @@ impl Default for Config {
             ping_payload: Vec::new(),
             tls_backend: TlsBackend::NativeTls,
             reconnect: None,
+            deflate: None,
             while_disconnected: WhileDisconnected::Refuse,
         }
     }
@@ -237,6 +240,10 @@ impl Config {
     /// The reconnection policy, if any.
     pub fn reconnect(&self) -> Option<&Reconnect> {
         self.reconnect.as_ref()
+    }
+    /// The permessage-deflate settings, if compression is enabled.
+    pub fn deflate(&self) -> Option<&DeflateConfig> {
+        self.deflate.as_ref()
     }
     /// What happens to sends while a reconnecting client is disconnected.
     pub fn while_disconnected(&self) -> WhileDisconnected {
@@ -520,6 +527,19 @@ impl ConfigBuilder {
         self.config.reconnect = policy;
         self
     }
+    /// Compress messages with permessage-deflate (RFC 7692) when the peer agrees. Defaults to
+    /// `None`: not offered (clients) or not accepted (servers).
+    ///
+    /// The client offers the extension with the [`DeflateConfig`]'s parameters; what the server
+    /// agreed is in [`Handshake::deflate`](crate::Handshake::deflate). A server that declines
+    /// leaves the connection uncompressed; an answer that does not fit the offer fails the
+    /// handshake with [`Error::InvalidHandshake`]. Compressed messages that inflate past
+    /// [`max_message_size`](Self::max_message_size) end the connection with
+    /// [`Error::MessageTooLarge`] (close code 1009) before the memory is spent.
+    pub fn deflate(mut self, deflate: Option<DeflateConfig>) -> Self {
+        self.config.deflate = deflate;
+        self
+    }
     /// What happens to messages sent while a reconnecting client is disconnected. Defaults to
     /// [`WhileDisconnected::Refuse`].
     pub fn while_disconnected(mut self, policy: WhileDisconnected) -> Self {
@@ -565,6 +585,9 @@ impl ConfigBuilder {
         }
         if let Some(policy) = &c.reconnect {
             policy.validate().map_err(Error::Config)?;
+        }
+        if let Some(d) = &c.deflate {
+            d.validate()?;
         }
         if c.ttl == Some(0) {
             return Err(Error::Config("ttl must be at least 1".into()));

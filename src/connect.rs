@@ -11,7 +11,7 @@ use url::{Host, Url};
 
 use crate::error::{Error, TimeoutKind};
 use crate::proxy::{self, Proxy, Target};
-use crate::stream::{Stream, TcpConn};
+use crate::stream::{Stream, TcpConn, Transport};
 use crate::{Config, Handshake};
 
 /// Open a client connection: the socket is non-blocking when this returns.
@@ -73,7 +73,7 @@ fn open(url: &str, config: &Config) -> Result<(WebSocket<Stream>, Handshake), Er
     let stream = if tls {
         crate::tls::handshake(&server_name, conn, config)?
     } else {
-        Stream::Plain(conn)
+        Stream::from(Transport::Plain(conn))
     };
 
     let (mut ws, handshake) = crate::handshake::client(stream, &parsed, config)?;

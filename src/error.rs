@@ -7,6 +7,8 @@ use std::net::SocketAddr;
 use tungstenite::error::{CapacityError, ProtocolError};
 use tungstenite::protocol::frame::coding::CloseCode;
 
+use crate::deflate::inbound::Failure;
+
 /// Everything that can go wrong in `syncws`.
 ///
 /// A normal close is not an error: it reaches the handler as
@@ -73,11 +75,16 @@ pub enum Error {
     /// we did not offer, malformed HTTP (or, on the server side, a bad upgrade request).
     #[error("invalid handshake: {0}")]
     InvalidHandshake(String),
+    /// A compressed message (permessage-deflate) could not be inflated: the peer sent data that
+    /// is not valid deflate. The connection was closed with 1007.
+    #[error("invalid compressed data in a message: {0}")]
+    InvalidCompressedData(String),
     /// A text message was not valid UTF-8; the connection was closed with 1007.
     #[error("invalid utf-8 in a text message")]
     InvalidUtf8,
     /// An incoming message or frame was larger than the configured limit; the connection was
-    /// closed with 1009.
+    /// closed with 1009. For a compressed message, `size` is how far it had inflated when it
+    /// passed the limit.
     #[error("incoming message of {size} bytes exceeds the limit of {max} bytes")]
     MessageTooLarge {
         /// The size announced or reached.
@@ -390,6 +397,19 @@ pub(crate) fn classify(err: tungstenite::Error) -> Classified {
         T::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
             Classified::Fatal(Error::ConnectionReset, None)
         }
+        T::Io(e) if e.kind() == io::ErrorKind::InvalidData => match e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<Failure>())
+        {
+            Some(Failure::Corrupt(why)) => Classified::Fatal(
+                Error::InvalidCompressedData(why.clone()),
+                Some(CloseCode::Invalid),
+            ),
+            Some(&Failure::TooLarge { size, max }) => {
+                Classified::Fatal(Error::MessageTooLarge { size, max }, Some(CloseCode::Size))
+            }
+            None => Classified::Fatal(Error::Io(e), None),
+        },
         T::Io(e) => Classified::Fatal(Error::Io(e), None),
         T::Utf8(_) => Classified::Fatal(Error::InvalidUtf8, Some(CloseCode::Invalid)),
         T::Capacity(CapacityError::MessageTooLong { size, max_size }) => Classified::Fatal(

@@ -2,6 +2,8 @@
 
 use http::{HeaderMap, StatusCode};
 
+use crate::DeflateParams;
+
 /// The server's answer to the opening handshake: status, headers and the negotiated
 /// subprotocol. Available from every client after connect, and in
 /// [`Handler::on_activated`](crate::Handler::on_activated) through
@@ -11,6 +13,7 @@ pub struct Handshake {
     status: StatusCode,
     headers: HeaderMap,
     subprotocol: Option<String>,
+    deflate: Option<DeflateParams>,
 }
 
 impl Handshake {
@@ -28,6 +31,12 @@ impl Handshake {
     pub fn subprotocol(&self) -> Option<&str> {
         self.subprotocol.as_deref()
     }
+
+    /// The permessage-deflate parameters agreed, or None when compression is off (not
+    /// configured, or declined by the server).
+    pub fn deflate(&self) -> Option<&DeflateParams> {
+        self.deflate.as_ref()
+    }
 }
 
 // ----- the client side of the opening handshake ------------------------------------------------
@@ -42,6 +51,7 @@ use http::header::{self, HeaderName, HeaderValue};
 use tungstenite::protocol::{Role, WebSocket};
 use url::Url;
 
+use crate::deflate::inbound::Inbound;
 use crate::error::Error;
 use crate::stream::Stream;
 use crate::Config;
@@ -73,8 +83,21 @@ pub(crate) fn client(
     stream
         .write_all(&request)
         .map_err(crate::error::handshake_io)?;
-    let (handshake, leftover) = read_response(&mut stream)?;
-    verify(&handshake, &key, config)?;
+    let (mut handshake, leftover) = read_response(&mut stream)?;
+    verify(&mut handshake, &key, config)?;
+    if handshake.deflate.is_some() {
+        // Compressed frames go through the inflating layer, starting with any that came with
+        // the answer.
+        stream.set_inbound(Inbound::new(
+            Role::Client,
+            config.max_message_size,
+            config.max_frame_size,
+            config.read_buffer_size,
+            &leftover,
+        ));
+        let ws = WebSocket::from_raw_socket(stream, Role::Client, Some(config.websocket_config()));
+        return Ok((ws, handshake));
+    }
     // `from_partially_read` sizes tungstenite's read buffer from `leftover`'s capacity, which is
     // 0 when the server sent nothing after its answer (the usual case). The buffer then
     // remembers a 0-byte "original capacity" and, whenever it must grow while received payloads
@@ -128,6 +151,13 @@ fn request(url: &Url, key: &str, config: &Config) -> Vec<u8> {
             out,
             "Sec-WebSocket-Protocol: {}\r\n",
             config.subprotocols.join(", ")
+        );
+    }
+    if let Some(deflate) = &config.deflate {
+        let _ = write!(
+            out,
+            "Sec-WebSocket-Extensions: {}\r\n",
+            crate::deflate::offer(deflate)
         );
     }
     for (name, value) in config.headers.iter().filter(|(n, _)| n != header::HOST) {
@@ -193,12 +223,13 @@ fn read_response(stream: &mut Stream) -> Result<(Handshake, Vec<u8>), Error> {
         status,
         headers: map,
         subprotocol,
+        deflate: None,
     };
     Ok((handshake, buf.split_off(head_len)))
 }
 
 /// RFC 6455 section 4.1: what the client must check before the connection is open.
-fn verify(handshake: &Handshake, key: &str, config: &Config) -> Result<(), Error> {
+fn verify(handshake: &mut Handshake, key: &str, config: &Config) -> Result<(), Error> {
     if handshake.status != http::StatusCode::SWITCHING_PROTOCOLS {
         return Err(Error::HandshakeRejected {
             status: handshake.status,
@@ -237,11 +268,11 @@ fn verify(handshake: &Handshake, key: &str, config: &Config) -> Result<(), Error
             )));
         }
     }
-    let extensions = get(header::SEC_WEBSOCKET_EXTENSIONS);
-    if !extensions.trim().is_empty() {
-        return Err(Error::InvalidHandshake(format!(
-            "server accepted extensions we did not offer: {extensions}"
-        )));
-    }
+    let extensions = handshake
+        .headers
+        .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
+        .iter()
+        .map(|v| v.to_str().unwrap_or("\u{fffd}"));
+    handshake.deflate = crate::deflate::client_verify(config.deflate.as_ref(), extensions)?;
     Ok(())
 }

@@ -17,6 +17,8 @@ pub struct Metrics {
     frames_queued: AtomicU64,
     reconnects: AtomicU64,
     last_rtt_ns: AtomicU64,
+    compressed_in: AtomicU64,
+    compressed_out: AtomicU64,
 }
 
 impl Metrics {
@@ -52,6 +54,16 @@ impl Metrics {
         }
     }
 
+    /// Payload bytes of the messages sent compressed (permessage-deflate), before compression.
+    pub fn compression_input_bytes(&self) -> u64 {
+        self.compressed_in.load(Ordering::Relaxed)
+    }
+    /// What those messages' payloads came to after compression: with
+    /// [`compression_input_bytes`](Self::compression_input_bytes), the compression ratio.
+    pub fn compression_output_bytes(&self) -> u64 {
+        self.compressed_out.load(Ordering::Relaxed)
+    }
+
     pub(crate) fn sent(&self, bytes: usize) {
         bump(&self.messages_sent, 1);
         bump(&self.bytes_sent, bytes as u64);
@@ -59,6 +71,10 @@ impl Metrics {
     pub(crate) fn received(&self, bytes: usize) {
         bump(&self.messages_received, 1);
         bump(&self.bytes_received, bytes as u64);
+    }
+    pub(crate) fn compressed(&self, before: usize, after: usize) {
+        bump(&self.compressed_in, before as u64);
+        bump(&self.compressed_out, after as u64);
     }
     pub(crate) fn queued(&self) {
         bump(&self.frames_queued, 1);

@@ -3,15 +3,21 @@
 use std::net::TcpStream;
 use std::time::Instant;
 
+use http::header::SEC_WEBSOCKET_EXTENSIONS;
+use http::HeaderValue;
+use tungstenite::handshake::server::{Request, Response};
 use tungstenite::handshake::HandshakeError;
+use tungstenite::protocol::Role;
 
 use crate::command::CommandSender;
+use crate::deflate::inbound::Inbound;
+use crate::deflate::outbound::Outbound;
 use crate::driver::Driver;
 use crate::error::TimeoutKind;
 use crate::handler::Callbacks;
 use crate::session::Session;
-use crate::stream::{Stream, TcpConn};
-use crate::{Config, Error, Handler, WaitStrategy};
+use crate::stream::{Stream, TcpConn, Transport};
+use crate::{Config, DeflateParams, Error, Handler, WaitStrategy};
 
 /// A server-side WebSocket connection on an accepted socket, driven by the same core as the
 /// clients (thread per connection: [`run`](Self::run) blocks in the OS poll on the socket plus a
@@ -39,6 +45,7 @@ use crate::{Config, Error, Handler, WaitStrategy};
 pub struct ServerConnection {
     driver: Driver,
     handle: CommandSender,
+    deflate: Option<DeflateParams>,
 }
 
 impl ServerConnection {
@@ -58,9 +65,9 @@ impl ServerConnection {
         let peer = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
         let conn = TcpConn::new(tcp, deadline);
         let stream = match tls {
-            None => Stream::Plain(conn),
+            None => Stream::from(Transport::Plain(conn)),
             Some(acceptor) => match acceptor.accept(conn) {
-                Ok(s) => Stream::Tls(Box::new(s)),
+                Ok(s) => Stream::from(Transport::Tls(Box::new(s))),
                 Err(native_tls::HandshakeError::WouldBlock(_)) => {
                     return Err(Error::Timeout(TimeoutKind::Handshake))
                 }
@@ -73,8 +80,31 @@ impl ServerConnection {
                 }
             },
         };
-        let mut ws = match tungstenite::accept_with_config(stream, Some(config.websocket_config()))
-        {
+        // permessage-deflate: answer the first offer we can meet (when enabled).
+        let mut agreed = None;
+        // The error type is tungstenite's (an HTTP response), fixed by its callback trait.
+        #[allow(clippy::result_large_err)]
+        let negotiate = |request: &Request, mut response: Response| {
+            if let Some(settings) = &config.deflate {
+                let offers = request
+                    .headers()
+                    .get_all(SEC_WEBSOCKET_EXTENSIONS)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok());
+                if let Some((params, answer)) = crate::deflate::server_accept(settings, offers) {
+                    if let Ok(value) = HeaderValue::from_str(&answer) {
+                        response
+                            .headers_mut()
+                            .insert(SEC_WEBSOCKET_EXTENSIONS, value);
+                        agreed = Some(params);
+                    }
+                }
+            }
+            Ok(response)
+        };
+        let accepted =
+            tungstenite::accept_hdr_with_config(stream, negotiate, Some(config.websocket_config()));
+        let mut ws = match accepted {
             Ok(ws) => ws,
             Err(HandshakeError::Interrupted(_)) => {
                 return Err(Error::Timeout(TimeoutKind::Handshake))
@@ -87,9 +117,35 @@ impl ServerConnection {
             Err(HandshakeError::Failure(e)) => return Err(Error::InvalidHandshake(e.to_string())),
         };
         ws.get_mut().make_nonblocking()?;
-        let session = Session::new(ws, None, config);
+        // A client sends nothing between its request and our answer (RFC 6455 4.1), so no
+        // frame can have been read ahead of the inflating layer.
+        let outbound = match (&agreed, &config.deflate) {
+            (Some(params), Some(settings)) => {
+                ws.get_mut().set_inbound(Inbound::new(
+                    Role::Server,
+                    config.max_message_size,
+                    config.max_frame_size,
+                    config.read_buffer_size,
+                    &[],
+                ));
+                Outbound::new(params, Role::Server, settings)
+            }
+            _ => None,
+        };
+        let mut session = Session::new(ws, None, config);
+        session.set_outbound(outbound);
         let (driver, handle, _) = Driver::with_commands(session, WaitStrategy::Readiness, config)?;
-        Ok(ServerConnection { driver, handle })
+        Ok(ServerConnection {
+            driver,
+            handle,
+            deflate: agreed,
+        })
+    }
+
+    /// The permessage-deflate parameters agreed with this client, or None when the connection
+    /// is uncompressed (not enabled in the config, or not offered by the client).
+    pub fn deflate(&self) -> Option<&DeflateParams> {
+        self.deflate.as_ref()
     }
 
     /// This connection's counters; the `Arc` can be read from any thread while it runs.
@@ -104,7 +160,7 @@ impl ServerConnection {
 
     /// Run until the connection ends, calling `handler`'s hooks on this thread.
     pub fn run<H: Handler + ?Sized>(self, handler: &mut H) {
-        let ServerConnection { driver, handle } = self;
+        let ServerConnection { driver, handle, .. } = self;
         drop(handle);
         driver.run(&mut Callbacks(handler));
     }

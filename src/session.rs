@@ -9,10 +9,11 @@ use std::time::{Duration, Instant};
 
 use tungstenite::error::ProtocolError;
 use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::protocol::{CloseFrame, WebSocket};
+use tungstenite::protocol::{CloseFrame, Role, WebSocket};
 use tungstenite::{Bytes, Message};
 
 use crate::command::{Command, Inbox};
+use crate::deflate::outbound::Outbound;
 use crate::error::{classify, Classified, Error, TimeoutKind};
 use crate::handler::{CloseInfo, Context, Dispatch, Initiator};
 use crate::stream::Stream;
@@ -96,6 +97,8 @@ pub(crate) struct Session {
     user_ended: bool,
     /// Set while a reconnecting client waits for its next connection.
     disconnected: Option<Disconnected>,
+    /// Compresses outgoing messages when permessage-deflate was agreed (and our window allows).
+    deflate: Option<Outbound>,
 }
 
 /// Messages read in one pass before commands and deadlines get a turn.
@@ -117,6 +120,13 @@ impl Session {
             last_input: (Instant::now(), ws.get_ref().bytes_read()),
             awaiting: None,
         });
+        let deflate = match (
+            handshake.as_ref().and_then(Handshake::deflate),
+            &config.deflate,
+        ) {
+            (Some(agreed), Some(settings)) => Outbound::new(agreed, Role::Client, settings),
+            _ => None,
+        };
         Session {
             ws,
             handshake,
@@ -133,7 +143,13 @@ impl Session {
             last_ping: None,
             user_ended: false,
             disconnected: None,
+            deflate,
         }
+    }
+
+    /// The server side agreed permessage-deflate: compress with `outbound` from now on.
+    pub(crate) fn set_outbound(&mut self, outbound: Option<Outbound>) {
+        self.deflate = outbound;
     }
 
     /// The user ended the connection (close, force-quit, drop): it must not be reconnected.
@@ -275,6 +291,30 @@ impl Session {
     }
 
     fn write(&mut self, message: Message) -> Result<(), Error> {
+        let Some(deflate) = &mut self.deflate else {
+            return self.write_frame(message);
+        };
+        let len = message.len();
+        let message = deflate.encode(message);
+        let compressed = match &message {
+            Message::Frame(f) => Some(f.payload().len()),
+            _ => None,
+        };
+        let result = self.write_frame(message);
+        if let Some(out) = compressed {
+            match &result {
+                Ok(()) => self.metrics.compressed(len, out),
+                Err(_) => {
+                    if let Some(d) = &mut self.deflate {
+                        d.rejected();
+                    }
+                }
+            }
+        }
+        result
+    }
+
+    fn write_frame(&mut self, message: Message) -> Result<(), Error> {
         match self.ws.write(message) {
             Ok(()) => Ok(()),
             Err(tungstenite::Error::WriteBufferFull(frame)) => {
@@ -751,21 +791,22 @@ mod tests {
     use super::*;
     use crate::handler::Callbacks;
     use crate::stream::scripted::{ReadStep, Scripted};
+    use crate::stream::Transport;
     use crate::{Context, Handler};
 
     fn session(config: &Config, reads: Vec<ReadStep>, write_budget: usize) -> Session {
-        let stream = Stream::Scripted(Scripted {
+        let stream = Stream::from(Transport::Scripted(Scripted {
             reads: reads.into(),
             write_budget,
             ..Scripted::default()
-        });
+        }));
         let ws = WebSocket::from_raw_socket(stream, Role::Client, Some(config.websocket_config()));
         Session::new(ws, None, config)
     }
 
     fn scripted(s: &mut Session) -> &mut Scripted {
-        match s.ws.get_mut() {
-            Stream::Scripted(s) => s,
+        match s.ws.get_mut().transport_mut() {
+            Transport::Scripted(s) => s,
             _ => unreachable!("test sessions are scripted"),
         }
     }

@@ -4,6 +4,8 @@ use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::time::Instant;
 
+use crate::deflate::inbound::Inbound;
+
 /// A TCP socket that can hold a deadline (used during the opening handshake, when it is in
 /// blocking mode) and counts the bytes it moves (so a write timeout can tell "no progress" from
 /// "slow progress", and a heartbeat can see life).
@@ -131,10 +133,19 @@ impl Write for TcpConn {
     }
 }
 
-/// What a session reads and writes: plain TCP, or TLS over TCP (and, in unit tests, a scripted
-/// in-memory stream that says "would block" when its script says so).
+/// What a session reads and writes: the transport, and when permessage-deflate was agreed, the
+/// layer that inflates compressed messages on their way up to tungstenite (see
+/// `deflate::inbound`). Without it a read goes straight to the transport.
 #[derive(Debug)]
-pub(crate) enum Stream {
+pub(crate) struct Stream {
+    transport: Transport,
+    inbound: Option<Box<Inbound>>,
+}
+
+/// Plain TCP, or TLS over TCP (and, in unit tests, a scripted in-memory stream that says "would
+/// block" when its script says so).
+#[derive(Debug)]
+pub(crate) enum Transport {
     Plain(TcpConn),
     Tls(Box<native_tls::TlsStream<TcpConn>>),
     #[cfg(feature = "rustls")]
@@ -143,27 +154,27 @@ pub(crate) enum Stream {
     Scripted(scripted::Scripted),
 }
 
-impl Stream {
+impl Transport {
     /// The TCP connection under the stream (None only for scripted test streams).
     pub(crate) fn tcp_conn(&self) -> Option<&TcpConn> {
         match self {
-            Stream::Plain(c) => Some(c),
-            Stream::Tls(t) => Some(t.get_ref()),
+            Transport::Plain(c) => Some(c),
+            Transport::Tls(t) => Some(t.get_ref()),
             #[cfg(feature = "rustls")]
-            Stream::Rustls(t) => Some(t.get_ref()),
+            Transport::Rustls(t) => Some(t.get_ref()),
             #[cfg(test)]
-            Stream::Scripted(_) => None,
+            Transport::Scripted(_) => None,
         }
     }
 
     fn tcp_conn_mut(&mut self) -> Option<&mut TcpConn> {
         match self {
-            Stream::Plain(c) => Some(c),
-            Stream::Tls(t) => Some(t.get_mut()),
+            Transport::Plain(c) => Some(c),
+            Transport::Tls(t) => Some(t.get_mut()),
             #[cfg(feature = "rustls")]
-            Stream::Rustls(t) => Some(t.get_mut()),
+            Transport::Rustls(t) => Some(t.get_mut()),
             #[cfg(test)]
-            Stream::Scripted(_) => None,
+            Transport::Scripted(_) => None,
         }
     }
 
@@ -184,12 +195,12 @@ impl Stream {
     /// Leave handshake mode: no deadline, non-blocking from now on.
     pub(crate) fn make_nonblocking(&mut self) -> io::Result<()> {
         match self {
-            Stream::Plain(c) => c.make_nonblocking(),
-            Stream::Tls(t) => t.get_mut().make_nonblocking(),
+            Transport::Plain(c) => c.make_nonblocking(),
+            Transport::Tls(t) => t.get_mut().make_nonblocking(),
             #[cfg(feature = "rustls")]
-            Stream::Rustls(t) => t.get_mut().make_nonblocking(),
+            Transport::Rustls(t) => t.get_mut().make_nonblocking(),
             #[cfg(test)]
-            Stream::Scripted(_) => Ok(()),
+            Transport::Scripted(_) => Ok(()),
         }
     }
 
@@ -197,7 +208,7 @@ impl Stream {
     pub(crate) fn bytes_written(&self) -> u64 {
         match self {
             #[cfg(test)]
-            Stream::Scripted(s) => s.written.len() as u64,
+            Transport::Scripted(s) => s.written.len() as u64,
             _ => self.tcp_conn().map_or(0, |c| c.written),
         }
     }
@@ -206,7 +217,7 @@ impl Stream {
     pub(crate) fn bytes_read(&self) -> u64 {
         match self {
             #[cfg(test)]
-            Stream::Scripted(s) => s.read_total,
+            Transport::Scripted(s) => s.read_total,
             _ => self.tcp_conn().map_or(0, |c| c.read),
         }
     }
@@ -219,40 +230,116 @@ impl Stream {
     }
 }
 
-impl Read for Stream {
+impl Read for Transport {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
-            Stream::Plain(c) => c.read(buf),
-            Stream::Tls(t) => t.read(buf),
+            Transport::Plain(c) => c.read(buf),
+            Transport::Tls(t) => t.read(buf),
             #[cfg(feature = "rustls")]
-            Stream::Rustls(t) => t.read(buf),
+            Transport::Rustls(t) => t.read(buf),
             #[cfg(test)]
-            Stream::Scripted(s) => s.read(buf),
+            Transport::Scripted(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Transport {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Transport::Plain(c) => c.write(buf),
+            Transport::Tls(t) => t.write(buf),
+            #[cfg(feature = "rustls")]
+            Transport::Rustls(t) => t.write(buf),
+            #[cfg(test)]
+            Transport::Scripted(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Transport::Plain(c) => c.flush(),
+            Transport::Tls(t) => t.flush(),
+            #[cfg(feature = "rustls")]
+            Transport::Rustls(t) => t.flush(),
+            #[cfg(test)]
+            Transport::Scripted(_) => Ok(()),
+        }
+    }
+}
+
+impl From<Transport> for Stream {
+    fn from(transport: Transport) -> Self {
+        Stream {
+            transport,
+            inbound: None,
+        }
+    }
+}
+
+impl Stream {
+    /// Inflate compressed messages from now on; `leftover` (bytes read past the handshake) is
+    /// the start of the frame stream.
+    pub(crate) fn set_inbound(&mut self, inbound: Inbound) {
+        self.inbound = Some(Box::new(inbound));
+    }
+
+    /// The TCP connection under the stream (None only for scripted test streams).
+    pub(crate) fn tcp_conn(&self) -> Option<&TcpConn> {
+        self.transport.tcp_conn()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn transport_mut(&mut self) -> &mut Transport {
+        &mut self.transport
+    }
+
+    /// See [`TcpConn::rearm`].
+    pub(crate) fn rearm(&mut self) {
+        self.transport.rearm();
+    }
+
+    /// See [`TcpConn::stop_read_hints`].
+    pub(crate) fn stop_read_hints(&mut self) {
+        self.transport.stop_read_hints();
+    }
+
+    /// Leave handshake mode: no deadline, non-blocking from now on.
+    pub(crate) fn make_nonblocking(&mut self) -> io::Result<()> {
+        self.transport.make_nonblocking()
+    }
+
+    /// Bytes written to the transport so far (after TLS).
+    pub(crate) fn bytes_written(&self) -> u64 {
+        self.transport.bytes_written()
+    }
+
+    /// Bytes read from the transport so far (before TLS and inflating).
+    pub(crate) fn bytes_read(&self) -> u64 {
+        self.transport.bytes_read()
+    }
+
+    /// Best effort: end the TCP connection in both directions now.
+    pub(crate) fn shutdown(&self) {
+        self.transport.shutdown();
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match &mut self.inbound {
+            None => self.transport.read(buf),
+            Some(inbound) => inbound.read(&mut self.transport, buf),
         }
     }
 }
 
 impl Write for Stream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Stream::Plain(c) => c.write(buf),
-            Stream::Tls(t) => t.write(buf),
-            #[cfg(feature = "rustls")]
-            Stream::Rustls(t) => t.write(buf),
-            #[cfg(test)]
-            Stream::Scripted(s) => s.write(buf),
-        }
+        self.transport.write(buf)
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Stream::Plain(c) => c.flush(),
-            Stream::Tls(t) => t.flush(),
-            #[cfg(feature = "rustls")]
-            Stream::Rustls(t) => t.flush(),
-            #[cfg(test)]
-            Stream::Scripted(_) => Ok(()),
-        }
+        self.transport.flush()
     }
 }
 

@@ -4,7 +4,7 @@
 use std::io;
 
 use crate::error::{Error, TimeoutKind, TlsFailure};
-use crate::stream::{Stream, TcpConn};
+use crate::stream::{Stream, TcpConn, Transport};
 use crate::Config;
 
 /// Which TLS implementation a client uses for `wss://`.
@@ -26,10 +26,10 @@ pub(crate) fn handshake(host: &str, conn: TcpConn, config: &Config) -> Result<St
         tracing::warn!("certificate verification is off (danger_accept_invalid_certs)");
     }
     let stream = match config.tls_backend {
-        TlsBackend::NativeTls => Stream::Tls(Box::new(native(host, conn, config)?)),
+        TlsBackend::NativeTls => Transport::Tls(Box::new(native(host, conn, config)?)).into(),
         #[cfg(feature = "rustls")]
         TlsBackend::Rustls => {
-            Stream::Rustls(Box::new(rustls_backend::handshake(host, conn, config)?))
+            Transport::Rustls(Box::new(rustls_backend::handshake(host, conn, config)?)).into()
         }
         #[cfg(not(feature = "rustls"))]
         TlsBackend::Rustls => {

@@ -219,7 +219,7 @@ fn a_bad_accept_key_or_an_unoffered_extension_or_subprotocol_fails_the_handshake
     for (extra, expected) in [
         (
             "Sec-WebSocket-Extensions: permessage-deflate\r\n",
-            "extensions we did not offer",
+            "extension \"permessage-deflate\", which we did not offer",
         ),
         ("Sec-WebSocket-Protocol: evil\r\n", "which we did not offer"),
     ] {

@@ -2,6 +2,7 @@
 //! the code under test), and a harness that runs one script in every client mode.
 #![allow(dead_code)]
 
+pub mod deflate_peer;
 pub mod proxy;
 
 use std::io::{Read, Write};
@@ -453,6 +454,7 @@ fn clone_error(e: &Error) -> Error {
     match e {
         Error::Timeout(k) => Error::Timeout(*k),
         Error::InvalidUtf8 => Error::InvalidUtf8,
+        Error::InvalidCompressedData(why) => Error::InvalidCompressedData(why.clone()),
         Error::MessageTooLarge { size, max } => Error::MessageTooLarge {
             size: *size,
             max: *max,
