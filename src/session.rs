@@ -904,6 +904,64 @@ mod tests {
     }
 
     #[test]
+    fn a_compressed_frame_the_full_queue_refuses_leaves_no_reference_behind() {
+        use crate::deflate::{DeflateConfig, DeflateParams};
+        use flate2::{Decompress, FlushDecompress};
+
+        let config = Config::builder()
+            .write_buffer_size(64)
+            .max_queued_bytes(1024)
+            .build()
+            .unwrap();
+        let mut s = session(&config, vec![], 0);
+        let agreed = DeflateParams {
+            client_no_context_takeover: false,
+            server_no_context_takeover: false,
+            client_max_window_bits: 15,
+            server_max_window_bits: 15,
+        };
+        let settings = DeflateConfig::new().threshold(0);
+        s.set_outbound(Outbound::new(&agreed, Role::Client, &settings));
+        let letters = |n: usize, mut x: u32| -> String {
+            (0..n)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    b"acgt"[(x % 4) as usize] as char
+                })
+                .collect()
+        };
+        let a = letters(600, 1).repeat(2);
+        let b = letters(3000, 2);
+        s.send(Message::text(a.clone())).unwrap();
+        // Compressed, B does not fit next to A: refused, so the peer never sees it...
+        let err = s.send(Message::text(b.clone())).unwrap_err();
+        assert!(matches!(err, Error::QueueFull { .. }), "{err:?}");
+        scripted(&mut s).write_budget = usize::MAX;
+        assert!(s.flush());
+        // ...and the retry must not refer to the refused copy.
+        s.send(Message::text(b.clone())).unwrap();
+        assert!(s.flush());
+        let written = std::mem::take(&mut scripted(&mut s).written);
+        let mut inflate = Decompress::new(false);
+        let got: Vec<String> = frames(&written)
+            .into_iter()
+            .map(|(opcode, mut payload)| {
+                assert_eq!(opcode, 1);
+                payload.extend_from_slice(&[0, 0, 0xff, 0xff]);
+                let mut out = Vec::with_capacity(1 << 16);
+                inflate
+                    .decompress_vec(&payload, &mut out, FlushDecompress::Sync)
+                    .unwrap();
+                String::from_utf8(out).unwrap()
+            })
+            .collect();
+        assert_eq!(got, [a, b]);
+        assert_eq!(s.metrics.messages_sent(), 2);
+    }
+
+    #[test]
     fn a_message_split_by_would_block_is_assembled_across_passes() {
         let frame = server_frame(0x1, b"hello");
         let reads = vec![
