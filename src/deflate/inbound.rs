@@ -26,8 +26,8 @@ use tungstenite::protocol::Role;
 
 /// Appended to the last frame of a compressed message before inflating (RFC 7692 7.2.2).
 const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
-/// Largest payload of a frame we emit.
-const CHUNK: usize = 64 << 10;
+/// Largest payload of a frame we emit (tungstenite joins them into the message).
+const CHUNK: usize = 16 << 10;
 /// Smallest buffer we read the transport into.
 const MIN_READ: usize = 4096;
 
@@ -140,8 +140,10 @@ pub(crate) struct Inbound {
     state: State,
     msg: Option<Msg>,
     inflate: Decompress,
-    /// Inflated bytes not yet emitted; its capacity is the emitted frame size.
+    /// Inflated bytes not yet emitted; its capacity is the emitted frame size. Allocated at
+    /// the first compressed message.
     staging: Vec<u8>,
+    chunk: usize,
     /// Emitted bytes that did not fit the caller's buffer.
     spill: Vec<u8>,
     spill_pos: usize,
@@ -185,7 +187,8 @@ impl Inbound {
             state: State::Header,
             msg: None,
             inflate: Decompress::new(false),
-            staging: Vec::with_capacity(chunk),
+            staging: Vec::new(),
+            chunk,
             spill: Vec::new(),
             spill_pos: 0,
             pending: None,
@@ -358,6 +361,9 @@ impl Inbound {
             self.lo += h.size;
             self.unmasked = 0;
             if starts {
+                if self.staging.capacity() < self.chunk {
+                    self.staging.reserve_exact(self.chunk);
+                }
                 self.msg = Some(Msg {
                     opcode: h.opcode,
                     emitted: false,
