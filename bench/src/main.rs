@@ -6,6 +6,7 @@
 //! cargo run --release -p syncws-bench -- --rounds 5        # medians of 5 rounds
 //! cargo run --release -p syncws-bench -- --json            # one JSON object per line
 //! cargo run --release -p syncws-bench -- --clients syncws-blocking,raw-tcp --tests rtt32
+//! cargo run --release -p syncws-bench -- --deflate --rounds 3  # compression on and off
 //! ```
 //!
 //! The echo server runs in a child process (`syncws-bench --serve`), so the client CPU time is
@@ -32,6 +33,7 @@ use crossbeam_channel::{Receiver, Sender};
 use serde_json::{json, Value};
 
 mod clients;
+mod deflate;
 mod job;
 mod server;
 mod sys;
@@ -51,6 +53,9 @@ USAGE: syncws-bench [OPTIONS]
   --json             print one JSON object per (client, test) line instead of tables
   --clients a,b,..   only these clients (default: all)
   --tests x,y,..     only these tests: rtt32,tput32,tput64k,idle (default: all)
+  --deflate          instead of the client matrix: JSON chat messages through a syncws echo
+                     server with permessage-deflate off and on (ratio, msg/s, CPU per message;
+                     2 s per run, 0.5 s with --quick; --rounds and --json apply)
   --quick            short run for development (10k round trips, 0.3 s windows, 1 s idle)
   --rtt-count N      timed round trips per client (default 100000)
   --rtt-warmup N     untimed round trips first (default 5000)
@@ -79,6 +84,9 @@ struct Opts {
     serve: bool,
     idle_child: Option<Client>,
     ws: Option<String>,
+    /// `--deflate`: the compression comparison instead of the client matrix.
+    deflate: bool,
+    quick: bool,
     tcp: Option<String>,
 }
 
@@ -118,6 +126,8 @@ fn parse_args(args: Vec<String>) -> Result<Opts, String> {
         serve: false,
         idle_child: None,
         ws: None,
+        deflate: false,
+        quick: false,
         tcp: None,
     };
     let mut it = args.into_iter();
@@ -128,6 +138,7 @@ fn parse_args(args: Vec<String>) -> Result<Opts, String> {
             "--rounds" => o.rounds = num(&val()?)?.max(1),
             "--slices" => o.slices = num(&val()?)?.max(1),
             "--json" => o.json = true,
+            "--deflate" => o.deflate = true,
             "--quick" => {
                 o.p.rtt_warmup = 1_000;
                 o.p.rtt_count = 10_000;
@@ -135,6 +146,7 @@ fn parse_args(args: Vec<String>) -> Result<Opts, String> {
                 o.p.tput_warmup = Duration::from_millis(100);
                 o.p.tput_time = Duration::from_millis(300);
                 o.p.idle = Duration::from_secs(1);
+                o.quick = true;
             }
             "--clients" => {
                 o.clients = val()?
@@ -198,6 +210,16 @@ fn main() -> ExitCode {
     }
     if let Some(client) = opts.idle_child {
         return idle_child(client, &opts);
+    }
+    if opts.deflate {
+        let time = Duration::from_millis(if opts.quick { 500 } else { 2000 });
+        return match deflate::run(opts.rounds, time, opts.json) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("syncws-bench: deflate: {e}");
+                ExitCode::FAILURE
+            }
+        };
     }
     match bench(&opts) {
         Ok(()) => ExitCode::SUCCESS,
