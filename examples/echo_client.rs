@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! echo_client --mode blocking|nonblocking|threaded --url URL [--count N] [--size BYTES]
-//!             [--binary] [--ca PEM] [--header 'K: V']... [--wait readiness|spin|sleep:MS]
+//!             [--binary] [--deflate] [--ca PEM] [--header 'K: V']...
+//!             [--wait readiness|spin|sleep:MS]
 //! ```
 //! The last line is `ok mode=M sent=N received=N close=CODE`, or `error: ...` with a non-zero
 //! exit status.
@@ -12,7 +13,7 @@ mod echo;
 
 use std::time::Duration;
 
-use syncws::{Config, WaitStrategy};
+use syncws::{Config, DeflateConfig, WaitStrategy};
 
 fn main() {
     let mode_name = std::env::args()
@@ -20,10 +21,19 @@ fn main() {
         .nth(1)
         .unwrap_or_default();
     match run() {
-        Ok(report) => println!(
-            "ok mode={} sent={} received={} close={}",
-            mode_name, report.sent, report.received, report.close_code
-        ),
+        Ok(report) => {
+            print!(
+                "ok mode={} sent={} received={} close={}",
+                mode_name, report.sent, report.received, report.close_code
+            );
+            match report.compressed {
+                (0, _) => println!(),
+                (before, after) => println!(
+                    " compressed={before}->{after} bytes (ratio {:.2})",
+                    before as f64 / after.max(1) as f64
+                ),
+            }
+        }
         Err(e) => {
             println!("error: {e}");
             std::process::exit(1);
@@ -66,6 +76,7 @@ fn run() -> Result<echo::Report, String> {
                     .map_err(|e| format!("--size: {e}"))?
             }
             "--binary" => plan.binary = true,
+            "--deflate" => builder = builder.deflate(Some(DeflateConfig::new())),
             "--ca" => {
                 let path = value(&mut args, "--ca")?;
                 let pem = std::fs::read(&path).map_err(|e| format!("read {path}: {e}"))?;
@@ -97,8 +108,8 @@ fn run() -> Result<echo::Report, String> {
             "-h" | "--help" => {
                 return Err(
                     "usage: echo_client --mode blocking|nonblocking|threaded --url URL \
-                     [--count N] [--size BYTES] [--binary] [--ca PEM] [--header 'K: V']... \
-                     [--wait readiness|spin|sleep:MS]"
+                     [--count N] [--size BYTES] [--binary] [--deflate] [--ca PEM] \
+                     [--header 'K: V']... [--wait readiness|spin|sleep:MS]"
                         .into(),
                 )
             }

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use syncws::{
-    BlockingClient, CloseInfo, Command, Config, Context, Error, Event, Handler, NonBlockingClient,
-    ServerConnection, ThreadedClient,
+    BlockingClient, CloseInfo, Command, Config, Context, DeflateConfig, Error, Event, Handler,
+    NonBlockingClient, ServerConnection, ThreadedClient,
 };
 
 /// Echoes every text and binary message; answers pings (the core does) and closes.
@@ -23,7 +23,8 @@ impl Handler for Echo {
     }
 }
 
-/// Start an echo server on `addr` (port 0 picks one), thread per connection. Returns the bound
+/// Start an echo server on `addr` (port 0 picks one), thread per connection, compressing with
+/// clients that offer permessage-deflate. Returns the bound
 /// address; the server runs until the process exits.
 pub fn spawn_echo_server(
     addr: &str,
@@ -35,9 +36,11 @@ pub fn spawn_echo_server(
     std::thread::Builder::new()
         .name("echo-accept".into())
         .spawn(move || {
+            // Compresses (permessage-deflate) with clients that offer it.
             let config = Config::builder()
                 .max_message_size(None)
                 .max_frame_size(None)
+                .deflate(Some(DeflateConfig::new()))
                 .build()
                 .expect("static config is valid");
             for tcp in listener.incoming() {
@@ -109,6 +112,8 @@ pub struct Report {
     pub received: usize,
     pub close_code: u16,
     pub elapsed: Duration,
+    /// Payload bytes sent compressed (permessage-deflate), before and after.
+    pub compressed: (u64, u64),
 }
 
 /// Messages in flight at once: enough to pipeline, bounded so large messages stay in memory.
@@ -240,15 +245,21 @@ impl Checker {
 pub fn run(mode: Mode, url: &str, config: &Config, plan: Plan) -> Result<Report, String> {
     let started = Instant::now();
     let mut checker = Checker::new(plan);
-    match mode {
-        Mode::Blocking => BlockingClient::connect(url, config)
-            .map_err(|e| e.to_string())?
-            .run(&mut checker),
-        Mode::NonBlocking => NonBlockingClient::connect(url, config)
-            .map_err(|e| e.to_string())?
-            .run(&mut checker),
+    let metrics = match mode {
+        Mode::Blocking => {
+            let client = BlockingClient::connect(url, config).map_err(|e| e.to_string())?;
+            let metrics = client.metrics();
+            client.run(&mut checker);
+            metrics
+        }
+        Mode::NonBlocking => {
+            let client = NonBlockingClient::connect(url, config).map_err(|e| e.to_string())?;
+            let metrics = client.metrics();
+            client.run(&mut checker);
+            metrics
+        }
         Mode::Threaded => run_threaded(url, config, &mut checker)?,
-    }
+    };
     if let Some(e) = checker.error {
         return Err(e);
     }
@@ -263,11 +274,20 @@ pub fn run(mode: Mode, url: &str, config: &Config, plan: Plan) -> Result<Report,
         received: checker.received,
         close_code: checker.close_code.ok_or("no close handshake")?,
         elapsed: started.elapsed(),
+        compressed: (
+            metrics.compression_input_bytes(),
+            metrics.compression_output_bytes(),
+        ),
     })
 }
 
-fn run_threaded(url: &str, config: &Config, checker: &mut Checker) -> Result<(), String> {
+fn run_threaded(
+    url: &str,
+    config: &Config,
+    checker: &mut Checker,
+) -> Result<std::sync::Arc<syncws::Metrics>, String> {
     let client = ThreadedClient::connect(url, config).map_err(|e| e.to_string())?;
+    let metrics = client.metrics();
     let send = |checker: &mut Checker| {
         for p in checker.next_batch() {
             let cmd = if checker.plan.binary {
@@ -312,5 +332,5 @@ fn run_threaded(url: &str, config: &Config, checker: &mut Checker) -> Result<(),
             }
         }
     }
-    Ok(())
+    Ok(metrics)
 }
