@@ -24,25 +24,37 @@ const WARMUP: usize = 5_000;
 #[derive(Clone, Copy)]
 struct Variant {
     name: &'static str,
-    deflate: Option<(u32, bool)>,
+    /// (level, no context takeover, threshold)
+    deflate: Option<(u32, bool, usize)>,
+    /// Talk to the server that agrees but never compresses (the layers' own cost).
+    plain_server: bool,
 }
 
-const VARIANTS: [Variant; 4] = [
+const VARIANTS: [Variant; 5] = [
     Variant {
         name: "off",
         deflate: None,
+        plain_server: false,
+    },
+    Variant {
+        name: "agreed, nothing compressed (layer cost)",
+        deflate: Some((6, false, usize::MAX)),
+        plain_server: true,
     },
     Variant {
         name: "deflate (default: level 6, context kept)",
-        deflate: Some((6, false)),
+        deflate: Some((6, false, 64)),
+        plain_server: false,
     },
     Variant {
         name: "deflate level 1",
-        deflate: Some((1, false)),
+        deflate: Some((1, false, 64)),
+        plain_server: false,
     },
     Variant {
         name: "deflate no context takeover",
-        deflate: Some((6, true)),
+        deflate: Some((6, true, 64)),
+        plain_server: false,
     },
 ];
 
@@ -84,8 +96,9 @@ pub fn corpus() -> Vec<String> {
 }
 
 /// The server side: one echoing `ServerConnection` per client, reporting its thread's CPU
-/// time and message count when the connection ends.
-fn server(listener: TcpListener, stats: crossbeam_channel::Sender<(u64, u64)>) {
+/// time and message count when the connection ends. It agrees permessage-deflate when offered
+/// and compresses messages of 64 bytes and more (none with `threshold` usize::MAX).
+fn server(listener: TcpListener, threshold: usize, stats: crossbeam_channel::Sender<(u64, u64)>) {
     struct Echo;
     impl Handler for Echo {
         fn on_text_message(&mut self, ctx: &mut Context<'_>, text: &str) {
@@ -93,7 +106,7 @@ fn server(listener: TcpListener, stats: crossbeam_channel::Sender<(u64, u64)>) {
         }
     }
     let config = Config::builder()
-        .deflate(Some(DeflateConfig::new()))
+        .deflate(Some(DeflateConfig::new().threshold(threshold)))
         .build()
         .expect("server config");
     for tcp in listener.incoming() {
@@ -190,22 +203,24 @@ impl Handler for Client<'_> {
 }
 
 fn run_once(
-    url: &str,
+    urls: &[String; 2],
     v: Variant,
     corpus: &[String],
     time: Duration,
     stats: &Receiver<(u64, u64)>,
 ) -> Result<Run, String> {
     let mut builder = Config::builder();
-    if let Some((level, no_context)) = v.deflate {
+    if let Some((level, no_context, threshold)) = v.deflate {
         builder = builder.deflate(Some(
             DeflateConfig::new()
                 .level(level)
+                .threshold(threshold)
                 .client_no_context_takeover(no_context)
                 .server_no_context_takeover(no_context),
         ));
     }
     let config = builder.build().map_err(|e| e.to_string())?;
+    let url = &urls[usize::from(v.plain_server)];
     let client = BlockingClient::connect(url, &config).map_err(|e| e.to_string())?;
     if v.deflate.is_some() != client.handshake().deflate().is_some() {
         return Err("permessage-deflate was not agreed as configured".into());
@@ -234,7 +249,7 @@ fn run_once(
         metrics.compression_input_bytes(),
         metrics.compression_output_bytes(),
     );
-    let (ratio, wire_per_msg) = if output == 0 {
+    let (ratio, wire_per_msg) = if input == 0 {
         (1.0, metrics.bytes_sent() as f64 / sent)
     } else {
         (input as f64 / output as f64, output as f64 / sent)
@@ -259,17 +274,21 @@ fn median(mut v: Vec<f64>) -> f64 {
 pub fn run(rounds: usize, time: Duration, as_json: bool) -> Result<(), String> {
     let corpus = corpus();
     let avg = corpus.iter().map(String::len).sum::<usize>() / corpus.len();
-    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    let url = format!(
-        "ws://{}/",
-        listener.local_addr().map_err(|e| e.to_string())?
-    );
     let (tx, stats) = bounded(16);
-    std::thread::spawn(move || server(listener, tx));
+    let mut urls = [String::new(), String::new()];
+    for (url, threshold) in urls.iter_mut().zip([64, usize::MAX]) {
+        let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+        *url = format!(
+            "ws://{}/",
+            listener.local_addr().map_err(|e| e.to_string())?
+        );
+        let tx = tx.clone();
+        std::thread::spawn(move || server(listener, threshold, tx));
+    }
     let mut runs: Vec<Vec<Run>> = VARIANTS.iter().map(|_| Vec::new()).collect();
     for _ in 0..rounds.max(1) {
         for (i, v) in VARIANTS.iter().enumerate() {
-            runs[i].push(run_once(&url, *v, &corpus, time, &stats)?);
+            runs[i].push(run_once(&urls, *v, &corpus, time, &stats)?);
         }
     }
     if !as_json {
