@@ -9,8 +9,8 @@
 //! stderr and the next case runs. The verdicts are in the server's report, not in our exit code.
 
 use syncws::{
-    BlockingClient, Command, Config, Context, Error, Event, Handler, NonBlockingClient,
-    ThreadedClient,
+    BlockingClient, Command, Config, Context, DeflateConfig, Error, Event, Handler,
+    NonBlockingClient, ThreadedClient,
 };
 
 #[derive(Debug, Clone, Copy)]
@@ -70,9 +70,35 @@ fn run() -> Result<(), String> {
         .parse()
         .map_err(|e| format!("case count {count:?}: {e}"))?;
     eprintln!("{agent}: {count} cases");
+    // Every case offers permessage-deflate; servers of cases before 12 decline it.
+    let deflate = DeflateConfig::new().threshold(0);
+    let compressed = Config::builder()
+        .max_message_size(None)
+        .max_frame_size(None)
+        .deflate(Some(deflate.clone()))
+        .build()
+        .map_err(|e| e.to_string())?;
+    // Cases 13.2, 13.5, 13.6 and 13.7 accept only an offer that promises no context takeover.
+    let promised = Config::builder()
+        .max_message_size(None)
+        .max_frame_size(None)
+        .deflate(Some(deflate.client_no_context_takeover(true)))
+        .build()
+        .map_err(|e| e.to_string())?;
     for case in 1..=count {
+        let info = connect(
+            mode,
+            &format!("{url}/getCaseInfo?case={case}"),
+            &config,
+            false,
+        )?;
+        let id = info.text.as_deref().and_then(case_id).unwrap_or_default();
+        let config = match id.split('.').take(2).collect::<Vec<_>>()[..] {
+            ["13", "2" | "5" | "6" | "7"] => &promised,
+            _ => &compressed,
+        };
         let case_url = format!("{url}/runCase?case={case}&agent={agent}");
-        match connect(mode, &case_url, &config, true) {
+        match connect(mode, &case_url, config, true) {
             Ok(Outcome { error: None, .. }) => {}
             Ok(Outcome { error: Some(e), .. }) => eprintln!("case {case}: {e}"),
             Err(e) => eprintln!("case {case}: connect: {e}"),
@@ -86,6 +112,13 @@ fn run() -> Result<(), String> {
     )?;
     eprintln!("{agent}: done");
     Ok(())
+}
+
+/// The `"id"` of a getCaseInfo answer (`{"id": "13.2.1", ...}`).
+fn case_id(json: &str) -> Option<String> {
+    let rest = &json[json.find("\"id\"")? + 4..];
+    let rest = &rest[rest.find('"')? + 1..];
+    Some(rest[..rest.find('"')?].to_owned())
 }
 
 /// What one connection left behind: its first text message and its first error.
