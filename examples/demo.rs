@@ -8,7 +8,7 @@
 #[path = "support/echo.rs"]
 mod echo;
 
-use syncws::Config;
+use syncws::{Config, DeflateConfig};
 
 fn main() {
     if let Err(e) = run() {
@@ -29,6 +29,12 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let plain_config = Config::default();
     let tls_config = Config::builder()
         .root_certificate_pem(cert_pem.as_bytes())
+        .build()?;
+    // The same over wss://, with permessage-deflate (the 32 B messages are below the threshold
+    // and go out plain; the 1 MiB ones are compressed).
+    let deflate_config = Config::builder()
+        .root_certificate_pem(cert_pem.as_bytes())
+        .deflate(Some(DeflateConfig::new()))
         .build()?;
     let runs = [
         (
@@ -56,6 +62,11 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             format!("wss://localhost:{}/", tls.port()),
             &tls_config,
         ),
+        (
+            "wss+deflate",
+            format!("wss://localhost:{}/", tls.port()),
+            &deflate_config,
+        ),
     ] {
         for mode in [
             echo::Mode::Blocking,
@@ -65,16 +76,23 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             for (what, plan) in runs {
                 match echo::run(mode, &url, config, plan) {
                     Ok(r) => println!(
-                        "ok   {scheme:3} {:11} {what:18} sent={} received={} close={} in {:.1} ms",
+                        "ok   {scheme:11} {:11} {what:18} sent={} received={} close={} in {:.1} ms{}",
                         mode.name(),
                         r.sent,
                         r.received,
                         r.close_code,
-                        r.elapsed.as_secs_f64() * 1e3
+                        r.elapsed.as_secs_f64() * 1e3,
+                        match r.compressed {
+                            (0, _) => String::new(),
+                            (before, after) => format!(
+                                ", compressed {:.1}x",
+                                before as f64 / after.max(1) as f64
+                            ),
+                        }
                     ),
                     Err(e) => {
                         failures += 1;
-                        println!("FAIL {scheme:3} {:11} {what:18} {e}", mode.name());
+                        println!("FAIL {scheme:11} {:11} {what:18} {e}", mode.name());
                     }
                 }
             }
@@ -83,6 +101,6 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     if failures > 0 {
         return Err(format!("{failures} run(s) failed").into());
     }
-    println!("all three modes work, over ws:// and wss://");
+    println!("all three modes work, over ws:// and wss://, with and without compression");
     Ok(())
 }

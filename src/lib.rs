@@ -57,8 +57,8 @@
 //!   [`ConfigBuilder::max_queued_bytes`] fails with [`Error::QueueFull`] and queues nothing.
 //! - **Nothing hangs unless you ask it to.** Connect, TLS, the upgrade, the close handshake and
 //!   stalled writes all have deadlines ([`TimeoutKind`] says which one passed).
-//! - **Bad input ends only that connection**, with the right close code (1007 invalid UTF-8,
-//!   1009 too large, 1002 protocol) and a typed [`Error`]; it never panics.
+//! - **Bad input ends only that connection**, with the right close code (1007 invalid UTF-8 or
+//!   compressed data, 1009 too large, 1002 protocol) and a typed [`Error`]; it never panics.
 //! - `on_quit` / [`Event::Quit`] comes last, exactly once.
 //!
 //! ## Errors
@@ -79,6 +79,14 @@
 //! Heartbeats ([`ConfigBuilder::ping_interval`]) find dead peers; [`Reconnect`] brings a client
 //! back with backoff; [`Proxy`] tunnels through HTTP CONNECT or SOCKS5; [`Metrics`] counts
 //! traffic, readable from any thread.
+//!
+//! ## Compression
+//!
+//! [`ConfigBuilder::deflate`] turns on permessage-deflate (RFC 7692) with a [`DeflateConfig`];
+//! [`Handshake::deflate`] says what the server agreed. Compressed messages that would inflate past
+//! the size limit are refused before the memory is spent ([`Error::MessageTooLarge`], 1009), and
+//! corrupt ones end the connection with [`Error::InvalidCompressedData`] (1007). It is off by
+//! default: it trades CPU for bytes, which pays on slow links only.
 //!
 //! ## CPU and latency
 //!
