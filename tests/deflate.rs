@@ -466,3 +466,28 @@ fn close_after(n: usize, mut script: Script) -> Script {
         }
     })
 }
+
+#[test]
+fn bad_deflate_settings_are_config_errors_from_build() {
+    for (deflate, expected) in [
+        (
+            DeflateConfig::new().level(10),
+            "deflate level must be from 0 to 9, not 10",
+        ),
+        (
+            DeflateConfig::new().client_max_window_bits(Some(16)),
+            "deflate client_max_window_bits must be from 8 to 15, not 16",
+        ),
+        (
+            DeflateConfig::new().server_max_window_bits(Some(7)),
+            "deflate server_max_window_bits must be from 8 to 15, not 7",
+        ),
+    ] {
+        let e = Config::builder()
+            .deflate(Some(deflate))
+            .build()
+            .unwrap_err();
+        assert!(matches!(&e, Error::Config(m) if m == expected), "{e:?}");
+        println!("{e}");
+    }
+}
