@@ -277,8 +277,8 @@ impl From<Transport> for Stream {
 }
 
 impl Stream {
-    /// Inflate compressed messages from now on; `leftover` (bytes read past the handshake) is
-    /// the start of the frame stream.
+    /// Inflate compressed messages from now on (permessage-deflate was agreed). Bytes read
+    /// past the handshake must already be in `inbound`, never handed to tungstenite directly.
     pub(crate) fn set_inbound(&mut self, inbound: Inbound) {
         self.inbound = Some(Box::new(inbound));
     }
