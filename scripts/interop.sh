@@ -34,6 +34,7 @@ fi
 cargo build --quiet --example echo_server --example echo_client
 
 PIDS=()
+FOUND=
 cleanup() {
     local pid
     for pid in "${PIDS[@]}"; do
@@ -43,17 +44,28 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# Start a server in the background (up to 300 s; killed on exit) and set FOUND to what its
+# stdout says once it matches the sed expression (waiting up to 10 s): where it listens.
+# Not called in $(...): the PID must reach this shell's cleanup.
+start_server() {
+    local what=$1 sed_expr=$2 out found=
+    shift 2
+    out=$(mktemp)
+    timeout 300 "$@" >"$out" &
+    PIDS+=($!)
+    for _ in $(seq 100); do
+        found=$(sed -n "$sed_expr" "$out")
+        [[ -n $found ]] && break
+        sleep 0.1
+    done
+    rm -f "$out"
+    [[ -n $found ]] || die "$what did not start"
+    FOUND=$found
+}
+
 # 1. syncws clients against the Python server.
-PORTFILE=$(mktemp)
-timeout 300 "$VENV/bin/python" scripts/interop/peer.py server >"$PORTFILE" &
-PIDS+=($!)
-for _ in $(seq 100); do
-    grep -q '^port ' "$PORTFILE" && break
-    sleep 0.1
-done
-PORT=$(sed -n 's/^port //p' "$PORTFILE")
-rm -f "$PORTFILE"
-[[ -n $PORT ]] || die "the Python server did not start"
+start_server "the Python server" 's/^port //p' "$VENV/bin/python" scripts/interop/peer.py server
+PORT=$FOUND
 for mode in blocking nonblocking threaded; do
     for kind in "--count 2000 --size 3000" "--count 20 --size 300000 --binary"; do
         # shellcheck disable=SC2086
@@ -64,15 +76,7 @@ for mode in blocking nonblocking threaded; do
 done
 
 # 2. The Python client against the syncws server.
-ECHO_LOG=$(mktemp)
-timeout 300 "$BIN/echo_server" --addr 127.0.0.1:0 >"$ECHO_LOG" &
-PIDS+=($!)
-for _ in $(seq 100); do
-    grep -q 'listening on' "$ECHO_LOG" && break
-    sleep 0.1
-done
-URL=$(sed -n 's/.*listening on \(ws:[^ ]*\).*/\1/p' "$ECHO_LOG")
-rm -f "$ECHO_LOG"
-[[ -n $URL ]] || die "echo_server did not start"
+start_server echo_server 's/.*listening on \(ws:[^ ]*\).*/\1/p' "$BIN/echo_server" --addr 127.0.0.1:0
+URL=$FOUND
 timeout 60 "$VENV/bin/python" scripts/interop/peer.py client "$URL"
 echo "interop: PASS"

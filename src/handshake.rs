@@ -85,19 +85,14 @@ pub(crate) fn client(
         .map_err(crate::error::handshake_io)?;
     let (mut handshake, leftover) = read_response(&mut stream)?;
     verify(&mut handshake, &key, config)?;
-    if handshake.deflate.is_some() {
+    let leftover = if handshake.deflate.is_some() {
         // Compressed frames go through the inflating layer, starting with any that came with
-        // the answer.
-        stream.set_inbound(Inbound::new(
-            Role::Client,
-            config.max_message_size,
-            config.max_frame_size,
-            config.read_buffer_size,
-            &leftover,
-        ));
-        let ws = WebSocket::from_raw_socket(stream, Role::Client, Some(config.websocket_config()));
-        return Ok((ws, handshake));
-    }
+        // the answer; tungstenite gets nothing directly.
+        stream.set_inbound(Inbound::new(Role::Client, config, &leftover));
+        Vec::new()
+    } else {
+        leftover
+    };
     // `from_partially_read` sizes tungstenite's read buffer from `leftover`'s capacity, which is
     // 0 when the server sent nothing after its answer (the usual case). The buffer then
     // remembers a 0-byte "original capacity" and, whenever it must grow while received payloads

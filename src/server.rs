@@ -121,13 +121,8 @@ impl ServerConnection {
         // frame can have been read ahead of the inflating layer.
         let outbound = match (&agreed, &config.deflate) {
             (Some(params), Some(settings)) => {
-                ws.get_mut().set_inbound(Inbound::new(
-                    Role::Server,
-                    config.max_message_size,
-                    config.max_frame_size,
-                    config.read_buffer_size,
-                    &[],
-                ));
+                ws.get_mut()
+                    .set_inbound(Inbound::new(Role::Server, config, &[]));
                 Outbound::new(params, Role::Server, settings)
             }
             _ => None,

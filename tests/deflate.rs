@@ -380,23 +380,6 @@ fn rsv1_where_the_rfc_forbids_it_is_a_protocol_error() {
     });
 }
 
-/// Echoes on the server side and reports what it agreed and how it ended.
-struct ServerEcho {
-    errors: Vec<String>,
-}
-
-impl Handler for ServerEcho {
-    fn on_text_message(&mut self, ctx: &mut Context<'_>, text: &str) {
-        ctx.send_text(text).unwrap();
-    }
-    fn on_binary_message(&mut self, ctx: &mut Context<'_>, data: &[u8]) {
-        ctx.send_binary(data).unwrap();
-    }
-    fn on_error(&mut self, _ctx: &mut Context<'_>, error: &Error) {
-        self.errors.push(error.to_string());
-    }
-}
-
 #[test]
 fn client_and_server_compress_through_tls_in_every_mode() {
     let pki = TestPki::new();
@@ -416,7 +399,7 @@ fn client_and_server_compress_through_tls_in_every_mode() {
             let conn = ServerConnection::accept(tcp, Some(&acceptor), &config).unwrap();
             let agreed = conn.deflate().copied();
             let metrics = conn.metrics();
-            let mut echo = ServerEcho { errors: Vec::new() };
+            let mut echo = Echo::default();
             conn.run(&mut echo);
             (agreed, echo.errors, metrics.compression_input_bytes())
         });

@@ -8,38 +8,14 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use crossbeam_channel::bounded;
-use syncws::{CloseInfo, Config, Context, Error, Handler, Initiator, ServerConnection};
+use syncws::{Config, Error, Initiator, ServerConnection};
 use tungstenite::Message;
 use util::*;
-
-/// Echoes, and reports how the connection closed.
-struct Echo {
-    closed: Option<CloseInfo>,
-    errors: Vec<String>,
-}
-
-impl Handler for Echo {
-    fn on_text_message(&mut self, ctx: &mut Context<'_>, text: &str) {
-        ctx.send_text(text).unwrap();
-    }
-    fn on_binary_message(&mut self, ctx: &mut Context<'_>, data: &[u8]) {
-        ctx.send_binary(data).unwrap();
-    }
-    fn on_connection_closed(&mut self, _ctx: &mut Context<'_>, close: &CloseInfo) {
-        self.closed = Some(close.clone());
-    }
-    fn on_error(&mut self, _ctx: &mut Context<'_>, error: &Error) {
-        self.errors.push(error.to_string());
-    }
-}
 
 fn serve_one(tls: Option<native_tls::TlsAcceptor>) -> (u16, std::thread::JoinHandle<Echo>) {
     let (addr, handle) = raw_server(move |tcp| {
         let conn = ServerConnection::accept(tcp, tls.as_ref(), &Config::default()).unwrap();
-        let mut echo = Echo {
-            closed: None,
-            errors: Vec::new(),
-        };
+        let mut echo = Echo::default();
         conn.run(&mut echo);
         echo
     });
@@ -74,10 +50,7 @@ fn a_handle_sends_from_another_thread_which_is_how_a_server_broadcasts() {
         let (tcp, _) = listener.accept().unwrap();
         let conn = ServerConnection::accept(tcp, None, &Config::default()).unwrap();
         handle_tx.send(conn.handle()).unwrap();
-        conn.run(&mut Echo {
-            closed: None,
-            errors: Vec::new(),
-        });
+        conn.run(&mut Echo::default());
     });
     let (mut ws, _) = tungstenite::connect(format!("ws://{addr}/")).unwrap();
     let handle = handle_rx.recv_timeout(TEST_DEADLINE).unwrap();

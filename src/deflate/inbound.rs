@@ -24,6 +24,8 @@ use std::io::{self, Read};
 use flate2::{Decompress, FlushDecompress, Status};
 use tungstenite::protocol::Role;
 
+use crate::Config;
+
 /// Appended to the last frame of a compressed message before inflating (RFC 7692 7.2.2).
 const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 /// Largest payload of a frame we emit (tungstenite joins them into the message).
@@ -164,14 +166,11 @@ impl fmt::Debug for Inbound {
 }
 
 impl Inbound {
-    /// `leftover` is what arrived after the handshake's head: the start of the frame stream.
-    pub(crate) fn new(
-        role: Role,
-        max_message: Option<usize>,
-        max_frame: Option<usize>,
-        read_size: usize,
-        leftover: &[u8],
-    ) -> Self {
+    /// Limits and read size come from `config`; `leftover` is what arrived after the
+    /// handshake's head: the start of the frame stream.
+    pub(crate) fn new(role: Role, config: &Config, leftover: &[u8]) -> Self {
+        let (max_message, max_frame) = (config.max_message_size, config.max_frame_size);
+        let read_size = config.read_buffer_size;
         let chunk = CHUNK.min(max_frame.unwrap_or(CHUNK)).max(1);
         let size = read_size.max(MIN_READ).max(leftover.len());
         let mut raw = vec![0u8; size].into_boxed_slice();
@@ -571,7 +570,8 @@ mod tests {
         read: usize,
         max: Option<usize>,
     ) -> Result<Vec<u8>, Failure> {
-        let mut inbound = Inbound::new(role, max, Some(16 << 20), 4096, &[]);
+        let config = Config::builder().max_message_size(max).build().unwrap();
+        let mut inbound = Inbound::new(role, &config, &[]);
         let mut src = Trickle {
             data: wire.to_vec(),
             pos: 0,
@@ -644,6 +644,14 @@ mod tests {
             assert_eq!(got[3], (1, b"plain".to_vec()));
             assert_eq!(got[4], (2, Vec::new()));
         }
+    }
+
+    fn unlimited() -> Config {
+        Config::builder()
+            .max_message_size(None)
+            .max_frame_size(None)
+            .build()
+            .unwrap()
     }
 
     /// xorshift32: reproducible randomness without a dependency.
@@ -789,7 +797,7 @@ mod tests {
             frame(true, true, 1, Some([9, 9, 9, 9]), &z),
             frame(true, true, 3, None, &z),
         ] {
-            let mut inbound = Inbound::new(Role::Client, None, None, 4096, &[]);
+            let mut inbound = Inbound::new(Role::Client, &unlimited(), &[]);
             let mut src = Trickle {
                 data: wire.clone(),
                 pos: 0,
@@ -805,7 +813,7 @@ mod tests {
     fn leftover_from_the_handshake_is_rewritten_too() {
         let mut c = Compress::new(Compression::default(), false);
         let wire = frame(true, true, 1, None, &deflate(&mut c, b"early bird"));
-        let mut inbound = Inbound::new(Role::Client, None, None, 4096, &wire);
+        let mut inbound = Inbound::new(Role::Client, &unlimited(), &wire);
         let mut buf = [0u8; 64];
         let k = inbound.read(&mut io::empty(), &mut buf).unwrap();
         assert_eq!(&buf[..k], b"\x81\x0aearly bird");

@@ -35,27 +35,10 @@ impl<S: Read + Write> DeflatePeer<S> {
     /// Read the upgrade request and answer 101, with `Sec-WebSocket-Extensions: answer` when
     /// given. `inflate_bits` is the window the peer inflates the client's messages with.
     pub fn accept(mut stream: S, answer: Option<&str>, inflate_bits: u8) -> Self {
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            stream.read_exact(&mut byte).expect("request head");
-            head.push(byte[0]);
-        }
-        let request = String::from_utf8(head).expect("ascii request");
-        let key = request
-            .lines()
-            .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
-            .expect("key header");
-        let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
         let extensions = answer
             .map(|a| format!("Sec-WebSocket-Extensions: {a}\r\n"))
             .unwrap_or_default();
-        write!(
-            stream,
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Accept: {accept}\r\n{extensions}\r\n"
-        )
-        .unwrap();
+        let request = super::upgrade_by_hand(&mut stream, &extensions);
         DeflatePeer {
             stream,
             request,

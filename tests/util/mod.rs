@@ -88,10 +88,18 @@ pub fn ws_server<R: Send + 'static>(
 /// Accept an upgrade by hand: returns the request head exactly as it came over the wire, and
 /// the server-side WebSocket. `extra` lines are added to the 101 response.
 pub fn accept_by_hand(mut tcp: TcpStream, extra: &str) -> (String, WebSocket<TcpStream>) {
+    let head = upgrade_by_hand(&mut tcp, extra);
+    let ws = WebSocket::from_raw_socket(tcp, tungstenite::protocol::Role::Server, None);
+    (head, ws)
+}
+
+/// The server's half of the opening handshake, written by hand on any stream: read the request
+/// head, answer 101 with `extra` header lines, return the head as it came over the wire.
+pub fn upgrade_by_hand<S: Read + Write>(stream: &mut S, extra: &str) -> String {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
-        tcp.read_exact(&mut byte).expect("request head");
+        stream.read_exact(&mut byte).expect("request head");
         head.push(byte[0]);
     }
     let head = String::from_utf8(head).expect("ascii request");
@@ -101,13 +109,34 @@ pub fn accept_by_hand(mut tcp: TcpStream, extra: &str) -> (String, WebSocket<Tcp
         .expect("key header");
     let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
     write!(
-        tcp,
+        stream,
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Accept: {accept}\r\n{extra}\r\n"
     )
     .unwrap();
-    let ws = WebSocket::from_raw_socket(tcp, tungstenite::protocol::Role::Server, None);
-    (head, ws)
+    head
+}
+
+/// A server-side handler that echoes every data message and records how the connection ended.
+#[derive(Default)]
+pub struct Echo {
+    pub closed: Option<CloseInfo>,
+    pub errors: Vec<String>,
+}
+
+impl Handler for Echo {
+    fn on_text_message(&mut self, ctx: &mut Context<'_>, text: &str) {
+        ctx.send_text(text).unwrap();
+    }
+    fn on_binary_message(&mut self, ctx: &mut Context<'_>, data: &[u8]) {
+        ctx.send_binary(data).unwrap();
+    }
+    fn on_connection_closed(&mut self, _ctx: &mut Context<'_>, close: &CloseInfo) {
+        self.closed = Some(close.clone());
+    }
+    fn on_error(&mut self, _ctx: &mut Context<'_>, error: &Error) {
+        self.errors.push(error.to_string());
+    }
 }
 
 /// Read messages until the client's Close; return the data messages and the close frame.
