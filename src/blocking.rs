@@ -1,5 +1,6 @@
 //! The blocking client: runs on the caller's thread until the connection ends.
 
+use crate::command::CommandSender;
 use crate::connect::connect;
 use crate::driver::Driver;
 use crate::handler::Callbacks;
@@ -10,7 +11,8 @@ use crate::{Config, Error, Handler, Handshake, WaitStrategy};
 ///
 /// It blocks in the OS poll on its socket rather than in `read(2)`, so it keeps reading while a
 /// large send drains: a peer that echoes while we write can never deadlock it. Sends happen from
-/// the [`Handler`]'s hooks; `read_timeout` makes [`Handler::on_idle`] run when nothing arrives,
+/// the [`Handler`]'s hooks, or from other threads through [`handle`](Self::handle), which can
+/// also close or stop it; `read_timeout` makes [`Handler::on_idle`] run when nothing arrives,
 /// and `write_timeout` fails a connection whose output stops moving.
 ///
 /// ```no_run
@@ -34,6 +36,7 @@ use crate::{Config, Error, Handler, Handshake, WaitStrategy};
 #[derive(Debug)]
 pub struct BlockingClient {
     driver: Driver,
+    handle: CommandSender,
 }
 
 impl BlockingClient {
@@ -46,8 +49,9 @@ impl BlockingClient {
     pub fn connect(url: &str, config: &Config) -> Result<Self, Error> {
         let (ws, handshake) = connect(url, config)?;
         let session = Session::new(ws, Some(handshake), config);
-        let driver = Driver::new(session, WaitStrategy::Readiness, config)?.redial_to(url, config);
-        Ok(BlockingClient { driver })
+        let (driver, handle, _) = Driver::new(session, WaitStrategy::Readiness, config, None)?;
+        let driver = driver.redial_to(url, config);
+        Ok(BlockingClient { driver, handle })
     }
 
     /// This connection's counters; the `Arc` can be read from any thread while it runs.
@@ -61,9 +65,20 @@ impl BlockingClient {
         self.driver.session.handshake().expect("client handshake")
     }
 
+    /// A cloneable, thread-safe sender of [`Command`](crate::Command)s into this client, for
+    /// other threads: to close it or drop it on shutdown (Ctrl-C), or to send. It wakes the
+    /// client. Usable before and during [`run`](Self::run); once the connection has ended its
+    /// sends fail with the command handed back.
+    pub fn handle(&self) -> CommandSender {
+        self.handle.clone()
+    }
+
     /// Run until the connection ends, calling `handler`'s hooks on this thread. Returns after
     /// [`Handler::on_quit`].
     pub fn run<H: Handler + ?Sized>(self, handler: &mut H) {
-        self.driver.run(&mut Callbacks(handler));
+        let BlockingClient { driver, handle } = self;
+        // Our own sender must not keep the channel alive past the run.
+        drop(handle);
+        driver.run(&mut Callbacks(handler));
     }
 }

@@ -1,13 +1,21 @@
 //! Commands from other threads: the sender half users hold, the inbox a session drains.
+//!
+//! Sends travel in order through a bounded channel. A stop (`Close`, `ForceQuit`) does not: it
+//! is a request beside the channel that the connection sees at its next pass, so no queued
+//! data can hold it up. A gate closes the channel when the connection ends, so every send that
+//! returned `Ok` was taken by the connection, which carries it out or reports it.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::Thread;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, SendError, SendTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Select, SendError, SendTimeoutError, Sender, TrySendError};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Bytes, Utf8Bytes};
+
+use crate::session::check_close;
 
 /// What another thread can ask a connection to do, through a [`CommandSender`]
 /// ([`ThreadedClient::control_tx`](crate::ThreadedClient::control_tx) or
@@ -26,57 +34,155 @@ pub enum Command {
     SendPing(Bytes),
     /// Send a pong.
     SendPong(Bytes),
-    /// Start the close handshake with this code and reason.
+    /// Start the close handshake with this code and reason, after the sends accepted before it.
+    /// Out of band: queued data cannot hold it up. Its `close_timeout` runs from the request,
+    /// and later sends are refused.
     Close(CloseCode, String),
-    /// Drop the connection at once.
+    /// Drop the connection at once, whatever is queued. Out of band, like `Close`.
     ForceQuit,
 }
 
-/// Wakes a connection that waits in the OS poll, only when it is actually parked, so a busy
-/// connection costs senders no system call.
-#[derive(Debug)]
-pub(crate) struct Signal {
-    parked: AtomicBool,
-    waker: Option<mio::Waker>,
+/// A stop asked for from another thread, waiting for the connection's next pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Stop {
+    Close(CloseCode, String),
+    ForceQuit,
 }
 
-impl Signal {
-    pub(crate) fn new(waker: Option<mio::Waker>) -> Arc<Self> {
-        Arc::new(Signal {
+/// What senders and the connection agree on under one lock: whether the connection still takes
+/// commands, and a stop waiting to be seen.
+#[derive(Debug, Default)]
+struct Gate {
+    /// The connection has ended: the channel takes nothing more.
+    ended: bool,
+    /// A close or force-quit was asked for: sends are refused from now on.
+    stopping: bool,
+    stop: Option<Stop>,
+}
+
+/// How a parked connection is woken.
+#[derive(Debug)]
+enum Wake {
+    /// The OS poll's waker (readiness).
+    Poll(mio::Waker),
+    /// The thread sleeping in `park_timeout` (the sleep strategy), recorded as it parks.
+    Thread(Mutex<Option<Thread>>),
+}
+
+/// What a connection shares with its senders: the gate, the stop request, and the way to wake
+/// it, which costs senders a system call only when the connection is actually parked.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    parked: AtomicBool,
+    /// A stop is waiting in the gate (checked every pass without taking the lock).
+    stop_waiting: AtomicBool,
+    wake: Wake,
+    /// Also poked on every wake, for a threaded worker that waits on channels instead of the
+    /// OS poll (while its application is behind on events).
+    nudge: Option<Sender<()>>,
+    gate: Mutex<Gate>,
+}
+
+impl Shared {
+    pub(crate) fn new(waker: Option<mio::Waker>, nudge: Option<Sender<()>>) -> Arc<Self> {
+        Arc::new(Shared {
             parked: AtomicBool::new(false),
-            waker,
+            stop_waiting: AtomicBool::new(false),
+            wake: match waker {
+                Some(w) => Wake::Poll(w),
+                None => Wake::Thread(Mutex::new(None)),
+            },
+            nudge,
+            gate: Mutex::new(Gate::default()),
         })
     }
 
-    /// After a send: wake the loop if it is parked (or about to park).
-    pub(crate) fn notify(&self) {
+    fn gate(&self) -> MutexGuard<'_, Gate> {
+        // The lock guards plain flags; a panic while holding it cannot leave them torn.
+        self.gate.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// After a send: wake the connection if it is parked (or about to park).
+    fn notify(&self) {
         if self.parked.load(Ordering::SeqCst) && self.parked.swap(false, Ordering::SeqCst) {
             self.wake_now();
         }
     }
 
-    /// Wake whatever the state (for shutdown).
+    /// Wake whatever the state (stops, shutdown).
     pub(crate) fn wake_now(&self) {
-        if let Some(w) = &self.waker {
-            if let Err(e) = w.wake() {
-                tracing::warn!(error = %e, "waker failed");
+        match &self.wake {
+            Wake::Poll(w) => {
+                if let Err(e) = w.wake() {
+                    tracing::warn!(error = %e, "waker failed");
+                }
             }
+            Wake::Thread(t) => {
+                if let Some(t) = t.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+                    t.unpark();
+                }
+            }
+        }
+        if let Some(n) = &self.nudge {
+            let _ = n.try_send(());
         }
     }
 
     pub(crate) fn set_parked(&self, parked: bool) {
         self.parked.store(parked, Ordering::SeqCst);
     }
+
+    /// The sleep strategy's wait: until `timeout` passes or a sender wakes this thread.
+    pub(crate) fn park(&self, timeout: Duration) {
+        if let Wake::Thread(t) = &self.wake {
+            let mut slot = t.lock().unwrap_or_else(|e| e.into_inner());
+            let me = std::thread::current();
+            if slot.as_ref().is_none_or(|t| t.id() != me.id()) {
+                *slot = Some(me);
+            }
+        }
+        std::thread::park_timeout(timeout);
+    }
+
+    /// Whether a stop is waiting (one relaxed load; the pass looks every time).
+    pub(crate) fn stop_waiting(&self) -> bool {
+        self.stop_waiting.load(Ordering::Relaxed)
+    }
+
+    fn request(&self, stop: Stop) -> Result<(), Stop> {
+        let mut gate = self.gate();
+        if gate.ended {
+            return Err(stop);
+        }
+        gate.stopping = true;
+        // A force-quit overrides a close; a second close changes nothing.
+        if gate.stop.is_none() || stop == Stop::ForceQuit {
+            gate.stop = Some(stop);
+        }
+        self.stop_waiting.store(true, Ordering::SeqCst);
+        drop(gate);
+        self.wake_now();
+        Ok(())
+    }
 }
 
 /// A cloneable, thread-safe way to send [`Command`]s to a running connection; it wakes the
 /// connection's loop. Its methods mirror crossbeam-channel's `Sender`: `send` blocks while the
-/// channel is full, `try_send` does not, and both hand the command back once the connection has
-/// ended.
+/// channel is full, `try_send` does not, and all hand the command back once the connection
+/// has ended.
+///
+/// Sends are carried out in order. `Close` and `ForceQuit` are not queued behind them: they
+/// reach the connection at once, however much data waits for a slow peer (a `Close` still goes
+/// on the wire after the sends accepted before it, within its `close_timeout`). Once either has
+/// been asked for, further sends are refused with the command handed back.
+///
+/// Every send that returns `Ok` is either carried out or reported to the connection's
+/// [`Handler::on_error`](crate::Handler::on_error) (or as an
+/// [`Event::Error`](crate::Event::Error)) as [`Error::Closed`](crate::Error::Closed).
 #[derive(Debug, Clone)]
 pub struct CommandSender {
     tx: Sender<Command>,
-    signal: Arc<Signal>,
+    shared: Arc<Shared>,
 }
 
 impl CommandSender {
@@ -84,11 +190,11 @@ impl CommandSender {
     ///
     /// # Errors
     ///
-    /// The command back, once the connection has ended.
+    /// The command back, once the connection has ended or a close or force-quit was asked for.
     pub fn send(&self, command: Command) -> Result<(), SendError<Command>> {
-        self.tx.send(command)?;
-        self.signal.notify();
-        Ok(())
+        self.send_until(command, None).map_err(|e| match e {
+            SendTimeoutError::Timeout(c) | SendTimeoutError::Disconnected(c) => SendError(c),
+        })
     }
 
     /// Send a command if there is room now.
@@ -96,11 +202,14 @@ impl CommandSender {
     /// # Errors
     ///
     /// `Full` with the command when the channel is full, `Disconnected` once the connection has
-    /// ended.
+    /// ended or a close or force-quit was asked for.
     pub fn try_send(&self, command: Command) -> Result<(), TrySendError<Command>> {
-        self.tx.try_send(command)?;
-        self.signal.notify();
-        Ok(())
+        let command = match self.offer(command) {
+            Offer::Taken => return Ok(()),
+            Offer::Full(c) => c,
+            Offer::Refused(c) => return Err(TrySendError::Disconnected(c)),
+        };
+        Err(TrySendError::Full(command))
     }
 
     /// Send a command, waiting at most `timeout` for room.
@@ -113,9 +222,66 @@ impl CommandSender {
         command: Command,
         timeout: Duration,
     ) -> Result<(), SendTimeoutError<Command>> {
-        self.tx.send_timeout(command, timeout)?;
-        self.signal.notify();
-        Ok(())
+        self.send_until(command, Some(Instant::now() + timeout))
+    }
+
+    fn send_until(
+        &self,
+        mut command: Command,
+        deadline: Option<Instant>,
+    ) -> Result<(), SendTimeoutError<Command>> {
+        loop {
+            command = match self.offer(command) {
+                Offer::Taken => return Ok(()),
+                Offer::Refused(c) => return Err(SendTimeoutError::Disconnected(c)),
+                Offer::Full(c) => c,
+            };
+            // Wait for room without holding the gate (the connection takes it to end), then
+            // offer again.
+            let mut select = Select::new();
+            select.send(&self.tx);
+            let ready = match deadline {
+                None => select.ready(),
+                Some(d) => match select.ready_deadline(d) {
+                    Ok(i) => i,
+                    Err(_) => return Err(SendTimeoutError::Timeout(command)),
+                },
+            };
+            debug_assert_eq!(ready, 0);
+        }
+    }
+
+    /// One attempt: stops go beside the channel, sends into it while the gate is open.
+    fn offer(&self, command: Command) -> Offer {
+        let stop = match command {
+            // A close the session would refuse goes in order with the sends, to be reported
+            // as an error where the others are.
+            Command::Close(code, reason) if check_close(code, &reason).is_ok() => {
+                Stop::Close(code, reason)
+            }
+            Command::ForceQuit => Stop::ForceQuit,
+            send => {
+                let gate = self.shared.gate();
+                if gate.ended || gate.stopping {
+                    return Offer::Refused(send);
+                }
+                let offered = self.tx.try_send(send);
+                drop(gate);
+                return match offered {
+                    Ok(()) => {
+                        self.shared.notify();
+                        Offer::Taken
+                    }
+                    Err(TrySendError::Full(c)) => Offer::Full(c),
+                    Err(TrySendError::Disconnected(c)) => Offer::Refused(c),
+                };
+            }
+        };
+        match self.shared.request(stop) {
+            Ok(()) => Offer::Taken,
+            Err(Stop::Close(code, reason)) => Offer::Refused(Command::Close(code, reason)),
+            Err(Stop::ForceQuit) => Offer::Refused(Command::ForceQuit),
+        }
     }
 
     /// Shorthand for `send(Command::SendText(..))`.
@@ -136,11 +302,11 @@ impl CommandSender {
         self.send(Command::SendBinary(data.into()))
     }
 
-    /// Shorthand for `send(Command::Close(..))`.
+    /// Shorthand for `send(Command::Close(..))`: never blocks.
     ///
     /// # Errors
     ///
-    /// As for [`send`](Self::send).
+    /// The command back, once the connection has ended.
     pub fn close(
         &self,
         code: impl Into<CloseCode>,
@@ -149,81 +315,109 @@ impl CommandSender {
         self.send(Command::Close(code.into(), reason.into()))
     }
 
-    /// Shorthand for `send(Command::ForceQuit)`.
+    /// Shorthand for `send(Command::ForceQuit)`: never blocks.
     ///
     /// # Errors
     ///
-    /// As for [`send`](Self::send).
+    /// The command back, once the connection has ended.
     pub fn force_quit(&self) -> Result<(), SendError<Command>> {
         self.send(Command::ForceQuit)
     }
+}
+
+enum Offer {
+    Taken,
+    Full(Command),
+    Refused(Command),
 }
 
 /// The receiving side, owned by a session.
 #[derive(Debug)]
 pub(crate) struct Inbox {
     rx: Receiver<Command>,
-    signal: Arc<Signal>,
-    /// Commands taken off the channel but not yet carried out (a send that met a full queue
-    /// waits here, in order, until the socket drains).
+    shared: Arc<Shared>,
+    /// Taken off the channel but not yet carried out, in order: a send that met a full queue
+    /// (at most one from the channel), and messages held across a reconnect (bounded by
+    /// `WhileDisconnected::Queue`). Nothing more is taken from the channel while it holds any.
     front: VecDeque<Command>,
-    /// The head of `front` met a full queue: nothing moves until the socket drains.
-    stalled: bool,
 }
 
 impl Inbox {
-    pub(crate) fn channel(capacity: usize, signal: Arc<Signal>) -> (CommandSender, Inbox) {
+    pub(crate) fn channel(capacity: usize, shared: Arc<Shared>) -> (CommandSender, Inbox) {
         let (tx, rx) = crossbeam_channel::bounded(capacity);
         (
             CommandSender {
                 tx,
-                signal: signal.clone(),
+                shared: shared.clone(),
             },
             Inbox {
                 rx,
-                signal,
+                shared,
                 front: VecDeque::new(),
-                stalled: false,
             },
         )
     }
 
     pub(crate) fn next(&mut self) -> Option<Command> {
-        self.stalled = false;
         self.front.pop_front().or_else(|| self.rx.try_recv().ok())
     }
 
     /// Put back a send that met a full queue; it goes first once the socket drains.
-    pub(crate) fn stall(&mut self, command: Command) {
+    pub(crate) fn hold(&mut self, command: Command) {
         self.front.push_front(command);
-        self.stalled = true;
     }
 
-    pub(crate) fn is_stalled(&self) -> bool {
-        self.stalled
+    /// Put commands, in their order, before everything waiting (messages held while a
+    /// reconnecting client was disconnected: older than anything still here).
+    pub(crate) fn hold_first(&mut self, commands: impl IntoIterator<Item = Command>) {
+        let older: Vec<Command> = commands.into_iter().collect();
+        for command in older.into_iter().rev() {
+            self.front.push_front(command);
+        }
     }
 
-    /// Commands are waiting and can be carried out now.
+    /// Some send is waiting for the socket to drain.
+    pub(crate) fn is_held(&self) -> bool {
+        !self.front.is_empty()
+    }
+
+    /// Commands are waiting (held, or in the channel).
     pub(crate) fn has_pending(&self) -> bool {
-        !self.stalled && (!self.front.is_empty() || !self.rx.is_empty())
+        !self.front.is_empty() || !self.rx.is_empty()
+    }
+
+    /// The next pass has something to do that no socket event will announce: a stop, or new
+    /// commands while none is held back by a full queue.
+    pub(crate) fn has_work(&self) -> bool {
+        self.shared.stop_waiting() || (self.front.is_empty() && !self.rx.is_empty())
+    }
+
+    /// Take the stop asked for, if any.
+    pub(crate) fn take_stop(&mut self) -> Option<Stop> {
+        if !self.shared.stop_waiting() {
+            return None;
+        }
+        let mut gate = self.shared.gate();
+        self.shared.stop_waiting.store(false, Ordering::SeqCst);
+        gate.stop.take()
     }
 
     pub(crate) fn receiver(&self) -> &Receiver<Command> {
         &self.rx
     }
 
-    pub(crate) fn signal(&self) -> &Signal {
-        &self.signal
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
     }
 
-    /// Wait up to `timeout` for a command, keeping it for the next pass (the sleep strategy's
-    /// sleep, cut short by a command).
-    pub(crate) fn wait_for_command(&mut self, timeout: Duration) {
-        match self.rx.recv_timeout(timeout) {
-            Ok(command) => self.front.push_back(command),
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
-            // Every sender is gone: nothing can cut the sleep short any more.
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => std::thread::sleep(timeout),
-        }
+    /// The connection has ended for good: close the gate so no sender can succeed any more,
+    /// and hand back every command still waiting, to be reported.
+    pub(crate) fn end(&mut self) -> Vec<Command> {
+        let mut gate = self.shared.gate();
+        gate.ended = true;
+        let mut left: Vec<Command> = self.front.drain(..).collect();
+        left.extend(self.rx.try_iter());
+        drop(gate);
+        left
     }
 }

@@ -63,6 +63,9 @@ pub trait Handler {
     /// [`Context::force_quit`] or [`Context::close`] here stops reconnecting; `on_activated`
     /// follows a successful attempt.
     fn on_reconnecting(&mut self, ctx: &mut Context<'_>, attempt: &ReconnectAttempt) {}
+    /// A send from a hook was refused with [`Error::QueueFull`], and the queue has drained
+    /// since: sending may resume. Called once per refusal episode.
+    fn on_writable(&mut self, ctx: &mut Context<'_>) {}
     /// The connection is over; nothing more will be called.
     fn on_quit(&mut self) {}
 }
@@ -180,9 +183,30 @@ pub(crate) trait Dispatch {
     fn idle(&mut self, ctx: &mut Context<'_>);
     fn reconnecting(&mut self, ctx: &mut Context<'_>, attempt: ReconnectAttempt);
     fn quit(&mut self);
+    fn writable(&mut self, _ctx: &mut Context<'_>) {}
     /// The owner is gone and wants the connection dropped (the threaded client's drop).
     fn stop_requested(&mut self) -> bool {
         false
+    }
+    /// Whether another message can be dispatched now. A dispatcher that hands reports on to
+    /// someone who fell behind (the threaded client's full event channel) says no, and the
+    /// core stops reading, while it keeps flushing, taking commands and checking deadlines.
+    /// Dispatch itself never blocks.
+    fn accepting(&mut self) -> bool {
+        true
+    }
+    /// Whether commands may be carried out now (each failed command adds a report; a
+    /// dispatcher far behind says no, so its reports stay bounded).
+    fn takes_commands(&mut self) -> bool {
+        true
+    }
+    /// While not `accepting`: wait until it may be again, a command arrives on `commands`, a
+    /// stop is asked for, or `deadline` passes.
+    fn wait_for_room(
+        &mut self,
+        _deadline: Option<std::time::Instant>,
+        _commands: Option<&crossbeam_channel::Receiver<crate::Command>>,
+    ) {
     }
 }
 
@@ -213,6 +237,9 @@ impl<H: Handler + ?Sized> Dispatch for Callbacks<'_, H> {
     }
     fn reconnecting(&mut self, ctx: &mut Context<'_>, attempt: ReconnectAttempt) {
         self.0.on_reconnecting(ctx, &attempt);
+    }
+    fn writable(&mut self, ctx: &mut Context<'_>) {
+        self.0.on_writable(ctx);
     }
     fn quit(&mut self) {
         self.0.on_quit();

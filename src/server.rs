@@ -129,7 +129,7 @@ impl ServerConnection {
         };
         let mut session = Session::new(ws, None, config);
         session.set_outbound(outbound);
-        let (driver, handle, _) = Driver::with_commands(session, WaitStrategy::Readiness, config)?;
+        let (driver, handle, _) = Driver::new(session, WaitStrategy::Readiness, config, None)?;
         Ok(ServerConnection {
             driver,
             handle,

@@ -12,7 +12,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, Role, WebSocket};
 use tungstenite::{Bytes, Message};
 
-use crate::command::{Command, Inbox};
+use crate::command::{Command, Inbox, Stop};
 use crate::deflate::outbound::Outbound;
 use crate::error::{classify, Classified, Error, TimeoutKind};
 use crate::handler::{CloseInfo, Context, Dispatch, Initiator};
@@ -99,6 +99,11 @@ pub(crate) struct Session {
     disconnected: Option<Disconnected>,
     /// Compresses outgoing messages when permessage-deflate was agreed (and our window allows).
     deflate: Option<Outbound>,
+    /// A close asked for from another thread: sent once the sends accepted before it are
+    /// queued, and the connection ends at the deadline whatever happens.
+    close_request: Option<(CloseCode, String, Instant)>,
+    /// A send from a hook met a full queue: call `on_writable` once the queue has drained.
+    refused: bool,
 }
 
 /// Messages read in one pass before commands and deadlines get a turn.
@@ -144,6 +149,8 @@ impl Session {
             user_ended: false,
             disconnected: None,
             deflate,
+            close_request: None,
+            refused: false,
         }
     }
 
@@ -171,13 +178,22 @@ impl Session {
     }
 
     /// Take over what outlives a connection: the command inbox, the counters, and messages
-    /// held while disconnected (returned, to be sent after `on_activated`).
-    pub(crate) fn adopt(&mut self, old: &mut Session) -> VecDeque<Message> {
+    /// held while disconnected, which go first in the inbox: they are sent by the passes after
+    /// `on_activated` as the new socket takes them, like any other command.
+    pub(crate) fn adopt(&mut self, old: &mut Session) {
         self.inbox = old.inbox.take();
         self.metrics = old.metrics.clone();
-        match old.disconnected.take() {
-            Some(Disconnected::Hold { queue, .. }) => queue,
-            _ => VecDeque::new(),
+        if let (Some(Disconnected::Hold { queue, .. }), Some(inbox)) =
+            (old.disconnected.take(), self.inbox.as_mut())
+        {
+            inbox.hold_first(queue.into_iter().filter_map(|m| match m {
+                Message::Text(t) => Some(Command::SendText(t)),
+                Message::Binary(b) => Some(Command::SendBinary(b)),
+                Message::Ping(p) => Some(Command::SendPing(p)),
+                Message::Pong(p) => Some(Command::SendPong(p)),
+                // Only data and control payloads are ever held (closing ends reconnecting).
+                Message::Close(_) | Message::Frame(_) => None,
+            }));
         }
     }
 
@@ -201,13 +217,31 @@ impl Session {
         self.inbox = Some(inbox);
     }
 
-    /// A command is waiting for the socket to drain before it can be queued.
-    pub(crate) fn commands_stalled(&self) -> bool {
-        self.inbox.as_ref().is_some_and(Inbox::is_stalled)
+    pub(crate) fn inbox(&self) -> Option<&Inbox> {
+        self.inbox.as_ref()
     }
 
-    pub(crate) fn inbox_mut(&mut self) -> Option<&mut Inbox> {
-        self.inbox.as_mut()
+    /// The last flush left bytes queued because the socket was full.
+    pub(crate) fn write_blocked(&self) -> bool {
+        self.write_blocked
+    }
+
+    /// Commands can be carried out now, with no socket event to announce them: a stop, new
+    /// commands, or a held send whose queue has drained.
+    pub(crate) fn commands_ready(&self) -> bool {
+        self.inbox
+            .as_ref()
+            .is_some_and(|i| i.has_work() || (i.is_held() && !self.write_blocked))
+    }
+
+    /// A send from a hook was refused by a full queue, and the queue has drained since: time
+    /// for `on_writable` (once).
+    pub(crate) fn take_writable(&mut self) -> bool {
+        let drained = self.refused && !self.write_blocked && self.phase == Phase::Open;
+        if drained {
+            self.refused = false;
+        }
+        drained
     }
 
     pub(crate) fn stream(&self) -> &Stream {
@@ -242,9 +276,19 @@ impl Session {
 
     // ----- sending --------------------------------------------------------------------------
 
+    /// Queue a message from a hook. A refusal by the full queue earns an `on_writable` call
+    /// once the queue drains.
+    pub(crate) fn send(&mut self, message: Message) -> Result<(), Error> {
+        let result = self.queue(message);
+        if let Err(Error::QueueFull { .. }) = result {
+            self.refused = true;
+        }
+        result
+    }
+
     /// Queue a message. It is written when the loop next flushes (before it waits) or at once
     /// when `write_buffer_size` bytes are queued. A full socket keeps it queued, exactly once.
-    pub(crate) fn send(&mut self, message: Message) -> Result<(), Error> {
+    fn queue(&mut self, message: Message) -> Result<(), Error> {
         if let Message::Ping(p) | Message::Pong(p) = &message {
             if p.len() > 125 {
                 return Err(Error::ControlPayloadTooLong(p.len()));
@@ -404,19 +448,22 @@ impl Session {
 
     /// Start the close handshake (see [`Context::close`]).
     pub(crate) fn close(&mut self, code: CloseCode, reason: &str) -> Result<(), Error> {
-        if !code.is_allowed() {
-            return Err(Error::InvalidCloseCode(code.into()));
-        }
-        if reason.len() > 123 {
-            return Err(Error::CloseReasonTooLong(reason.len()));
-        }
+        check_close(code, reason)?;
         self.user_ended = true;
+        self.start_close(code, reason, Instant::now() + self.close_timeout);
+        Ok(())
+    }
+
+    /// Queue our Close (after everything queued before it) and wait for the answer until
+    /// `deadline`.
+    fn start_close(&mut self, code: CloseCode, reason: &str, deadline: Instant) {
+        self.close_request = None;
         if self.phase != Phase::Open {
-            return Ok(());
+            return;
         }
         tracing::debug!(code = u16::from(code), reason, "closing");
         self.phase = Phase::ClosingByUs {
-            deadline: Instant::now() + self.close_timeout,
+            deadline,
             acked: false,
         };
         let frame = CloseFrame {
@@ -424,11 +471,10 @@ impl Session {
             reason: reason.into(),
         };
         match self.ws.close(Some(frame)) {
-            Ok(()) => {
-                self.write_blocked = false;
-                Ok(())
+            Ok(()) => self.write_blocked = false,
+            Err(e) => {
+                let _ = self.after_write_error(e);
             }
-            Err(e) => self.after_write_error(e).or(Ok(())),
         }
     }
 
@@ -490,15 +536,20 @@ impl Session {
 
     // ----- commands from other threads ------------------------------------------------------
 
-    /// Carry out queued commands. Returns true when more are waiting (budget spent).
-    pub(crate) fn apply_commands(&mut self) -> bool {
+    /// Carry out a stop asked for from another thread, then (when `sends`) queued commands in
+    /// order. Returns true when more are waiting (budget spent).
+    pub(crate) fn apply_commands(&mut self, sends: bool) -> bool {
         let Some(mut inbox) = self.inbox.take() else {
             return false;
         };
-        let mut spent = true;
-        for _ in 0..COMMAND_BUDGET {
-            // Between connections commands still count: a close stops reconnecting, sends are
-            // held or refused.
+        match inbox.take_stop() {
+            Some(Stop::ForceQuit) => self.force_quit(),
+            Some(Stop::Close(code, reason)) => self.request_close(code, reason),
+            None => {}
+        }
+        let mut spent = sends;
+        for _ in 0..if sends { COMMAND_BUDGET } else { 0 } {
+            // Between connections commands still count: sends are held or refused.
             if self.phase == Phase::Done && self.disconnected.is_none() {
                 spent = false;
                 break;
@@ -507,11 +558,18 @@ impl Session {
                 spent = false;
                 break;
             };
-            if let Err(stalled) = self.execute(command) {
+            if let Err(held) = self.execute(command) {
                 // Wait for the socket to drain; commands keep their order.
-                inbox.stall(stalled);
+                inbox.hold(held);
                 spent = false;
                 break;
+            }
+        }
+        // A close from another thread goes out after every send accepted before it (the gate
+        // refuses sends after it, so the inbox only empties).
+        if !inbox.has_pending() {
+            if let Some((code, reason, deadline)) = self.close_request.take() {
+                self.start_close(code, &reason, deadline);
             }
         }
         // Only a spent budget can leave commands behind that deserve another pass at once.
@@ -520,13 +578,23 @@ impl Session {
         more
     }
 
-    /// The client is ending: commands still waiting will never be carried out. Each send among
-    /// them is reported (as `Error::Closed`), so none is dropped silently.
+    /// A close from another thread (checked by the sender): carried out after the sends before
+    /// it, with its deadline running from now.
+    fn request_close(&mut self, code: CloseCode, reason: String) {
+        self.user_ended = true;
+        if self.phase == Phase::Open && self.close_request.is_none() {
+            self.close_request = Some((code, reason, Instant::now() + self.close_timeout));
+        }
+    }
+
+    /// The client is ending: no sender can succeed any more, and the commands still waiting
+    /// will never be carried out. Each send among them is reported (as `Error::Closed`), so
+    /// none is dropped silently.
     pub(crate) fn refuse_remaining_commands(&mut self) {
         let Some(mut inbox) = self.inbox.take() else {
             return;
         };
-        while let Some(command) = inbox.next() {
+        for command in inbox.end() {
             if !matches!(command, Command::Close(..) | Command::ForceQuit) {
                 self.errors.push_back(Error::Closed);
             }
@@ -540,6 +608,7 @@ impl Session {
             Command::SendBinary(b) => Message::Binary(b.clone()),
             Command::SendPing(b) => Message::Ping(b.clone()),
             Command::SendPong(b) => Message::Pong(b.clone()),
+            // Stops travel beside the channel, but a `Command` can say them too.
             Command::Close(code, reason) => {
                 if let Err(e) = self.close(*code, reason) {
                     self.errors.push_back(e);
@@ -551,7 +620,7 @@ impl Session {
                 return Ok(());
             }
         };
-        match self.send(message) {
+        match self.queue(message) {
             Ok(()) => Ok(()),
             // Blocked: it will fit once the socket drains.
             Err(Error::QueueFull { .. }) if self.write_blocked => Err(command),
@@ -571,6 +640,11 @@ impl Session {
             more: false,
         };
         for _ in 0..READ_BUDGET {
+            // The dispatcher holds what it could not hand on (a full event channel): read no
+            // more until it has room. Whatever the socket has waits there.
+            if !d.accepting() {
+                return pass;
+            }
             match self.phase {
                 Phase::Done => return pass,
                 Phase::Lingering { .. } => {
@@ -702,7 +776,7 @@ impl Session {
                 let payload = hb.payload.clone();
                 tracing::trace!("heartbeat ping");
                 // Queued now, written by the flush that follows in the same pass.
-                if let Err(e) = self.send(Message::Ping(payload)) {
+                if let Err(e) = self.queue(Message::Ping(payload)) {
                     tracing::debug!(error = %e, "heartbeat ping not queued");
                 }
             }
@@ -738,6 +812,7 @@ impl Session {
             (true, Some(t)) => Some(self.write_progress.0 + t),
             _ => None,
         };
+        let requested = self.close_request.as_ref().map(|(_, _, d)| *d);
         let heartbeat = match (&self.heartbeat, self.phase) {
             (Some(hb), Phase::Open) => Some(match hb.awaiting {
                 Some(sent) => sent + hb.timeout,
@@ -745,11 +820,26 @@ impl Session {
             }),
             _ => None,
         };
-        [close, write, heartbeat].into_iter().flatten().min()
+        [close, requested, write, heartbeat]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Act on passed deadlines.
     pub(crate) fn check_deadlines(&mut self, now: Instant) {
+        if self
+            .close_request
+            .as_ref()
+            .is_some_and(|(_, _, d)| now >= *d)
+        {
+            // The sends before the close never got out: the peer is not reading.
+            tracing::warn!("close handshake timed out before our close could be queued");
+            self.close_request = None;
+            self.errors.push_back(Error::Timeout(TimeoutKind::Close));
+            self.finish();
+            return;
+        }
         self.check_heartbeat(now);
         if let (true, Some(timeout)) = (self.write_blocked, self.write_timeout) {
             let written = self.stream().bytes_written();
@@ -777,6 +867,17 @@ impl Session {
             _ => {}
         }
     }
+}
+
+/// The one check of a close code and reason we may send.
+pub(crate) fn check_close(code: CloseCode, reason: &str) -> Result<(), Error> {
+    if !code.is_allowed() {
+        return Err(Error::InvalidCloseCode(code.into()));
+    }
+    if reason.len() > 123 {
+        return Err(Error::CloseReasonTooLong(reason.len()));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1028,7 +1129,8 @@ mod tests {
     #[test]
     fn commands_left_when_a_client_ends_are_reported_not_dropped() {
         let mut s = session(&Config::default(), vec![], usize::MAX);
-        let (sender, inbox) = crate::command::Inbox::channel(8, crate::command::Signal::new(None));
+        let (sender, inbox) =
+            crate::command::Inbox::channel(8, crate::command::Shared::new(None, None));
         s.set_inbox(inbox);
         sender.send_text("a").unwrap();
         sender.send_binary(vec![1]).unwrap();

@@ -1,13 +1,14 @@
 //! The threaded client: the same core on a worker thread, commands in, events out.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Select, Sender, TryRecvError, TrySendError};
 use tungstenite::Message;
 
-use crate::command::{CommandSender, Signal};
+use crate::command::{CommandSender, Shared};
 use crate::connect::connect;
 use crate::driver::Driver;
 use crate::handler::{CloseInfo, Context, Dispatch};
@@ -56,7 +57,7 @@ pub struct ThreadedClient {
     handshake: Handshake,
     metrics: Arc<Metrics>,
     stop_tx: Option<Sender<()>>,
-    signal: Arc<Signal>,
+    shared: Arc<Shared>,
     done_rx: Receiver<()>,
     worker: Option<JoinHandle<()>>,
     shutdown_timeout: Duration,
@@ -74,11 +75,11 @@ impl ThreadedClient {
         let (ws, handshake) = connect(url, config)?;
         let session = Session::new(ws, Some(handshake.clone()), config);
         let metrics = session.metrics().clone();
-        let (driver, control_tx, signal) =
-            Driver::with_commands(session, WaitStrategy::Readiness, config)?;
+        let (nudge_tx, nudge_rx) = crossbeam_channel::bounded(1);
+        let (driver, control_tx, shared) =
+            Driver::new(session, WaitStrategy::Readiness, config, Some(nudge_tx))?;
         let mut driver = driver.redial_to(url, config);
         driver.set_command_spin(config.worker_spin);
-        let control_rx = driver.commands().clone();
         let (event_tx, event_rx) = crossbeam_channel::bounded(config.event_capacity);
         let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
         let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
@@ -87,21 +88,16 @@ impl ThreadedClient {
             .spawn(move || {
                 let mut forward = Forward {
                     events: event_tx,
-                    control: control_rx,
                     stop: stop_rx,
+                    nudge: nudge_rx,
+                    backlog: VecDeque::new(),
                     gone: false,
                 };
+                // The run closes the command gate before `Quit`, so once `event_rx` reports
+                // disconnection, `control_tx` already does too.
                 driver.run(&mut forward);
-                // Commands first, so that once `event_rx` reports disconnection, `control_tx`
-                // already does too; `done` last, so a joining owner sees both.
-                let Forward {
-                    events,
-                    control,
-                    stop,
-                    ..
-                } = forward;
-                drop((control, stop));
-                drop(events);
+                drop(forward);
+                // Last, so a joining owner sees both.
                 drop(done_tx);
             })?;
         Ok(ThreadedClient {
@@ -110,7 +106,7 @@ impl ThreadedClient {
             handshake,
             metrics,
             stop_tx: Some(stop_tx),
-            signal,
+            shared,
             done_rx,
             worker: Some(worker),
             shutdown_timeout: config.shutdown_timeout,
@@ -148,7 +144,7 @@ impl ThreadedClient {
             return Ok(());
         };
         drop(self.stop_tx.take());
-        self.signal.wake_now();
+        self.shared.wake_now();
         match self.done_rx.recv_timeout(timeout) {
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
                 tracing::error!("worker did not stop within {timeout:?}");
@@ -170,68 +166,69 @@ impl Drop for ThreadedClient {
     }
 }
 
-/// Turns the session's reports into [`Event`]s. When `event_rx` is full it waits, while still
-/// taking commands (a `ForceQuit` gets through) and watching for the owner's drop.
+/// Turns the session's reports into [`Event`]s, and never blocks while the connection lives:
+/// when `event_rx` is full, events wait in a short backlog and the core stops reading until the
+/// application catches up (still flushing, taking commands and checking deadlines).
 struct Forward {
     events: Sender<Event>,
-    control: Receiver<crate::Command>,
+    /// Disconnected when the owner stops the worker (drop or `shutdown`).
     stop: Receiver<()>,
-    /// The application dropped `event_rx` or the client: nothing more can be delivered.
+    /// Poked by every wake of the connection (stops from `control_tx`).
+    nudge: Receiver<()>,
+    /// Events the full channel has not taken yet, oldest first.
+    backlog: VecDeque<Event>,
+    /// The application dropped `event_rx`: nothing more can be delivered.
     gone: bool,
 }
 
+/// A backlog this long (error reports from commands) stops the worker taking more commands.
+const MAX_BACKLOG: usize = 64;
+
 impl Forward {
-    fn emit(&mut self, ctx: Option<&mut Context<'_>>, event: Event) {
+    fn emit(&mut self, event: Event) {
         if self.gone {
             return;
         }
-        let mut event = match self.events.try_send(event) {
-            Ok(()) => return,
-            Err(TrySendError::Full(e)) => e,
-            Err(TrySendError::Disconnected(_)) => return self.lost(ctx),
-        };
-        let mut ctx = ctx;
-        loop {
-            let mut select = Select::new();
-            let send = select.send(&self.events);
-            let stop = select.recv(&self.stop);
-            let stalled = ctx.as_ref().is_none_or(|c| c.session.commands_stalled());
-            let control = (!stalled).then(|| select.recv(&self.control));
-            let ready = select.ready();
-            if ready == send {
-                event = match self.events.try_send(event) {
-                    Ok(()) => return,
-                    Err(TrySendError::Full(e)) => e,
-                    Err(TrySendError::Disconnected(_)) => return self.lost(ctx),
-                };
-            } else if ready == stop {
-                if let Err(TryRecvError::Disconnected) = self.stop.try_recv() {
-                    return self.lost(ctx);
-                }
-            } else if Some(ready) == control {
-                if let Some(c) = ctx.as_deref_mut() {
-                    c.session.apply_commands();
-                }
-            }
+        if !self.backlog.is_empty() {
+            return self.backlog.push_back(event);
+        }
+        match self.events.try_send(event) {
+            Ok(()) => {}
+            Err(TrySendError::Full(e)) => self.backlog.push_back(e),
+            Err(TrySendError::Disconnected(_)) => self.gone = true,
         }
     }
 
-    fn lost(&mut self, ctx: Option<&mut Context<'_>>) {
-        self.gone = true;
-        if let Some(c) = ctx {
-            c.session.abandon();
+    /// Hand on what the channel takes now; true when nothing is left waiting.
+    fn deliver(&mut self) -> bool {
+        while let Some(event) = self.backlog.pop_front() {
+            match self.events.try_send(event) {
+                Ok(()) => {}
+                Err(TrySendError::Full(e)) => {
+                    self.backlog.push_front(e);
+                    return false;
+                }
+                Err(TrySendError::Disconnected(_)) => {
+                    self.gone = true;
+                    self.backlog.clear();
+                }
+            }
         }
+        true
+    }
+
+    fn owner_stopped(&self) -> bool {
+        matches!(self.stop.try_recv(), Err(TryRecvError::Disconnected))
     }
 }
 
 impl Dispatch for Forward {
     fn activated(&mut self, ctx: &mut Context<'_>) {
-        let handshake = ctx.handshake().cloned();
-        if let Some(h) = handshake {
-            self.emit(Some(ctx), Event::Activated(Box::new(h)));
+        if let Some(h) = ctx.handshake() {
+            self.emit(Event::Activated(Box::new(h.clone())));
         }
     }
-    fn message(&mut self, ctx: &mut Context<'_>, message: Message) {
+    fn message(&mut self, _ctx: &mut Context<'_>, message: Message) {
         let event = match message {
             Message::Text(t) => Event::TextMessage(t),
             Message::Binary(b) => Event::BinaryMessage(b),
@@ -239,22 +236,64 @@ impl Dispatch for Forward {
             Message::Pong(p) => Event::Pong(p),
             Message::Close(_) | Message::Frame(_) => return,
         };
-        self.emit(Some(ctx), event);
+        self.emit(event);
     }
-    fn closed(&mut self, ctx: &mut Context<'_>, close: CloseInfo) {
-        self.emit(Some(ctx), Event::ConnectionClosed(close));
+    fn closed(&mut self, _ctx: &mut Context<'_>, close: CloseInfo) {
+        self.emit(Event::ConnectionClosed(close));
     }
-    fn error(&mut self, ctx: &mut Context<'_>, error: Error) {
-        self.emit(Some(ctx), Event::Error(error));
+    fn error(&mut self, _ctx: &mut Context<'_>, error: Error) {
+        self.emit(Event::Error(error));
     }
     fn idle(&mut self, _ctx: &mut Context<'_>) {}
-    fn reconnecting(&mut self, ctx: &mut Context<'_>, attempt: ReconnectAttempt) {
-        self.emit(Some(ctx), Event::Reconnecting(attempt));
+    fn reconnecting(&mut self, _ctx: &mut Context<'_>, attempt: ReconnectAttempt) {
+        self.emit(Event::Reconnecting(attempt));
     }
+    /// The connection is over and its commands are closed: now waiting is harmless, so the
+    /// backlog and `Quit` are delivered even to an application that reads slowly, unless the
+    /// owner stops the worker meanwhile.
     fn quit(&mut self) {
-        self.emit(None, Event::Quit);
+        self.emit(Event::Quit);
+        while !self.gone && !self.deliver() {
+            let mut select = Select::new();
+            select.send(&self.events);
+            select.recv(&self.stop);
+            select.ready();
+            if self.owner_stopped() {
+                return;
+            }
+        }
     }
+    /// The owner stopped the worker, or the application dropped `event_rx`.
     fn stop_requested(&mut self) -> bool {
-        !self.gone && matches!(self.stop.try_recv(), Err(TryRecvError::Disconnected))
+        self.gone || self.owner_stopped()
+    }
+    fn accepting(&mut self) -> bool {
+        self.deliver()
+    }
+    fn takes_commands(&mut self) -> bool {
+        self.backlog.len() < MAX_BACKLOG
+    }
+    fn wait_for_room(
+        &mut self,
+        deadline: Option<Instant>,
+        commands: Option<&Receiver<crate::Command>>,
+    ) {
+        let mut select = Select::new();
+        select.send(&self.events);
+        select.recv(&self.stop);
+        select.recv(&self.nudge);
+        if let (Some(commands), true) = (commands, self.backlog.len() < MAX_BACKLOG) {
+            select.recv(commands);
+        }
+        match deadline {
+            Some(d) => {
+                let _ = select.ready_deadline(d);
+            }
+            None => {
+                select.ready();
+            }
+        }
+        // A nudge has done its job by ending this wait.
+        while self.nudge.try_recv().is_ok() {}
     }
 }

@@ -124,7 +124,7 @@ impl Waiter {
     pub(crate) fn wait(
         &mut self,
         deadline: Option<Instant>,
-        inbox: Option<&mut Inbox>,
+        inbox: Option<&Inbox>,
         active: bool,
         delivered: bool,
     ) -> io::Result<Woke> {
@@ -147,7 +147,15 @@ impl Waiter {
                 }
                 let d = timeout.map_or(*sleep, |t| t.min(*sleep));
                 match inbox {
-                    Some(inbox) => inbox.wait_for_command(d),
+                    // Park first, then look: a sender that pushes after the look sees the flag
+                    // and unparks us. Commands stay in the bounded channel meanwhile.
+                    Some(inbox) => {
+                        inbox.shared().set_parked(true);
+                        if !inbox.has_work() {
+                            inbox.shared().park(d);
+                        }
+                        inbox.shared().set_parked(false);
+                    }
                     None => std::thread::sleep(d),
                 }
                 Ok(Woke::Poll)
@@ -163,7 +171,7 @@ impl Waiter {
                     let until = Instant::now() + *command_spin;
                     let until = deadline.map_or(until, |d| d.min(until));
                     while Instant::now() < until {
-                        if inbox.has_pending() {
+                        if inbox.has_work() {
                             return Ok(Woke::Command);
                         }
                         std::hint::spin_loop();
@@ -172,15 +180,15 @@ impl Waiter {
                 if let Some(inbox) = &inbox {
                     // Park first, then look: a sender that pushes after the look sees the flag
                     // and wakes us (see `Signal::notify`).
-                    inbox.signal().set_parked(true);
-                    if inbox.has_pending() {
-                        inbox.signal().set_parked(false);
+                    inbox.shared().set_parked(true);
+                    if inbox.has_work() {
+                        inbox.shared().set_parked(false);
                         return Ok(Woke::Command);
                     }
                 }
                 let r = poll.poll(events, timeout);
                 if let Some(inbox) = &inbox {
-                    inbox.signal().set_parked(false);
+                    inbox.shared().set_parked(false);
                 }
                 match r {
                     Ok(()) if events.is_empty() => Ok(Woke::Deadline),
