@@ -117,6 +117,7 @@ mod error;
 mod event;
 mod handler;
 mod handshake;
+mod linger;
 mod metrics;
 mod nonblocking;
 mod proxy;

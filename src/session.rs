@@ -16,6 +16,7 @@ use crate::command::{Command, Inbox, Stop};
 use crate::deflate::outbound::Outbound;
 use crate::error::{classify, Classified, Error, TimeoutKind};
 use crate::handler::{CloseInfo, Context, Dispatch, Initiator};
+use crate::linger::FrameSkipper;
 use crate::stream::Stream;
 use crate::{Config, Handshake, Metrics};
 
@@ -33,9 +34,10 @@ enum Phase {
         deadline: Instant,
     },
     /// The connection failed and we sent a Close with the error's code; reading and discarding
-    /// until the peer closes TCP, so our Close is not lost to a reset.
+    /// until the peer's Close has gone by or it closes TCP, so our Close is not lost to a reset.
     Lingering {
         deadline: Instant,
+        frames: FrameSkipper,
     },
     Done,
 }
@@ -517,6 +519,7 @@ impl Session {
         if let (true, Some(code)) = (can_close, code) {
             self.phase = Phase::Lingering {
                 deadline: Instant::now() + self.close_timeout,
+                frames: FrameSkipper::default(),
             };
             let frame = CloseFrame {
                 code,
@@ -681,7 +684,10 @@ impl Session {
                         if let Phase::ClosingByPeer { deadline }
                         | Phase::ClosingByUs { deadline, .. } = self.phase
                         {
-                            self.phase = Phase::Lingering { deadline };
+                            self.phase = Phase::Lingering {
+                                deadline,
+                                frames: FrameSkipper::default(),
+                            };
                         }
                         return pass;
                     }
@@ -784,13 +790,24 @@ impl Session {
         }
     }
 
-    /// After a failure: read and drop whatever the peer still sends, until it hangs up.
+    /// After a failure: read and drop whatever the peer still sends, until its Close has gone
+    /// by (a client answers ours, then waits for us to end TCP) or it hangs up.
     fn discard_input(&mut self) {
         let mut scratch = [0u8; 4096];
         loop {
+            let Phase::Lingering { frames, .. } = &mut self.phase else {
+                return;
+            };
             match self.ws.get_mut().read(&mut scratch) {
                 Ok(0) => return self.finish(),
-                Ok(_) => continue,
+                // Done once the peer's Close has gone by and ours is out of our hands; a Close
+                // still queued behind a full socket keeps us lingering as before.
+                Ok(n) => {
+                    if frames.feed(&scratch[..n]) && !self.write_blocked {
+                        tracing::debug!("the peer's close arrived while lingering");
+                        return self.finish();
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => return self.finish(),
@@ -805,7 +822,7 @@ impl Session {
         let close = match self.phase {
             Phase::ClosingByUs { deadline, .. }
             | Phase::ClosingByPeer { deadline }
-            | Phase::Lingering { deadline } => Some(deadline),
+            | Phase::Lingering { deadline, .. } => Some(deadline),
             _ => None,
         };
         let write = match (self.write_blocked, self.write_timeout) {
@@ -859,7 +876,7 @@ impl Session {
                 }
                 self.finish();
             }
-            Phase::ClosingByPeer { deadline } | Phase::Lingering { deadline }
+            Phase::ClosingByPeer { deadline } | Phase::Lingering { deadline, .. }
                 if now >= deadline =>
             {
                 self.finish();

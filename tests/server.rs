@@ -119,3 +119,44 @@ fn a_server_connection_speaks_tls() {
     let echo = server.join().unwrap();
     assert_eq!(echo.closed.map(|c| u16::from(c.code)), Some(1000));
 }
+
+#[test]
+fn a_failed_server_connection_ends_on_the_clients_close_not_on_the_close_timeout() {
+    // The close timeout is far longer than the test waits: only the client's Close can end it.
+    let config = Config::builder()
+        .close_timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let (done_tx, done_rx) = bounded(1);
+    let (addr, _server) = raw_server(move |tcp| {
+        let conn = ServerConnection::accept(tcp, None, &config).unwrap();
+        let mut echo = Echo::default();
+        conn.run(&mut echo);
+        let _ = done_tx.send(echo);
+    });
+    let (mut ws, _) = tungstenite::connect(format!("ws://{addr}/")).unwrap();
+    if let tungstenite::stream::MaybeTlsStream::Plain(tcp) = ws.get_ref() {
+        tcp.set_read_timeout(Some(TEST_DEADLINE)).unwrap();
+    }
+    // A masked text frame whose payload (0xC3 0x28) is not UTF-8.
+    let mask = [1u8, 2, 3, 4];
+    let mut frame = vec![0x81, 0x82];
+    frame.extend_from_slice(&mask);
+    frame.extend([0xC3 ^ mask[0], 0x28 ^ mask[1]]);
+    ws.get_mut().write_all(&frame).unwrap();
+    match ws.read().unwrap() {
+        Message::Close(Some(f)) => assert_eq!(u16::from(f.code), 1007),
+        other => panic!("expected the server's close, got {other:?}"),
+    }
+    // Answer the Close, then wait for the server to end TCP, as RFC 6455 7.1.1 asks of a client.
+    ws.flush().unwrap();
+    let echo = done_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the server must end once the client's Close is read, not at close_timeout");
+    assert_eq!(echo.errors, ["invalid utf-8 in a text message"]);
+    assert!(echo.closed.is_none(), "a failure is not a normal close");
+    match ws.read() {
+        Err(tungstenite::Error::ConnectionClosed) => {}
+        other => panic!("the server should end TCP after the close handshake, got {other:?}"),
+    }
+}
