@@ -54,7 +54,9 @@ impl ServerConnection {
     ///
     /// # Errors
     ///
-    /// [`Error::Tls`], [`Error::InvalidHandshake`] for a bad upgrade request, [`Error::Timeout`].
+    /// [`Error::Tls`], [`Error::InvalidHandshake`] for a bad upgrade request,
+    /// [`Error::Timeout`]`(`[`TimeoutKind::Handshake`]`)` when the TLS handshake or the upgrade
+    /// runs past `handshake_timeout`.
     pub fn accept(
         tcp: TcpStream,
         tls: Option<&native_tls::TlsAcceptor>,
@@ -69,6 +71,12 @@ impl ServerConnection {
             Some(acceptor) => match acceptor.accept(conn) {
                 Ok(s) => Stream::from(Transport::Tls(Box::new(s))),
                 Err(native_tls::HandshakeError::WouldBlock(_)) => {
+                    return Err(Error::Timeout(TimeoutKind::Handshake))
+                }
+                // Our deadline shows up as an io error inside the TLS library's.
+                Err(native_tls::HandshakeError::Failure(e))
+                    if crate::tls::chain_has_timeout(&e) =>
+                {
                     return Err(Error::Timeout(TimeoutKind::Handshake))
                 }
                 Err(native_tls::HandshakeError::Failure(e)) => {

@@ -125,8 +125,8 @@ fn native(
     }
 }
 
-/// TLS libraries hide the socket error in their source chain.
-fn chain_has_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+/// TLS libraries hide the socket error in their source chain (client and server handshakes).
+pub(crate) fn chain_has_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut current = Some(e);
     while let Some(err) = current {
         if err

@@ -160,3 +160,26 @@ fn a_failed_server_connection_ends_on_the_clients_close_not_on_the_close_timeout
         other => panic!("the server should end TCP after the close handshake, got {other:?}"),
     }
 }
+
+#[test]
+fn a_silent_client_times_out_in_the_tls_handshake_as_a_timeout_not_a_tls_failure() {
+    let acceptor = native_tls::TlsAcceptor::new(self_signed_identity()).unwrap();
+    let (listener, addr) = bind();
+    let server = std::thread::spawn(move || {
+        let config = Config::builder()
+            .handshake_timeout(Some(Duration::from_millis(300)))
+            .build()
+            .unwrap();
+        let (tcp, _) = listener.accept().unwrap();
+        ServerConnection::accept(tcp, Some(&acceptor), &config).unwrap_err()
+    });
+    // Connects and sends nothing: no ClientHello ever arrives.
+    let mut silent = TcpStream::connect(addr).unwrap();
+    silent.set_read_timeout(Some(TEST_DEADLINE)).unwrap();
+    let _ = read_to_end(&mut silent);
+    let err = server.join().unwrap();
+    assert!(
+        matches!(err, Error::Timeout(syncws::TimeoutKind::Handshake)),
+        "{err:?}"
+    );
+}
