@@ -126,6 +126,11 @@ pub enum Error {
     /// 5.5); nothing was sent.
     #[error("control frame payload of {0} bytes is longer than 125 bytes")]
     ControlPayloadTooLong(usize),
+    /// [`Context::send`](crate::Context::send) was given a `Message::Frame`: a raw frame would
+    /// reach the wire unchecked (control frame size, reserved bits, fragmentation, the close
+    /// handshake), so it is refused and nothing is sent.
+    #[error("raw frames cannot be sent: use text, binary, ping, pong or close")]
+    RawFrame,
     /// A close reason longer than the 123 bytes a close frame can carry.
     #[error("close reason of {0} bytes is longer than 123 bytes")]
     CloseReasonTooLong(usize),

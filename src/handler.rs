@@ -123,11 +123,18 @@ impl Context<'_> {
     }
 
     /// Queue an owned message without copying it (`Message::Text(String::into())`,
-    /// `Message::Binary(Vec::into())`, ...). A `Message::Close` starts the close handshake.
+    /// `Message::Binary(Vec::into())`, ...). A `Message::Close` starts the close handshake, as
+    /// [`close`](Self::close) does.
+    ///
+    /// A raw `Message::Frame` is refused: it would bypass every check the connection makes
+    /// (control frame size, reserved bits, fragmentation, the close handshake) and could put a
+    /// frame on the wire that makes the peer drop the connection.
     ///
     /// # Errors
     ///
-    /// As for [`send_text`](Self::send_text).
+    /// [`Error::RawFrame`] for `Message::Frame`, and nothing is sent; for a ping or pong as for
+    /// [`send_ping`](Self::send_ping), for a close as for [`close`](Self::close); otherwise as
+    /// for [`send_text`](Self::send_text).
     pub fn send(&mut self, message: Message) -> Result<(), Error> {
         match message {
             Message::Close(frame) => {
@@ -136,6 +143,9 @@ impl Context<'_> {
                     .unwrap_or((CloseCode::Normal, String::new()));
                 self.session.close(code, &reason)
             }
+            // The session writes raw frames itself (permessage-deflate), so the refusal is here,
+            // where user code comes in.
+            Message::Frame(_) => Err(Error::RawFrame),
             other => self.session.send(other),
         }
     }

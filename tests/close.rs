@@ -273,3 +273,72 @@ fn the_servers_close_answer_and_its_fin_arriving_together_end_the_connection_at_
         }
     }
 }
+
+/// Sends raw frames (which would break the protocol or the close handshake behind the session's
+/// back) between two valid messages, and records what each raw send returned.
+#[derive(Default)]
+struct RawFrames {
+    refused: Vec<String>,
+}
+
+impl syncws::Handler for RawFrames {
+    fn on_activated(&mut self, ctx: &mut syncws::Context<'_>) {
+        use tungstenite::protocol::frame::coding::{Data, OpCode};
+        use tungstenite::protocol::frame::Frame;
+        ctx.send_text("before").unwrap();
+        let mut reserved_bits = Frame::message("rsv1", OpCode::Data(Data::Text), true);
+        reserved_bits.header_mut().rsv1 = true;
+        let raw = [
+            Frame::ping(vec![0u8; 200]),
+            reserved_bits,
+            // Opens a fragmented message that "after" would then break into.
+            Frame::message("fragment", OpCode::Data(Data::Text), false),
+            Frame::close(None),
+        ];
+        for frame in raw {
+            match ctx.send(Message::Frame(frame)) {
+                Err(e @ Error::RawFrame) => self.refused.push(e.to_string()),
+                other => panic!("a raw frame must be refused, got {other:?}"),
+            }
+        }
+        ctx.send_text("after").unwrap();
+        ctx.close(1000, "done").unwrap();
+    }
+}
+
+#[test]
+fn raw_frames_are_refused_and_only_valid_messages_reach_the_wire() {
+    let (addr, server) = raw_server(|tcp| {
+        let (_, mut ws) = accept_by_hand(tcp, "");
+        let mut got = Vec::new();
+        loop {
+            match ws.read() {
+                Ok(Message::Close(frame)) => {
+                    let _ = ws.flush();
+                    return Ok((got, frame.map(|f| f.code)));
+                }
+                Ok(m) => got.push(m),
+                Err(e) => return Err(format!("after {got:?}: {e}")),
+            }
+        }
+    });
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    std::thread::spawn(move || {
+        let client =
+            syncws::BlockingClient::connect(&format!("ws://{addr}/"), &Config::default()).unwrap();
+        let mut handler = RawFrames::default();
+        client.run(&mut handler);
+        let _ = tx.send(handler);
+    });
+    let handler = rx.recv_timeout(TEST_DEADLINE).expect("the client ends");
+    assert_eq!(
+        handler.refused,
+        vec!["raw frames cannot be sent: use text, binary, ping, pong or close"; 4]
+    );
+    let (got, code) = server
+        .join()
+        .unwrap()
+        .expect("only valid frames on the wire");
+    assert_eq!(got, [Message::text("before"), Message::text("after")]);
+    assert_eq!(code, Some(CloseCode::Normal));
+}
