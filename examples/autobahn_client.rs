@@ -13,6 +13,10 @@ use syncws::{
     NonBlockingClient, ThreadedClient,
 };
 
+/// The message and frame limit: cases 9.* send messages and frames of up to 16 MiB. Finite,
+/// because a frame's announced length is allocated when its header arrives.
+const LIMIT: usize = 32 << 20;
+
 #[derive(Debug, Clone, Copy)]
 enum Mode {
     Blocking,
@@ -55,10 +59,9 @@ fn run() -> Result<(), String> {
     let url = url.ok_or("--url is required")?;
     let agent = agent.ok_or("--agent is required")?;
     let url = url.trim_end_matches('/');
-    // Cases 9.* send messages and frames of up to 16 MiB.
     let config = Config::builder()
-        .max_message_size(None)
-        .max_frame_size(None)
+        .max_message_size(Some(LIMIT))
+        .max_frame_size(Some(LIMIT))
         .build()
         .map_err(|e| e.to_string())?;
 
@@ -73,15 +76,15 @@ fn run() -> Result<(), String> {
     // Every case offers permessage-deflate; servers of cases before 12 decline it.
     let deflate = DeflateConfig::new().threshold(0);
     let compressed = Config::builder()
-        .max_message_size(None)
-        .max_frame_size(None)
+        .max_message_size(Some(LIMIT))
+        .max_frame_size(Some(LIMIT))
         .deflate(Some(deflate.clone()))
         .build()
         .map_err(|e| e.to_string())?;
     // Cases 13.2, 13.5, 13.6 and 13.7 accept only an offer that promises no context takeover.
     let promised = Config::builder()
-        .max_message_size(None)
-        .max_frame_size(None)
+        .max_message_size(Some(LIMIT))
+        .max_frame_size(Some(LIMIT))
         .deflate(Some(deflate.client_no_context_takeover(true)))
         .build()
         .map_err(|e| e.to_string())?;

@@ -50,8 +50,8 @@ fn run() -> Result<echo::Report, String> {
         binary: false,
     };
     let mut builder = Config::builder()
-        .max_message_size(None)
-        .max_frame_size(None);
+        .max_message_size(Some(echo::MAX_MESSAGE))
+        .max_frame_size(Some(echo::MAX_MESSAGE));
     let mut args = std::env::args().skip(1);
     let value = |args: &mut dyn Iterator<Item = String>, flag: &str| {
         args.next().ok_or_else(|| format!("{flag} needs a value"))

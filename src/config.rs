@@ -185,7 +185,8 @@ impl Config {
     pub fn max_message_size(&self) -> Option<usize> {
         self.max_message_size
     }
-    /// Largest incoming frame.
+    /// Largest incoming frame: the limit in force (after [`ConfigBuilder::build`], a frame limit
+    /// set to `None` reads as the message limit).
     pub fn max_frame_size(&self) -> Option<usize> {
         self.max_frame_size
     }
@@ -372,12 +373,21 @@ impl ConfigBuilder {
         self
     }
     /// Largest incoming message; a larger one fails the connection with 1009 and
-    /// [`Error::MessageTooLarge`]. Defaults to 64 MiB.
+    /// [`Error::MessageTooLarge`]. `None`: no limit, as long as
+    /// [`max_frame_size`](Self::max_frame_size) has one (a message only grows with the bytes
+    /// that arrive). Defaults to 64 MiB.
     pub fn max_message_size(mut self, bytes: Option<usize>) -> Self {
         self.config.max_message_size = bytes;
         self
     }
-    /// Largest incoming frame (payload). Defaults to 16 MiB.
+    /// Largest incoming frame (payload); a larger one fails the connection with 1009 and
+    /// [`Error::MessageTooLarge`] as soon as its header arrives. Defaults to 16 MiB.
+    ///
+    /// A frame's announced length is allocated when its header arrives, before its payload
+    /// does, so this limit is memory a peer can make each connection reserve. `None` means no
+    /// frame limit of its own: a frame may be as large as a message
+    /// ([`max_message_size`](Self::max_message_size)), never as large as the peer claims.
+    /// [`build`](Self::build) refuses `None` for both.
     pub fn max_frame_size(mut self, bytes: Option<usize>) -> Self {
         self.config.max_frame_size = bytes;
         self
@@ -556,7 +566,20 @@ impl ConfigBuilder {
         if let Some(problem) = self.problems.into_iter().next() {
             return Err(Error::Config(problem));
         }
-        let c = self.config;
+        let mut c = self.config;
+        match (c.max_frame_size, c.max_message_size) {
+            (None, None) => {
+                return Err(Error::Config(
+                    "max_frame_size and max_message_size cannot both be None: a frame's \
+                     announced length is allocated before it is read, so a peer could claim \
+                     any size; set a finite max_frame_size"
+                        .into(),
+                ))
+            }
+            // A frame cannot be larger than the message it belongs to.
+            (None, message) => c.max_frame_size = message,
+            _ => {}
+        }
         if c.max_queued_bytes <= c.write_buffer_size {
             return Err(Error::Config(format!(
                 "max_queued_bytes ({}) must exceed write_buffer_size ({})",
@@ -636,6 +659,30 @@ mod tests {
         assert!(e.to_string().contains("max_queued_bytes"), "{e}");
         let e = Config::builder().subprotocol("a,b").build().unwrap_err();
         assert!(e.to_string().contains("subprotocol"), "{e}");
+    }
+
+    #[test]
+    fn no_frame_limit_means_the_message_limit_never_what_the_peer_claims() {
+        let c = Config::builder().max_frame_size(None).build().unwrap();
+        assert_eq!(c.max_frame_size(), Some(64 << 20));
+        let c = Config::builder()
+            .max_message_size(Some(1000))
+            .max_frame_size(None)
+            .build()
+            .unwrap();
+        assert_eq!(c.max_frame_size(), Some(1000));
+        let c = Config::builder().max_message_size(None).build().unwrap();
+        assert_eq!(
+            c.max_frame_size(),
+            Some(16 << 20),
+            "the frame limit bounds memory"
+        );
+        let e = Config::builder()
+            .max_message_size(None)
+            .max_frame_size(None)
+            .build()
+            .unwrap_err();
+        assert!(e.to_string().contains("max_frame_size"), "{e}");
     }
 
     #[test]

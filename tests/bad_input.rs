@@ -160,3 +160,43 @@ fn a_bad_peer_does_not_touch_other_connections() {
     assert_eq!(echoed, 100);
     assert_eq!(good_server.join().unwrap(), 100);
 }
+
+#[test]
+fn a_huge_announced_frame_without_a_frame_limit_is_refused_not_allocated() {
+    // A 2^40-byte binary frame announced, then nothing. tungstenite reserves a frame's announced
+    // length before reading it, so "no frame limit" must not mean "allocate what the peer
+    // claims": that aborts the process.
+    let header = [0x82, 127, 0, 0, 1, 0, 0, 0, 0, 0];
+    for mode in MODES {
+        let (addr, server) = raw_server(move |tcp| {
+            let (_, mut ws) = accept_by_hand(tcp, "");
+            write_raw(&mut ws, &header);
+            close_code_from_client(&mut ws)
+        });
+        let out = drive(
+            mode,
+            &format!("ws://{addr}/"),
+            Config::builder().max_frame_size(None),
+            passive(),
+        );
+        assert!(
+            matches!(
+                out.errors[..],
+                [Error::MessageTooLarge {
+                    size: 0x100_0000_0000,
+                    ..
+                }]
+            ),
+            "{mode:?}: {:?}",
+            out.recs
+        );
+        assert_eq!(server.join().unwrap(), Some(1009), "{mode:?}");
+    }
+    // With no message limit either nothing would bound a frame: that is a configuration error.
+    let err = Config::builder()
+        .max_message_size(None)
+        .max_frame_size(None)
+        .build()
+        .unwrap_err();
+    assert!(matches!(err, Error::Config(_)), "{err:?}");
+}

@@ -28,6 +28,8 @@ use crate::sys;
 
 /// Longest a single connection may live (every loop is bounded).
 const CONN_MAX_LIFE: Duration = Duration::from_secs(600);
+/// The echo server's message and frame limit.
+const MAX_MESSAGE: usize = 64 << 20;
 
 #[derive(Debug, Default)]
 struct Counters {
@@ -164,8 +166,10 @@ fn ws_conn(tcp: TcpStream, read_buf: usize) {
     let _ = tcp.set_read_timeout(Some(Duration::from_secs(10)));
     let config = WebSocketConfig::default()
         .read_buffer_size(read_buf)
-        .max_message_size(None)
-        .max_frame_size(None);
+        // Finite, far above the 64 KiB the jobs send: tungstenite allocates a frame's announced
+        // length before reading it.
+        .max_message_size(Some(MAX_MESSAGE))
+        .max_frame_size(Some(MAX_MESSAGE));
     let stream = Counted::new(tcp, true);
     let mut ws: WebSocket<Counted> = match tungstenite::accept_with_config(stream, Some(config)) {
         Ok(ws) => ws,

@@ -11,6 +11,11 @@ use syncws::{
     NonBlockingClient, ServerConnection, ThreadedClient,
 };
 
+/// The largest message the echo server and client take. A message goes out as one frame, so
+/// frames get the same limit. Finite on purpose: a frame's announced length is allocated when
+/// its header arrives, so "no limit" would let a peer claim any size.
+pub const MAX_MESSAGE: usize = 64 << 20;
+
 /// Echoes every text and binary message; answers pings (the core does) and closes.
 struct Echo;
 
@@ -38,8 +43,8 @@ pub fn spawn_echo_server(
         .spawn(move || {
             // Compresses (permessage-deflate) with clients that offer it.
             let config = Config::builder()
-                .max_message_size(None)
-                .max_frame_size(None)
+                .max_message_size(Some(MAX_MESSAGE))
+                .max_frame_size(Some(MAX_MESSAGE))
                 .deflate(Some(DeflateConfig::new()))
                 .build()
                 .expect("static config is valid");

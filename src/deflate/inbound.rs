@@ -646,12 +646,9 @@ mod tests {
         }
     }
 
+    /// No message limit (frames keep the default one: `build` refuses `None` for both).
     fn unlimited() -> Config {
-        Config::builder()
-            .max_message_size(None)
-            .max_frame_size(None)
-            .build()
-            .unwrap()
+        Config::builder().max_message_size(None).build().unwrap()
     }
 
     /// xorshift32: reproducible randomness without a dependency.
