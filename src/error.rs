@@ -96,7 +96,8 @@ pub enum Error {
     /// frames...); the connection was closed with 1002.
     #[error("protocol violation by the peer: {0}")]
     Protocol(#[source] ProtocolError),
-    /// The peer closed the TCP connection without a close handshake.
+    /// The peer went away without a close handshake: it ended TCP (FIN), reset it (RST), or
+    /// the connection broke under us (a write after the peer closed, an aborted connection).
     #[error("connection reset by the peer without a close handshake")]
     ConnectionReset,
     /// The outgoing queue cannot take this message: it would pass
@@ -390,6 +391,24 @@ pub(crate) enum Classified {
     Fatal(Error, Option<CloseCode>),
 }
 
+/// Whether an I/O error on an established connection means the peer went away, which the
+/// application sees as [`Error::ConnectionReset`] however the socket said it.
+fn peer_gone(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        // rustls reports a TCP end without TLS close_notify as UnexpectedEof where OpenSSL
+        // reports a plain end: both are the peer hanging up.
+        io::ErrorKind::UnexpectedEof
+            // An RST from the peer (ECONNRESET).
+            | io::ErrorKind::ConnectionReset
+            // The connection was torn down under us (ECONNABORTED; Windows reports some
+            // resets this way).
+            | io::ErrorKind::ConnectionAborted
+            // A write after the peer closed or reset (EPIPE; Rust ignores SIGPIPE).
+            | io::ErrorKind::BrokenPipe
+    )
+}
+
 /// The single place that interprets `tungstenite::Error` for an established connection.
 pub(crate) fn classify(err: tungstenite::Error) -> Classified {
     use tungstenite::Error as T;
@@ -397,11 +416,7 @@ pub(crate) fn classify(err: tungstenite::Error) -> Classified {
         T::Io(e) if e.kind() == io::ErrorKind::WouldBlock => Classified::WouldBlock,
         T::Io(e) if e.kind() == io::ErrorKind::Interrupted => Classified::WouldBlock,
         T::ConnectionClosed | T::AlreadyClosed => Classified::Closed,
-        // rustls reports a TCP end without TLS close_notify as UnexpectedEof where OpenSSL
-        // reports a plain end: both are the peer hanging up.
-        T::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-            Classified::Fatal(Error::ConnectionReset, None)
-        }
+        T::Io(e) if peer_gone(&e) => Classified::Fatal(Error::ConnectionReset, None),
         T::Io(e) if e.kind() == io::ErrorKind::InvalidData => match e
             .get_ref()
             .and_then(|inner| inner.downcast_ref::<Failure>())
@@ -470,6 +485,30 @@ mod tests {
         .is_permanent());
         assert!(!Error::ConnectionReset.is_permanent());
         assert!(!Error::Timeout(TimeoutKind::Connect).is_permanent());
+    }
+
+    #[test]
+    fn every_way_a_socket_says_the_peer_went_away_is_a_connection_reset() {
+        use io::ErrorKind::*;
+        for kind in [
+            UnexpectedEof,
+            ConnectionReset,
+            ConnectionAborted,
+            BrokenPipe,
+        ] {
+            let classified = classify(tungstenite::Error::Io(kind.into()));
+            assert!(
+                matches!(classified, Classified::Fatal(Error::ConnectionReset, None)),
+                "{kind:?}"
+            );
+        }
+        for kind in [PermissionDenied, TimedOut, OutOfMemory] {
+            let classified = classify(tungstenite::Error::Io(kind.into()));
+            assert!(
+                matches!(classified, Classified::Fatal(Error::Io(ref e), None) if e.kind() == kind),
+                "{kind:?}"
+            );
+        }
     }
 
     #[test]

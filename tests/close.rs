@@ -342,3 +342,39 @@ fn raw_frames_are_refused_and_only_valid_messages_reach_the_wire() {
     assert_eq!(got, [Message::text("before"), Message::text("after")]);
     assert_eq!(code, Some(CloseCode::Normal));
 }
+
+#[test]
+fn a_reset_by_the_peer_is_a_connection_reset_in_every_mode() {
+    for mode in MODES {
+        let (addr, server) = raw_server(|tcp| {
+            let (_, mut ws) = accept_by_hand(tcp, "");
+            ws.send(Message::text("one")).unwrap();
+            // The client's answer proves "one" arrived before the reset.
+            let answer = ws.read().unwrap();
+            // Linger 0: close sends RST instead of FIN.
+            socket2::SockRef::from(ws.get_ref())
+                .set_linger(Some(Duration::ZERO))
+                .unwrap();
+            drop(ws);
+            answer
+        });
+        let out = drive(
+            mode,
+            &format!("ws://{addr}/"),
+            Config::builder(),
+            Box::new(|rec, act| {
+                if let Rec::Text(_) = rec {
+                    act.text("got it").unwrap();
+                }
+            }),
+        );
+        assert_eq!(server.join().unwrap(), Message::text("got it"), "{mode:?}");
+        assert_eq!(out.texts(), ["one"], "{mode:?}");
+        assert!(
+            matches!(out.errors[..], [Error::ConnectionReset]),
+            "{mode:?}: {:?}",
+            out.recs
+        );
+        assert!(out.closed().is_none(), "{mode:?}: not a normal close");
+    }
+}
