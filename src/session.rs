@@ -403,12 +403,14 @@ impl Session {
                 Err(Error::Closed)
             }
             Classified::Fatal(err, _) => {
-                let kind = match &err {
-                    Error::Io(io) => io.kind(),
-                    _ => io::ErrorKind::Other,
+                // The caller and `on_error` both see the failure; `Error` is not `Clone`.
+                let returned = match &err {
+                    Error::ConnectionReset => Error::ConnectionReset,
+                    Error::Io(io) => Error::Io(io.kind().into()),
+                    _ => Error::Io(io::ErrorKind::Other.into()),
                 };
                 self.fail(err, None);
-                Err(Error::Io(kind.into()))
+                Err(returned)
             }
         }
     }
