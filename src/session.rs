@@ -264,8 +264,9 @@ impl Session {
         self.handshake.as_ref()
     }
 
+    /// Open, and no close has been asked for.
     pub(crate) fn is_open(&self) -> bool {
-        self.phase == Phase::Open
+        self.phase == Phase::Open && self.close_request.is_none()
     }
 
     pub(crate) fn is_done(&self) -> bool {
@@ -281,6 +282,9 @@ impl Session {
     /// Queue a message from a hook. A refusal by the full queue earns an `on_writable` call
     /// once the queue drains.
     pub(crate) fn send(&mut self, message: Message) -> Result<(), Error> {
+        if self.close_request.is_some() {
+            return Err(Error::Closed);
+        }
         let result = self.queue(message);
         if let Err(Error::QueueFull { .. }) = result {
             self.refused = true;
@@ -453,8 +457,13 @@ impl Session {
     /// Start the close handshake (see [`Context::close`]).
     pub(crate) fn close(&mut self, code: CloseCode, reason: &str) -> Result<(), Error> {
         check_close(code, reason)?;
-        self.user_ended = true;
-        self.start_close(code, reason, Instant::now() + self.close_timeout);
+        if self.inbox.as_ref().is_some_and(Inbox::is_held) {
+            // Sends accepted before this close still wait for room: the Close follows them.
+            self.request_close(code, reason.to_owned());
+        } else {
+            self.user_ended = true;
+            self.start_close(code, reason, Instant::now() + self.close_timeout);
+        }
         Ok(())
     }
 

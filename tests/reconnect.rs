@@ -346,3 +346,65 @@ fn shutdown_during_a_reconnect_attempt_is_bounded() {
     release_tx.send(()).unwrap();
     server.join().unwrap();
 }
+
+/// More held messages than the new socket takes at once: they drain as it takes them, all of
+/// them, before the Close, instead of meeting a full queue.
+#[test]
+fn held_messages_larger_than_the_queue_all_arrive_after_reconnecting() {
+    const HELD: usize = 40;
+    const SIZE: usize = 32 << 10;
+    for mode in MODES {
+        let (restart_tx, restart_rx) = bounded(1);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (tcp, _) = listener.accept().unwrap();
+            drop(listener);
+            drop(tungstenite::accept(tcp).unwrap()); // killed: no close handshake
+            restart_rx.recv_timeout(TEST_DEADLINE).expect("restart signal");
+            let listener = TcpListener::bind(addr).unwrap();
+            let (tcp, _) = listener.accept().unwrap();
+            tcp.set_read_timeout(Some(SERVER_IO_TIMEOUT)).unwrap();
+            let mut ws = tungstenite::accept(tcp).unwrap();
+            ws.send(Message::text("two")).unwrap();
+            let (got, _) = read_until_close(&mut ws);
+            while ws.read().is_ok() {}
+            got.into_iter()
+                .map(|m| m.into_data()[0] as usize)
+                .collect::<Vec<_>>()
+        });
+        let out = drive(
+            mode,
+            &format!("ws://{addr}/"),
+            Config::builder()
+                .reconnect(Some(fast()))
+                .while_disconnected(WhileDisconnected::Queue { max_bytes: 4 << 20 })
+                .send_buffer_size(Some(64 << 10))
+                .write_buffer_size(16 << 10)
+                .max_queued_bytes(64 << 10),
+            Box::new(move |rec, act| match rec {
+                Rec::Reconnecting(1) => {
+                    for i in 0..HELD {
+                        act.binary(&vec![i as u8; SIZE]).unwrap();
+                    }
+                }
+                Rec::Reconnecting(2) => {
+                    let _ = restart_tx.try_send(());
+                }
+                Rec::Text(t) if t == "two" => act.close(1000, "").unwrap(),
+                _ => {}
+            }),
+        );
+        let lost: Vec<_> = out
+            .errors
+            .iter()
+            .filter(|e| !matches!(e, Error::ConnectionReset | Error::Connect { .. }))
+            .collect();
+        assert!(lost.is_empty(), "{mode:?}: {lost:?}");
+        assert_eq!(
+            server.join().unwrap(),
+            (0..HELD).collect::<Vec<_>>(),
+            "{mode:?}: every held message, in order, before the Close"
+        );
+    }
+}
