@@ -423,3 +423,85 @@ fn raw_server_upgraded<R: Send + 'static>(
     });
     (format!("ws://{addr}/"), handle)
 }
+
+/// A hook that meets a full queue learns when it has drained (`on_writable`) and sends the rest;
+/// everything arrives once, in order.
+#[test]
+fn on_writable_tells_a_refused_hook_when_to_send_again() {
+    const N: u32 = 2_000;
+    struct Producer {
+        next: u32,
+        go: Option<Sender<()>>,
+        refusals: usize,
+        writable: usize,
+    }
+    impl Producer {
+        fn produce(&mut self, ctx: &mut Context<'_>) {
+            while self.next < N {
+                match ctx.send_binary(&self.next.to_be_bytes().repeat(256)) {
+                    Ok(()) => self.next += 1,
+                    Err(Error::QueueFull { .. }) => {
+                        self.refusals += 1;
+                        // The queue is full: let the peer start reading.
+                        if let Some(go) = self.go.take() {
+                            go.send(()).unwrap();
+                        }
+                        return;
+                    }
+                    Err(e) => panic!("{e:?}"),
+                }
+            }
+            ctx.close(1000, "all sent").unwrap();
+        }
+    }
+    impl Handler for Producer {
+        fn on_activated(&mut self, ctx: &mut Context<'_>) {
+            self.produce(ctx);
+        }
+        fn on_writable(&mut self, ctx: &mut Context<'_>) {
+            self.writable += 1;
+            self.produce(ctx);
+        }
+    }
+    for mode in [MODES[0], MODES[1], MODES[2], MODES[3]] {
+        let (go_tx, go_rx) = bounded(1);
+        let (url, server) = server_that_reads_after(go_rx);
+        let strategy = match mode {
+            Mode::NonBlocking(s) => s,
+            _ => WaitStrategy::Readiness,
+        };
+        let config = small_queue().wait_strategy(strategy).build().unwrap();
+        let mut producer = Producer {
+            next: 0,
+            go: Some(go_tx),
+            refusals: 0,
+            writable: 0,
+        };
+        let (done_tx, done_rx) = bounded(1);
+        std::thread::spawn(move || {
+            match mode {
+                Mode::Blocking => BlockingClient::connect(&url, &config)
+                    .unwrap()
+                    .run(&mut producer),
+                _ => NonBlockingClient::connect(&url, &config)
+                    .unwrap()
+                    .run(&mut producer),
+            }
+            let _ = done_tx.send(producer);
+        });
+        let producer = done_rx
+            .recv_timeout(TEST_DEADLINE)
+            .unwrap_or_else(|_| panic!("{mode:?}: the producer never finished"));
+        assert!(producer.refusals > 0, "{mode:?}: the queue never filled");
+        assert_eq!(
+            producer.writable, producer.refusals,
+            "{mode:?}: one on_writable per refusal"
+        );
+        let got = server.join().unwrap();
+        let firsts: Vec<u32> = got
+            .iter()
+            .map(|m| u32::from_be_bytes(m.clone().into_data()[..4].try_into().unwrap()))
+            .collect();
+        assert_eq!(firsts, (0..N).collect::<Vec<_>>(), "{mode:?}");
+    }
+}
