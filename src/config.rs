@@ -92,7 +92,7 @@ impl Default for Config {
             handshake_timeout: Some(Duration::from_secs(30)),
             close_timeout: Duration::from_secs(5),
             read_timeout: None,
-            write_timeout: None,
+            write_timeout: Some(Duration::from_secs(30)),
             nodelay: true,
             ttl: None,
             keepalive: None,
@@ -340,8 +340,10 @@ impl ConfigBuilder {
         self.config.read_timeout = timeout;
         self
     }
-    /// When set, queued output that makes no progress onto the socket for this long fails the
-    /// connection with [`TimeoutKind::Write`](crate::TimeoutKind::Write). Defaults to `None`.
+    /// Queued output that makes no progress onto the socket for this long fails the connection
+    /// with [`TimeoutKind::Write`](crate::TimeoutKind::Write): a peer that stopped reading
+    /// cannot hold a connection (and its queue) forever. Any progress restarts the clock, so
+    /// a slow link is not cut. `None` waits forever. Defaults to 30 s.
     pub fn write_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.config.write_timeout = timeout;
         self

@@ -6,7 +6,7 @@
 //!
 //! | mode | runs on | you write | waits by | choose it for |
 //! |---|---|---|---|---|
-//! | [`BlockingClient`] | your thread | a [`Handler`] | OS poll on the socket | simple request/response and streaming clients |
+//! | [`BlockingClient`] | your thread | a [`Handler`], plus a [`CommandSender`] to stop it from other threads | OS poll on the socket | simple request/response and streaming clients |
 //! | [`NonBlockingClient`] | your thread | a [`Handler`], plus a [`CommandSender`] for other threads | [`WaitStrategy`]: spin, sleep or readiness | latency-critical loops (spin), or owning the loop |
 //! | [`ThreadedClient`] | a worker thread | a loop over `event_rx` | OS poll + waker | applications that want channels, not callbacks |
 //!
@@ -53,10 +53,19 @@
 //!   reaches you before [`Handler::on_connection_closed`]; everything you sent before
 //!   `close()` reaches the wire before our Close.
 //! - **A send is queued exactly once.** When the socket is full the data waits in a bounded
-//!   queue and goes out as it drains; a send that would pass
-//!   [`ConfigBuilder::max_queued_bytes`] fails with [`Error::QueueFull`] and queues nothing.
+//!   queue and goes out as it drains. From a hook, a send that would pass
+//!   [`ConfigBuilder::max_queued_bytes`] fails with [`Error::QueueFull`] and queues nothing;
+//!   [`Handler::on_writable`] says when the queue has drained. From another thread, a
+//!   [`CommandSender`] waits (or says `Full`) while the connection cannot take more: the
+//!   command channel is the bound, and nothing piles up behind it.
+//! - **A stop always gets through.** [`CommandSender::close`] and
+//!   [`CommandSender::force_quit`] travel beside the queued data, so a peer that stopped
+//!   reading cannot hold them up; the close's deadline runs from the call.
+//! - **Every accepted command is carried out or reported.** A send that returned `Ok` reaches
+//!   the wire, or comes back as [`Error::Closed`] through `on_error` / [`Event::Error`].
 //! - **Nothing hangs unless you ask it to.** Connect, TLS, the upgrade, the close handshake and
-//!   stalled writes all have deadlines ([`TimeoutKind`] says which one passed).
+//!   stalled writes ([`ConfigBuilder::write_timeout`], 30 s by default) all have deadlines
+//!   ([`TimeoutKind`] says which one passed).
 //! - **Bad input ends only that connection**, with the right close code (1007 invalid UTF-8 or
 //!   compressed data, 1009 too large, 1002 protocol) and a typed [`Error`]; it never panics.
 //! - `on_quit` / [`Event::Quit`] comes last, exactly once.
