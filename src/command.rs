@@ -15,7 +15,7 @@ use crossbeam_channel::{Receiver, Select, SendError, SendTimeoutError, Sender, T
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Bytes, Utf8Bytes};
 
-use crate::session::check_close;
+use crate::close::check_close;
 
 /// What another thread can ask a connection to do, through a [`CommandSender`]
 /// ([`ThreadedClient::control_tx`](crate::ThreadedClient::control_tx) or

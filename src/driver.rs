@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::command::{CommandSender, Inbox, Shared};
-use crate::handler::{Context, Dispatch};
+
 use crate::reconnect::jitter_random;
-use crate::session::Session;
+use crate::session::{Dispatch, Session};
 use crate::wait::{Waiter, Woke};
 use crate::{Config, ReconnectAttempt, WaitStrategy};
 
@@ -108,9 +108,7 @@ impl Driver {
         let span = tracing::debug_span!("session");
         let _enter = span.enter();
         loop {
-            d.activated(&mut Context {
-                session: &mut self.session,
-            });
+            d.activated(&mut self.session);
             self.pump(d);
             if !self.redial(d) {
                 break;
@@ -190,9 +188,7 @@ impl Driver {
             return Step::Done;
         }
         if self.session.take_writable() {
-            d.writable(&mut Context {
-                session: &mut self.session,
-            });
+            d.writable(&mut self.session);
         }
         self.rearm = true;
         if pass.more || more_commands || self.session.commands_ready() {
@@ -235,9 +231,7 @@ impl Driver {
         }
         match woke {
             Ok(Woke::Poll) if !delivered && self.waiter.idles_every_pass() => {
-                d.idle(&mut Context {
-                    session: &mut self.session,
-                });
+                d.idle(&mut self.session);
             }
             Ok(_) => {}
             Err(e) => self.session.fail(e.into(), None),
@@ -245,9 +239,7 @@ impl Driver {
         let idle_at = self.read_timeout.map(|t| self.last_input + t);
         if idle_at.is_some_and(|t| Instant::now() >= t) {
             self.last_input = Instant::now();
-            d.idle(&mut Context {
-                session: &mut self.session,
-            });
+            d.idle(&mut self.session);
         }
     }
 
@@ -275,9 +267,7 @@ impl Driver {
             let delay = policy.delay(attempt, jitter_random());
             tracing::info!(attempt, ?delay, "reconnecting");
             d.reconnecting(
-                &mut Context {
-                    session: &mut self.session,
-                },
+                &mut self.session,
                 ReconnectAttempt {
                     attempt,
                     delay,
@@ -307,12 +297,7 @@ impl Driver {
                 Err(e) => {
                     let permanent = e.is_permanent();
                     self.last_error = Some(e.to_string());
-                    d.error(
-                        &mut Context {
-                            session: &mut self.session,
-                        },
-                        e,
-                    );
+                    d.error(&mut self.session, e);
                     if permanent {
                         tracing::warn!("giving up reconnecting: retrying cannot help");
                         self.session.drop_held();
@@ -351,12 +336,7 @@ impl Driver {
     fn report<D: Dispatch + ?Sized>(&mut self, d: &mut D) {
         while let Some(error) = self.session.take_error() {
             self.last_error = Some(error.to_string());
-            d.error(
-                &mut Context {
-                    session: &mut self.session,
-                },
-                error,
-            );
+            d.error(&mut self.session, error);
         }
     }
 }

@@ -3,29 +3,8 @@
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Bytes, Message};
 
-use crate::session::Session;
-use crate::{Error, Handshake, Metrics, ReconnectAttempt};
-
-/// Who started a close handshake.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Initiator {
-    /// This side called `close`.
-    Local,
-    /// The peer sent the first Close frame.
-    Remote,
-}
-
-/// A completed close handshake: the peer's code and reason, and who started it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CloseInfo {
-    /// The close code the peer sent (1005 `Status` when its Close frame carried none).
-    pub code: CloseCode,
-    /// The reason the peer sent (may be empty).
-    pub reason: String,
-    /// Who sent the first Close frame.
-    pub initiator: Initiator,
-}
+use crate::session::{Dispatch, Session};
+use crate::{CloseInfo, Error, Handshake, Metrics, ReconnectAttempt};
 
 /// Callbacks for [`BlockingClient`](crate::BlockingClient) and
 /// [`NonBlockingClient`](crate::NonBlockingClient). Every hook has a default that does nothing,
@@ -183,73 +162,37 @@ impl Context<'_> {
     }
 }
 
-/// What the session reports to, with owned payloads: user [`Handler`]s are adapted by
-/// [`Callbacks`]; the threaded client forwards owned payloads to its channel without copying.
-pub(crate) trait Dispatch {
-    fn activated(&mut self, ctx: &mut Context<'_>);
-    fn message(&mut self, ctx: &mut Context<'_>, message: Message);
-    fn closed(&mut self, ctx: &mut Context<'_>, close: CloseInfo);
-    fn error(&mut self, ctx: &mut Context<'_>, error: Error);
-    fn idle(&mut self, ctx: &mut Context<'_>);
-    fn reconnecting(&mut self, ctx: &mut Context<'_>, attempt: ReconnectAttempt);
-    fn quit(&mut self);
-    fn writable(&mut self, _ctx: &mut Context<'_>) {}
-    /// The owner is gone and wants the connection dropped (the threaded client's drop).
-    fn stop_requested(&mut self) -> bool {
-        false
-    }
-    /// Whether another message can be dispatched now. A dispatcher that hands reports on to
-    /// someone who fell behind (the threaded client's full event channel) says no, and the
-    /// core stops reading, while it keeps flushing, taking commands and checking deadlines.
-    /// Dispatch itself never blocks.
-    fn accepting(&mut self) -> bool {
-        true
-    }
-    /// Whether commands may be carried out now (each failed command adds a report; a
-    /// dispatcher far behind says no, so its reports stay bounded).
-    fn takes_commands(&mut self) -> bool {
-        true
-    }
-    /// While not `accepting`: wait until it may be again, a command arrives on `commands`, a
-    /// stop is asked for, or `deadline` passes.
-    fn wait_for_room(
-        &mut self,
-        _deadline: Option<std::time::Instant>,
-        _commands: Option<&crossbeam_channel::Receiver<crate::Command>>,
-    ) {
-    }
-}
-
 /// Adapts a user [`Handler`] to [`Dispatch`], lending payloads as `&str` / `&[u8]`.
 pub(crate) struct Callbacks<'h, H: ?Sized>(pub(crate) &'h mut H);
 
 impl<H: Handler + ?Sized> Dispatch for Callbacks<'_, H> {
-    fn activated(&mut self, ctx: &mut Context<'_>) {
-        self.0.on_activated(ctx);
+    fn activated(&mut self, session: &mut Session) {
+        self.0.on_activated(&mut Context { session });
     }
-    fn message(&mut self, ctx: &mut Context<'_>, message: Message) {
+    fn message(&mut self, session: &mut Session, message: Message) {
         match message {
-            Message::Text(t) => self.0.on_text_message(ctx, t.as_str()),
-            Message::Binary(b) => self.0.on_binary_message(ctx, &b),
-            Message::Ping(p) => self.0.on_ping(ctx, &p),
-            Message::Pong(p) => self.0.on_pong(ctx, &p),
+            Message::Text(t) => self.0.on_text_message(&mut Context { session }, t.as_str()),
+            Message::Binary(b) => self.0.on_binary_message(&mut Context { session }, &b),
+            Message::Ping(p) => self.0.on_ping(&mut Context { session }, &p),
+            Message::Pong(p) => self.0.on_pong(&mut Context { session }, &p),
             Message::Close(_) | Message::Frame(_) => {}
         }
     }
-    fn closed(&mut self, ctx: &mut Context<'_>, close: CloseInfo) {
-        self.0.on_connection_closed(ctx, &close);
+    fn closed(&mut self, session: &mut Session, close: CloseInfo) {
+        self.0
+            .on_connection_closed(&mut Context { session }, &close);
     }
-    fn error(&mut self, ctx: &mut Context<'_>, error: Error) {
-        self.0.on_error(ctx, &error);
+    fn error(&mut self, session: &mut Session, error: Error) {
+        self.0.on_error(&mut Context { session }, &error);
     }
-    fn idle(&mut self, ctx: &mut Context<'_>) {
-        self.0.on_idle(ctx);
+    fn idle(&mut self, session: &mut Session) {
+        self.0.on_idle(&mut Context { session });
     }
-    fn reconnecting(&mut self, ctx: &mut Context<'_>, attempt: ReconnectAttempt) {
-        self.0.on_reconnecting(ctx, &attempt);
+    fn reconnecting(&mut self, session: &mut Session, attempt: ReconnectAttempt) {
+        self.0.on_reconnecting(&mut Context { session }, &attempt);
     }
-    fn writable(&mut self, ctx: &mut Context<'_>) {
-        self.0.on_writable(ctx);
+    fn writable(&mut self, session: &mut Session) {
+        self.0.on_writable(&mut Context { session });
     }
     fn quit(&mut self) {
         self.0.on_quit();

@@ -117,6 +117,7 @@
 #![deny(missing_docs)]
 
 mod blocking;
+mod close;
 mod command;
 mod config;
 mod connect;
@@ -139,12 +140,13 @@ mod tls;
 mod wait;
 
 pub use blocking::BlockingClient;
+pub use close::{CloseInfo, Initiator};
 pub use command::{Command, CommandSender};
 pub use config::{Config, ConfigBuilder, WaitStrategy};
 pub use deflate::{DeflateConfig, DeflateParams};
 pub use error::{Error, ProxyStatus, TimeoutKind, TlsFailure};
 pub use event::Event;
-pub use handler::{CloseInfo, Context, Handler, Initiator};
+pub use handler::{Context, Handler};
 pub use handshake::Handshake;
 pub use metrics::Metrics;
 pub use nonblocking::NonBlockingClient;

@@ -12,13 +12,13 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, Role, WebSocket};
 use tungstenite::{Bytes, Message};
 
+use crate::close::{check_close, CloseInfo, Initiator};
 use crate::command::{Command, Inbox, Stop};
 use crate::deflate::outbound::Outbound;
 use crate::error::{classify, Classified, Error, TimeoutKind};
-use crate::handler::{CloseInfo, Context, Dispatch, Initiator};
 use crate::linger::FrameSkipper;
 use crate::stream::Stream;
-use crate::{Config, Handshake, Metrics};
+use crate::{Config, Handshake, Metrics, ReconnectAttempt};
 
 /// Where the connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +106,44 @@ pub(crate) struct Session {
     close_request: Option<(CloseCode, String, Instant)>,
     /// A send from a hook met a full queue: call `on_writable` once the queue has drained.
     refused: bool,
+}
+
+/// What the session reports to, with owned payloads. The core's own callback interface: user
+/// `Handler`s are adapted by `handler::Callbacks` (which lends each hook a `Context`); the
+/// threaded client forwards owned payloads to its channel without copying.
+pub(crate) trait Dispatch {
+    fn activated(&mut self, session: &mut Session);
+    fn message(&mut self, session: &mut Session, message: Message);
+    fn closed(&mut self, session: &mut Session, close: CloseInfo);
+    fn error(&mut self, session: &mut Session, error: Error);
+    fn idle(&mut self, session: &mut Session);
+    fn reconnecting(&mut self, session: &mut Session, attempt: ReconnectAttempt);
+    fn quit(&mut self);
+    fn writable(&mut self, _session: &mut Session) {}
+    /// The owner is gone and wants the connection dropped (the threaded client's drop).
+    fn stop_requested(&mut self) -> bool {
+        false
+    }
+    /// Whether another message can be dispatched now. A dispatcher that hands reports on to
+    /// someone who fell behind (the threaded client's full event channel) says no, and the
+    /// core stops reading, while it keeps flushing, taking commands and checking deadlines.
+    /// Dispatch itself never blocks.
+    fn accepting(&mut self) -> bool {
+        true
+    }
+    /// Whether commands may be carried out now (each failed command adds a report; a
+    /// dispatcher far behind says no, so its reports stay bounded).
+    fn takes_commands(&mut self) -> bool {
+        true
+    }
+    /// While not `accepting`: wait until it may be again, a command arrives on `commands`, a
+    /// stop is asked for, or `deadline` passes.
+    fn wait_for_room(
+        &mut self,
+        _deadline: Option<std::time::Instant>,
+        _commands: Option<&crossbeam_channel::Receiver<crate::Command>>,
+    ) {
+    }
 }
 
 /// Messages read in one pass before commands and deadlines get a turn.
@@ -733,7 +771,7 @@ impl Session {
                 }
                 _ => {}
             }
-            d.message(&mut Context { session: self }, message);
+            d.message(self, message);
             return;
         };
         let (code, reason) = frame
@@ -759,7 +797,7 @@ impl Session {
         };
         tracing::info!(code = u16::from(code), %reason, ?initiator, "close handshake");
         d.closed(
-            &mut Context { session: self },
+            self,
             CloseInfo {
                 code,
                 reason,
@@ -897,17 +935,6 @@ impl Session {
     }
 }
 
-/// The one check of a close code and reason we may send.
-pub(crate) fn check_close(code: CloseCode, reason: &str) -> Result<(), Error> {
-    if !code.is_allowed() {
-        return Err(Error::InvalidCloseCode(code.into()));
-    }
-    if reason.len() > 123 {
-        return Err(Error::CloseReasonTooLong(reason.len()));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     //! The session over a scripted in-memory stream that says "would block" on cue: the
@@ -921,6 +948,7 @@ mod tests {
     use crate::handler::Callbacks;
     use crate::stream::scripted::{ReadStep, Scripted};
     use crate::stream::Transport;
+    use crate::CloseInfo;
     use crate::{Context, Handler};
 
     fn session(config: &Config, reads: Vec<ReadStep>, write_budget: usize) -> Session {

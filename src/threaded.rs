@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Select, Sender, TryRecvError, TrySendError};
 use tungstenite::Message;
 
+use crate::close::CloseInfo;
 use crate::command::{CommandSender, Shared};
 use crate::connect::connect;
 use crate::driver::Driver;
-use crate::handler::{CloseInfo, Context, Dispatch};
-use crate::session::Session;
+use crate::session::{Dispatch, Session};
 use crate::{Config, Error, Event, Handshake, Metrics, ReconnectAttempt, WaitStrategy};
 
 /// A client whose connection runs on its own worker thread. The application sends
@@ -223,12 +223,12 @@ impl Forward {
 }
 
 impl Dispatch for Forward {
-    fn activated(&mut self, ctx: &mut Context<'_>) {
-        if let Some(h) = ctx.handshake() {
+    fn activated(&mut self, session: &mut Session) {
+        if let Some(h) = session.handshake() {
             self.emit(Event::Activated(Box::new(h.clone())));
         }
     }
-    fn message(&mut self, _ctx: &mut Context<'_>, message: Message) {
+    fn message(&mut self, _session: &mut Session, message: Message) {
         let event = match message {
             Message::Text(t) => Event::TextMessage(t),
             Message::Binary(b) => Event::BinaryMessage(b),
@@ -238,14 +238,14 @@ impl Dispatch for Forward {
         };
         self.emit(event);
     }
-    fn closed(&mut self, _ctx: &mut Context<'_>, close: CloseInfo) {
+    fn closed(&mut self, _session: &mut Session, close: CloseInfo) {
         self.emit(Event::ConnectionClosed(close));
     }
-    fn error(&mut self, _ctx: &mut Context<'_>, error: Error) {
+    fn error(&mut self, _session: &mut Session, error: Error) {
         self.emit(Event::Error(error));
     }
-    fn idle(&mut self, _ctx: &mut Context<'_>) {}
-    fn reconnecting(&mut self, _ctx: &mut Context<'_>, attempt: ReconnectAttempt) {
+    fn idle(&mut self, _session: &mut Session) {}
+    fn reconnecting(&mut self, _session: &mut Session, attempt: ReconnectAttempt) {
         self.emit(Event::Reconnecting(attempt));
     }
     /// The connection is over and its commands are closed: now waiting is harmless, so the

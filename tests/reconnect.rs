@@ -361,7 +361,9 @@ fn held_messages_larger_than_the_queue_all_arrive_after_reconnecting() {
             let (tcp, _) = listener.accept().unwrap();
             drop(listener);
             drop(tungstenite::accept(tcp).unwrap()); // killed: no close handshake
-            restart_rx.recv_timeout(TEST_DEADLINE).expect("restart signal");
+            restart_rx
+                .recv_timeout(TEST_DEADLINE)
+                .expect("restart signal");
             let listener = TcpListener::bind(addr).unwrap();
             let (tcp, _) = listener.accept().unwrap();
             tcp.set_read_timeout(Some(SERVER_IO_TIMEOUT)).unwrap();
