@@ -267,8 +267,10 @@ impl Config {
     pub(crate) fn websocket_config(&self) -> tungstenite::protocol::WebSocketConfig {
         tungstenite::protocol::WebSocketConfig::default()
             .read_buffer_size(self.read_buffer_size)
-            .write_buffer_size(self.write_buffer_size)
-            .max_write_buffer_size(self.max_queued_bytes)
+            // tungstenite's own frames (pongs, Close) pass straight into our outbox, which
+            // holds the queue and its bound.
+            .write_buffer_size(0)
+            .max_write_buffer_size(usize::MAX)
             .max_message_size(self.max_message_size)
             .max_frame_size(self.max_frame_size)
     }

@@ -15,6 +15,7 @@ pub struct Metrics {
     messages_received: AtomicU64,
     bytes_received: AtomicU64,
     frames_queued: AtomicU64,
+    queued_bytes: AtomicU64,
     reconnects: AtomicU64,
     last_rtt_ns: AtomicU64,
     compressed_in: AtomicU64,
@@ -41,6 +42,12 @@ impl Metrics {
     /// Frames that met a full socket and had to wait in the outgoing queue (each once).
     pub fn frames_queued(&self) -> u64 {
         self.frames_queued.load(Ordering::Relaxed)
+    }
+    /// Bytes queued for the socket right now, framed: what a peer that reads slowly has not
+    /// taken yet (bounded by
+    /// [`ConfigBuilder::max_queued_bytes`](crate::ConfigBuilder::max_queued_bytes) for data).
+    pub fn queued_bytes(&self) -> u64 {
+        self.queued_bytes.load(Ordering::Relaxed)
     }
     /// Successful reconnections (see [`ConfigBuilder::reconnect`](crate::ConfigBuilder::reconnect)).
     pub fn reconnects(&self) -> u64 {
@@ -78,6 +85,9 @@ impl Metrics {
     }
     pub(crate) fn queued(&self) {
         bump(&self.frames_queued, 1);
+    }
+    pub(crate) fn set_queued_bytes(&self, bytes: usize) {
+        self.queued_bytes.store(bytes as u64, Ordering::Relaxed);
     }
     pub(crate) fn reconnected(&self) {
         bump(&self.reconnects, 1);

@@ -135,8 +135,7 @@ impl ServerConnection {
             }
             _ => None,
         };
-        let mut session = Session::new(ws, None, config);
-        session.set_outbound(outbound);
+        let session = Session::server(ws, config, outbound);
         let (driver, handle, _) = Driver::new(session, WaitStrategy::Readiness, config, None)?;
         Ok(ServerConnection {
             driver,

@@ -3,7 +3,7 @@
 //! wait between steps (see `driver.rs` and `wait.rs`).
 
 use std::collections::VecDeque;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,6 +16,7 @@ use crate::close::{check_close, CloseInfo, Initiator};
 use crate::command::{Command, Inbox, Stop};
 use crate::deflate::outbound::Outbound;
 use crate::error::{classify, Classified, Error, TimeoutKind};
+use crate::frame;
 use crate::linger::FrameSkipper;
 use crate::stream::Stream;
 use crate::{Config, Handshake, Metrics, ReconnectAttempt};
@@ -80,6 +81,10 @@ enum Disconnected {
 pub(crate) struct Session {
     ws: WebSocket<Stream>,
     handshake: Option<Handshake>,
+    /// Client frames are masked (RFC 6455 5.3); a server's are not.
+    masked: bool,
+    /// Queued bytes past this are written at once instead of waiting for the pass's flush.
+    write_buffer_size: usize,
     phase: Phase,
     close_timeout: Duration,
     write_timeout: Option<Duration>,
@@ -152,11 +157,14 @@ const READ_BUDGET: usize = 1024;
 const COMMAND_BUDGET: usize = 1024;
 
 impl Session {
+    /// A client connection whose handshake is done.
     pub(crate) fn new(
-        ws: WebSocket<Stream>,
+        mut ws: WebSocket<Stream>,
         handshake: Option<Handshake>,
         config: &Config,
     ) -> Self {
+        // From here on every write goes through the outbox, ours and tungstenite's alike.
+        ws.get_mut().start_queueing();
         let written = ws.get_ref().bytes_written();
         let heartbeat = config.ping_interval.map(|interval| Heartbeat {
             interval,
@@ -175,6 +183,8 @@ impl Session {
         Session {
             ws,
             handshake,
+            masked: true,
+            write_buffer_size: config.write_buffer_size,
             phase: Phase::Open,
             close_timeout: config.close_timeout,
             write_timeout: config.write_timeout,
@@ -194,7 +204,20 @@ impl Session {
         }
     }
 
-    /// The server side agreed permessage-deflate: compress with `outbound` from now on.
+    /// A server connection whose handshake is done: its frames are not masked, and it
+    /// compresses with `outbound` when permessage-deflate was agreed.
+    pub(crate) fn server(
+        ws: WebSocket<Stream>,
+        config: &Config,
+        outbound: Option<Outbound>,
+    ) -> Self {
+        let mut session = Session::new(ws, None, config);
+        session.masked = false;
+        session.deflate = outbound;
+        session
+    }
+
+    #[cfg(test)]
     pub(crate) fn set_outbound(&mut self, outbound: Option<Outbound>) {
         self.deflate = outbound;
     }
@@ -378,59 +401,58 @@ impl Session {
         }
     }
 
+    /// Encode `message` straight into the outbox (compressed when deflate says so), within the
+    /// queue bound; write the outbox out at once past `write_buffer_size`.
     fn write(&mut self, message: Message) -> Result<(), Error> {
-        let Some(deflate) = &mut self.deflate else {
-            return self.write_frame(message);
+        let (opcode, payload): (u8, &[u8]) = match &message {
+            Message::Text(t) => (frame::TEXT, t.as_bytes()),
+            Message::Binary(b) => (frame::BINARY, b),
+            Message::Ping(p) => (frame::PING, p),
+            Message::Pong(p) => (frame::PONG, p),
+            // Closes go through `close`; raw frames are refused before the session.
+            Message::Close(_) | Message::Frame(_) => return Err(Error::RawFrame),
         };
-        let len = message.len();
-        let message = deflate.encode(message);
-        let compressed = match &message {
-            Message::Frame(f) => Some(f.payload().len()),
+        let compressed = match (&mut self.deflate, opcode) {
+            (Some(d), frame::TEXT | frame::BINARY) => d.encode(payload),
             _ => None,
         };
-        let result = self.write_frame(message);
-        if let Some(out) = compressed {
-            match &result {
-                Ok(()) => self.metrics.compressed(len, out),
-                Err(_) => {
+        let body = compressed.as_deref().unwrap_or(payload);
+        let len = frame::wire_len(body.len(), self.masked);
+        if self.queued() + len > self.queue_limit {
+            // The bound counts what is queued; make room if the socket will take it now, so
+            // "full" means the socket really is behind (or the message can never fit).
+            if self.write_blocked || !self.flush() || self.queued() + len > self.queue_limit {
+                if compressed.is_some() {
                     if let Some(d) = &mut self.deflate {
                         d.rejected();
                     }
                 }
+                return Err(Error::QueueFull {
+                    len,
+                    limit: self.queue_limit,
+                });
             }
         }
-        result
+        let mask = self.masked.then(rand::random::<[u8; 4]>);
+        let Some(outbox) = self.ws.get_mut().outbox_mut() else {
+            // `new` starts queueing before anything can be sent.
+            unreachable!("a session's stream queues its writes");
+        };
+        frame::encode(outbox.tail(len), opcode, compressed.is_some(), body, mask);
+        if compressed.is_some() {
+            self.metrics.compressed(payload.len(), body.len());
+        }
+        if self.queued() >= self.write_buffer_size {
+            self.flush();
+        } else {
+            self.metrics.set_queued_bytes(self.queued());
+        }
+        Ok(())
     }
 
-    fn write_frame(&mut self, message: Message) -> Result<(), Error> {
-        match self.ws.write(message) {
-            Ok(()) => Ok(()),
-            Err(tungstenite::Error::WriteBufferFull(frame)) => {
-                // The bound counts what is queued; make room if the socket will take it now, so
-                // "full" means the socket really is behind (or the message can never fit).
-                let message = match *frame {
-                    Message::Frame(f) => f,
-                    // tungstenite always hands back the rejected frame.
-                    _ => unreachable!("WriteBufferFull carries a frame"),
-                };
-                let len = message.len();
-                if self.write_blocked || !self.flush() {
-                    return Err(Error::QueueFull {
-                        len,
-                        limit: self.queue_limit,
-                    });
-                }
-                match self.ws.write(Message::Frame(message)) {
-                    Ok(()) => Ok(()),
-                    Err(tungstenite::Error::WriteBufferFull(_)) => Err(Error::QueueFull {
-                        len,
-                        limit: self.queue_limit,
-                    }),
-                    Err(e) => self.after_write_error(e),
-                }
-            }
-            Err(e) => self.after_write_error(e),
-        }
+    /// Bytes waiting for the socket.
+    pub(crate) fn queued(&self) -> usize {
+        self.stream().outbox().map_or(0, |o| o.len())
     }
 
     fn after_write_error(&mut self, e: tungstenite::Error) -> Result<(), Error> {
@@ -441,7 +463,7 @@ impl Session {
                 Ok(())
             }
             Classified::Closed => {
-                self.finish();
+                self.handshake_over();
                 Err(Error::Closed)
             }
             Classified::Fatal(err, _) => {
@@ -462,7 +484,9 @@ impl Session {
         if matches!(self.phase, Phase::Done) {
             return true;
         }
-        match self.ws.flush() {
+        let flushed = self.ws.flush();
+        self.metrics.set_queued_bytes(self.queued());
+        match flushed {
             Ok(()) => {
                 self.write_blocked = false;
                 true
@@ -472,15 +496,29 @@ impl Session {
                     self.mark_blocked();
                     false
                 }
-                Classified::Closed => {
-                    self.finish();
-                    true
-                }
+                Classified::Closed => self.handshake_over(),
                 Classified::Fatal(err, _) => {
                     self.fail(err, None);
                     true
                 }
             },
+        }
+    }
+
+    /// tungstenite says the close handshake is over (a server learns it right after handing
+    /// over its Close reply, which is then still in the outbox): end TCP once everything queued
+    /// is on the wire, or at the close deadline. Returns whether it ended.
+    fn handshake_over(&mut self) -> bool {
+        match self.ws.get_mut().flush() {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.mark_blocked();
+                false
+            }
+            _ => {
+                tracing::debug!("connection closed");
+                self.finish();
+                true
+            }
         }
     }
 
@@ -713,8 +751,7 @@ impl Session {
                 Err(e) => match classify(e) {
                     Classified::WouldBlock => return pass,
                     Classified::Closed => {
-                        tracing::debug!("connection closed");
-                        self.finish();
+                        self.handshake_over();
                         return pass;
                     }
                     // The close handshake is done and the peer hung up (without TLS close_notify,

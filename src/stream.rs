@@ -5,6 +5,7 @@ use std::net::TcpStream;
 use std::time::Instant;
 
 use crate::deflate::inbound::Inbound;
+use crate::outbox::Outbox;
 
 /// A TCP socket that can hold a deadline (used during the opening handshake, when it is in
 /// blocking mode) and counts the bytes it moves (so a write timeout can tell "no progress" from
@@ -140,6 +141,8 @@ impl Write for TcpConn {
 pub(crate) struct Stream {
     transport: Transport,
     inbound: Option<Box<Inbound>>,
+    /// After the handshake, every write is queued here and goes to the socket on `flush`.
+    outbox: Option<Outbox>,
 }
 
 /// Plain TCP, or TLS over TCP (and, in unit tests, a scripted in-memory stream that says "would
@@ -272,6 +275,7 @@ impl From<Transport> for Stream {
         Stream {
             transport,
             inbound: None,
+            outbox: None,
         }
     }
 }
@@ -286,6 +290,21 @@ impl Stream {
     /// The TCP connection under the stream (None only for scripted test streams).
     pub(crate) fn tcp_conn(&self) -> Option<&TcpConn> {
         self.transport.tcp_conn()
+    }
+
+    /// The handshake is over: queue every write from now on (see [`Outbox`]); `flush` writes
+    /// the queue to the socket.
+    pub(crate) fn start_queueing(&mut self) {
+        self.outbox.get_or_insert_with(Outbox::default);
+    }
+
+    /// The queue of bytes for the socket (after `start_queueing`).
+    pub(crate) fn outbox(&self) -> Option<&Outbox> {
+        self.outbox.as_ref()
+    }
+
+    pub(crate) fn outbox_mut(&mut self) -> Option<&mut Outbox> {
+        self.outbox.as_mut()
     }
 
     #[cfg(test)]
@@ -335,10 +354,20 @@ impl Read for Stream {
 
 impl Write for Stream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.transport.write(buf)
+        match &mut self.outbox {
+            None => self.transport.write(buf),
+            // Taken whole: tungstenite's frames join ours in the order written.
+            Some(outbox) => {
+                outbox.tail(buf.len()).extend_from_slice(buf);
+                Ok(buf.len())
+            }
+        }
     }
 
     fn flush(&mut self) -> io::Result<()> {
+        if let Some(outbox) = &mut self.outbox {
+            outbox.write_to(&mut self.transport)?;
+        }
         self.transport.flush()
     }
 }

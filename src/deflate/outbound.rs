@@ -1,11 +1,8 @@
-//! Compressing outgoing messages: the payload is deflated here and tungstenite is handed a
-//! finished frame with RSV1 set.
+//! Compressing outgoing messages: the payload is deflated here and the session writes it in a
+//! frame with RSV1 set.
 
 use flate2::{Compress, Compression, FlushCompress, Status};
-use tungstenite::protocol::frame::coding::{Data, OpCode};
-use tungstenite::protocol::frame::Frame;
 use tungstenite::protocol::Role;
-use tungstenite::Message;
 
 use super::{DeflateConfig, DeflateParams};
 
@@ -51,22 +48,19 @@ impl Outbound {
         })
     }
 
-    /// The message as it should be written: data messages at or above the threshold become a
-    /// compressed frame; everything else is unchanged.
-    pub(crate) fn encode(&mut self, message: Message) -> Message {
-        let (payload, opcode) = match &message {
-            Message::Text(t) if t.len() >= self.threshold => (t.as_bytes(), Data::Text),
-            Message::Binary(b) if b.len() >= self.threshold => (&b[..], Data::Binary),
-            _ => return message,
-        };
+    /// The payload of a data message as it should be written: compressed (to go in a frame
+    /// with RSV1 set) when it is at or above the threshold and compressing pays; None to send
+    /// it as it is.
+    pub(crate) fn encode(&mut self, payload: &[u8]) -> Option<Vec<u8>> {
+        if payload.len() < self.threshold {
+            return None;
+        }
         let compressed = self.compress(payload);
         if self.no_context_takeover && compressed.len() >= payload.len() {
             // Nothing gained, and with no context kept the peer's window does not need it.
-            return message;
+            return None;
         }
-        let mut frame = Frame::message(compressed, OpCode::Data(opcode), true);
-        frame.header_mut().rsv1 = true;
-        Message::Frame(frame)
+        Some(compressed)
     }
 
     /// A compressed frame was not queued after all (the send queue was full). Its bytes are in
@@ -137,12 +131,11 @@ mod tests {
         out
     }
 
-    fn payload(m: Message) -> (bool, Vec<u8>) {
-        match m {
-            Message::Frame(f) => (f.header().rsv1, f.payload().to_vec()),
-            Message::Text(t) => (false, t.as_bytes().to_vec()),
-            Message::Binary(b) => (false, b.to_vec()),
-            _ => unreachable!(),
+    /// (compressed, the payload as it would be sent)
+    fn payload(out: &mut Outbound, data: &[u8]) -> (bool, Vec<u8>) {
+        match out.encode(data) {
+            Some(c) => (true, c),
+            None => (false, data.to_vec()),
         }
     }
 
@@ -155,7 +148,7 @@ mod tests {
             let text = r#"{"user":"ada","room":"general","text":"hello there, everyone"}"#;
             let mut sizes = Vec::new();
             for _ in 0..3 {
-                let (rsv1, p) = payload(out.encode(Message::text(text)));
+                let (rsv1, p) = payload(&mut out, text.as_bytes());
                 assert!(rsv1);
                 assert_eq!(inflate(&mut d, &p), text.as_bytes());
                 sizes.push(p.len());
@@ -167,7 +160,7 @@ mod tests {
                 assert!(sizes[2] < sizes[0] / 4, "{sizes:?}");
             }
             // Below the threshold: unchanged.
-            assert!(!payload(out.encode(Message::text("short"))).0);
+            assert!(!payload(&mut out, b"short").0);
         }
     }
 
@@ -184,7 +177,7 @@ mod tests {
                 x as u8
             })
             .collect();
-        let (_, p) = payload(out.encode(Message::binary(data.clone())));
+        let (_, p) = payload(&mut out, &data);
         assert!(p.len() > data.len());
         assert_eq!(inflate(&mut Decompress::new(false), &p), data);
     }
@@ -196,12 +189,12 @@ mod tests {
         let mut d = Decompress::new(false);
         let a = "the same words, again and again and again";
         let b = "0123456789 quite different, 0123456789 quite different";
-        let (_, first) = payload(out.encode(Message::text(a)));
+        let (_, first) = payload(&mut out, a.as_bytes());
         assert_eq!(inflate(&mut d, &first), a.as_bytes());
         // The second never reaches the peer; without a fresh window the third would refer to it.
-        let _ = out.encode(Message::text(b));
+        let _ = out.encode(b.as_bytes());
         out.rejected();
-        let (_, third) = payload(out.encode(Message::text(b)));
+        let (_, third) = payload(&mut out, b.as_bytes());
         assert_eq!(inflate(&mut d, &third), b.as_bytes());
     }
 
