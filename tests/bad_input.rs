@@ -132,7 +132,7 @@ fn a_bad_peer_does_not_touch_other_connections() {
     let good = ThreadedClient::connect(&good_url, &Config::default()).unwrap();
     let bad = ThreadedClient::connect(&bad_url, &Config::default()).unwrap();
     // The bad connection fails and ends...
-    let bad_events: Vec<Event> = bad.event_rx.iter().collect();
+    let bad_events: Vec<Event> = events(&bad.event_rx).collect();
     assert!(bad_events
         .iter()
         .any(|e| matches!(e, Event::Error(Error::InvalidUtf8))));
@@ -144,7 +144,7 @@ fn a_bad_peer_does_not_touch_other_connections() {
             .unwrap();
     }
     let mut echoed = 0;
-    for event in good.event_rx.iter() {
+    for event in events(&good.event_rx) {
         match event {
             Event::TextMessage(t) => {
                 assert_eq!(t.as_str(), format!("still here {echoed}"));

@@ -172,7 +172,7 @@ fn threaded_metrics_are_readable_while_the_worker_runs() {
         client.control_tx.send_text(format!("{i}")).unwrap();
     }
     let mut echoed = 0;
-    for event in client.event_rx.iter() {
+    for event in events(&client.event_rx) {
         if let Event::TextMessage(_) = event {
             echoed += 1;
             // Read from this (application) thread while the worker updates them.

@@ -218,7 +218,7 @@ fn a_slow_application_loses_no_events() {
     // Read nothing until the server has written everything: the worker must hold back.
     sent_rx.recv_timeout(TEST_DEADLINE).unwrap();
     let mut got = 0;
-    for event in client.event_rx.iter() {
+    for event in events(&client.event_rx) {
         match event {
             Event::TextMessage(t) => {
                 assert_eq!(t.as_str(), got.to_string(), "in order");

@@ -76,7 +76,7 @@ fn start(mode: Mode, url: &str, builder: ConfigBuilder) -> Running {
             let handle = client.control_tx.clone();
             std::thread::spawn(move || {
                 let mut errors = Vec::new();
-                for event in client.event_rx.iter() {
+                for event in events(&client.event_rx) {
                     match event {
                         Event::Error(e) => errors.push(format!("{e:?}")),
                         Event::Quit => {

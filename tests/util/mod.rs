@@ -612,6 +612,17 @@ fn run_threaded(url: &str, config: Config, mut recorder: Recorder) -> Result<Out
     })
 }
 
+/// The events of a threaded client until its channel disconnects, each awaited at most
+/// [`TEST_DEADLINE`]: `for event in events(&client.event_rx)` instead of an `iter()` that could
+/// wait forever.
+pub fn events(rx: &crossbeam_channel::Receiver<Event>) -> impl Iterator<Item = Event> + '_ {
+    std::iter::from_fn(move || match rx.recv_timeout(TEST_DEADLINE) {
+        Ok(event) => Some(event),
+        Err(RecvTimeoutError::Disconnected) => None,
+        Err(RecvTimeoutError::Timeout) => panic!("no event within {TEST_DEADLINE:?}"),
+    })
+}
+
 /// A script that does nothing.
 pub fn passive() -> Script {
     Box::new(|_, _| {})
