@@ -16,6 +16,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Bytes, Utf8Bytes};
 
 use crate::close::check_close;
+use crate::SharedFrame;
 
 /// What another thread can ask a connection to do, through a [`CommandSender`]
 /// ([`ThreadedClient::control_tx`](crate::ThreadedClient::control_tx) or
@@ -34,6 +35,8 @@ pub enum Command {
     SendPing(Bytes),
     /// Send a pong.
     SendPong(Bytes),
+    /// Send a message framed once for many connections (a broadcast).
+    SendShared(SharedFrame),
     /// Start the close handshake with this code and reason, after the sends accepted before it.
     /// Out of band: queued data cannot hold it up. Its `close_timeout` runs from the request,
     /// and later sends are refused.

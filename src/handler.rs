@@ -4,7 +4,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Bytes, Message};
 
 use crate::session::{Dispatch, Session};
-use crate::{CloseInfo, Error, Handshake, Metrics, ReconnectAttempt};
+use crate::{CloseInfo, Error, Handshake, Metrics, ReconnectAttempt, SharedFrame};
 
 /// Callbacks for [`BlockingClient`](crate::BlockingClient) and
 /// [`NonBlockingClient`](crate::NonBlockingClient). Every hook has a default that does nothing,
@@ -99,6 +99,16 @@ impl Context<'_> {
     pub fn send_pong(&mut self, data: &[u8]) -> Result<(), Error> {
         self.session
             .send(Message::Pong(Bytes::copy_from_slice(data)))
+    }
+
+    /// Queue a message framed once for many connections (see [`SharedFrame`]): a server
+    /// connection without compression copies the finished frame as it is.
+    ///
+    /// # Errors
+    ///
+    /// As for [`send_text`](Self::send_text).
+    pub fn send_shared(&mut self, frame: &SharedFrame) -> Result<(), Error> {
+        self.session.send_shared(frame)
     }
 
     /// Queue an owned message without copying it (`Message::Text(String::into())`,

@@ -136,6 +136,7 @@ mod proxy;
 mod reconnect;
 mod server;
 mod session;
+mod shared_frame;
 mod stream;
 mod threaded;
 mod tls;
@@ -155,6 +156,7 @@ pub use nonblocking::NonBlockingClient;
 pub use proxy::{Proxy, ProxyKind};
 pub use reconnect::{Reconnect, ReconnectAttempt, WhileDisconnected};
 pub use server::ServerConnection;
+pub use shared_frame::SharedFrame;
 pub use threaded::ThreadedClient;
 pub use tls::TlsBackend;
 

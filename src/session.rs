@@ -18,8 +18,9 @@ use crate::deflate::outbound::Outbound;
 use crate::error::{classify, Classified, Error, TimeoutKind};
 use crate::frame;
 use crate::linger::FrameSkipper;
+use crate::outbox::Outbox;
 use crate::stream::Stream;
-use crate::{Config, Handshake, Metrics, ReconnectAttempt};
+use crate::{Config, Handshake, Metrics, ReconnectAttempt, SharedFrame};
 
 /// Where the connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -343,19 +344,33 @@ impl Session {
     /// Queue a message from a hook. A refusal by the full queue earns an `on_writable` call
     /// once the queue drains.
     pub(crate) fn send(&mut self, message: Message) -> Result<(), Error> {
+        self.send_outgoing(message, None)
+    }
+
+    /// Queue a shared frame from a hook (see [`send`](Self::send)).
+    pub(crate) fn send_shared(&mut self, frame: &SharedFrame) -> Result<(), Error> {
+        self.send_outgoing(frame.message().clone(), Some(frame.wire()))
+    }
+
+    fn send_outgoing(&mut self, message: Message, wire: Option<&Bytes>) -> Result<(), Error> {
         if self.close_request.is_some() {
             return Err(Error::Closed);
         }
-        let result = self.queue(message);
+        let result = self.queue_outgoing(message, wire);
         if let Err(Error::QueueFull { .. }) = result {
             self.refused = true;
         }
         result
     }
 
-    /// Queue a message. It is written when the loop next flushes (before it waits) or at once
-    /// when `write_buffer_size` bytes are queued. A full socket keeps it queued, exactly once.
     fn queue(&mut self, message: Message) -> Result<(), Error> {
+        self.queue_outgoing(message, None)
+    }
+
+    /// Queue a message (`wire`: its finished unmasked frame, when it has one). It is written
+    /// when the loop next flushes (before it waits) or at once when `write_buffer_size` bytes
+    /// are queued. A full socket keeps it queued, exactly once.
+    fn queue_outgoing(&mut self, message: Message, wire: Option<&Bytes>) -> Result<(), Error> {
         if let Message::Ping(p) | Message::Pong(p) = &message {
             if p.len() > 125 {
                 return Err(Error::ControlPayloadTooLong(p.len()));
@@ -373,7 +388,11 @@ impl Session {
             }
             _ => None,
         };
-        let result = self.write(message);
+        let result = match wire {
+            // A finished frame fits a connection that neither masks nor compresses.
+            Some(wire) if !self.masked && self.deflate.is_none() => self.write_wire(wire),
+            _ => self.write(message),
+        };
         if result.is_ok() {
             if let Some(len) = data_len {
                 self.metrics.sent(len);
@@ -418,36 +437,67 @@ impl Session {
         };
         let body = compressed.as_deref().unwrap_or(payload);
         let len = frame::wire_len(body.len(), self.masked);
-        if self.queued() + len > self.queue_limit {
-            // The bound counts what is queued; make room if the socket will take it now, so
-            // "full" means the socket really is behind (or the message can never fit).
-            if self.write_blocked || !self.flush() || self.queued() + len > self.queue_limit {
-                if compressed.is_some() {
-                    if let Some(d) = &mut self.deflate {
-                        d.rejected();
-                    }
+        if let Err(e) = self.make_room(len) {
+            if compressed.is_some() {
+                if let Some(d) = &mut self.deflate {
+                    d.rejected();
                 }
-                return Err(Error::QueueFull {
-                    len,
-                    limit: self.queue_limit,
-                });
             }
+            return Err(e);
         }
         let mask = self.masked.then(rand::random::<[u8; 4]>);
-        let Some(outbox) = self.ws.get_mut().outbox_mut() else {
-            // `new` starts queueing before anything can be sent.
-            unreachable!("a session's stream queues its writes");
-        };
-        frame::encode(outbox.tail(len), opcode, compressed.is_some(), body, mask);
+        frame::encode(
+            self.outbox().tail(len),
+            opcode,
+            compressed.is_some(),
+            body,
+            mask,
+        );
         if compressed.is_some() {
             self.metrics.compressed(payload.len(), body.len());
         }
+        self.queued_more();
+        Ok(())
+    }
+
+    /// Queue a finished frame as it is.
+    fn write_wire(&mut self, wire: &[u8]) -> Result<(), Error> {
+        self.make_room(wire.len())?;
+        self.outbox().tail(wire.len()).extend_from_slice(wire);
+        self.queued_more();
+        Ok(())
+    }
+
+    /// Whether `len` more bytes fit under the queue bound. The bound counts what is queued;
+    /// make room if the socket will take it now, so "full" means the socket really is behind
+    /// (or the frame can never fit).
+    fn make_room(&mut self, len: usize) -> Result<(), Error> {
+        if self.queued() + len <= self.queue_limit
+            || (!self.write_blocked && self.flush() && self.queued() + len <= self.queue_limit)
+        {
+            return Ok(());
+        }
+        Err(Error::QueueFull {
+            len,
+            limit: self.queue_limit,
+        })
+    }
+
+    fn outbox(&mut self) -> &mut Outbox {
+        match self.ws.get_mut().outbox_mut() {
+            Some(outbox) => outbox,
+            // `new` starts queueing before anything can be sent.
+            None => unreachable!("a session's stream queues its writes"),
+        }
+    }
+
+    /// After queueing: past `write_buffer_size`, write out at once.
+    fn queued_more(&mut self) {
         if self.queued() >= self.write_buffer_size {
             self.flush();
         } else {
             self.metrics.set_queued_bytes(self.queued());
         }
-        Ok(())
     }
 
     /// Bytes waiting for the socket.
@@ -693,11 +743,12 @@ impl Session {
 
     /// Carry out one command; a send that meets a full queue comes back to wait its turn.
     fn execute(&mut self, command: Command) -> Result<(), Command> {
-        let message = match &command {
-            Command::SendText(t) => Message::Text(t.clone()),
-            Command::SendBinary(b) => Message::Binary(b.clone()),
-            Command::SendPing(b) => Message::Ping(b.clone()),
-            Command::SendPong(b) => Message::Pong(b.clone()),
+        let (message, wire) = match &command {
+            Command::SendText(t) => (Message::Text(t.clone()), None),
+            Command::SendBinary(b) => (Message::Binary(b.clone()), None),
+            Command::SendPing(b) => (Message::Ping(b.clone()), None),
+            Command::SendPong(b) => (Message::Pong(b.clone()), None),
+            Command::SendShared(f) => (f.message().clone(), Some(f.wire().clone())),
             // Stops travel beside the channel, but a `Command` can say them too.
             Command::Close(code, reason) => {
                 if let Err(e) = self.close(*code, reason) {
@@ -710,7 +761,7 @@ impl Session {
                 return Ok(());
             }
         };
-        match self.queue(message) {
+        match self.queue_outgoing(message, wire.as_ref()) {
             Ok(()) => Ok(()),
             // Blocked: it will fit once the socket drains.
             Err(Error::QueueFull { .. }) if self.write_blocked => Err(command),
@@ -1233,6 +1284,27 @@ mod tests {
         assert!(matches!(s.take_error(), Some(Error::Closed)));
         assert!(s.take_error().is_none(), "one report per unsent message");
         assert!(sender.send_text("late").is_err(), "the channel is closed");
+    }
+
+    #[test]
+    fn a_server_writes_a_shared_frame_as_it_is_and_a_client_frames_it_itself() {
+        let frame = SharedFrame::text("broadcast");
+        let stream = Stream::from(Transport::Scripted(Scripted {
+            write_budget: usize::MAX,
+            ..Scripted::default()
+        }));
+        let config = Config::default();
+        let ws = WebSocket::from_raw_socket(stream, Role::Server, Some(config.websocket_config()));
+        let mut server = Session::server(ws, &config, None);
+        server.send_shared(&frame).unwrap();
+        assert!(server.flush());
+        assert_eq!(scripted(&mut server).written, frame.wire()[..]);
+
+        let mut client = session(&config, vec![], usize::MAX);
+        client.send_shared(&frame).unwrap();
+        assert!(client.flush());
+        let written = std::mem::take(&mut scripted(&mut client).written);
+        assert_eq!(frames(&written), [(0x1, b"broadcast".to_vec())], "masked");
     }
 
     #[test]
