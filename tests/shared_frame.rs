@@ -114,7 +114,7 @@ fn one_frame_reaches_every_server_connection_compressed_or_not() {
 fn a_hook_broadcasts_a_shared_frame_and_a_client_can_send_one() {
     // The client masks, so it frames the payload itself; the server (tungstenite) checks the
     // masking and echoes.
-    let (url, server) = ws_server(|ws| echo(ws));
+    let (url, server) = ws_server(echo);
     struct Shared(usize);
     impl Handler for Shared {
         fn on_activated(&mut self, ctx: &mut Context<'_>) {
