@@ -128,6 +128,7 @@ mod event;
 mod frame;
 mod handler;
 mod handshake;
+mod heartbeat;
 mod linger;
 mod metrics;
 mod nonblocking;

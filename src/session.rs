@@ -17,6 +17,7 @@ use crate::command::{Command, Inbox, Stop};
 use crate::deflate::outbound::Outbound;
 use crate::error::{classify, Classified, Error, TimeoutKind};
 use crate::frame;
+use crate::heartbeat::{Beat, Heartbeat};
 use crate::linger::FrameSkipper;
 use crate::outbox::Outbox;
 use crate::stream::Stream;
@@ -52,18 +53,6 @@ pub(crate) struct ReadPass {
     /// The budget ran out before the socket said "would block": do not wait before the next
     /// pass (readiness waits are edge-triggered).
     pub(crate) more: bool,
-}
-
-/// Heartbeat settings (see [`ConfigBuilder::ping_interval`](crate::ConfigBuilder::ping_interval)).
-#[derive(Debug)]
-struct Heartbeat {
-    interval: Duration,
-    timeout: Duration,
-    payload: Bytes,
-    /// When bytes last arrived, and the stream's read counter then.
-    last_input: (Instant, u64),
-    /// When our unanswered heartbeat ping went out.
-    awaiting: Option<Instant>,
 }
 
 /// Sends made while a reconnecting client is between connections.
@@ -167,13 +156,7 @@ impl Session {
         // From here on every write goes through the outbox, ours and tungstenite's alike.
         ws.get_mut().start_queueing();
         let written = ws.get_ref().bytes_written();
-        let heartbeat = config.ping_interval.map(|interval| Heartbeat {
-            interval,
-            timeout: config.pong_timeout,
-            payload: Bytes::from(config.ping_payload.clone()),
-            last_input: (Instant::now(), ws.get_ref().bytes_read()),
-            awaiting: None,
-        });
+        let heartbeat = Heartbeat::new(config, ws.get_ref().bytes_read());
         let deflate = match (
             handshake.as_ref().and_then(Handshake::deflate),
             &config.deflate,
@@ -904,26 +887,20 @@ impl Session {
         let Some(hb) = self.heartbeat.as_mut() else {
             return;
         };
-        if read != hb.last_input.1 {
-            hb.last_input = (now, read);
-            hb.awaiting = None;
-        }
-        match hb.awaiting {
-            Some(sent) if now >= sent + hb.timeout => {
+        match hb.check(now, read) {
+            Beat::Dead => {
                 tracing::warn!("no traffic after a heartbeat ping: peer is gone");
                 self.errors.push_back(Error::Timeout(TimeoutKind::Pong));
                 self.finish();
             }
-            None if now >= hb.last_input.0 + hb.interval => {
-                hb.awaiting = Some(now);
-                let payload = hb.payload.clone();
+            Beat::Ping(payload) => {
                 tracing::trace!("heartbeat ping");
                 // Queued now, written by the flush that follows in the same pass.
                 if let Err(e) = self.queue(Message::Ping(payload)) {
                     tracing::debug!(error = %e, "heartbeat ping not queued");
                 }
             }
-            _ => {}
+            Beat::Nothing => {}
         }
     }
 
@@ -968,10 +945,7 @@ impl Session {
         };
         let requested = self.close_request.as_ref().map(|(_, _, d)| *d);
         let heartbeat = match (&self.heartbeat, self.phase) {
-            (Some(hb), Phase::Open) => Some(match hb.awaiting {
-                Some(sent) => sent + hb.timeout,
-                None => hb.last_input.0 + hb.interval,
-            }),
+            (Some(hb), Phase::Open) => Some(hb.deadline()),
             _ => None,
         };
         [close, requested, write, heartbeat]
