@@ -45,21 +45,20 @@ impl Handshake {
 // out exactly as configured (order kept, names may repeat, `Host` may be overridden) and so that
 // what the server agreed (subprotocol, extensions) is checked in one place.
 
-use std::io::{Read, Write};
+use std::io::Write;
 
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{self, HeaderName};
 use tungstenite::protocol::{Role, WebSocket};
 use url::Url;
 
 use crate::deflate::inbound::Inbound;
 use crate::error::Error;
+use crate::http_head::{self, HeadError};
 use crate::stream::Stream;
 use crate::Config;
 
 /// Largest response head we accept from a server.
 const MAX_RESPONSE_HEAD: usize = 64 << 10;
-/// Most response headers we parse.
-const MAX_HEADERS: usize = 64;
 
 /// Headers the handshake writes itself; setting them through the config is refused.
 pub(crate) const RESERVED_HEADERS: [HeaderName; 6] = [
@@ -167,49 +166,17 @@ fn request(url: &Url, key: &str, config: &Config) -> Vec<u8> {
 
 /// Read up to the end of the response head; what follows it already belongs to the WebSocket.
 fn read_response(stream: &mut Stream) -> Result<(Handshake, Vec<u8>), Error> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 2048];
-    let head_len = loop {
-        let n = stream
-            .read(&mut chunk)
-            .map_err(crate::error::handshake_io)?;
-        if n == 0 {
-            return Err(Error::InvalidHandshake(
-                "the server closed the connection during the handshake".into(),
-            ));
+    let head = http_head::read(stream, MAX_RESPONSE_HEAD).map_err(|e| match e {
+        HeadError::Closed => {
+            Error::InvalidHandshake("the server closed the connection during the handshake".into())
         }
-        let searched = buf.len().saturating_sub(3);
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(pos) = buf[searched..].windows(4).position(|w| w == b"\r\n\r\n") {
-            break searched + pos + 4;
+        HeadError::TooLarge { limit } => {
+            Error::InvalidHandshake(format!("response head longer than {limit} bytes"))
         }
-        if buf.len() > MAX_RESPONSE_HEAD {
-            return Err(Error::InvalidHandshake(format!(
-                "response head longer than {MAX_RESPONSE_HEAD} bytes"
-            )));
-        }
-    };
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut response = httparse::Response::new(&mut headers);
-    match response.parse(&buf[..head_len]) {
-        Ok(httparse::Status::Complete(_)) => {}
-        Ok(httparse::Status::Partial) => {
-            return Err(Error::InvalidHandshake("incomplete response head".into()))
-        }
-        Err(e) => return Err(Error::InvalidHandshake(format!("malformed response: {e}"))),
-    }
-    let status = response
-        .code
-        .and_then(|c| http::StatusCode::from_u16(c).ok())
-        .ok_or_else(|| Error::InvalidHandshake("response without a valid status".into()))?;
-    let mut map = http::HeaderMap::new();
-    for h in response.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| Error::InvalidHandshake(format!("bad header name {:?}", h.name)))?;
-        let value = HeaderValue::from_bytes(h.value)
-            .map_err(|_| Error::InvalidHandshake(format!("bad value for header {name}")))?;
-        map.append(name, value);
-    }
+        HeadError::Io(e) => crate::error::handshake_io(e),
+    })?;
+    let (status, map) = http_head::parse_response(&head.head)
+        .map_err(|e| Error::InvalidHandshake(format!("malformed response: {e}")))?;
     let subprotocol = map
         .get(header::SEC_WEBSOCKET_PROTOCOL)
         .and_then(|v| v.to_str().ok())
@@ -220,7 +187,7 @@ fn read_response(stream: &mut Stream) -> Result<(Handshake, Vec<u8>), Error> {
         subprotocol,
         deflate: None,
     };
-    Ok((handshake, buf.split_off(head_len)))
+    Ok((handshake, head.leftover))
 }
 
 /// RFC 6455 section 4.1: what the client must check before the connection is open.

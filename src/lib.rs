@@ -129,6 +129,7 @@ mod frame;
 mod handler;
 mod handshake;
 mod heartbeat;
+mod http_head;
 mod linger;
 mod metrics;
 mod nonblocking;

@@ -10,6 +10,7 @@ use std::str::FromStr;
 use url::{Host, Url};
 
 use crate::error::{Error, ProxyStatus, TimeoutKind};
+use crate::http_head::{self, HeadError};
 use crate::Config;
 
 /// Which protocol a [`Proxy`] speaks, from its URL's scheme.
@@ -435,8 +436,6 @@ pub(crate) enum Target<'a> {
 
 /// Largest response head we accept from an HTTP proxy.
 const MAX_PROXY_RESPONSE_HEAD: usize = 16 << 10;
-/// Most response headers we parse from an HTTP proxy.
-const MAX_PROXY_HEADERS: usize = 64;
 
 /// Ask `proxy`, connected on `stream` (blocking, under the handshake deadline), for a tunnel to
 /// `target:port`. When this returns `Ok`, `stream` carries bytes to and from the target.
@@ -473,45 +472,24 @@ fn http_connect<S: Read + Write>(
         .and_then(|()| stream.flush())
         .map_err(|e| io_error(proxy, e))?;
 
-    let mut buf = Vec::with_capacity(256);
-    let mut chunk = [0u8; 1024];
-    let head_len = loop {
-        let n = stream.read(&mut chunk).map_err(|e| io_error(proxy, e))?;
-        if n == 0 {
-            return Err(protocol(
-                proxy,
-                "the proxy closed the connection before answering CONNECT",
-            ));
+    let head = http_head::read(stream, MAX_PROXY_RESPONSE_HEAD).map_err(|e| match e {
+        HeadError::Closed => protocol(
+            proxy,
+            "the proxy closed the connection before answering CONNECT",
+        ),
+        HeadError::TooLarge { limit } => {
+            protocol(proxy, format!("response head longer than {limit} bytes"))
         }
-        let searched = buf.len().saturating_sub(3);
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(pos) = buf[searched..].windows(4).position(|w| w == b"\r\n\r\n") {
-            break searched + pos + 4;
-        }
-        if buf.len() > MAX_PROXY_RESPONSE_HEAD {
-            return Err(protocol(
-                proxy,
-                format!("response head longer than {MAX_PROXY_RESPONSE_HEAD} bytes"),
-            ));
-        }
-    };
-    let mut headers = [httparse::EMPTY_HEADER; MAX_PROXY_HEADERS];
-    let mut response = httparse::Response::new(&mut headers);
-    match response.parse(&buf[..head_len]) {
-        Ok(httparse::Status::Complete(_)) => {}
-        Ok(httparse::Status::Partial) => return Err(protocol(proxy, "incomplete response head")),
-        Err(e) => return Err(protocol(proxy, format!("malformed answer to CONNECT: {e}"))),
-    }
-    let status = response
-        .code
-        .and_then(|c| http::StatusCode::from_u16(c).ok())
-        .ok_or_else(|| protocol(proxy, "answer to CONNECT without a valid status"))?;
+        HeadError::Io(e) => io_error(proxy, e),
+    })?;
+    let (status, _) = http_head::parse_response(&head.head)
+        .map_err(|e| protocol(proxy, format!("malformed answer to CONNECT: {e}")))?;
     if !status.is_success() {
         return Err(refused(proxy, ProxyStatus::Http(status)));
     }
     // Neither TLS nor the WebSocket upgrade lets the target speak first, so bytes after the head
     // cannot be the target's: refuse rather than lose them.
-    if buf.len() > head_len {
+    if !head.leftover.is_empty() {
         return Err(protocol(
             proxy,
             "the proxy sent data after accepting CONNECT, before the tunnel was used",

@@ -1,0 +1,233 @@
+//! HTTP/1.x heads, read and parsed in one place for every exchange that has one: a proxy's
+//! answer to `CONNECT`, a server's answer to our upgrade request, and a client's request to a
+//! [`ServerConnection`](crate::ServerConnection).
+//!
+//! The reader works on any blocking `Read` (a `TcpConn` under the handshake deadline, or TLS
+//! over one): it stops at the blank line that ends the head, never reads more than a bound
+//! without finding it, and hands back the bytes it read past the head, which already belong to
+//! whatever follows (WebSocket frames a peer sent at once, a request body). An I/O error is
+//! returned as it came, so the caller sorts deadline from failure with
+//! [`crate::error::handshake_io`] or [`crate::error::is_deadline`].
+
+use std::fmt;
+use std::io::{self, Read};
+
+use http::header::{HeaderName, HeaderValue};
+use http::{HeaderMap, StatusCode};
+
+/// Most header lines we parse in one head.
+pub(crate) const MAX_HEADERS: usize = 100;
+
+/// Bytes asked of the stream per read.
+const CHUNK: usize = 2048;
+
+/// A head as read off the stream.
+#[derive(Debug)]
+pub(crate) struct Head {
+    /// The head, through the blank line that ends it.
+    pub(crate) head: Vec<u8>,
+    /// What was read past the head.
+    pub(crate) leftover: Vec<u8>,
+}
+
+/// Why no head could be read.
+#[derive(Debug)]
+pub(crate) enum HeadError {
+    /// The peer ended the stream before the head was complete (possibly before sending
+    /// anything).
+    Closed,
+    /// No blank line within `limit` bytes: the head is longer than the bound.
+    TooLarge { limit: usize },
+    /// The stream failed, or the handshake deadline passed (see `error::is_deadline`).
+    Io(io::Error),
+}
+
+/// Read from `src` until the end of a head (`\r\n\r\n`); the head may be at most `limit` bytes.
+pub(crate) fn read<R: Read + ?Sized>(src: &mut R, limit: usize) -> Result<Head, HeadError> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; CHUNK];
+    loop {
+        let n = match src.read(&mut chunk) {
+            Ok(0) => return Err(HeadError::Closed),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(HeadError::Io(e)),
+        };
+        // The end may straddle two reads.
+        let searched = buf.len().saturating_sub(3);
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(pos) = buf[searched..].windows(4).position(|w| w == b"\r\n\r\n") {
+            let end = searched + pos + 4;
+            if end > limit {
+                return Err(HeadError::TooLarge { limit });
+            }
+            let leftover = buf.split_off(end);
+            return Ok(Head {
+                head: buf,
+                leftover,
+            });
+        }
+        if buf.len() >= limit {
+            return Err(HeadError::TooLarge { limit });
+        }
+    }
+}
+
+/// Why a head could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ParseError {
+    /// More than [`MAX_HEADERS`] header lines.
+    TooManyHeaders,
+    /// Not an HTTP/1.x head, or a part that does not fit its type; says which.
+    Malformed(String),
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ParseError::TooManyHeaders => write!(f, "more than {MAX_HEADERS} header lines"),
+            ParseError::Malformed(why) => f.write_str(why),
+        }
+    }
+}
+
+impl From<httparse::Error> for ParseError {
+    fn from(e: httparse::Error) -> Self {
+        match e {
+            httparse::Error::TooManyHeaders => ParseError::TooManyHeaders,
+            other => ParseError::Malformed(other.to_string()),
+        }
+    }
+}
+
+/// A response head: its status and headers (in order, repeats kept).
+pub(crate) fn parse_response(head: &[u8]) -> Result<(StatusCode, HeaderMap), ParseError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut headers);
+    if response.parse(head)?.is_partial() {
+        return Err(ParseError::Malformed("incomplete head".into()));
+    }
+    let status = response
+        .code
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .ok_or_else(|| ParseError::Malformed("no valid status".into()))?;
+    Ok((status, header_map(response.headers)?))
+}
+
+fn header_map(headers: &[httparse::Header<'_>]) -> Result<HeaderMap, ParseError> {
+    let mut map = HeaderMap::with_capacity(headers.len());
+    for h in headers {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| ParseError::Malformed(format!("bad header name {:?}", h.name)))?;
+        let value = HeaderValue::from_bytes(h.value)
+            .map_err(|_| ParseError::Malformed(format!("bad value for header {name}")))?;
+        map.append(name, value);
+    }
+    Ok(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Hands out its input a few bytes at a time, then says `then`.
+    struct Trickle<'a> {
+        input: &'a [u8],
+        step: usize,
+        then: Option<io::ErrorKind>,
+    }
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.input.is_empty() {
+                return match self.then {
+                    Some(kind) => Err(kind.into()),
+                    None => Ok(0),
+                };
+            }
+            let n = self.step.min(buf.len()).min(self.input.len());
+            buf[..n].copy_from_slice(&self.input[..n]);
+            self.input = &self.input[n..];
+            Ok(n)
+        }
+    }
+
+    fn trickle(input: &[u8], step: usize) -> Trickle<'_> {
+        Trickle {
+            input,
+            step,
+            then: None,
+        }
+    }
+
+    #[test]
+    fn the_head_ends_at_the_blank_line_and_what_follows_is_kept() {
+        let input = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n\x81\x85frame";
+        // Every split of the end marker across reads.
+        for step in 1..input.len() {
+            let mut t = trickle(input, step);
+            let head = read(&mut t, 1024).unwrap();
+            assert_eq!(
+                head.head, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n",
+                "step {step}"
+            );
+            // What was read past the head, then what is still in the stream: nothing lost.
+            let mut rest = head.leftover;
+            rest.extend_from_slice(t.input);
+            assert_eq!(rest, b"\x81\x85frame", "step {step}");
+        }
+    }
+
+    #[test]
+    fn the_bound_holds_however_the_bytes_arrive() {
+        let head = b"GET / HTTP/1.1\r\nX: 0123456789\r\n\r\n";
+        assert!(read(&mut trickle(head, 7), head.len()).is_ok());
+        for step in [1, 7, 4096] {
+            let r = read(&mut trickle(head, step), head.len() - 1);
+            assert!(
+                matches!(r, Err(HeadError::TooLarge { limit }) if limit == head.len() - 1),
+                "{r:?}"
+            );
+        }
+        // An endless head stops at the bound (plus at most one read).
+        let endless = vec![b'a'; 1 << 20];
+        let mut t = trickle(&endless, 4096);
+        assert!(matches!(
+            read(&mut t, 8192),
+            Err(HeadError::TooLarge { .. })
+        ));
+        assert!(t.input.len() >= endless.len() - 8192 - CHUNK);
+    }
+
+    #[test]
+    fn an_early_end_or_a_socket_error_is_reported_as_such() {
+        assert!(matches!(
+            read(&mut trickle(b"", 1), 64),
+            Err(HeadError::Closed)
+        ));
+        assert!(matches!(
+            read(&mut trickle(b"HTTP/1.1 200 OK\r\n", 3), 64),
+            Err(HeadError::Closed)
+        ));
+        let mut stalled = Trickle {
+            input: b"GET /",
+            step: 2,
+            then: Some(io::ErrorKind::TimedOut),
+        };
+        match read(&mut stalled, 64) {
+            Err(HeadError::Io(e)) => assert!(crate::error::is_deadline(&e)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn responses_parse_into_status_and_headers() {
+        let (status, headers) =
+            parse_response(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n")
+                .unwrap();
+        assert_eq!(status, StatusCode::SWITCHING_PROTOCOLS);
+        assert_eq!(headers["upgrade"], "websocket");
+        assert!(parse_response(b"SSH-2.0-OpenSSH\r\n\r\n").is_err());
+        assert!(parse_response(b"HTTP/1.1 042 Odd\r\n\r\n").is_err());
+    }
+}
