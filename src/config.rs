@@ -633,6 +633,55 @@ impl ConfigBuilder {
     }
 }
 
+// ----- server defaults (an additive block: the settings above stay the clients') -------------
+
+impl Config {
+    /// A builder that starts from defaults that fit a server, where one process holds many
+    /// connections and a client must not be able to hold a thread or much memory:
+    ///
+    /// | setting | server default | client default |
+    /// |---|---|---|
+    /// | [`handshake_timeout`](ConfigBuilder::handshake_timeout) (TLS + request head + 101) | 10 s | 30 s |
+    /// | [`write_timeout`](ConfigBuilder::write_timeout) (a client that stops reading) | 10 s | none |
+    /// | [`max_queued_bytes`](ConfigBuilder::max_queued_bytes) (per-connection queue) | 1 MiB | 128 MiB |
+    /// | [`write_buffer_size`](ConfigBuilder::write_buffer_size) | 16 KiB | 64 KiB |
+    /// | [`read_buffer_size`](ConfigBuilder::read_buffer_size) (kept per connection) | 4 KiB | 16 KiB |
+    /// | [`control_capacity`](ConfigBuilder::control_capacity) (commands from other threads) | 256 | 1024 |
+    ///
+    /// Everything else is as in [`Config::builder`], and every setter still applies.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let config = syncws::Config::server_builder()
+    ///     .max_message_size(Some(64 << 10))
+    ///     .build()?;
+    /// assert_eq!(config.handshake_timeout(), Some(Duration::from_secs(10)));
+    /// assert_eq!(config.write_timeout(), Some(Duration::from_secs(10)));
+    /// assert_eq!(config.max_queued_bytes(), 1 << 20);
+    /// assert_eq!(config.max_message_size(), Some(64 << 10));
+    /// # Ok::<(), syncws::Error>(())
+    /// ```
+    pub fn server_builder() -> ConfigBuilder {
+        let mut builder = Config::builder();
+        let c = &mut builder.config;
+        c.handshake_timeout = Some(Duration::from_secs(10));
+        c.write_timeout = Some(Duration::from_secs(10));
+        c.max_queued_bytes = 1 << 20;
+        c.write_buffer_size = 16 << 10;
+        c.read_buffer_size = 4 << 10;
+        c.control_capacity = 256;
+        builder
+    }
+
+    /// The server defaults of [`server_builder`](Self::server_builder), unchanged.
+    pub fn server_defaults() -> Config {
+        // The server defaults pass every check of `build` (the doc-test above builds them).
+        Config::server_builder()
+            .build()
+            .expect("the server defaults are a valid config")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
