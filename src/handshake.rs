@@ -84,30 +84,43 @@ pub(crate) fn client(
         .map_err(crate::error::handshake_io)?;
     let (mut handshake, leftover) = read_response(&mut stream)?;
     verify(&mut handshake, &key, config)?;
-    let leftover = if handshake.deflate.is_some() {
-        // Compressed frames go through the inflating layer, starting with any that came with
-        // the answer; tungstenite gets nothing directly.
-        stream.set_inbound(Inbound::new(Role::Client, config, &leftover));
+    let ws = websocket(
+        stream,
+        leftover,
+        Role::Client,
+        handshake.deflate.is_some(),
+        config,
+    );
+    Ok((ws, handshake))
+}
+
+/// The WebSocket over an upgraded `stream`, on either side. `leftover`, what was read past the
+/// head, is the start of the frame stream and is never lost: with permessage-deflate agreed it
+/// goes into the inflating layer (tungstenite must not see compressed frames), else straight to
+/// tungstenite.
+pub(crate) fn websocket(
+    mut stream: Stream,
+    leftover: Vec<u8>,
+    role: Role,
+    deflate: bool,
+    config: &Config,
+) -> WebSocket<Stream> {
+    let leftover = if deflate {
+        stream.set_inbound(Inbound::new(role, config, &leftover));
         Vec::new()
     } else {
         leftover
     };
     // `from_partially_read` sizes tungstenite's read buffer from `leftover`'s capacity, which is
-    // 0 when the server sent nothing after its answer (the usual case). The buffer then
-    // remembers a 0-byte "original capacity" and, whenever it must grow while received payloads
-    // are still alive (the threaded client's events), allocates exactly one frame's worth: two
-    // reads and an allocation per message. `from_raw_socket` allocates `read_buffer_size`.
-    let ws = if leftover.is_empty() {
-        WebSocket::from_raw_socket(stream, Role::Client, Some(config.websocket_config()))
+    // 0 when the peer sent nothing after the head (the usual case). The buffer then remembers a
+    // 0-byte "original capacity" and, whenever it must grow while received payloads are still
+    // alive (the threaded client's events), allocates exactly one frame's worth: two reads and
+    // an allocation per message. `from_raw_socket` allocates `read_buffer_size`.
+    if leftover.is_empty() {
+        WebSocket::from_raw_socket(stream, role, Some(config.websocket_config()))
     } else {
-        WebSocket::from_partially_read(
-            stream,
-            leftover,
-            Role::Client,
-            Some(config.websocket_config()),
-        )
-    };
-    Ok((ws, handshake))
+        WebSocket::from_partially_read(stream, leftover, role, Some(config.websocket_config()))
+    }
 }
 
 fn request(url: &Url, key: &str, config: &Config) -> Vec<u8> {
