@@ -72,9 +72,28 @@ pub enum Error {
         status: http::StatusCode,
     },
     /// The opening handshake broke the protocol: a bad accept key, a subprotocol or extension
-    /// we did not offer, malformed HTTP (or, on the server side, a bad upgrade request).
+    /// we did not offer, malformed HTTP. (A server refusing a client's request reports
+    /// [`Error::BadRequest`].)
     #[error("invalid handshake: {0}")]
     InvalidHandshake(String),
+    /// Server side: the client's request is not one the server can take: malformed HTTP, a
+    /// head over the size limit, or an invalid WebSocket upgrade (method, version, missing
+    /// headers, a bad key). The client was answered with `status` (400, 405, 426 or 431) and the
+    /// connection closed.
+    #[error("bad request from the client (answered HTTP {status}): {reason}")]
+    BadRequest {
+        /// The HTTP status the client was answered with.
+        status: http::StatusCode,
+        /// What was wrong with the request.
+        reason: String,
+    },
+    /// Server side: [`Accept::subprotocol`](crate::Accept::subprotocol) asked for a subprotocol
+    /// the client did not offer. The client was answered 400 and the connection closed.
+    #[error("the client did not offer subprotocol {protocol:?}")]
+    SubprotocolNotOffered {
+        /// The subprotocol the server asked for.
+        protocol: String,
+    },
     /// A compressed message (permessage-deflate) could not be inflated: the peer sent data that
     /// is not valid deflate. The connection was closed with 1007.
     #[error("invalid compressed data in a message: {0}")]

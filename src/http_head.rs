@@ -13,7 +13,7 @@ use std::fmt;
 use std::io::{self, Read};
 
 use http::header::{HeaderName, HeaderValue};
-use http::{HeaderMap, StatusCode};
+use http::{HeaderMap, Method, Request, StatusCode, Uri, Version};
 
 /// Most header lines we parse in one head.
 pub(crate) const MAX_HEADERS: usize = 100;
@@ -112,6 +112,35 @@ pub(crate) fn parse_response(head: &[u8]) -> Result<(StatusCode, HeaderMap), Par
         .and_then(|c| StatusCode::from_u16(c).ok())
         .ok_or_else(|| ParseError::Malformed("no valid status".into()))?;
     Ok((status, header_map(response.headers)?))
+}
+
+/// A request head, as an `http::Request` without a body.
+pub(crate) fn parse_request(head: &[u8]) -> Result<Request<()>, ParseError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    if request.parse(head)?.is_partial() {
+        return Err(ParseError::Malformed("incomplete head".into()));
+    }
+    // A complete parse has all three.
+    let (Some(method), Some(target), Some(minor)) = (request.method, request.path, request.version)
+    else {
+        return Err(ParseError::Malformed("incomplete request line".into()));
+    };
+    let method = Method::from_bytes(method.as_bytes())
+        .map_err(|_| ParseError::Malformed(format!("bad method {method:?}")))?;
+    let uri = target
+        .parse::<Uri>()
+        .map_err(|_| ParseError::Malformed(format!("bad request target {target:?}")))?;
+    let version = match minor {
+        0 => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
+    let mut out = Request::new(());
+    *out.method_mut() = method;
+    *out.uri_mut() = uri;
+    *out.version_mut() = version;
+    *out.headers_mut() = header_map(request.headers)?;
+    Ok(out)
 }
 
 fn header_map(headers: &[httparse::Header<'_>]) -> Result<HeaderMap, ParseError> {
@@ -218,6 +247,39 @@ mod tests {
             Err(HeadError::Io(e)) => assert!(crate::error::is_deadline(&e)),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn requests_parse_into_http_types() {
+        let r = parse_request(
+            b"GET /chat?room=a&since=3 HTTP/1.1\r\nHost: h\r\nX-A: 1\r\nx-a: 2\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(r.method(), Method::GET);
+        assert_eq!(r.uri().path(), "/chat");
+        assert_eq!(r.uri().query(), Some("room=a&since=3"));
+        assert_eq!(r.version(), Version::HTTP_11);
+        let a: Vec<_> = r.headers().get_all("x-a").iter().collect();
+        assert_eq!(a, ["1", "2"]);
+        let old = parse_request(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+        assert_eq!(old.version(), Version::HTTP_10);
+        for bad in [
+            &b"GET\r\n\r\n"[..],
+            b"GET / HTTP/2.0\r\n\r\n",
+            b"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n",
+            b"\x16\x03\x01\x02\x00\r\n\r\n",
+        ] {
+            assert!(
+                matches!(parse_request(bad), Err(ParseError::Malformed(_))),
+                "{bad:?}"
+            );
+        }
+        let many: String = (0..=MAX_HEADERS).map(|i| format!("X-{i}: v\r\n")).collect();
+        let head = format!("GET / HTTP/1.1\r\n{many}\r\n");
+        assert!(matches!(
+            parse_request(head.as_bytes()),
+            Err(ParseError::TooManyHeaders)
+        ));
     }
 
     #[test]

@@ -47,6 +47,50 @@
 //!
 //! See [`ThreadedClient`]: `control_tx.send(Command::..)` in, `event_rx.recv()` out.
 //!
+//! ## Server side
+//!
+//! [`ServerConnection`] is the same core on an accepted socket: thread per connection, the
+//! same [`Handler`], [`ServerConnection::handle`] for other threads (broadcasts).
+//! [`ServerConnection::accept`] upgrades in one call; [`ServerConnection::read_request`] first
+//! hands you the request as an [`Incoming`] (path, query, headers, peer, offered
+//! subprotocols), so one port can serve pages and WebSockets: [`Incoming::accept`] with an
+//! [`Accept`] (subprotocol, headers), [`Incoming::reject`] with an HTTP status, or
+//! [`Incoming::into_http`] for an [`HttpStream`] to answer plain HTTP. Frames a client sends
+//! along with its request are kept and handled first. [`Config::server_defaults`] has limits
+//! that fit a server (1 MiB queue, 10 s handshake and write timeouts).
+//!
+//! ```no_run
+//! use std::io::Write;
+//! use syncws::{Accept, Config, Context, Handler, ServerConnection};
+//!
+//! struct Echo;
+//! impl Handler for Echo {
+//!     fn on_text_message(&mut self, ctx: &mut Context<'_>, text: &str) {
+//!         let _ = ctx.send_text(text);
+//!     }
+//! }
+//!
+//! let config = Config::server_defaults();
+//! let listener = std::net::TcpListener::bind("127.0.0.1:9001")?;
+//! for tcp in listener.incoming() {
+//!     let Ok(tcp) = tcp else { continue };
+//!     let config = config.clone();
+//!     // The handshake waits for the client: on the connection's thread, not the listener's.
+//!     std::thread::spawn(move || -> Result<(), syncws::Error> {
+//!         let incoming = ServerConnection::read_request(tcp, None, &config)?;
+//!         if incoming.is_upgrade() {
+//!             incoming.accept(Accept::new())?.run(&mut Echo);
+//!         } else {
+//!             let mut http = incoming.into_http();
+//!             http.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n")?;
+//!             http.close()?;
+//!         }
+//!         Ok(())
+//!     });
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! ## Guarantees
 //!
 //! - **Nothing is lost on a graceful close.** Every message the peer sent before its Close
@@ -77,7 +121,8 @@
 //! [`Error::Tls`] with a [`TlsFailure`] (another host's certificate, self-signed, ...),
 //! [`Error::HandshakeRejected`] with the HTTP status, [`Error::Timeout`]; through a proxy:
 //! [`Error::ProxyConnect`], [`Error::ProxyRefused`] with a [`ProxyStatus`] (HTTP 407/403/502,
-//! SOCKS5 reply), [`Error::ProxyProtocol`], [`Error::InvalidProxy`].
+//! SOCKS5 reply), [`Error::ProxyProtocol`], [`Error::InvalidProxy`]. On the server side, a
+//! request the server refused is [`Error::BadRequest`] with the status the client was answered.
 //!
 //! ## Features
 //!
@@ -130,6 +175,8 @@ mod handler;
 mod handshake;
 mod heartbeat;
 mod http_head;
+mod http_stream;
+mod incoming;
 mod linger;
 mod metrics;
 mod nonblocking;
@@ -153,6 +200,8 @@ pub use error::{Error, ProxyStatus, TimeoutKind, TlsFailure};
 pub use event::Event;
 pub use handler::{Context, Handler};
 pub use handshake::Handshake;
+pub use http_stream::HttpStream;
+pub use incoming::{Accept, Incoming};
 pub use metrics::Metrics;
 pub use nonblocking::NonBlockingClient;
 pub use proxy::{Proxy, ProxyKind};
@@ -164,6 +213,9 @@ pub use tls::TlsBackend;
 
 /// Channel errors returned by [`CommandSender`], which hand the command back.
 pub use crossbeam_channel::{SendError, SendTimeoutError, TrySendError};
+/// The `http` crate, whose types the server side shows: [`Incoming::request`] is an
+/// `http::Request<()>`, [`Incoming::reject`] takes an `http::StatusCode`.
+pub use http;
 /// Close codes (`CloseCode::Normal` is 1000); any `u16` converts with `.into()`.
 pub use tungstenite::protocol::frame::coding::CloseCode;
 /// Owned messages for [`Context::send`], and the payload buffers of [`Event`] and [`Command`].

@@ -1,28 +1,33 @@
-//! The server side of the same core: one accepted socket, driven like a client.
+//! The server side of the same core: one accepted socket, driven like a client. The opening
+//! handshake is ours (see `incoming`); this file opens the socket (TLS first) and starts the
+//! session once the upgrade is answered.
 
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::time::Instant;
 
-use http::header::SEC_WEBSOCKET_EXTENSIONS;
-use http::HeaderValue;
-use tungstenite::handshake::server::{Request, Response};
-use tungstenite::handshake::HandshakeError;
 use tungstenite::protocol::Role;
 
 use crate::command::CommandSender;
-use crate::deflate::inbound::Inbound;
 use crate::deflate::outbound::Outbound;
 use crate::driver::Driver;
 use crate::error::TimeoutKind;
 use crate::handler::Callbacks;
 use crate::session::Session;
 use crate::stream::{Stream, TcpConn, Transport};
-use crate::{Config, DeflateParams, Error, Handler, WaitStrategy};
+use crate::{Accept, Config, DeflateParams, Error, Handler, Incoming, WaitStrategy};
 
 /// A server-side WebSocket connection on an accepted socket, driven by the same core as the
 /// clients (thread per connection: [`run`](Self::run) blocks in the OS poll on the socket plus a
 /// waker). [`handle`](Self::handle) lets other threads send to it, which is how a server
 /// broadcasts.
+///
+/// [`accept`](Self::accept) is the one-call path. To look at the request first (path, headers,
+/// subprotocols), or to answer plain HTTP on the same port, use
+/// [`read_request`](Self::read_request) and the [`Incoming`] it returns.
+///
+/// The handshake blocks until the client has sent its request (up to `handshake_timeout`), so
+/// do it on the connection's own thread, as here: a client that connects and stays silent then
+/// holds up only its own thread, never the accept loop.
 ///
 /// ```no_run
 /// use syncws::{Config, Context, Handler, ServerConnection};
@@ -34,10 +39,15 @@ use crate::{Config, DeflateParams, Error, Handler, WaitStrategy};
 ///     }
 /// }
 ///
-/// let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+/// let config = Config::server_defaults();
+/// let listener = std::net::TcpListener::bind("127.0.0.1:9001")?;
 /// for tcp in listener.incoming() {
-///     let conn = ServerConnection::accept(tcp?, None, &Config::default())?;
-///     std::thread::spawn(move || conn.run(&mut Echo));
+///     let Ok(tcp) = tcp else { continue };
+///     let config = config.clone();
+///     std::thread::spawn(move || match ServerConnection::accept(tcp, None, &config) {
+///         Ok(conn) => conn.run(&mut Echo),
+///         Err(e) => eprintln!("handshake: {e}"),
+///     });
 /// }
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
@@ -46,102 +56,80 @@ pub struct ServerConnection {
     driver: Driver,
     handle: CommandSender,
     deflate: Option<DeflateParams>,
+    subprotocol: Option<String>,
 }
 
 impl ServerConnection {
-    /// Run the server handshake on an accepted socket: TLS first when `tls` is given, then the
-    /// HTTP upgrade, both bounded by the config's `handshake_timeout`.
+    /// Run the server handshake on an accepted socket and upgrade: [`read_request`](
+    /// Self::read_request), then [`Incoming::accept`] with no subprotocol. A request that is
+    /// not a WebSocket upgrade is answered 400.
     ///
     /// # Errors
     ///
-    /// [`Error::Tls`], [`Error::InvalidHandshake`] for a bad upgrade request,
-    /// [`Error::Timeout`]`(`[`TimeoutKind::Handshake`]`)` when the TLS handshake or the upgrade
-    /// runs past `handshake_timeout`.
+    /// Those of [`read_request`](Self::read_request) and [`Incoming::accept`]: notably
+    /// [`Error::BadRequest`] for a request that is not a valid upgrade (the client was answered
+    /// with the status it carries), [`Error::Timeout`]`(`[`TimeoutKind::Handshake`]`)` when TLS,
+    /// the request or our answer runs past `handshake_timeout`.
     pub fn accept(
         tcp: TcpStream,
         tls: Option<&native_tls::TlsAcceptor>,
         config: &Config,
     ) -> Result<Self, Error> {
-        tcp.set_nodelay(config.nodelay)?;
-        let deadline = config.handshake_timeout.map(|d| Instant::now() + d);
-        let peer = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-        let conn = TcpConn::new(tcp, deadline);
-        let stream = match tls {
-            None => Stream::from(Transport::Plain(conn)),
-            Some(acceptor) => match acceptor.accept(conn) {
-                Ok(s) => Stream::from(Transport::Tls(Box::new(s))),
-                Err(native_tls::HandshakeError::WouldBlock(_)) => {
-                    return Err(Error::Timeout(TimeoutKind::Handshake))
-                }
-                // Our deadline shows up as an io error inside the TLS library's.
-                Err(native_tls::HandshakeError::Failure(e))
-                    if crate::tls::chain_has_timeout(&e) =>
-                {
-                    return Err(Error::Timeout(TimeoutKind::Handshake))
-                }
-                Err(native_tls::HandshakeError::Failure(e)) => {
-                    return Err(Error::Tls {
-                        host: peer,
-                        failure: crate::TlsFailure::classify(&e),
-                        source: Box::new(e),
-                    })
-                }
-            },
-        };
-        // permessage-deflate: answer the first offer we can meet (when enabled).
-        let mut agreed = None;
-        // The error type is tungstenite's (an HTTP response), fixed by its callback trait.
-        #[allow(clippy::result_large_err)]
-        let negotiate = |request: &Request, mut response: Response| {
-            if let Some(settings) = &config.deflate {
-                let offers = request
-                    .headers()
-                    .get_all(SEC_WEBSOCKET_EXTENSIONS)
-                    .iter()
-                    .filter_map(|v| v.to_str().ok());
-                if let Some((params, answer)) = crate::deflate::server_accept(settings, offers) {
-                    if let Ok(value) = HeaderValue::from_str(&answer) {
-                        response
-                            .headers_mut()
-                            .insert(SEC_WEBSOCKET_EXTENSIONS, value);
-                        agreed = Some(params);
-                    }
-                }
-            }
-            Ok(response)
-        };
-        let accepted =
-            tungstenite::accept_hdr_with_config(stream, negotiate, Some(config.websocket_config()));
-        let mut ws = match accepted {
-            Ok(ws) => ws,
-            Err(HandshakeError::Interrupted(_)) => {
-                return Err(Error::Timeout(TimeoutKind::Handshake))
-            }
-            Err(HandshakeError::Failure(tungstenite::Error::Io(e)))
-                if crate::error::is_deadline(&e) =>
-            {
-                return Err(Error::Timeout(TimeoutKind::Handshake))
-            }
-            Err(HandshakeError::Failure(e)) => return Err(Error::InvalidHandshake(e.to_string())),
-        };
-        ws.get_mut().make_nonblocking()?;
-        // A client sends nothing between its request and our answer (RFC 6455 4.1), so no
-        // frame can have been read ahead of the inflating layer.
+        Self::read_request(tcp, tls, config)?.accept(Accept::new())
+    }
+
+    /// Read the request on an accepted socket, without answering it: TLS first when `tls` is
+    /// given, then the request head (16 KiB at most), both bounded by the config's
+    /// `handshake_timeout` from now. The [`Incoming`] shows the request and decides: upgrade,
+    /// refuse, or answer plain HTTP.
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::Timeout`]`(`[`TimeoutKind::Handshake`]`)` when the TLS handshake or the
+    ///   request head is not done within `handshake_timeout`;
+    /// - [`Error::Tls`] when the TLS handshake fails;
+    /// - [`Error::BadRequest`] when the head is longer than 16 KiB or has too many headers
+    ///   (answered 431), or is not HTTP/1.x (answered 400);
+    /// - [`Error::ConnectionReset`] when the client closes before its head is complete;
+    /// - [`Error::Io`] when the socket fails.
+    pub fn read_request(
+        tcp: TcpStream,
+        tls: Option<&native_tls::TlsAcceptor>,
+        config: &Config,
+    ) -> Result<Incoming, Error> {
+        let (stream, peer) = open(tcp, tls, config)?;
+        Incoming::read(stream, peer, config)
+    }
+
+    /// The upgrade was answered: start the session, giving it what the client sent after its
+    /// request (its first frames).
+    pub(crate) fn start(
+        mut stream: Stream,
+        leftover: Vec<u8>,
+        config: &Config,
+        agreed: Option<DeflateParams>,
+        subprotocol: Option<String>,
+    ) -> Result<Self, Error> {
+        stream.make_nonblocking()?;
         let outbound = match (&agreed, &config.deflate) {
-            (Some(params), Some(settings)) => {
-                ws.get_mut()
-                    .set_inbound(Inbound::new(Role::Server, config, &[]));
-                Outbound::new(params, Role::Server, settings)
-            }
+            (Some(params), Some(settings)) => Outbound::new(params, Role::Server, settings),
             _ => None,
         };
+        let ws =
+            crate::handshake::websocket(stream, leftover, Role::Server, agreed.is_some(), config);
         let session = Session::server(ws, config, outbound);
         let (driver, handle, _) = Driver::new(session, WaitStrategy::Readiness, config, None)?;
         Ok(ServerConnection {
             driver,
             handle,
             deflate: agreed,
+            subprotocol,
         })
+    }
+
+    /// The subprotocol chosen in [`Accept::subprotocol`], if any.
+    pub fn subprotocol(&self) -> Option<&str> {
+        self.subprotocol.as_deref()
     }
 
     /// The permessage-deflate parameters agreed with this client, or None when the connection
@@ -166,4 +154,38 @@ impl ServerConnection {
         drop(handle);
         driver.run(&mut Callbacks(handler));
     }
+}
+
+/// Take an accepted socket into handshake mode (blocking, bounded by `handshake_timeout` from
+/// now) and run the TLS handshake when `tls` is given.
+pub(crate) fn open(
+    tcp: TcpStream,
+    tls: Option<&native_tls::TlsAcceptor>,
+    config: &Config,
+) -> Result<(Stream, SocketAddr), Error> {
+    tcp.set_nodelay(config.nodelay)?;
+    let peer = tcp.peer_addr()?;
+    let deadline = config.handshake_timeout.map(|d| Instant::now() + d);
+    let conn = TcpConn::new(tcp, deadline);
+    let stream = match tls {
+        None => Stream::from(Transport::Plain(conn)),
+        Some(acceptor) => match acceptor.accept(conn) {
+            Ok(s) => Stream::from(Transport::Tls(Box::new(s))),
+            Err(native_tls::HandshakeError::WouldBlock(_)) => {
+                return Err(Error::Timeout(TimeoutKind::Handshake))
+            }
+            // Our deadline shows up as an io error inside the TLS library's.
+            Err(native_tls::HandshakeError::Failure(e)) if crate::tls::chain_has_timeout(&e) => {
+                return Err(Error::Timeout(TimeoutKind::Handshake))
+            }
+            Err(native_tls::HandshakeError::Failure(e)) => {
+                return Err(Error::Tls {
+                    host: peer.to_string(),
+                    failure: crate::TlsFailure::classify(&e),
+                    source: Box::new(e),
+                })
+            }
+        },
+    };
+    Ok((stream, peer))
 }

@@ -52,6 +52,18 @@ impl TcpConn {
         Ok(())
     }
 
+    /// Bound blocking reads and writes by `deadline` from now on (`None`: no bound). Only for a
+    /// socket still in blocking (handshake) mode, such as a server's plain HTTP exchange.
+    pub(crate) fn set_deadline(&mut self, deadline: Option<Instant>) -> io::Result<()> {
+        self.deadline = deadline;
+        if deadline.is_none() {
+            // `arm` leaves the socket's timeouts alone without a deadline: clear the last ones.
+            self.tcp.set_read_timeout(None)?;
+            self.tcp.set_write_timeout(None)?;
+        }
+        Ok(())
+    }
+
     /// The socket may have new data: the next read asks the kernel.
     pub(crate) fn rearm(&mut self) {
         self.drained = false;
@@ -231,6 +243,35 @@ impl Transport {
             let _ = c.tcp.shutdown(std::net::Shutdown::Both);
         }
     }
+
+    /// Best effort: say we are done writing (TLS close_notify, then FIN) while still reading,
+    /// so the peer reads everything we sent before it sees the end.
+    pub(crate) fn shutdown_write(&mut self) {
+        match self {
+            Transport::Plain(_) => {}
+            Transport::Tls(t) => {
+                let _ = t.shutdown();
+            }
+            #[cfg(feature = "rustls")]
+            Transport::Rustls(t) => {
+                t.conn.send_close_notify();
+                let _ = t.flush();
+            }
+            #[cfg(test)]
+            Transport::Scripted(_) => {}
+        }
+        if let Some(c) = self.tcp_conn() {
+            let _ = c.tcp.shutdown(std::net::Shutdown::Write);
+        }
+    }
+
+    /// See [`TcpConn::set_deadline`].
+    pub(crate) fn set_deadline(&mut self, deadline: Option<Instant>) -> io::Result<()> {
+        match self.tcp_conn_mut() {
+            Some(c) => c.set_deadline(deadline),
+            None => Ok(()),
+        }
+    }
 }
 
 impl Read for Transport {
@@ -340,6 +381,16 @@ impl Stream {
     /// Best effort: end the TCP connection in both directions now.
     pub(crate) fn shutdown(&self) {
         self.transport.shutdown();
+    }
+
+    /// See [`Transport::shutdown_write`].
+    pub(crate) fn shutdown_write(&mut self) {
+        self.transport.shutdown_write();
+    }
+
+    /// See [`TcpConn::set_deadline`].
+    pub(crate) fn set_deadline(&mut self, deadline: Option<Instant>) -> io::Result<()> {
+        self.transport.set_deadline(deadline)
     }
 }
 

@@ -4,11 +4,16 @@
 mod util;
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
 use crossbeam_channel::bounded;
-use syncws::{Config, Error, Initiator, ServerConnection};
+use syncws::http::StatusCode;
+use syncws::{
+    Accept, Config, DeflateConfig, Error, Incoming, Initiator, ServerConnection, TimeoutKind,
+};
+use tungstenite::client::IntoClientRequest;
+use tungstenite::protocol::{Role, WebSocket};
 use tungstenite::Message;
 use util::*;
 
@@ -90,11 +95,16 @@ fn a_bad_upgrade_request_is_a_typed_error_and_a_silent_client_times_out() {
     tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     let mut answer = Vec::new();
     let _ = tcp.read_to_end(&mut answer);
+    drop(tcp);
     let _silent = TcpStream::connect(addr).unwrap();
     let (bad, silent) = server.join().unwrap();
-    assert!(matches!(bad, Error::InvalidHandshake(_)), "{bad:?}");
     assert!(
-        matches!(silent, Error::Timeout(syncws::TimeoutKind::Handshake)),
+        matches!(&bad, Error::BadRequest { status, .. } if status.as_u16() == 400),
+        "{bad:?}"
+    );
+    assert!(answer.starts_with(b"HTTP/1.1 400 "), "{answer:?}");
+    assert!(
+        matches!(silent, Error::Timeout(TimeoutKind::Handshake)),
         "{silent:?}"
     );
 }
@@ -118,6 +128,37 @@ fn a_server_connection_speaks_tls() {
     assert_eq!(out.texts(), ["both sides are syncws"]);
     let echo = server.join().unwrap();
     assert_eq!(echo.closed.map(|c| u16::from(c.code)), Some(1000));
+}
+
+#[test]
+fn over_tls_the_same_port_answers_plain_http_too() {
+    let pki = TestPki::new();
+    let acceptor = native_tls::TlsAcceptor::new(pki.server_identity(&["localhost"])).unwrap();
+    let (addr, results) = serve_n(1, move |tcp| {
+        let incoming =
+            ServerConnection::read_request(tcp, Some(&acceptor), &Config::server_defaults())?;
+        assert!(!incoming.is_upgrade());
+        let mut http = incoming.into_http();
+        http.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\nsecret")?;
+        http.close()?;
+        Ok::<_, Error>(())
+    });
+    let connector = native_tls::TlsConnector::builder()
+        .add_root_certificate(native_tls::Certificate::from_pem(pki.ca_pem.as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(TEST_DEADLINE)).unwrap();
+    let mut tls = connector.connect("localhost", tcp).unwrap();
+    tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    // The server's close_notify ends the stream cleanly.
+    tls.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(answer.ends_with("\r\n\r\nsecret"), "{answer}");
+    drop(tls);
+    results.recv_timeout(TEST_DEADLINE).unwrap().unwrap();
 }
 
 #[test]
@@ -179,7 +220,494 @@ fn a_silent_client_times_out_in_the_tls_handshake_as_a_timeout_not_a_tls_failure
     let _ = read_to_end(&mut silent);
     let err = server.join().unwrap();
     assert!(
-        matches!(err, Error::Timeout(syncws::TimeoutKind::Handshake)),
+        matches!(err, Error::Timeout(TimeoutKind::Handshake)),
         "{err:?}"
     );
+}
+
+// ----- the request, before the answer ---------------------------------------------------------
+
+/// Serve `n` connections on one listener, one thread each, with `serve`; results come back on
+/// the returned channel in the order the connections end.
+fn serve_n<R: Send + 'static>(
+    n: usize,
+    serve: impl Fn(TcpStream) -> R + Send + Sync + Clone + 'static,
+) -> (SocketAddr, crossbeam_channel::Receiver<R>) {
+    let (listener, addr) = bind();
+    let (tx, rx) = bounded(n);
+    std::thread::spawn(move || accept_n(listener, n, serve, tx));
+    (addr, rx)
+}
+
+fn accept_n<R: Send + 'static>(
+    listener: TcpListener,
+    n: usize,
+    serve: impl Fn(TcpStream) -> R + Send + Sync + Clone + 'static,
+    tx: crossbeam_channel::Sender<R>,
+) {
+    for tcp in listener.incoming().take(n) {
+        let tcp = tcp.expect("accept");
+        let (serve, tx) = (serve.clone(), tx.clone());
+        // One thread per connection, as the docs tell servers to do.
+        std::thread::spawn(move || {
+            let _ = tx.send(serve(tcp));
+        });
+    }
+}
+
+/// What the server saw of a request.
+#[derive(Debug)]
+struct Seen {
+    path: String,
+    query: Option<String>,
+    token: Option<String>,
+    peer: SocketAddr,
+    offered: Vec<String>,
+    upgrade: bool,
+}
+
+fn seen(incoming: &Incoming) -> Seen {
+    Seen {
+        path: incoming.path().to_owned(),
+        query: incoming.query().map(str::to_owned),
+        token: incoming
+            .headers()
+            .get("x-token")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        peer: incoming.peer_addr(),
+        offered: incoming.subprotocols().map(str::to_owned).collect(),
+        upgrade: incoming.is_upgrade(),
+    }
+}
+
+fn client_request(url: &str, headers: &[(&str, &str)]) -> tungstenite::handshake::client::Request {
+    let mut request = url.into_client_request().unwrap();
+    for (name, value) in headers {
+        request.headers_mut().append(
+            tungstenite::http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+    }
+    request
+}
+
+fn local_addr(ws: &WebSocket<tungstenite::stream::MaybeTlsStream<TcpStream>>) -> SocketAddr {
+    match ws.get_ref() {
+        tungstenite::stream::MaybeTlsStream::Plain(tcp) => tcp.local_addr().unwrap(),
+        _ => unreachable!("plain ws:// in these tests"),
+    }
+}
+
+#[test]
+fn the_server_sees_the_request_and_answers_with_a_subprotocol_the_client_offered() {
+    let (addr, results) = serve_n(1, |tcp| {
+        let incoming = ServerConnection::read_request(tcp, None, &Config::server_defaults())?;
+        let seen = seen(&incoming);
+        // The server's preference among what the client offers.
+        let chosen = ["chat.v2", "chat.v1"]
+            .into_iter()
+            .find(|p| incoming.subprotocols().any(|o| o == *p))
+            .unwrap();
+        let conn = incoming.accept(Accept::new().subprotocol(chosen).header("X-Served-By", "t"))?;
+        let subprotocol = conn.subprotocol().map(str::to_owned);
+        conn.run(&mut Echo::default());
+        Ok::<_, Error>((seen, subprotocol))
+    });
+    let request = client_request(
+        &format!("ws://{addr}/chat?room=lobby&since=42"),
+        &[
+            ("X-Token", "abc"),
+            ("Sec-WebSocket-Protocol", "chat.v1, chat.v2"),
+        ],
+    );
+    let (mut ws, response) = tungstenite::connect(request).unwrap();
+    assert_eq!(response.headers()["sec-websocket-protocol"], "chat.v2");
+    assert_eq!(response.headers()["x-served-by"], "t");
+    let me = local_addr(&ws);
+    ws.send(Message::text("hello")).unwrap();
+    assert_eq!(ws.read().unwrap(), Message::text("hello"));
+    ws.close(None).unwrap();
+    while ws.read().is_ok() {}
+
+    let (seen, subprotocol) = results.recv_timeout(TEST_DEADLINE).unwrap().unwrap();
+    assert_eq!(seen.path, "/chat");
+    assert_eq!(seen.query.as_deref(), Some("room=lobby&since=42"));
+    assert_eq!(seen.token.as_deref(), Some("abc"));
+    assert_eq!(seen.peer, me);
+    assert_eq!(seen.offered, ["chat.v1", "chat.v2"]);
+    assert!(seen.upgrade);
+    assert_eq!(subprotocol.as_deref(), Some("chat.v2"));
+}
+
+#[test]
+fn a_subprotocol_the_client_did_not_offer_is_refused_with_a_typed_error() {
+    let (addr, results) = serve_n(2, |tcp| {
+        let incoming = ServerConnection::read_request(tcp, None, &Config::server_defaults())?;
+        incoming
+            .accept(Accept::new().subprotocol("chat.v9"))
+            .map(drop)
+    });
+    for offer in [Some("chat.v1, chat.v2"), None] {
+        let headers: Vec<_> = offer
+            .map(|o| ("Sec-WebSocket-Protocol", o))
+            .into_iter()
+            .collect();
+        let request = client_request(&format!("ws://{addr}/"), &headers);
+        match tungstenite::connect(request) {
+            Err(tungstenite::Error::Http(response)) => assert_eq!(response.status(), 400),
+            other => panic!("expected HTTP 400, got {other:?}"),
+        }
+        let err = results.recv_timeout(TEST_DEADLINE).unwrap().unwrap_err();
+        assert!(
+            matches!(&err, Error::SubprotocolNotOffered { protocol } if protocol == "chat.v9"),
+            "{err:?}"
+        );
+    }
+}
+
+#[test]
+fn a_rejected_request_gets_the_status_and_the_reason() {
+    let (addr, results) = serve_n(2, |tcp| {
+        let incoming = ServerConnection::read_request(tcp, None, &Config::server_defaults())?;
+        incoming.reject(StatusCode::FORBIDDEN, "not on the guest list")
+    });
+    match tungstenite::connect(format!("ws://{addr}/")) {
+        Err(tungstenite::Error::Http(response)) => assert_eq!(response.status(), 403),
+        other => panic!("expected HTTP 403, got {other:?}"),
+    }
+    // The whole answer, as any HTTP client reads it.
+    let mut tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(TEST_DEADLINE)).unwrap();
+    tcp.write_all(b"GET /admin HTTP/1.1\r\nHost: h\r\n\r\n")
+        .unwrap();
+    let answer = String::from_utf8(read_to_end(&mut tcp)).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{answer}");
+    assert!(answer.contains("\r\nContent-Length: 21\r\n"), "{answer}");
+    assert!(answer.contains("\r\nConnection: close\r\n"), "{answer}");
+    assert!(
+        answer.ends_with("\r\n\r\nnot on the guest list"),
+        "{answer}"
+    );
+    // Hang up as an HTTP client does after `Connection: close` (the server lingers until then).
+    drop(tcp);
+    for _ in 0..2 {
+        results.recv_timeout(TEST_DEADLINE).unwrap().unwrap();
+    }
+}
+
+#[test]
+fn one_port_answers_plain_http_and_upgrades_websockets() {
+    let (addr, results) = serve_n(3, |tcp| {
+        let incoming = ServerConnection::read_request(tcp, None, &Config::server_defaults())?;
+        match (incoming.method().as_str(), incoming.path()) {
+            ("GET", "/healthz") => {
+                let mut http = incoming.into_http();
+                http.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n",
+                )?;
+                http.close()?;
+                Ok("http")
+            }
+            ("POST", "/echo") => {
+                // The body came with the head: it is read from the stream first.
+                let length: usize = incoming.headers()["content-length"]
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                let mut http = incoming.into_http();
+                let mut body = vec![0u8; length];
+                http.read_exact(&mut body)?;
+                write!(
+                    http,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n"
+                )?;
+                http.write_all(&body)?;
+                http.close()?;
+                Ok("body")
+            }
+            _ => {
+                incoming.accept(Accept::new())?.run(&mut Echo::default());
+                Ok::<_, Error>("websocket")
+            }
+        }
+    });
+    let mut tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(TEST_DEADLINE)).unwrap();
+    tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: h\r\n\r\n")
+        .unwrap();
+    let answer = String::from_utf8(read_to_end(&mut tcp)).unwrap();
+    assert_eq!(
+        answer,
+        "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n"
+    );
+    drop(tcp);
+
+    let mut tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(TEST_DEADLINE)).unwrap();
+    tcp.write_all(b"POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 11\r\n\r\nhello there")
+        .unwrap();
+    let answer = String::from_utf8(read_to_end(&mut tcp)).unwrap();
+    assert!(answer.ends_with("\r\n\r\nhello there"), "{answer}");
+    drop(tcp);
+
+    let (mut ws, _) = tungstenite::connect(format!("ws://{addr}/chat")).unwrap();
+    ws.send(Message::text("same port")).unwrap();
+    assert_eq!(ws.read().unwrap(), Message::text("same port"));
+    ws.close(None).unwrap();
+    while ws.read().is_ok() {}
+
+    let mut served: Vec<_> = (0..3)
+        .map(|_| results.recv_timeout(TEST_DEADLINE).unwrap().unwrap())
+        .collect();
+    served.sort();
+    assert_eq!(served, ["body", "http", "websocket"]);
+}
+
+#[test]
+fn bad_upgrades_are_answered_with_the_right_status() {
+    let upgrade = "GET /chat HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n";
+    let key = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+    let cases = [
+        (
+            format!("{upgrade}Sec-WebSocket-Version: 8\r\n{key}\r\n"),
+            "HTTP/1.1 426 Upgrade Required\r\n",
+            Some("\r\nSec-WebSocket-Version: 13\r\n"),
+        ),
+        (
+            format!("{upgrade}Sec-WebSocket-Version: 13\r\n\r\n"),
+            "HTTP/1.1 400 Bad Request\r\n",
+            None,
+        ),
+        (
+            format!("{upgrade}Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: short\r\n\r\n"),
+            "HTTP/1.1 400 Bad Request\r\n",
+            None,
+        ),
+        (
+            "POST /chat HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n".to_owned(),
+            "HTTP/1.1 405 Method Not Allowed\r\n",
+            Some("\r\nAllow: GET\r\n"),
+        ),
+        (
+            "GET /chat HTTP/1.0\r\nHost: h\r\n\r\n".to_owned(),
+            "HTTP/1.1 400 Bad Request\r\n",
+            None,
+        ),
+        (
+            "NOT HTTP AT ALL\r\n\r\n".to_owned(),
+            "HTTP/1.1 400 Bad Request\r\n",
+            None,
+        ),
+    ];
+    let (addr, results) = serve_n(cases.len(), |tcp| {
+        ServerConnection::accept(tcp, None, &Config::server_defaults()).map(drop)
+    });
+    for (request, status_line, header) in cases {
+        let mut tcp = TcpStream::connect(addr).unwrap();
+        tcp.set_read_timeout(Some(TEST_DEADLINE)).unwrap();
+        tcp.write_all(request.as_bytes()).unwrap();
+        let answer = String::from_utf8(read_to_end(&mut tcp)).unwrap();
+        assert!(answer.starts_with(status_line), "{request:?} -> {answer}");
+        if let Some(header) = header {
+            assert!(answer.contains(header), "{request:?} -> {answer}");
+        }
+        drop(tcp);
+        let code: u16 = status_line[9..12].parse().unwrap();
+        let err = results.recv_timeout(TEST_DEADLINE).unwrap().unwrap_err();
+        assert!(
+            matches!(&err, Error::BadRequest { status, .. } if status.as_u16() == code),
+            "{request:?} -> {err:?}"
+        );
+    }
+}
+
+#[test]
+fn a_head_longer_than_the_bound_is_refused_without_reading_on() {
+    let (addr, results) = serve_n(1, |tcp| {
+        ServerConnection::read_request(tcp, None, &Config::server_defaults()).map(drop)
+    });
+    let mut tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(TEST_DEADLINE)).unwrap();
+    // A head that never ends: 64 KiB of one header, and the connection kept open.
+    let mut writer = tcp.try_clone().unwrap();
+    let flood = std::thread::spawn(move || {
+        let _ = writer.write_all(b"GET / HTTP/1.1\r\nHost: h\r\nX-Big: ");
+        let _ = writer.write_all(&[b'a'; 64 << 10]);
+        writer
+    });
+    // The answer comes, and then the end of the stream, while the head is still unfinished.
+    let answer = String::from_utf8(read_to_end(&mut tcp)).unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"),
+        "{answer}"
+    );
+    drop(flood.join().unwrap());
+    drop(tcp);
+    let err = results.recv_timeout(TEST_DEADLINE).unwrap().unwrap_err();
+    assert!(
+        matches!(&err, Error::BadRequest { status, .. } if status.as_u16() == 431),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn a_head_the_application_read_itself_is_upgraded_with_what_came_after_it() {
+    let (addr, results) = serve_n(1, |mut tcp| {
+        // The application's own reader, which reads in chunks and so past the head.
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let end = loop {
+            let n = tcp.read(&mut chunk).unwrap();
+            assert!(n > 0, "the client closed before its head");
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+        };
+        let (head, leftover) = buf.split_at(end);
+        let incoming = Incoming::from_parts(tcp, head, leftover, &Config::server_defaults())?;
+        incoming.accept(Accept::new())?.run(&mut Echo::default());
+        Ok::<_, Error>(leftover.len())
+    });
+    let mut tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(TEST_DEADLINE)).unwrap();
+    let mut first = upgrade_request("", None);
+    first.extend(masked_frame(true, false, 1, b"in the same packet"));
+    tcp.write_all(&first).unwrap();
+    let mut ws = client_after_101(tcp);
+    assert_eq!(ws.read().unwrap(), Message::text("in the same packet"));
+    ws.close(None).unwrap();
+    while ws.read().is_ok() {}
+    let leftover = results.recv_timeout(TEST_DEADLINE).unwrap().unwrap();
+    assert!(leftover > 0, "the frame was meant to arrive with the head");
+}
+
+// ----- frames the client sent before our 101 ----------------------------------------------------
+
+/// An upgrade request for a raw client, with extra header lines.
+fn upgrade_request(extra: &str, key: Option<&str>) -> Vec<u8> {
+    let key = key.unwrap_or("dGhlIHNhbXBsZSBub25jZQ==");
+    format!(
+        "GET /chat HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n{extra}\r\n"
+    )
+    .into_bytes()
+}
+
+/// A masked (client-to-server) frame.
+fn masked_frame(fin: bool, rsv1: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x37, 0xfa, 0x21, 0x3d];
+    let mut f = vec![u8::from(fin) << 7 | u8::from(rsv1) << 6 | opcode];
+    match payload.len() {
+        l if l < 126 => f.push(0x80 | l as u8),
+        l => {
+            f.push(0x80 | 126);
+            f.extend_from_slice(&(l as u16).to_be_bytes());
+        }
+    }
+    f.extend_from_slice(&mask);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
+
+/// Read the server's answer head byte by byte (nothing past it), check it is a 101, and go on
+/// as a tungstenite client on the same socket. Returns the head too.
+fn read_101(tcp: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tcp.read_exact(&mut byte).expect("the server's answer");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    let accept = tungstenite::handshake::derive_accept_key(b"dGhlIHNhbXBsZSBub25jZQ==");
+    assert!(
+        head.contains(&format!("Sec-WebSocket-Accept: {accept}\r\n")),
+        "{head}"
+    );
+    head
+}
+
+fn client_after_101(mut tcp: TcpStream) -> WebSocket<TcpStream> {
+    read_101(&mut tcp);
+    WebSocket::from_raw_socket(tcp, Role::Client, None)
+}
+
+#[test]
+fn frames_sent_with_the_request_reach_the_handler() {
+    let (addr, results) = serve_n(1, |tcp| {
+        let conn = ServerConnection::accept(tcp, None, &Config::server_defaults())?;
+        let mut echo = Echo::default();
+        conn.run(&mut echo);
+        Ok::<_, Error>(echo.errors)
+    });
+    let mut tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(TEST_DEADLINE)).unwrap();
+    // The request and two frames in one write, as an impatient client sends them.
+    let mut bytes = upgrade_request("", None);
+    bytes.extend(masked_frame(true, false, 1, b"first, before the 101"));
+    bytes.extend(masked_frame(true, false, 2, &[1, 2, 3]));
+    tcp.write_all(&bytes).unwrap();
+    let mut ws = client_after_101(tcp);
+    assert_eq!(ws.read().unwrap(), Message::text("first, before the 101"));
+    assert_eq!(ws.read().unwrap(), Message::binary(vec![1, 2, 3]));
+    ws.send(Message::text("after")).unwrap();
+    assert_eq!(ws.read().unwrap(), Message::text("after"));
+    ws.close(None).unwrap();
+    while ws.read().is_ok() {}
+    let errors = results.recv_timeout(TEST_DEADLINE).unwrap().unwrap();
+    assert!(errors.is_empty(), "{errors:?}");
+}
+
+#[test]
+fn compressed_frames_sent_with_the_request_are_inflated() {
+    // Echoes stay uncompressed (threshold above their size), so a plain tungstenite client can
+    // read them; what is under test is the inflating of what came with the request.
+    let config = Config::server_builder()
+        .deflate(Some(DeflateConfig::new().threshold(1 << 20)))
+        .build()
+        .unwrap();
+    let (addr, results) = serve_n(1, move |tcp| {
+        let conn = ServerConnection::accept(tcp, None, &config)?;
+        let agreed = conn.deflate().is_some();
+        let mut echo = Echo::default();
+        conn.run(&mut echo);
+        Ok::<_, Error>((agreed, echo.errors))
+    });
+    let text = "pipelined and compressed, pipelined and compressed, pipelined and compressed";
+    let mut compress = flate2::Compress::new(flate2::Compression::default(), false);
+    let mut deflated = Vec::with_capacity(256);
+    compress
+        .compress_vec(text.as_bytes(), &mut deflated, flate2::FlushCompress::Sync)
+        .unwrap();
+    assert!(deflated.ends_with(&[0, 0, 0xff, 0xff]));
+    deflated.truncate(deflated.len() - 4);
+    assert!(
+        deflated.len() < text.len(),
+        "the frame is really compressed"
+    );
+
+    let mut tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(TEST_DEADLINE)).unwrap();
+    let mut bytes = upgrade_request("Sec-WebSocket-Extensions: permessage-deflate\r\n", None);
+    bytes.extend(masked_frame(true, true, 1, &deflated));
+    // And one uncompressed message after it, which passes the layer untouched.
+    bytes.extend(masked_frame(true, false, 1, b"plain"));
+    tcp.write_all(&bytes).unwrap();
+    let head = read_101(&mut tcp);
+    assert!(
+        head.contains("Sec-WebSocket-Extensions: permessage-deflate"),
+        "{head}"
+    );
+    let mut ws = WebSocket::from_raw_socket(tcp, Role::Client, None);
+    assert_eq!(ws.read().unwrap(), Message::text(text));
+    assert_eq!(ws.read().unwrap(), Message::text("plain"));
+    ws.close(None).unwrap();
+    while ws.read().is_ok() {}
+    let (agreed, errors) = results.recv_timeout(TEST_DEADLINE).unwrap().unwrap();
+    assert!(agreed);
+    assert!(errors.is_empty(), "{errors:?}");
 }
