@@ -182,6 +182,7 @@ mod metrics;
 mod nonblocking;
 mod outbox;
 mod proxy;
+mod read_ahead;
 mod reconnect;
 mod server;
 mod session;

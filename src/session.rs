@@ -154,7 +154,7 @@ impl Session {
         config: &Config,
     ) -> Self {
         // From here on every write goes through the outbox, ours and tungstenite's alike.
-        ws.get_mut().start_queueing();
+        ws.get_mut().start_session();
         let written = ws.get_ref().bytes_written();
         let heartbeat = Heartbeat::new(config, ws.get_ref().bytes_read());
         let deflate = match (

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use crate::deflate::inbound::Inbound;
 use crate::outbox::Outbox;
+use crate::read_ahead::ReadAhead;
 
 /// A TCP socket that can hold a deadline (used during the opening handshake, when it is in
 /// blocking mode) and counts the bytes it moves (so a write timeout can tell "no progress" from
@@ -155,6 +156,8 @@ pub(crate) struct Stream {
     inbound: Option<Box<Inbound>>,
     /// After the handshake, every write is queued here and goes to the socket on `flush`.
     outbox: Option<Outbox>,
+    /// After the handshake, bulk input is read ahead (see [`ReadAhead`]).
+    ahead: Option<ReadAhead>,
 }
 
 /// Plain TCP, or TLS over TCP (and, in unit tests, a scripted in-memory stream that says "would
@@ -317,6 +320,7 @@ impl From<Transport> for Stream {
             transport,
             inbound: None,
             outbox: None,
+            ahead: None,
         }
     }
 }
@@ -333,10 +337,11 @@ impl Stream {
         self.transport.tcp_conn()
     }
 
-    /// The handshake is over: queue every write from now on (see [`Outbox`]); `flush` writes
-    /// the queue to the socket.
-    pub(crate) fn start_queueing(&mut self) {
+    /// The handshake is over: queue every write from now on (see [`Outbox`]; `flush` writes
+    /// the queue to the socket), and read ahead while bulk data arrives (see [`ReadAhead`]).
+    pub(crate) fn start_session(&mut self) {
         self.outbox.get_or_insert_with(Outbox::default);
+        self.ahead.get_or_insert_with(ReadAhead::default);
     }
 
     /// The queue of bytes for the socket (after `start_queueing`).
@@ -396,9 +401,28 @@ impl Stream {
 
 impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut source = Source {
+            transport: &mut self.transport,
+            ahead: self.ahead.as_mut(),
+        };
         match &mut self.inbound {
+            None => source.read(buf),
+            Some(inbound) => inbound.read(&mut source, buf),
+        }
+    }
+}
+
+/// The transport, read through the read-ahead buffer once the session has started.
+struct Source<'a> {
+    transport: &'a mut Transport,
+    ahead: Option<&'a mut ReadAhead>,
+}
+
+impl Read for Source<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match &mut self.ahead {
             None => self.transport.read(buf),
-            Some(inbound) => inbound.read(&mut self.transport, buf),
+            Some(ahead) => ahead.read(self.transport, buf),
         }
     }
 }
