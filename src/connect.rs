@@ -11,7 +11,8 @@ use url::{Host, Url};
 
 use crate::error::{Error, TimeoutKind};
 use crate::proxy::{self, Proxy, Target};
-use crate::stream::{Stream, TcpConn, Transport};
+use crate::stream::{Stream, Transport};
+use crate::tcp::TcpConn;
 use crate::{Config, Handshake};
 
 /// Open a client connection: the socket is non-blocking when this returns.
@@ -70,11 +71,12 @@ fn open(url: &str, config: &Config) -> Result<(WebSocket<Stream>, Handshake), Er
         }
         Some(proxy) => through_proxy(proxy, &host, port, config, deadline)?,
     };
-    let stream = if tls {
-        crate::tls::handshake(&server_name, conn, config)?
+    let transport = if tls {
+        Transport::Tls(crate::tls::handshake(&server_name, conn, config)?)
     } else {
-        Stream::from(Transport::Plain(conn))
+        Transport::Plain(conn)
     };
+    let stream = Stream::from(transport);
 
     let (mut ws, handshake) = crate::handshake::client(stream, &parsed, config)?;
     ws.get_mut().make_nonblocking()?;

@@ -188,6 +188,7 @@ mod server;
 mod session;
 mod shared_frame;
 mod stream;
+mod tcp;
 mod threaded;
 mod tls;
 mod wait;

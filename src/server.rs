@@ -10,10 +10,10 @@ use tungstenite::protocol::Role;
 use crate::command::CommandSender;
 use crate::deflate::outbound::Outbound;
 use crate::driver::Driver;
-use crate::error::TimeoutKind;
 use crate::handler::Callbacks;
 use crate::session::Session;
-use crate::stream::{Stream, TcpConn, Transport};
+use crate::stream::{Stream, Transport};
+use crate::tcp::TcpConn;
 use crate::{Accept, Config, DeflateParams, Error, Handler, Incoming, WaitStrategy};
 
 /// A server-side WebSocket connection on an accepted socket, driven by the same core as the
@@ -68,8 +68,9 @@ impl ServerConnection {
     ///
     /// Those of [`read_request`](Self::read_request) and [`Incoming::accept`]: notably
     /// [`Error::BadRequest`] for a request that is not a valid upgrade (the client was answered
-    /// with the status it carries), [`Error::Timeout`]`(`[`TimeoutKind::Handshake`]`)` when TLS,
-    /// the request or our answer runs past `handshake_timeout`.
+    /// with the status it carries),
+    /// [`Error::Timeout`]`(`[`TimeoutKind::Handshake`](crate::TimeoutKind::Handshake)`)` when
+    /// TLS, the request or our answer runs past `handshake_timeout`.
     pub fn accept(
         tcp: TcpStream,
         tls: Option<&native_tls::TlsAcceptor>,
@@ -85,8 +86,8 @@ impl ServerConnection {
     ///
     /// # Errors
     ///
-    /// - [`Error::Timeout`]`(`[`TimeoutKind::Handshake`]`)` when the TLS handshake or the
-    ///   request head is not done within `handshake_timeout`;
+    /// - [`Error::Timeout`]`(`[`TimeoutKind::Handshake`](crate::TimeoutKind::Handshake)`)` when
+    ///   the TLS handshake or the request head is not done within `handshake_timeout`;
     /// - [`Error::Tls`] when the TLS handshake fails;
     /// - [`Error::BadRequest`] when the head is longer than 16 KiB or has too many headers
     ///   (answered 431), or is not HTTP/1.x (answered 400);
@@ -167,25 +168,9 @@ pub(crate) fn open(
     let peer = tcp.peer_addr()?;
     let deadline = config.handshake_timeout.map(|d| Instant::now() + d);
     let conn = TcpConn::new(tcp, deadline);
-    let stream = match tls {
-        None => Stream::from(Transport::Plain(conn)),
-        Some(acceptor) => match acceptor.accept(conn) {
-            Ok(s) => Stream::from(Transport::Tls(Box::new(s))),
-            Err(native_tls::HandshakeError::WouldBlock(_)) => {
-                return Err(Error::Timeout(TimeoutKind::Handshake))
-            }
-            // Our deadline shows up as an io error inside the TLS library's.
-            Err(native_tls::HandshakeError::Failure(e)) if crate::tls::chain_has_timeout(&e) => {
-                return Err(Error::Timeout(TimeoutKind::Handshake))
-            }
-            Err(native_tls::HandshakeError::Failure(e)) => {
-                return Err(Error::Tls {
-                    host: peer.to_string(),
-                    failure: crate::TlsFailure::classify(&e),
-                    source: Box::new(e),
-                })
-            }
-        },
+    let transport = match tls {
+        None => Transport::Plain(conn),
+        Some(acceptor) => Transport::Tls(crate::tls::accept(acceptor, conn, &peer.to_string())?),
     };
-    Ok((stream, peer))
+    Ok((Stream::from(transport), peer))
 }

@@ -1,151 +1,13 @@
 //! The byte stream under a session: plain TCP or TLS over TCP.
 
 use std::io::{self, Read, Write};
-use std::net::TcpStream;
 use std::time::Instant;
 
 use crate::deflate::inbound::Inbound;
 use crate::outbox::Outbox;
 use crate::read_ahead::ReadAhead;
-
-/// A TCP socket that can hold a deadline (used during the opening handshake, when it is in
-/// blocking mode) and counts the bytes it moves (so a write timeout can tell "no progress" from
-/// "slow progress", and a heartbeat can see life).
-///
-/// In non-blocking mode a read that comes back short proves the socket was empty, so the next
-/// read says "would block" without asking the kernel, until [`TcpConn::rearm`]: the driver
-/// re-arms when the socket may have new data (readiness waits are edge-triggered, so data that
-/// arrives later wakes the loop). That saves the `read(2)` returning EAGAIN at the end of every
-/// read pass.
-#[derive(Debug)]
-pub(crate) struct TcpConn {
-    tcp: TcpStream,
-    deadline: Option<Instant>,
-    written: u64,
-    read: u64,
-    nonblocking: bool,
-    /// Whether a short read may stand for "would block" (off once the peer has closed).
-    hints: bool,
-    /// The last read was short: the socket is empty until re-armed.
-    drained: bool,
-}
-
-impl TcpConn {
-    pub(crate) fn new(tcp: TcpStream, deadline: Option<Instant>) -> Self {
-        TcpConn {
-            tcp,
-            deadline,
-            written: 0,
-            read: 0,
-            nonblocking: false,
-            hints: true,
-            drained: false,
-        }
-    }
-
-    /// Leave handshake mode: no deadline, non-blocking from now on.
-    pub(crate) fn make_nonblocking(&mut self) -> io::Result<()> {
-        self.deadline = None;
-        self.tcp.set_read_timeout(None)?;
-        self.tcp.set_write_timeout(None)?;
-        self.tcp.set_nonblocking(true)?;
-        self.nonblocking = true;
-        Ok(())
-    }
-
-    /// Bound blocking reads and writes by `deadline` from now on (`None`: no bound). Only for a
-    /// socket still in blocking (handshake) mode, such as a server's plain HTTP exchange.
-    pub(crate) fn set_deadline(&mut self, deadline: Option<Instant>) -> io::Result<()> {
-        self.deadline = deadline;
-        if deadline.is_none() {
-            // `arm` leaves the socket's timeouts alone without a deadline: clear the last ones.
-            self.tcp.set_read_timeout(None)?;
-            self.tcp.set_write_timeout(None)?;
-        }
-        Ok(())
-    }
-
-    /// The socket may have new data: the next read asks the kernel.
-    pub(crate) fn rearm(&mut self) {
-        self.drained = false;
-    }
-
-    /// The peer closed its side: its data and the end of the stream may have come with one
-    /// readiness event, so a short read no longer proves there is nothing more to read.
-    pub(crate) fn stop_read_hints(&mut self) {
-        self.hints = false;
-        self.drained = false;
-    }
-
-    pub(crate) fn tcp(&self) -> &TcpStream {
-        &self.tcp
-    }
-
-    /// Before each blocking call in handshake mode, shrink the socket timeout to what is left, so
-    /// a peer that trickles bytes cannot stretch the handshake past its deadline.
-    fn arm(&self, read: bool) -> io::Result<()> {
-        let Some(deadline) = self.deadline else {
-            return Ok(());
-        };
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(io::ErrorKind::TimedOut.into());
-        }
-        if read {
-            self.tcp.set_read_timeout(Some(left))
-        } else {
-            self.tcp.set_write_timeout(Some(left))
-        }
-    }
-
-    /// A socket timeout shows up as WouldBlock on Unix; in handshake mode that means the deadline.
-    fn timed_out(&self, r: io::Result<usize>) -> io::Result<usize> {
-        match r {
-            Err(e) if self.deadline.is_some() && e.kind() == io::ErrorKind::WouldBlock => {
-                Err(io::ErrorKind::TimedOut.into())
-            }
-            r => r,
-        }
-    }
-}
-
-impl Read for TcpConn {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.drained {
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        self.arm(true)?;
-        let r = self.tcp.read(buf);
-        let r = self.timed_out(r);
-        match &r {
-            Ok(n) => {
-                self.read += *n as u64;
-                self.drained = self.nonblocking && self.hints && *n > 0 && *n < buf.len();
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                self.drained = self.nonblocking && self.hints;
-            }
-            Err(_) => {}
-        }
-        r
-    }
-}
-
-impl Write for TcpConn {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.arm(false)?;
-        let r = self.tcp.write(buf);
-        let r = self.timed_out(r);
-        if let Ok(n) = r {
-            self.written += n as u64;
-        }
-        r
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
+use crate::tcp::TcpConn;
+use crate::tls::TlsConn;
 
 /// What a session reads and writes: the transport, and when permessage-deflate was agreed, the
 /// layer that inflates compressed messages on their way up to tungstenite (see
@@ -165,9 +27,7 @@ pub(crate) struct Stream {
 #[derive(Debug)]
 pub(crate) enum Transport {
     Plain(TcpConn),
-    Tls(Box<native_tls::TlsStream<TcpConn>>),
-    #[cfg(feature = "rustls")]
-    Rustls(Box<crate::tls::RustlsStream>),
+    Tls(TlsConn),
     #[cfg(test)]
     Scripted(scripted::Scripted),
 }
@@ -177,9 +37,7 @@ impl Transport {
     pub(crate) fn tcp_conn(&self) -> Option<&TcpConn> {
         match self {
             Transport::Plain(c) => Some(c),
-            Transport::Tls(t) => Some(t.get_ref()),
-            #[cfg(feature = "rustls")]
-            Transport::Rustls(t) => Some(t.get_ref()),
+            Transport::Tls(t) => Some(t.tcp_conn()),
             #[cfg(test)]
             Transport::Scripted(_) => None,
         }
@@ -188,9 +46,7 @@ impl Transport {
     fn tcp_conn_mut(&mut self) -> Option<&mut TcpConn> {
         match self {
             Transport::Plain(c) => Some(c),
-            Transport::Tls(t) => Some(t.get_mut()),
-            #[cfg(feature = "rustls")]
-            Transport::Rustls(t) => Some(t.get_mut()),
+            Transport::Tls(t) => Some(t.tcp_conn_mut()),
             #[cfg(test)]
             Transport::Scripted(_) => None,
         }
@@ -212,13 +68,9 @@ impl Transport {
 
     /// Leave handshake mode: no deadline, non-blocking from now on.
     pub(crate) fn make_nonblocking(&mut self) -> io::Result<()> {
-        match self {
-            Transport::Plain(c) => c.make_nonblocking(),
-            Transport::Tls(t) => t.get_mut().make_nonblocking(),
-            #[cfg(feature = "rustls")]
-            Transport::Rustls(t) => t.get_mut().make_nonblocking(),
-            #[cfg(test)]
-            Transport::Scripted(_) => Ok(()),
+        match self.tcp_conn_mut() {
+            Some(c) => c.make_nonblocking(),
+            None => Ok(()),
         }
     }
 
@@ -227,7 +79,7 @@ impl Transport {
         match self {
             #[cfg(test)]
             Transport::Scripted(s) => s.written.len() as u64,
-            _ => self.tcp_conn().map_or(0, |c| c.written),
+            _ => self.tcp_conn().map_or(0, TcpConn::bytes_written),
         }
     }
 
@@ -236,35 +88,25 @@ impl Transport {
         match self {
             #[cfg(test)]
             Transport::Scripted(s) => s.read_total,
-            _ => self.tcp_conn().map_or(0, |c| c.read),
+            _ => self.tcp_conn().map_or(0, TcpConn::bytes_read),
         }
     }
 
     /// Best effort: end the TCP connection in both directions now.
     pub(crate) fn shutdown(&self) {
         if let Some(c) = self.tcp_conn() {
-            let _ = c.tcp.shutdown(std::net::Shutdown::Both);
+            let _ = c.tcp().shutdown(std::net::Shutdown::Both);
         }
     }
 
     /// Best effort: say we are done writing (TLS close_notify, then FIN) while still reading,
     /// so the peer reads everything we sent before it sees the end.
     pub(crate) fn shutdown_write(&mut self) {
-        match self {
-            Transport::Plain(_) => {}
-            Transport::Tls(t) => {
-                let _ = t.shutdown();
-            }
-            #[cfg(feature = "rustls")]
-            Transport::Rustls(t) => {
-                t.conn.send_close_notify();
-                let _ = t.flush();
-            }
-            #[cfg(test)]
-            Transport::Scripted(_) => {}
+        if let Transport::Tls(t) = self {
+            t.close_notify();
         }
         if let Some(c) = self.tcp_conn() {
-            let _ = c.tcp.shutdown(std::net::Shutdown::Write);
+            let _ = c.tcp().shutdown(std::net::Shutdown::Write);
         }
     }
 
@@ -282,8 +124,6 @@ impl Read for Transport {
         match self {
             Transport::Plain(c) => c.read(buf),
             Transport::Tls(t) => t.read(buf),
-            #[cfg(feature = "rustls")]
-            Transport::Rustls(t) => t.read(buf),
             #[cfg(test)]
             Transport::Scripted(s) => s.read(buf),
         }
@@ -295,8 +135,6 @@ impl Write for Transport {
         match self {
             Transport::Plain(c) => c.write(buf),
             Transport::Tls(t) => t.write(buf),
-            #[cfg(feature = "rustls")]
-            Transport::Rustls(t) => t.write(buf),
             #[cfg(test)]
             Transport::Scripted(s) => s.write(buf),
         }
@@ -306,8 +144,6 @@ impl Write for Transport {
         match self {
             Transport::Plain(c) => c.flush(),
             Transport::Tls(t) => t.flush(),
-            #[cfg(feature = "rustls")]
-            Transport::Rustls(t) => t.flush(),
             #[cfg(test)]
             Transport::Scripted(_) => Ok(()),
         }

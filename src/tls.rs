@@ -1,10 +1,11 @@
-//! TLS for clients: native-tls (the default, the platform's library) or rustls (the `rustls`
-//! feature), with the same options: extra roots, a client identity, and the dangerous switch.
+//! TLS over a [`TcpConn`], for clients and servers: native-tls (the default, the platform's
+//! library) or rustls (the `rustls` feature, clients only), with the same client options: extra
+//! roots, a client identity, and the dangerous switch.
 
-use std::io;
+use std::io::{self, Read, Write};
 
 use crate::error::{Error, TimeoutKind, TlsFailure};
-use crate::stream::{Stream, TcpConn, Transport};
+use crate::tcp::TcpConn;
 use crate::Config;
 
 /// Which TLS implementation a client uses for `wss://`.
@@ -20,16 +21,87 @@ pub enum TlsBackend {
     Rustls,
 }
 
-/// Run the TLS handshake with `host` on `conn` (blocking, under the handshake deadline).
-pub(crate) fn handshake(host: &str, conn: TcpConn, config: &Config) -> Result<Stream, Error> {
+/// An established TLS connection over TCP, from either library.
+#[derive(Debug)]
+pub(crate) enum TlsConn {
+    Native(Box<native_tls::TlsStream<TcpConn>>),
+    #[cfg(feature = "rustls")]
+    Rustls(Box<rustls_backend::RustlsStream>),
+}
+
+impl TlsConn {
+    /// The TCP connection under TLS.
+    pub(crate) fn tcp_conn(&self) -> &TcpConn {
+        match self {
+            TlsConn::Native(t) => t.get_ref(),
+            #[cfg(feature = "rustls")]
+            TlsConn::Rustls(t) => t.get_ref(),
+        }
+    }
+
+    pub(crate) fn tcp_conn_mut(&mut self) -> &mut TcpConn {
+        match self {
+            TlsConn::Native(t) => t.get_mut(),
+            #[cfg(feature = "rustls")]
+            TlsConn::Rustls(t) => t.get_mut(),
+        }
+    }
+
+    /// Best effort: tell the peer we are done writing (TLS close_notify).
+    pub(crate) fn close_notify(&mut self) {
+        match self {
+            TlsConn::Native(t) => {
+                let _ = t.shutdown();
+            }
+            #[cfg(feature = "rustls")]
+            TlsConn::Rustls(t) => {
+                t.conn.send_close_notify();
+                let _ = t.flush();
+            }
+        }
+    }
+}
+
+impl Read for TlsConn {
+    #[inline]
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            TlsConn::Native(t) => t.read(buf),
+            #[cfg(feature = "rustls")]
+            TlsConn::Rustls(t) => t.read(buf),
+        }
+    }
+}
+
+impl Write for TlsConn {
+    #[inline]
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            TlsConn::Native(t) => t.write(buf),
+            #[cfg(feature = "rustls")]
+            TlsConn::Rustls(t) => t.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            TlsConn::Native(t) => t.flush(),
+            #[cfg(feature = "rustls")]
+            TlsConn::Rustls(t) => t.flush(),
+        }
+    }
+}
+
+/// Run the client's TLS handshake with `host` on `conn` (blocking, under the handshake deadline).
+pub(crate) fn handshake(host: &str, conn: TcpConn, config: &Config) -> Result<TlsConn, Error> {
     if config.danger_accept_invalid_certs {
         tracing::warn!("certificate verification is off (danger_accept_invalid_certs)");
     }
-    let stream = match config.tls_backend {
-        TlsBackend::NativeTls => Transport::Tls(Box::new(native(host, conn, config)?)).into(),
+    let tls = match config.tls_backend {
+        TlsBackend::NativeTls => TlsConn::Native(Box::new(native(host, conn, config)?)),
         #[cfg(feature = "rustls")]
         TlsBackend::Rustls => {
-            Transport::Rustls(Box::new(rustls_backend::handshake(host, conn, config)?)).into()
+            TlsConn::Rustls(Box::new(rustls_backend::handshake(host, conn, config)?))
         }
         #[cfg(not(feature = "rustls"))]
         TlsBackend::Rustls => {
@@ -39,7 +111,20 @@ pub(crate) fn handshake(host: &str, conn: TcpConn, config: &Config) -> Result<St
         }
     };
     tracing::debug!(host, backend = ?config.tls_backend, "tls established");
-    Ok(stream)
+    Ok(tls)
+}
+
+/// Run a server's TLS handshake with the client `peer` on an accepted `conn` (blocking, under
+/// the handshake deadline).
+pub(crate) fn accept(
+    acceptor: &native_tls::TlsAcceptor,
+    conn: TcpConn,
+    peer: &str,
+) -> Result<TlsConn, Error> {
+    match acceptor.accept(conn) {
+        Ok(s) => Ok(TlsConn::Native(Box::new(s))),
+        Err(e) => Err(native_failure(peer, e)),
+    }
 }
 
 /// Check the TLS material for `backend` (called by `ConfigBuilder::build`).
@@ -110,23 +195,30 @@ fn native(
     let connector = builder
         .build()
         .map_err(|e| tls_error(host, TlsFailure::Configuration, e))?;
-    match connector.connect(host, conn) {
-        Ok(stream) => Ok(stream),
-        Err(native_tls::HandshakeError::WouldBlock(_)) => {
-            Err(Error::Timeout(TimeoutKind::Handshake))
+    connector
+        .connect(host, conn)
+        .map_err(|e| native_failure(host, e))
+}
+
+/// A failed native-tls handshake (either side), as the library's error. `peer` names the other
+/// side: the host we verified, or the client's address.
+fn native_failure<S>(peer: &str, e: native_tls::HandshakeError<S>) -> Error {
+    match e {
+        // The handshake wanted to wait on a blocking socket: its timeout, our deadline, fired.
+        native_tls::HandshakeError::WouldBlock(_) => Error::Timeout(TimeoutKind::Handshake),
+        // Our deadline shows up as an io error inside the TLS library's.
+        native_tls::HandshakeError::Failure(e) if chain_has_timeout(&e) => {
+            Error::Timeout(TimeoutKind::Handshake)
         }
-        Err(native_tls::HandshakeError::Failure(e)) => {
-            if chain_has_timeout(&e) {
-                return Err(Error::Timeout(TimeoutKind::Handshake));
-            }
+        native_tls::HandshakeError::Failure(e) => {
             let failure = TlsFailure::classify(&e);
-            Err(tls_error(host, failure, e))
+            tls_error(peer, failure, e)
         }
     }
 }
 
 /// TLS libraries hide the socket error in their source chain (client and server handshakes).
-pub(crate) fn chain_has_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+fn chain_has_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut current = Some(e);
     while let Some(err) = current {
         if err
@@ -155,7 +247,7 @@ mod rustls_backend {
 
     use super::tls_error;
     use crate::error::{Error, TimeoutKind, TlsFailure};
-    use crate::stream::TcpConn;
+    use crate::tcp::TcpConn;
     use crate::Config;
 
     pub(crate) type RustlsStream = StreamOwned<ClientConnection, TcpConn>;
@@ -307,6 +399,3 @@ mod rustls_backend {
         }
     }
 }
-
-#[cfg(feature = "rustls")]
-pub(crate) use rustls_backend::RustlsStream;
