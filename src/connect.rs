@@ -10,7 +10,9 @@ use tungstenite::protocol::WebSocket;
 use url::{Host, Url};
 
 use crate::error::{Error, TimeoutKind};
-use crate::proxy::{self, Proxy, Target};
+use crate::proxy::env::for_target;
+use crate::proxy::tunnel::tunnel;
+use crate::proxy::{Proxy, Target};
 use crate::stream::{Stream, Transport};
 use crate::tcp::TcpConn;
 use crate::{Config, Handshake};
@@ -52,7 +54,7 @@ fn open(url: &str, config: &Config) -> Result<(WebSocket<Stream>, Handshake), Er
         .port_or_known_default()
         .unwrap_or(if tls { 443 } else { 80 });
     let deadline = config.handshake_timeout.map(|d| Instant::now() + d);
-    let proxy = proxy::for_target(config, tls, &host, port)?;
+    let proxy = for_target(config, tls, &host, port)?;
 
     // TLS verifies the target's name, through a proxy too.
     let server_name = match host {
@@ -115,7 +117,7 @@ fn through_proxy(
         other => other,
     })?;
     let mut conn = TcpConn::new(tcp, deadline);
-    proxy::tunnel(&mut conn, proxy, target, port)?;
+    tunnel(&mut conn, proxy, target, port)?;
     Ok(conn)
 }
 
