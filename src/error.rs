@@ -1,4 +1,5 @@
 //! The library's one error type, and the one place that turns tungstenite's errors into it.
+//! What an I/O error means is decided in `io_outcome`; here it becomes the library's error.
 
 use std::fmt;
 use std::io;
@@ -8,6 +9,7 @@ use tungstenite::error::{CapacityError, ProtocolError};
 use tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::deflate::inbound::Failure;
+use crate::io_outcome::{io_outcome, IoOutcome};
 
 /// Everything that can go wrong in `syncws`.
 ///
@@ -385,13 +387,28 @@ impl TlsFailure {
 }
 
 /// During the opening handshake the socket blocks with a timeout set to what is left of the
-/// deadline; a read or write that runs out shows up as `TimedOut` (our `TcpConn` mapping) or
-/// `WouldBlock` (the platform's). The one place that says "the handshake deadline passed".
+/// deadline; a read or write that runs out shows up as our `TcpConn`'s deadline error, as
+/// `TimedOut` (a connect timeout, a socket timeout reported as such), or as `WouldBlock` (the
+/// platform's report of a socket timeout: a blocking socket says it for no other reason). The
+/// one place that says "the handshake deadline passed".
 pub(crate) fn is_deadline(e: &io::Error) -> bool {
     matches!(
-        e.kind(),
-        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+        io_outcome(e),
+        IoOutcome::Deadline | IoOutcome::TimedOut | IoOutcome::WouldBlock
     )
+}
+
+/// Whether a TLS library's error (either side's handshake) hides a passed deadline in its
+/// source chain: the libraries keep the socket's error there.
+pub(crate) fn deadline_in_chain(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(e);
+    while let Some(err) = current {
+        if err.downcast_ref::<io::Error>().is_some_and(is_deadline) {
+            return true;
+        }
+        current = err.source();
+    }
+    false
 }
 
 /// An I/O error during the opening handshake, as the library's error.
@@ -414,46 +431,21 @@ pub(crate) enum Classified {
     Fatal(Error, Option<CloseCode>),
 }
 
-/// Whether an I/O error on an established connection means the peer went away, which the
-/// application sees as [`Error::ConnectionReset`] however the socket said it.
-fn peer_gone(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        // rustls reports a TCP end without TLS close_notify as UnexpectedEof where OpenSSL
-        // reports a plain end: both are the peer hanging up.
-        io::ErrorKind::UnexpectedEof
-            // An RST from the peer (ECONNRESET).
-            | io::ErrorKind::ConnectionReset
-            // The connection was torn down under us (ECONNABORTED; Windows reports some
-            // resets this way).
-            | io::ErrorKind::ConnectionAborted
-            // A write after the peer closed or reset (EPIPE; Rust ignores SIGPIPE).
-            | io::ErrorKind::BrokenPipe
-    )
-}
-
 /// The single place that interprets `tungstenite::Error` for an established connection.
 pub(crate) fn classify(err: tungstenite::Error) -> Classified {
     use tungstenite::Error as T;
     match err {
-        T::Io(e) if e.kind() == io::ErrorKind::WouldBlock => Classified::WouldBlock,
-        T::Io(e) if e.kind() == io::ErrorKind::Interrupted => Classified::WouldBlock,
-        T::ConnectionClosed | T::AlreadyClosed => Classified::Closed,
-        T::Io(e) if peer_gone(&e) => Classified::Fatal(Error::ConnectionReset, None),
-        T::Io(e) if e.kind() == io::ErrorKind::InvalidData => match e
-            .get_ref()
-            .and_then(|inner| inner.downcast_ref::<Failure>())
-        {
-            Some(Failure::Corrupt(why)) => Classified::Fatal(
-                Error::InvalidCompressedData(why.clone()),
-                Some(CloseCode::Invalid),
-            ),
-            Some(&Failure::TooLarge { size, max }) => {
-                Classified::Fatal(Error::MessageTooLarge { size, max }, Some(CloseCode::Size))
-            }
-            None => Classified::Fatal(Error::Io(e), None),
+        T::Io(e) => match io_outcome(&e) {
+            // Nothing more now (a non-blocking call hardly ever sees a signal).
+            IoOutcome::WouldBlock | IoOutcome::Interrupted => Classified::WouldBlock,
+            // However the socket said it (rustls reports a TCP end without close_notify as
+            // UnexpectedEof where OpenSSL reports a plain end), the peer went away.
+            IoOutcome::Ended | IoOutcome::Reset => Classified::Fatal(Error::ConnectionReset, None),
+            // No deadline of ours is armed on an established connection: a timeout here is
+            // the kernel giving up on the peer, a failure like any other.
+            IoOutcome::Deadline | IoOutcome::TimedOut | IoOutcome::Failed => io_failure(e),
         },
-        T::Io(e) => Classified::Fatal(Error::Io(e), None),
+        T::ConnectionClosed | T::AlreadyClosed => Classified::Closed,
         T::Utf8(_) => Classified::Fatal(Error::InvalidUtf8, Some(CloseCode::Invalid)),
         T::Capacity(CapacityError::MessageTooLong { size, max_size }) => Classified::Fatal(
             Error::MessageTooLarge {
@@ -478,6 +470,25 @@ pub(crate) fn classify(err: tungstenite::Error) -> Classified {
             None,
         ),
         other => Classified::Fatal(Error::Io(io::Error::other(other.to_string())), None),
+    }
+}
+
+/// An I/O failure on an established connection: the inflating layer's [`Failure`] (an
+/// `InvalidData` error carrying it) has its own error and close code; anything else is
+/// [`Error::Io`].
+fn io_failure(e: io::Error) -> Classified {
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<Failure>())
+    {
+        Some(Failure::Corrupt(why)) => Classified::Fatal(
+            Error::InvalidCompressedData(why.clone()),
+            Some(CloseCode::Invalid),
+        ),
+        Some(&Failure::TooLarge { size, max }) => {
+            Classified::Fatal(Error::MessageTooLarge { size, max }, Some(CloseCode::Size))
+        }
+        None => Classified::Fatal(Error::Io(e), None),
     }
 }
 
@@ -531,6 +542,57 @@ mod tests {
                 matches!(classified, Classified::Fatal(Error::Io(ref e), None) if e.kind() == kind),
                 "{kind:?}"
             );
+        }
+    }
+
+    #[test]
+    fn a_deadline_during_the_handshake_is_the_handshake_timeout_also_inside_tls_errors() {
+        use crate::io_outcome::deadline_passed;
+        assert!(matches!(
+            handshake_io(deadline_passed()),
+            Error::Timeout(TimeoutKind::Handshake)
+        ));
+        for kind in [io::ErrorKind::TimedOut, io::ErrorKind::WouldBlock] {
+            assert!(is_deadline(&kind.into()), "{kind:?}");
+        }
+        assert!(matches!(
+            handshake_io(io::ErrorKind::ConnectionRefused.into()),
+            Error::Io(_)
+        ));
+
+        /// How a TLS library reports a socket error: inside its own.
+        #[derive(Debug)]
+        struct Wrapped(io::Error);
+        impl fmt::Display for Wrapped {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("tls failure")
+            }
+        }
+        impl std::error::Error for Wrapped {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        assert!(deadline_in_chain(&Wrapped(deadline_passed())));
+        assert!(!deadline_in_chain(&Wrapped(
+            io::ErrorKind::ConnectionReset.into()
+        )));
+    }
+
+    #[test]
+    fn on_an_established_connection_a_timeout_is_a_failure_not_a_wait() {
+        use crate::io_outcome::deadline_passed;
+        for e in [deadline_passed(), io::ErrorKind::TimedOut.into()] {
+            assert!(matches!(
+                classify(tungstenite::Error::Io(e)),
+                Classified::Fatal(Error::Io(_), None)
+            ));
+        }
+        for kind in [io::ErrorKind::WouldBlock, io::ErrorKind::Interrupted] {
+            assert!(matches!(
+                classify(tungstenite::Error::Io(kind.into())),
+                Classified::WouldBlock
+            ));
         }
     }
 

@@ -15,6 +15,8 @@ use std::io::{self, Read};
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, StatusCode, Uri, Version};
 
+use crate::io_outcome::{io_outcome, IoOutcome};
+
 /// Most header lines we parse in one head.
 pub(crate) const MAX_HEADERS: usize = 100;
 
@@ -50,7 +52,7 @@ pub(crate) fn read<R: Read + ?Sized>(src: &mut R, limit: usize) -> Result<Head, 
         let n = match src.read(&mut chunk) {
             Ok(0) => return Err(HeadError::Closed),
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if io_outcome(&e) == IoOutcome::Interrupted => continue,
             Err(e) => return Err(HeadError::Io(e)),
         };
         // The end may straddle two reads.

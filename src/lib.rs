@@ -177,6 +177,7 @@ mod heartbeat;
 mod http_head;
 mod http_stream;
 mod incoming;
+mod io_outcome;
 mod linger;
 mod metrics;
 mod nonblocking;

@@ -4,6 +4,8 @@
 
 use std::io::{self, Write};
 
+use crate::io_outcome::{io_outcome, IoOutcome};
+
 /// Capacity kept after a burst has drained; more is given back, so idle connections stay small.
 const KEEP: usize = 64 << 10;
 
@@ -40,7 +42,7 @@ impl Outbox {
             match w.write(&self.buf[self.start..]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => self.start += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if io_outcome(&e) == IoOutcome::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }

@@ -6,6 +6,8 @@ use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::time::Instant;
 
+use crate::io_outcome::{deadline_passed, io_outcome, IoOutcome};
+
 /// A TCP socket that can hold a deadline (used during the opening handshake, when it is in
 /// blocking mode) and counts the bytes it moves (so a write timeout can tell "no progress" from
 /// "slow progress", and a heartbeat can see life).
@@ -97,7 +99,7 @@ impl TcpConn {
         };
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(io::ErrorKind::TimedOut.into());
+            return Err(deadline_passed());
         }
         if read {
             self.tcp.set_read_timeout(Some(left))
@@ -109,8 +111,8 @@ impl TcpConn {
     /// A socket timeout shows up as WouldBlock on Unix; in handshake mode that means the deadline.
     fn timed_out(&self, r: io::Result<usize>) -> io::Result<usize> {
         match r {
-            Err(e) if self.deadline.is_some() && e.kind() == io::ErrorKind::WouldBlock => {
-                Err(io::ErrorKind::TimedOut.into())
+            Err(e) if self.deadline.is_some() && io_outcome(&e) == IoOutcome::WouldBlock => {
+                Err(deadline_passed())
             }
             r => r,
         }
@@ -130,7 +132,7 @@ impl Read for TcpConn {
                 self.read += *n as u64;
                 self.drained = self.nonblocking && self.hints && *n > 0 && *n < buf.len();
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            Err(e) if io_outcome(e) == IoOutcome::WouldBlock => {
                 self.drained = self.nonblocking && self.hints;
             }
             Err(_) => {}
@@ -152,5 +154,49 @@ impl Write for TcpConn {
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+    use std::time::Duration;
+
+    /// A connected pair on 127.0.0.1: ours, and the peer's end (kept open, silent).
+    fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let ours = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (theirs, _) = listener.accept().unwrap();
+        (ours, theirs)
+    }
+
+    #[test]
+    fn a_passed_deadline_is_reported_as_ours() {
+        let (tcp, _peer) = pair();
+        let mut conn = TcpConn::new(tcp, Some(Instant::now()));
+        let e = conn.read(&mut [0; 16]).unwrap_err();
+        assert_eq!(io_outcome(&e), IoOutcome::Deadline, "{e:?}");
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        let e = conn.write(b"x").unwrap_err();
+        assert_eq!(io_outcome(&e), IoOutcome::Deadline, "{e:?}");
+    }
+
+    #[test]
+    fn the_socket_timeout_of_a_silent_peer_is_our_deadline() {
+        let (tcp, _peer) = pair();
+        let mut conn = TcpConn::new(tcp, Some(Instant::now() + Duration::from_millis(20)));
+        let e = conn.read(&mut [0; 16]).unwrap_err();
+        assert_eq!(io_outcome(&e), IoOutcome::Deadline, "{e:?}");
+    }
+
+    #[test]
+    fn nonblocking_nothing_to_read_would_block_and_is_no_deadline() {
+        let (tcp, _peer) = pair();
+        let mut conn = TcpConn::new(tcp, Some(Instant::now()));
+        conn.make_nonblocking().unwrap();
+        let e = conn.read(&mut [0; 16]).unwrap_err();
+        assert_eq!(io_outcome(&e), IoOutcome::WouldBlock, "{e:?}");
+        assert!(conn.drained, "the next read is skipped until re-armed");
     }
 }

@@ -207,7 +207,7 @@ fn native_failure<S>(peer: &str, e: native_tls::HandshakeError<S>) -> Error {
         // The handshake wanted to wait on a blocking socket: its timeout, our deadline, fired.
         native_tls::HandshakeError::WouldBlock(_) => Error::Timeout(TimeoutKind::Handshake),
         // Our deadline shows up as an io error inside the TLS library's.
-        native_tls::HandshakeError::Failure(e) if chain_has_timeout(&e) => {
+        native_tls::HandshakeError::Failure(e) if crate::error::deadline_in_chain(&e) => {
             Error::Timeout(TimeoutKind::Handshake)
         }
         native_tls::HandshakeError::Failure(e) => {
@@ -215,21 +215,6 @@ fn native_failure<S>(peer: &str, e: native_tls::HandshakeError<S>) -> Error {
             tls_error(peer, failure, e)
         }
     }
-}
-
-/// TLS libraries hide the socket error in their source chain (client and server handshakes).
-fn chain_has_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut current = Some(e);
-    while let Some(err) = current {
-        if err
-            .downcast_ref::<io::Error>()
-            .is_some_and(crate::error::is_deadline)
-        {
-            return true;
-        }
-        current = err.source();
-    }
-    false
 }
 
 #[cfg(feature = "rustls")]
@@ -247,6 +232,7 @@ mod rustls_backend {
 
     use super::tls_error;
     use crate::error::{Error, TimeoutKind, TlsFailure};
+    use crate::io_outcome::{io_outcome, IoOutcome};
     use crate::tcp::TcpConn;
     use crate::Config;
 
@@ -346,7 +332,7 @@ mod rustls_backend {
                 _ => TlsFailure::Other,
             },
             Some(rustls::Error::InvalidMessage(_)) => TlsFailure::NotTls,
-            None if e.kind() == io::ErrorKind::UnexpectedEof => TlsFailure::ClosedDuringHandshake,
+            None if io_outcome(&e) == IoOutcome::Ended => TlsFailure::ClosedDuringHandshake,
             _ => TlsFailure::Other,
         };
         tls_error(host, kind, e)

@@ -8,6 +8,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::command::Inbox;
+use crate::io_outcome::{io_outcome, IoOutcome};
 use crate::session::Session;
 use crate::WaitStrategy;
 
@@ -201,7 +202,7 @@ impl Waiter {
                     }
                     Ok(()) if events.iter().all(|e| e.token() == WAKER) => Ok(Woke::Command),
                     Ok(()) => Ok(Woke::Activity),
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(Woke::Activity),
+                    Err(e) if io_outcome(&e) == IoOutcome::Interrupted => Ok(Woke::Activity),
                     Err(e) => Err(e),
                 }
             }

@@ -11,6 +11,7 @@ use std::str::FromStr;
 use url::{Host, Url};
 
 use crate::error::{Error, ProxyStatus, TimeoutKind};
+use crate::io_outcome::{io_outcome, IoOutcome};
 
 pub(crate) mod env;
 mod http;
@@ -304,8 +305,8 @@ pub(super) fn io_error(proxy: &Proxy, e: io::Error) -> Error {
     if crate::error::is_deadline(&e) {
         return Error::Timeout(TimeoutKind::Handshake);
     }
-    match e.kind() {
-        io::ErrorKind::UnexpectedEof => protocol(
+    match io_outcome(&e) {
+        IoOutcome::Ended => protocol(
             proxy,
             "the proxy closed the connection in the middle of the exchange",
         ),
