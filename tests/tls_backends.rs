@@ -224,3 +224,26 @@ fn each_backend_says_when_the_server_does_not_speak_tls() {
         server.join().unwrap();
     }
 }
+
+#[test]
+fn a_silent_server_is_the_handshake_timeout_in_each_backend_not_a_tls_failure() {
+    for backend in backends() {
+        // Accepts TCP, then never answers the ClientHello.
+        let (addr, server) = raw_server(|mut tcp| read_to_end(&mut tcp).len());
+        let config = Config::builder()
+            .tls_backend(backend)
+            .handshake_timeout(Some(std::time::Duration::from_millis(300)))
+            .build()
+            .unwrap();
+        let e = BlockingClient::connect(&format!("wss://localhost:{}/", addr.port()), &config)
+            .unwrap_err();
+        assert!(
+            matches!(e, Error::Timeout(syncws::TimeoutKind::Handshake)),
+            "{backend:?}: {e:?}"
+        );
+        assert!(
+            server.join().unwrap() > 0,
+            "{backend:?}: a ClientHello was sent"
+        );
+    }
+}
