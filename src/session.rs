@@ -18,6 +18,7 @@ use crate::deflate::outbound::Outbound;
 use crate::error::{classify, Classified, Error, TimeoutKind};
 use crate::frame;
 use crate::heartbeat::{Beat, Heartbeat};
+use crate::io_outcome::{io_outcome, IoOutcome};
 use crate::linger::FrameSkipper;
 use crate::outbox::Outbox;
 use crate::stream::Stream;
@@ -543,7 +544,7 @@ impl Session {
     /// is on the wire, or at the close deadline. Returns whether it ended.
     fn handshake_over(&mut self) -> bool {
         match self.ws.get_mut().flush() {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            Err(e) if io_outcome(&e) == IoOutcome::WouldBlock => {
                 self.mark_blocked();
                 false
             }
@@ -922,8 +923,8 @@ impl Session {
                         return self.finish();
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if io_outcome(&e) == IoOutcome::WouldBlock => return,
+                Err(e) if io_outcome(&e) == IoOutcome::Interrupted => continue,
                 Err(_) => return self.finish(),
             }
         }
