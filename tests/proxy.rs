@@ -1,6 +1,6 @@
 //! Proxies: HTTP CONNECT (with basic auth) and SOCKS5 (with username/password), through the
 //! real clients, against the small proxies in tests/util/proxy.rs. Which proxy the environment
-//! names is unit-tested in src/proxy.rs with a fake environment (tests never change the
+//! names is unit-tested in src/proxy/env.rs with a fake environment (tests never change the
 //! process environment).
 
 mod util;
