@@ -47,79 +47,152 @@ pub enum WaitStrategy {
 /// ```
 #[derive(Debug, Clone)]
 pub struct Config {
+    pub(crate) request: RequestOptions,
+    pub(crate) timeouts: Timeouts,
+    pub(crate) limits: Limits,
+    pub(crate) socket: SocketOptions,
+    pub(crate) tls: TlsOptions,
+    pub(crate) proxying: ProxyOptions,
+    pub(crate) driving: DrivingOptions,
+    pub(crate) heartbeat: HeartbeatOptions,
+    pub(crate) reconnect: Option<Reconnect>,
+    pub(crate) while_disconnected: WhileDisconnected,
+    pub(crate) deflate: Option<DeflateConfig>,
+}
+
+/// Every time limit in one place, as [`Config::timeouts`] reads them (set them on
+/// [`ConfigBuilder`]: `connect_timeout`, `handshake_timeout`, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Timeouts {
+    /// Each TCP connect attempt.
+    pub connect: Option<Duration>,
+    /// The whole opening: TCP, proxy tunnel, TLS and HTTP upgrade.
+    pub handshake: Option<Duration>,
+    /// The close handshake.
+    pub close: Duration,
+    /// Silence before `on_idle`.
+    pub read: Option<Duration>,
+    /// Queued output without progress before the connection fails.
+    pub write: Option<Duration>,
+    /// Silence after a heartbeat ping before the peer counts as gone.
+    pub pong: Duration,
+    /// How long dropping a threaded client waits for its worker.
+    pub shutdown: Duration,
+}
+
+/// Every size bound in one place, as [`Config::limits`] reads them (set them on
+/// [`ConfigBuilder`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Limits {
+    /// Largest incoming message.
+    pub max_message_size: Option<usize>,
+    /// Largest incoming frame (never `None` after `build`).
+    pub max_frame_size: Option<usize>,
+    /// Largest socket read tungstenite asks for (bulk data is read ahead beyond it).
+    pub read_buffer_size: usize,
+    /// Queued bytes that are written at once instead of at the pass's flush.
+    pub write_buffer_size: usize,
+    /// Bound on bytes queued for the socket.
+    pub max_queued_bytes: usize,
+    /// Capacity of the command channel.
+    pub control_capacity: usize,
+    /// Capacity of a threaded client's `event_rx`.
+    pub event_capacity: usize,
+}
+
+/// What a client's upgrade request carries besides the handshake's own headers.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RequestOptions {
     pub(crate) headers: Vec<(HeaderName, HeaderValue)>,
     pub(crate) subprotocols: Vec<String>,
-    pub(crate) connect_timeout: Option<Duration>,
-    pub(crate) handshake_timeout: Option<Duration>,
-    pub(crate) close_timeout: Duration,
-    pub(crate) read_timeout: Option<Duration>,
-    pub(crate) write_timeout: Option<Duration>,
+}
+
+/// TCP socket options.
+#[derive(Debug, Clone)]
+pub(crate) struct SocketOptions {
     pub(crate) nodelay: bool,
     pub(crate) ttl: Option<u32>,
     pub(crate) keepalive: Option<Duration>,
     pub(crate) send_buffer_size: Option<usize>,
     pub(crate) recv_buffer_size: Option<usize>,
-    pub(crate) max_message_size: Option<usize>,
-    pub(crate) max_frame_size: Option<usize>,
-    pub(crate) read_buffer_size: usize,
-    pub(crate) write_buffer_size: usize,
-    pub(crate) max_queued_bytes: usize,
+}
+
+/// TLS for `wss://`.
+#[derive(Debug, Clone)]
+pub(crate) struct TlsOptions {
+    pub(crate) backend: TlsBackend,
     pub(crate) root_certificates: Vec<Vec<u8>>,
     pub(crate) identity: Option<(Vec<u8>, Vec<u8>)>,
     pub(crate) danger_accept_invalid_certs: bool,
+}
+
+/// Which proxy, if any.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ProxyOptions {
     pub(crate) proxy: Option<Proxy>,
-    pub(crate) proxy_from_env: bool,
+    pub(crate) from_env: bool,
+}
+
+/// How each mode drives and waits (per mode, not per connection).
+#[derive(Debug, Clone)]
+pub(crate) struct DrivingOptions {
     pub(crate) wait_strategy: WaitStrategy,
-    pub(crate) control_capacity: usize,
-    pub(crate) event_capacity: usize,
-    pub(crate) shutdown_timeout: Duration,
     pub(crate) worker_spin: Duration,
-    pub(crate) ping_interval: Option<Duration>,
-    pub(crate) pong_timeout: Duration,
-    pub(crate) ping_payload: Vec<u8>,
-    pub(crate) tls_backend: TlsBackend,
-    pub(crate) reconnect: Option<Reconnect>,
-    pub(crate) deflate: Option<DeflateConfig>,
-    pub(crate) while_disconnected: WhileDisconnected,
+}
+
+/// Heartbeat pings.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct HeartbeatOptions {
+    pub(crate) interval: Option<Duration>,
+    pub(crate) payload: Vec<u8>,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Config {
-            headers: Vec::new(),
-            subprotocols: Vec::new(),
-            connect_timeout: Some(Duration::from_secs(10)),
-            handshake_timeout: Some(Duration::from_secs(30)),
-            close_timeout: Duration::from_secs(5),
-            read_timeout: None,
-            write_timeout: Some(Duration::from_secs(30)),
-            nodelay: true,
-            ttl: None,
-            keepalive: None,
-            send_buffer_size: None,
-            recv_buffer_size: None,
-            max_message_size: Some(64 << 20),
-            max_frame_size: Some(16 << 20),
-            read_buffer_size: 16 << 10,
-            write_buffer_size: 64 << 10,
-            max_queued_bytes: 128 << 20,
-            root_certificates: Vec::new(),
-            identity: None,
-            danger_accept_invalid_certs: false,
-            proxy: None,
-            proxy_from_env: false,
-            wait_strategy: WaitStrategy::Readiness,
-            control_capacity: 1024,
-            event_capacity: 1024,
-            shutdown_timeout: Duration::from_secs(5),
-            worker_spin: Duration::from_micros(20),
-            ping_interval: None,
-            pong_timeout: Duration::from_secs(10),
-            ping_payload: Vec::new(),
-            tls_backend: TlsBackend::NativeTls,
+            request: RequestOptions::default(),
+            timeouts: Timeouts {
+                connect: Some(Duration::from_secs(10)),
+                handshake: Some(Duration::from_secs(30)),
+                close: Duration::from_secs(5),
+                read: None,
+                write: Some(Duration::from_secs(30)),
+                pong: Duration::from_secs(10),
+                shutdown: Duration::from_secs(5),
+            },
+            limits: Limits {
+                max_message_size: Some(64 << 20),
+                max_frame_size: Some(16 << 20),
+                read_buffer_size: 16 << 10,
+                write_buffer_size: 64 << 10,
+                max_queued_bytes: 128 << 20,
+                control_capacity: 1024,
+                event_capacity: 1024,
+            },
+            socket: SocketOptions {
+                nodelay: true,
+                ttl: None,
+                keepalive: None,
+                send_buffer_size: None,
+                recv_buffer_size: None,
+            },
+            tls: TlsOptions {
+                backend: TlsBackend::NativeTls,
+                root_certificates: Vec::new(),
+                identity: None,
+                danger_accept_invalid_certs: false,
+            },
+            proxying: ProxyOptions::default(),
+            driving: DrivingOptions {
+                wait_strategy: WaitStrategy::Readiness,
+                worker_spin: Duration::from_micros(20),
+            },
+            heartbeat: HeartbeatOptions::default(),
             reconnect: None,
-            deflate: None,
             while_disconnected: WhileDisconnected::Refuse,
+            deflate: None,
         }
     }
 }
@@ -133,110 +206,118 @@ impl Config {
         }
     }
 
+    /// Every time limit (the same values as the single getters below).
+    pub fn timeouts(&self) -> &Timeouts {
+        &self.timeouts
+    }
+    /// Every size bound (the same values as the single getters below).
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
     /// Extra request headers, in the order they are sent.
     pub fn headers(&self) -> &[(HeaderName, HeaderValue)] {
-        &self.headers
+        &self.request.headers
     }
     /// Subprotocols offered, in order of preference.
     pub fn subprotocols(&self) -> &[String] {
-        &self.subprotocols
+        &self.request.subprotocols
     }
     /// Limit on each TCP connect attempt.
     pub fn connect_timeout(&self) -> Option<Duration> {
-        self.connect_timeout
+        self.timeouts.connect
     }
     /// Limit on the whole opening (TCP + proxy tunnel + TLS + HTTP upgrade).
     pub fn handshake_timeout(&self) -> Option<Duration> {
-        self.handshake_timeout
+        self.timeouts.handshake
     }
     /// Limit on the close handshake.
     pub fn close_timeout(&self) -> Duration {
-        self.close_timeout
+        self.timeouts.close
     }
     /// How long a waiting client goes without input before `on_idle` runs.
     pub fn read_timeout(&self) -> Option<Duration> {
-        self.read_timeout
+        self.timeouts.read
     }
     /// How long queued output may make no progress before the connection fails.
     pub fn write_timeout(&self) -> Option<Duration> {
-        self.write_timeout
+        self.timeouts.write
     }
     /// Whether Nagle's algorithm is disabled.
     pub fn nodelay(&self) -> bool {
-        self.nodelay
+        self.socket.nodelay
     }
     /// IP time-to-live.
     pub fn ttl(&self) -> Option<u32> {
-        self.ttl
+        self.socket.ttl
     }
     /// TCP keepalive idle time.
     pub fn keepalive(&self) -> Option<Duration> {
-        self.keepalive
+        self.socket.keepalive
     }
     /// SO_SNDBUF.
     pub fn send_buffer_size(&self) -> Option<usize> {
-        self.send_buffer_size
+        self.socket.send_buffer_size
     }
     /// SO_RCVBUF.
     pub fn recv_buffer_size(&self) -> Option<usize> {
-        self.recv_buffer_size
+        self.socket.recv_buffer_size
     }
     /// Largest incoming message.
     pub fn max_message_size(&self) -> Option<usize> {
-        self.max_message_size
+        self.limits.max_message_size
     }
     /// Largest incoming frame: the limit in force (after [`ConfigBuilder::build`], a frame limit
     /// set to `None` reads as the message limit).
     pub fn max_frame_size(&self) -> Option<usize> {
-        self.max_frame_size
+        self.limits.max_frame_size
     }
     /// Largest single socket read.
     pub fn read_buffer_size(&self) -> usize {
-        self.read_buffer_size
+        self.limits.read_buffer_size
     }
     /// Queued bytes that trigger a write without waiting for the loop to flush.
     pub fn write_buffer_size(&self) -> usize {
-        self.write_buffer_size
+        self.limits.write_buffer_size
     }
     /// Bound on bytes queued for the socket.
     pub fn max_queued_bytes(&self) -> usize {
-        self.max_queued_bytes
+        self.limits.max_queued_bytes
     }
     /// The wait strategy of [`NonBlockingClient`](crate::NonBlockingClient).
     pub fn wait_strategy(&self) -> WaitStrategy {
-        self.wait_strategy
+        self.driving.wait_strategy
     }
     /// Capacity of the command channel (`control_tx` and client handles).
     pub fn control_capacity(&self) -> usize {
-        self.control_capacity
+        self.limits.control_capacity
     }
     /// Capacity of [`ThreadedClient`](crate::ThreadedClient)'s `event_rx`.
     pub fn event_capacity(&self) -> usize {
-        self.event_capacity
+        self.limits.event_capacity
     }
     /// How long dropping a [`ThreadedClient`](crate::ThreadedClient) waits for its worker.
     pub fn shutdown_timeout(&self) -> Duration {
-        self.shutdown_timeout
+        self.timeouts.shutdown
     }
     /// How long the threaded worker looks for a reply before parking.
     pub fn worker_spin(&self) -> Duration {
-        self.worker_spin
+        self.driving.worker_spin
     }
     /// Idle time after which a heartbeat ping is sent.
     pub fn ping_interval(&self) -> Option<Duration> {
-        self.ping_interval
+        self.heartbeat.interval
     }
     /// How long after a heartbeat ping the peer may stay silent.
     pub fn pong_timeout(&self) -> Duration {
-        self.pong_timeout
+        self.timeouts.pong
     }
     /// Payload of heartbeat pings.
     pub fn ping_payload(&self) -> &[u8] {
-        &self.ping_payload
+        &self.heartbeat.payload
     }
     /// The TLS implementation for `wss://`.
     pub fn tls_backend(&self) -> TlsBackend {
-        self.tls_backend
+        self.tls.backend
     }
     /// The reconnection policy, if any.
     pub fn reconnect(&self) -> Option<&Reconnect> {
@@ -250,29 +331,37 @@ impl Config {
     pub fn while_disconnected(&self) -> WhileDisconnected {
         self.while_disconnected
     }
+    /// Extra trusted roots (PEM), as given.
+    pub(crate) fn root_certificates(&self) -> &[Vec<u8>] {
+        &self.tls.root_certificates
+    }
+    /// The client identity (certificate chain PEM, PKCS#8 key PEM), if set.
+    pub(crate) fn identity(&self) -> Option<&(Vec<u8>, Vec<u8>)> {
+        self.tls.identity.as_ref()
+    }
     /// Whether certificate checks are off.
     pub fn danger_accept_invalid_certs(&self) -> bool {
-        self.danger_accept_invalid_certs
+        self.tls.danger_accept_invalid_certs
     }
     /// The proxy every connection goes through, if one is set.
     pub fn proxy(&self) -> Option<&Proxy> {
-        self.proxy.as_ref()
+        self.proxying.proxy.as_ref()
     }
     /// Whether, with no [`proxy`](Self::proxy) set, the proxy environment variables are read
     /// at each connect.
     pub fn proxy_from_env(&self) -> bool {
-        self.proxy_from_env
+        self.proxying.from_env
     }
 
     pub(crate) fn websocket_config(&self) -> tungstenite::protocol::WebSocketConfig {
         tungstenite::protocol::WebSocketConfig::default()
-            .read_buffer_size(self.read_buffer_size)
+            .read_buffer_size(self.limits.read_buffer_size)
             // tungstenite's own frames (pongs, Close) pass straight into our outbox, which
             // holds the queue and its bound.
             .write_buffer_size(0)
             .max_write_buffer_size(usize::MAX)
-            .max_message_size(self.max_message_size)
-            .max_frame_size(self.max_frame_size)
+            .max_message_size(self.limits.max_message_size)
+            .max_frame_size(self.limits.max_frame_size)
     }
 }
 
@@ -299,7 +388,7 @@ impl ConfigBuilder {
             (Ok(n), _) if crate::handshake::RESERVED_HEADERS.contains(&n) => self.problems.push(
                 format!("header {name:?} is written by the handshake itself (subprotocols: use `subprotocol`)"),
             ),
-            (Ok(n), Ok(v)) => self.config.headers.push((n, v)),
+            (Ok(n), Ok(v)) => self.config.request.headers.push((n, v)),
             _ => self
                 .problems
                 .push(format!("invalid header {name:?}: {value:?}")),
@@ -314,32 +403,32 @@ impl ConfigBuilder {
             self.problems
                 .push(format!("invalid subprotocol {protocol:?}"));
         } else {
-            self.config.subprotocols.push(protocol.to_owned());
+            self.config.request.subprotocols.push(protocol.to_owned());
         }
         self
     }
     /// Limit each TCP connect attempt. `None` leaves it to the OS. Defaults to 10 s.
     pub fn connect_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.config.connect_timeout = timeout;
+        self.config.timeouts.connect = timeout;
         self
     }
     /// Limit the whole opening: TCP connect, proxy tunnel, TLS handshake and HTTP upgrade
     /// together (DNS is left to the system resolver). `None` means no limit. Defaults to 30 s.
     pub fn handshake_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.config.handshake_timeout = timeout;
+        self.config.timeouts.handshake = timeout;
         self
     }
     /// Limit the close handshake: after this long without the peer's Close (or the end of TCP),
     /// the connection is dropped and [`TimeoutKind::Close`](crate::TimeoutKind::Close) reported.
     /// Defaults to 5 s.
     pub fn close_timeout(mut self, timeout: Duration) -> Self {
-        self.config.close_timeout = timeout;
+        self.config.timeouts.close = timeout;
         self
     }
     /// When set, a waiting client that receives nothing for this long calls
     /// [`Handler::on_idle`](crate::Handler::on_idle) and keeps waiting. Defaults to `None`.
     pub fn read_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.config.read_timeout = timeout;
+        self.config.timeouts.read = timeout;
         self
     }
     /// Queued output that makes no progress onto the socket for this long fails the connection
@@ -347,33 +436,33 @@ impl ConfigBuilder {
     /// cannot hold a connection (and its queue) forever. Any progress restarts the clock, so
     /// a slow link is not cut. `None` waits forever. Defaults to 30 s.
     pub fn write_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.config.write_timeout = timeout;
+        self.config.timeouts.write = timeout;
         self
     }
     /// Disable Nagle's algorithm. Output is already coalesced by the session, so this stays on.
     /// Defaults to `true`.
     pub fn nodelay(mut self, nodelay: bool) -> Self {
-        self.config.nodelay = nodelay;
+        self.config.socket.nodelay = nodelay;
         self
     }
     /// IP time-to-live. Defaults to the OS default.
     pub fn ttl(mut self, ttl: Option<u32>) -> Self {
-        self.config.ttl = ttl;
+        self.config.socket.ttl = ttl;
         self
     }
     /// Turn on TCP keepalive with this idle time. Defaults to off.
     pub fn keepalive(mut self, idle: Option<Duration>) -> Self {
-        self.config.keepalive = idle;
+        self.config.socket.keepalive = idle;
         self
     }
     /// SO_SNDBUF. Defaults to the OS default.
     pub fn send_buffer_size(mut self, bytes: Option<usize>) -> Self {
-        self.config.send_buffer_size = bytes;
+        self.config.socket.send_buffer_size = bytes;
         self
     }
     /// SO_RCVBUF. Defaults to the OS default.
     pub fn recv_buffer_size(mut self, bytes: Option<usize>) -> Self {
-        self.config.recv_buffer_size = bytes;
+        self.config.socket.recv_buffer_size = bytes;
         self
     }
     /// Largest incoming message; a larger one fails the connection with 1009 and
@@ -381,7 +470,7 @@ impl ConfigBuilder {
     /// [`max_frame_size`](Self::max_frame_size) has one (a message only grows with the bytes
     /// that arrive). Defaults to 64 MiB.
     pub fn max_message_size(mut self, bytes: Option<usize>) -> Self {
-        self.config.max_message_size = bytes;
+        self.config.limits.max_message_size = bytes;
         self
     }
     /// Largest incoming frame (payload); a larger one fails the connection with 1009 and
@@ -393,45 +482,45 @@ impl ConfigBuilder {
     /// ([`max_message_size`](Self::max_message_size)), never as large as the peer claims.
     /// [`build`](Self::build) refuses `None` for both.
     pub fn max_frame_size(mut self, bytes: Option<usize>) -> Self {
-        self.config.max_frame_size = bytes;
+        self.config.limits.max_frame_size = bytes;
         self
     }
     /// Largest single socket read, and the read buffer kept per connection. tungstenite clears
     /// this many bytes on every read call, so large values cost CPU on small messages.
     /// Defaults to 16 KiB.
     pub fn read_buffer_size(mut self, bytes: usize) -> Self {
-        self.config.read_buffer_size = bytes;
+        self.config.limits.read_buffer_size = bytes;
         self
     }
     /// When this many bytes are queued, they are written at once instead of waiting for the loop
     /// to flush before it waits. Defaults to 64 KiB.
     pub fn write_buffer_size(mut self, bytes: usize) -> Self {
-        self.config.write_buffer_size = bytes;
+        self.config.limits.write_buffer_size = bytes;
         self
     }
     /// Bound on bytes queued for the socket (framed). A send that would pass it fails with
     /// [`Error::QueueFull`] and queues nothing. Must exceed `write_buffer_size`.
     /// Defaults to 128 MiB.
     pub fn max_queued_bytes(mut self, bytes: usize) -> Self {
-        self.config.max_queued_bytes = bytes;
+        self.config.limits.max_queued_bytes = bytes;
         self
     }
     /// Trust this PEM certificate (or bundle) in addition to the system roots. Defaults to none.
     /// [`build`](Self::build) fails if it holds no certificate.
     pub fn root_certificate_pem(mut self, pem: &[u8]) -> Self {
-        self.config.root_certificates.push(pem.to_vec());
+        self.config.tls.root_certificates.push(pem.to_vec());
         self
     }
     /// Present this client identity: a PEM certificate chain and its PKCS#8 PEM private key.
     /// Defaults to none. [`build`](Self::build) fails if they cannot be loaded.
     pub fn identity_pem(mut self, cert_chain: &[u8], private_key: &[u8]) -> Self {
-        self.config.identity = Some((cert_chain.to_vec(), private_key.to_vec()));
+        self.config.tls.identity = Some((cert_chain.to_vec(), private_key.to_vec()));
         self
     }
     /// **Dangerous: for tests only.** Accept any certificate for any host, which lets anyone on
     /// the path read and change the traffic. Defaults to `false`.
     pub fn danger_accept_invalid_certs(mut self, accept: bool) -> Self {
-        self.config.danger_accept_invalid_certs = accept;
+        self.config.tls.danger_accept_invalid_certs = accept;
         self
     }
     /// Open every connection through this proxy: an HTTP proxy (`CONNECT` tunnel) or SOCKS5, see
@@ -450,7 +539,7 @@ impl ConfigBuilder {
     /// # Ok::<(), syncws::Error>(())
     /// ```
     pub fn proxy(mut self, proxy: Option<Proxy>) -> Self {
-        self.config.proxy = proxy;
+        self.config.proxying.proxy = proxy;
         self
     }
     /// When no [`proxy`](Self::proxy) is set, pick one at each connect from the conventional
@@ -471,31 +560,31 @@ impl ConfigBuilder {
     /// A variable holding a bad proxy URL fails the connect with [`Error::InvalidProxy`]
     /// naming it. Defaults to `false`: the environment is not read.
     pub fn proxy_from_env(mut self, enabled: bool) -> Self {
-        self.config.proxy_from_env = enabled;
+        self.config.proxying.from_env = enabled;
         self
     }
     /// How [`NonBlockingClient`](crate::NonBlockingClient) waits. Defaults to
     /// [`WaitStrategy::Readiness`].
     pub fn wait_strategy(mut self, strategy: WaitStrategy) -> Self {
-        self.config.wait_strategy = strategy;
+        self.config.driving.wait_strategy = strategy;
         self
     }
     /// Capacity of the command channel behind `control_tx` and client handles; a full channel
     /// makes `send` block and `try_send` fail. Defaults to 1024.
     pub fn control_capacity(mut self, capacity: usize) -> Self {
-        self.config.control_capacity = capacity;
+        self.config.limits.control_capacity = capacity;
         self
     }
     /// Capacity of [`ThreadedClient`](crate::ThreadedClient)'s `event_rx`; when full, the worker
     /// stops reading the socket until the application catches up. Defaults to 1024.
     pub fn event_capacity(mut self, capacity: usize) -> Self {
-        self.config.event_capacity = capacity;
+        self.config.limits.event_capacity = capacity;
         self
     }
     /// How long dropping a [`ThreadedClient`](crate::ThreadedClient) waits for its worker to
     /// finish. Defaults to 5 s.
     pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
-        self.config.shutdown_timeout = timeout;
+        self.config.timeouts.shutdown = timeout;
         self
     }
 
@@ -505,7 +594,7 @@ impl ConfigBuilder {
     /// idle 2-vCPU host). It costs up to this much CPU per burst of delivered messages and
     /// nothing while idle; zero turns it off. Defaults to 20 us.
     pub fn worker_spin(mut self, spin: Duration) -> Self {
-        self.config.worker_spin = spin;
+        self.config.driving.worker_spin = spin;
         self
     }
     /// Heartbeat: when nothing has arrived for this long, send a ping; if nothing (a pong or any
@@ -514,17 +603,17 @@ impl ConfigBuilder {
     /// found within interval + timeout. A readiness-mode client wakes only for these instants.
     /// Defaults to `None` (no heartbeat).
     pub fn ping_interval(mut self, interval: Option<Duration>) -> Self {
-        self.config.ping_interval = interval;
+        self.config.heartbeat.interval = interval;
         self
     }
     /// How long the peer may stay silent after a heartbeat ping. Defaults to 10 s.
     pub fn pong_timeout(mut self, timeout: Duration) -> Self {
-        self.config.pong_timeout = timeout;
+        self.config.timeouts.pong = timeout;
         self
     }
     /// Payload of heartbeat pings (at most 125 bytes). Defaults to empty.
     pub fn ping_payload(mut self, payload: &[u8]) -> Self {
-        self.config.ping_payload = payload.to_vec();
+        self.config.heartbeat.payload = payload.to_vec();
         self
     }
 
@@ -532,7 +621,7 @@ impl ConfigBuilder {
     /// settings. [`TlsBackend::Rustls`] needs the crate's `rustls` feature. Defaults to
     /// [`TlsBackend::NativeTls`].
     pub fn tls_backend(mut self, backend: TlsBackend) -> Self {
-        self.config.tls_backend = backend;
+        self.config.tls.backend = backend;
         self
     }
     /// Reconnect after a connection ends without the user asking (see [`Reconnect`]). Applies to
@@ -571,7 +660,7 @@ impl ConfigBuilder {
             return Err(Error::Config(problem));
         }
         let mut c = self.config;
-        match (c.max_frame_size, c.max_message_size) {
+        match (c.limits.max_frame_size, c.limits.max_message_size) {
             (None, None) => {
                 return Err(Error::Config(
                     "max_frame_size and max_message_size cannot both be None: a frame's \
@@ -581,31 +670,31 @@ impl ConfigBuilder {
                 ))
             }
             // A frame cannot be larger than the message it belongs to.
-            (None, message) => c.max_frame_size = message,
+            (None, message) => c.limits.max_frame_size = message,
             _ => {}
         }
-        if c.max_queued_bytes <= c.write_buffer_size {
+        if c.limits.max_queued_bytes <= c.limits.write_buffer_size {
             return Err(Error::Config(format!(
                 "max_queued_bytes ({}) must exceed write_buffer_size ({})",
-                c.max_queued_bytes, c.write_buffer_size
+                c.limits.max_queued_bytes, c.limits.write_buffer_size
             )));
         }
-        if c.read_buffer_size == 0 {
+        if c.limits.read_buffer_size == 0 {
             return Err(Error::Config("read_buffer_size must be at least 1".into()));
         }
-        if c.control_capacity == 0 || c.event_capacity == 0 {
+        if c.limits.control_capacity == 0 || c.limits.event_capacity == 0 {
             return Err(Error::Config(
                 "control_capacity and event_capacity must be at least 1".into(),
             ));
         }
         crate::tls::validate(&c)?;
-        if c.ping_payload.len() > 125 {
+        if c.heartbeat.payload.len() > 125 {
             return Err(Error::Config(format!(
                 "ping_payload of {} bytes is longer than 125 bytes",
-                c.ping_payload.len()
+                c.heartbeat.payload.len()
             )));
         }
-        if c.ping_interval == Some(Duration::ZERO) || c.pong_timeout.is_zero() {
+        if c.heartbeat.interval == Some(Duration::ZERO) || c.timeouts.pong.is_zero() {
             return Err(Error::Config(
                 "ping_interval and pong_timeout must not be zero".into(),
             ));
@@ -616,14 +705,14 @@ impl ConfigBuilder {
         if let Some(d) = &c.deflate {
             d.validate()?;
         }
-        if c.ttl == Some(0) {
+        if c.socket.ttl == Some(0) {
             return Err(Error::Config("ttl must be at least 1".into()));
         }
         for (what, d) in [
-            ("connect_timeout", c.connect_timeout),
-            ("handshake_timeout", c.handshake_timeout),
-            ("read_timeout", c.read_timeout),
-            ("write_timeout", c.write_timeout),
+            ("connect_timeout", c.timeouts.connect),
+            ("handshake_timeout", c.timeouts.handshake),
+            ("read_timeout", c.timeouts.read),
+            ("write_timeout", c.timeouts.write),
         ] {
             if d == Some(Duration::ZERO) {
                 return Err(Error::Config(format!("{what} must not be zero; use None")));
@@ -664,12 +753,12 @@ impl Config {
     pub fn server_builder() -> ConfigBuilder {
         let mut builder = Config::builder();
         let c = &mut builder.config;
-        c.handshake_timeout = Some(Duration::from_secs(10));
-        c.write_timeout = Some(Duration::from_secs(10));
-        c.max_queued_bytes = 1 << 20;
-        c.write_buffer_size = 16 << 10;
-        c.read_buffer_size = 4 << 10;
-        c.control_capacity = 256;
+        c.timeouts.handshake = Some(Duration::from_secs(10));
+        c.timeouts.write = Some(Duration::from_secs(10));
+        c.limits.max_queued_bytes = 1 << 20;
+        c.limits.write_buffer_size = 16 << 10;
+        c.limits.read_buffer_size = 4 << 10;
+        c.limits.control_capacity = 256;
         builder
     }
 
@@ -684,6 +773,23 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_groups_read_what_the_setters_set() {
+        let c = Config::builder()
+            .close_timeout(Duration::from_secs(2))
+            .write_timeout(None)
+            .max_queued_bytes(1 << 20)
+            .event_capacity(7)
+            .build()
+            .unwrap();
+        assert_eq!(c.timeouts().close, Duration::from_secs(2));
+        assert_eq!(c.timeouts().write, None);
+        assert_eq!(c.timeouts().handshake, c.handshake_timeout());
+        assert_eq!(c.limits().max_queued_bytes, 1 << 20);
+        assert_eq!(c.limits().event_capacity, 7);
+        assert_eq!(c.limits().max_frame_size, c.max_frame_size());
+    }
+
     use super::*;
 
     #[test]

@@ -53,7 +53,7 @@ fn open(url: &str, config: &Config) -> Result<(WebSocket<Stream>, Handshake), Er
     let port = parsed
         .port_or_known_default()
         .unwrap_or(if tls { 443 } else { 80 });
-    let deadline = config.handshake_timeout.map(|d| Instant::now() + d);
+    let deadline = config.handshake_timeout().map(|d| Instant::now() + d);
     let proxy = for_target(config, tls, &host, port)?;
 
     // TLS verifies the target's name, through a proxy too.
@@ -145,7 +145,7 @@ fn connect_tcp(
 ) -> Result<TcpStream, Error> {
     let mut last = None;
     for &addr in addrs {
-        let timeout = match (config.connect_timeout, remaining(deadline)?) {
+        let timeout = match (config.connect_timeout(), remaining(deadline)?) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
@@ -178,25 +178,25 @@ fn connect_one(
 ) -> io::Result<TcpStream> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     // Buffer sizes must be set before connect to take part in window scaling.
-    if let Some(n) = config.send_buffer_size {
+    if let Some(n) = config.send_buffer_size() {
         socket.set_send_buffer_size(n)?;
     }
-    if let Some(n) = config.recv_buffer_size {
+    if let Some(n) = config.recv_buffer_size() {
         socket.set_recv_buffer_size(n)?;
     }
     match timeout {
         Some(t) => socket.connect_timeout(&addr.into(), t)?,
         None => socket.connect(&addr.into())?,
     }
-    socket.set_tcp_nodelay(config.nodelay)?;
-    if let Some(ttl) = config.ttl {
+    socket.set_tcp_nodelay(config.nodelay())?;
+    if let Some(ttl) = config.ttl() {
         if addr.is_ipv4() {
             socket.set_ttl_v4(ttl)?;
         } else {
             socket.set_unicast_hops_v6(ttl)?;
         }
     }
-    if let Some(idle) = config.keepalive {
+    if let Some(idle) = config.keepalive() {
         socket.set_tcp_keepalive(&TcpKeepalive::new().with_time(idle))?;
     }
     Ok(socket.into())

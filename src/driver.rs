@@ -71,12 +71,12 @@ impl Driver {
     ) -> io::Result<(Self, CommandSender, Arc<Shared>)> {
         let (waiter, waker) = Waiter::new(strategy, &session, true)?;
         let shared = Shared::new(waker, nudge);
-        let (sender, inbox) = Inbox::channel(config.control_capacity, shared.clone());
+        let (sender, inbox) = Inbox::channel(config.control_capacity(), shared.clone());
         session.set_inbox(inbox);
         let driver = Driver {
             session,
             waiter,
-            read_timeout: config.read_timeout,
+            read_timeout: config.read_timeout(),
             dial: None,
             last_error: None,
             last_input: Instant::now(),
@@ -88,7 +88,7 @@ impl Driver {
     /// Reconnect to `url` when a connection ends without the user asking, if the config has a
     /// policy.
     pub(crate) fn redial_to(mut self, url: &str, config: &Config) -> Self {
-        if config.reconnect.is_some() {
+        if config.reconnect().is_some() {
             self.dial = Some(Dial {
                 url: url.to_owned(),
                 config: config.clone(),
@@ -250,14 +250,15 @@ impl Driver {
         let Some(dial) = self.dial.as_ref() else {
             return false;
         };
-        let Some(policy) = dial.config.reconnect.clone() else {
+        let Some(policy) = dial.config.reconnect().cloned() else {
             return false;
         };
         if self.session.user_ended() || d.stop_requested() {
             return false;
         }
         self.waiter.unbind(&self.session);
-        self.session.enter_reconnect(dial.config.while_disconnected);
+        self.session
+            .enter_reconnect(dial.config.while_disconnected());
         for attempt in 1.. {
             if policy.max_attempts.is_some_and(|max| attempt > max) {
                 tracing::warn!(attempts = attempt - 1, "giving up reconnecting");

@@ -132,7 +132,7 @@ fn request(url: &Url, key: &str, config: &Config) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
     // Writes to a Vec cannot fail.
     let _ = write!(out, "GET {path} HTTP/1.1\r\n");
-    let user_host = config.headers.iter().find(|(n, _)| n == header::HOST);
+    let user_host = config.headers().iter().find(|(n, _)| n == header::HOST);
     match user_host {
         Some((_, value)) => {
             out.extend_from_slice(b"Host: ");
@@ -153,21 +153,21 @@ fn request(url: &Url, key: &str, config: &Config) -> Vec<u8> {
         "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
          Sec-WebSocket-Key: {key}\r\n"
     );
-    if !config.subprotocols.is_empty() {
+    if !config.subprotocols().is_empty() {
         let _ = write!(
             out,
             "Sec-WebSocket-Protocol: {}\r\n",
-            config.subprotocols.join(", ")
+            config.subprotocols().join(", ")
         );
     }
-    if let Some(deflate) = &config.deflate {
+    if let Some(deflate) = config.deflate() {
         let _ = write!(
             out,
             "Sec-WebSocket-Extensions: {}\r\n",
             crate::deflate::offer(deflate)
         );
     }
-    for (name, value) in config.headers.iter().filter(|(n, _)| n != header::HOST) {
+    for (name, value) in config.headers().iter().filter(|(n, _)| n != header::HOST) {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
@@ -237,7 +237,7 @@ fn verify(handshake: &mut Handshake, key: &str, config: &Config) -> Result<(), E
         ));
     }
     if let Some(chosen) = &handshake.subprotocol {
-        if !config.subprotocols.iter().any(|p| p == chosen) {
+        if !config.subprotocols().iter().any(|p| p == chosen) {
             return Err(Error::InvalidHandshake(format!(
                 "server chose subprotocol {chosen:?}, which we did not offer"
             )));
@@ -248,6 +248,6 @@ fn verify(handshake: &mut Handshake, key: &str, config: &Config) -> Result<(), E
         .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
         .iter()
         .map(|v| v.to_str().unwrap_or("\u{fffd}"));
-    handshake.deflate = crate::deflate::client_verify(config.deflate.as_ref(), extensions)?;
+    handshake.deflate = crate::deflate::client_verify(config.deflate(), extensions)?;
     Ok(())
 }

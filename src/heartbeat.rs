@@ -34,10 +34,10 @@ pub(crate) struct Heartbeat {
 impl Heartbeat {
     /// The config's heartbeat, if it asks for one, starting now with `read` bytes read so far.
     pub(crate) fn new(config: &Config, read: u64) -> Option<Self> {
-        config.ping_interval.map(|interval| Heartbeat {
+        config.ping_interval().map(|interval| Heartbeat {
             interval,
-            timeout: config.pong_timeout,
-            payload: Bytes::from(config.ping_payload.clone()),
+            timeout: config.pong_timeout(),
+            payload: Bytes::from(config.ping_payload().to_vec()),
             last_input: (Instant::now(), read),
             awaiting: None,
         })

@@ -272,7 +272,7 @@ impl Incoming {
             }
         }
         // permessage-deflate: answer the first offer we can meet (when enabled).
-        let deflate = config.deflate.as_ref().and_then(|settings| {
+        let deflate = config.deflate().and_then(|settings| {
             let offers = request
                 .headers()
                 .get_all(header::SEC_WEBSOCKET_EXTENSIONS)

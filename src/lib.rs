@@ -197,7 +197,7 @@ mod wait;
 pub use blocking::BlockingClient;
 pub use close::{CloseInfo, Initiator};
 pub use command::{Command, CommandSender};
-pub use config::{Config, ConfigBuilder, WaitStrategy};
+pub use config::{Config, ConfigBuilder, Limits, Timeouts, WaitStrategy};
 pub use deflate::{DeflateConfig, DeflateParams};
 pub use error::{Error, ProxyStatus, TimeoutKind, TlsFailure};
 pub use event::Event;

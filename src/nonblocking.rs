@@ -53,7 +53,7 @@ impl NonBlockingClient {
     pub fn connect(url: &str, config: &Config) -> Result<Self, Error> {
         let (ws, handshake) = connect(url, config)?;
         let session = Session::new(ws, Some(handshake), config);
-        let (driver, handle, _) = Driver::new(session, config.wait_strategy, config, None)?;
+        let (driver, handle, _) = Driver::new(session, config.wait_strategy(), config, None)?;
         let driver = driver.redial_to(url, config);
         Ok(NonBlockingClient { driver, handle })
     }

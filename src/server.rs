@@ -112,7 +112,7 @@ impl ServerConnection {
         subprotocol: Option<String>,
     ) -> Result<Self, Error> {
         stream.make_nonblocking()?;
-        let outbound = match (&agreed, &config.deflate) {
+        let outbound = match (&agreed, config.deflate()) {
             (Some(params), Some(settings)) => Outbound::new(params, Role::Server, settings),
             _ => None,
         };
@@ -164,9 +164,9 @@ pub(crate) fn open(
     tls: Option<&native_tls::TlsAcceptor>,
     config: &Config,
 ) -> Result<(Stream, SocketAddr), Error> {
-    tcp.set_nodelay(config.nodelay)?;
+    tcp.set_nodelay(config.nodelay())?;
     let peer = tcp.peer_addr()?;
-    let deadline = config.handshake_timeout.map(|d| Instant::now() + d);
+    let deadline = config.handshake_timeout().map(|d| Instant::now() + d);
     let conn = TcpConn::new(tcp, deadline);
     let transport = match tls {
         None => Transport::Plain(conn),

@@ -160,7 +160,7 @@ impl Session {
         let heartbeat = Heartbeat::new(config, ws.get_ref().bytes_read());
         let deflate = match (
             handshake.as_ref().and_then(Handshake::deflate),
-            &config.deflate,
+            config.deflate(),
         ) {
             (Some(agreed), Some(settings)) => Outbound::new(agreed, Role::Client, settings),
             _ => None,
@@ -169,11 +169,11 @@ impl Session {
             ws,
             handshake,
             masked: true,
-            write_buffer_size: config.write_buffer_size,
+            write_buffer_size: config.write_buffer_size(),
             phase: Phase::Open,
-            close_timeout: config.close_timeout,
-            write_timeout: config.write_timeout,
-            queue_limit: config.max_queued_bytes,
+            close_timeout: config.close_timeout(),
+            write_timeout: config.write_timeout(),
+            queue_limit: config.max_queued_bytes(),
             write_blocked: false,
             write_progress: (Instant::now(), written),
             errors: VecDeque::new(),

@@ -79,8 +79,8 @@ impl ThreadedClient {
         let (driver, control_tx, shared) =
             Driver::new(session, WaitStrategy::Readiness, config, Some(nudge_tx))?;
         let mut driver = driver.redial_to(url, config);
-        driver.set_command_spin(config.worker_spin);
-        let (event_tx, event_rx) = crossbeam_channel::bounded(config.event_capacity);
+        driver.set_command_spin(config.worker_spin());
+        let (event_tx, event_rx) = crossbeam_channel::bounded(config.event_capacity());
         let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
         let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
         let worker = std::thread::Builder::new()
@@ -109,7 +109,7 @@ impl ThreadedClient {
             shared,
             done_rx,
             worker: Some(worker),
-            shutdown_timeout: config.shutdown_timeout,
+            shutdown_timeout: config.shutdown_timeout(),
         })
     }
 

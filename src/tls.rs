@@ -94,10 +94,10 @@ impl Write for TlsConn {
 
 /// Run the client's TLS handshake with `host` on `conn` (blocking, under the handshake deadline).
 pub(crate) fn handshake(host: &str, conn: TcpConn, config: &Config) -> Result<TlsConn, Error> {
-    if config.danger_accept_invalid_certs {
+    if config.danger_accept_invalid_certs() {
         tracing::warn!("certificate verification is off (danger_accept_invalid_certs)");
     }
-    let tls = match config.tls_backend {
+    let tls = match config.tls_backend() {
         TlsBackend::NativeTls => TlsConn::Native(Box::new(native(host, conn, config)?)),
         #[cfg(feature = "rustls")]
         TlsBackend::Rustls => {
@@ -110,7 +110,7 @@ pub(crate) fn handshake(host: &str, conn: TcpConn, config: &Config) -> Result<Tl
             ))
         }
     };
-    tracing::debug!(host, backend = ?config.tls_backend, "tls established");
+    tracing::debug!(host, backend = ?config.tls_backend(), "tls established");
     Ok(tls)
 }
 
@@ -129,9 +129,9 @@ pub(crate) fn accept(
 
 /// Check the TLS material for `backend` (called by `ConfigBuilder::build`).
 pub(crate) fn validate(config: &Config) -> Result<(), Error> {
-    match config.tls_backend {
+    match config.tls_backend() {
         TlsBackend::NativeTls => {
-            for pem in &config.root_certificates {
+            for pem in config.root_certificates() {
                 match native_tls::Certificate::stack_from_pem(pem) {
                     Ok(certs) if !certs.is_empty() => {}
                     Ok(_) => {
@@ -142,7 +142,7 @@ pub(crate) fn validate(config: &Config) -> Result<(), Error> {
                     Err(e) => return Err(Error::Config(format!("root certificate: {e}"))),
                 }
             }
-            if let Some((chain, key)) = &config.identity {
+            if let Some((chain, key)) = config.identity() {
                 if let Err(e) = native_tls::Identity::from_pkcs8(chain, key) {
                     return Err(Error::Config(format!("client identity: {e}")));
                 }
@@ -176,19 +176,19 @@ fn native(
     config: &Config,
 ) -> Result<native_tls::TlsStream<TcpConn>, Error> {
     let mut builder = native_tls::TlsConnector::builder();
-    for pem in &config.root_certificates {
+    for pem in config.root_certificates() {
         let certs = native_tls::Certificate::stack_from_pem(pem)
             .map_err(|e| tls_error(host, TlsFailure::Configuration, e))?;
         for cert in certs {
             builder.add_root_certificate(cert);
         }
     }
-    if let Some((chain, key)) = &config.identity {
+    if let Some((chain, key)) = config.identity() {
         let identity = native_tls::Identity::from_pkcs8(chain, key)
             .map_err(|e| tls_error(host, TlsFailure::Configuration, e))?;
         builder.identity(identity);
     }
-    if config.danger_accept_invalid_certs {
+    if config.danger_accept_invalid_certs() {
         builder.danger_accept_invalid_certs(true);
         builder.danger_accept_invalid_hostnames(true);
     }
@@ -260,7 +260,7 @@ mod rustls_backend {
         let builder = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| Error::Config(format!("rustls: {e}")))?;
-        let builder = if config.danger_accept_invalid_certs {
+        let builder = if config.danger_accept_invalid_certs() {
             builder
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider())))
@@ -272,7 +272,7 @@ mod rustls_backend {
             }
             let (added, _ignored) = roots.add_parsable_certificates(system.certs);
             tracing::trace!(added, "system roots");
-            for pem in &config.root_certificates {
+            for pem in config.root_certificates() {
                 for cert in
                     certs(pem).map_err(|e| Error::Config(format!("root certificate: {e}")))?
                 {
@@ -283,7 +283,7 @@ mod rustls_backend {
             }
             builder.with_root_certificates(roots)
         };
-        match &config.identity {
+        match config.identity() {
             None => Ok(builder.with_no_client_auth()),
             Some((chain, key)) => {
                 let chain =

@@ -169,8 +169,8 @@ impl Inbound {
     /// Limits and read size come from `config`; `leftover` is what arrived after the
     /// handshake's head: the start of the frame stream.
     pub(crate) fn new(role: Role, config: &Config, leftover: &[u8]) -> Self {
-        let (max_message, max_frame) = (config.max_message_size, config.max_frame_size);
-        let read_size = config.read_buffer_size;
+        let (max_message, max_frame) = (config.max_message_size(), config.max_frame_size());
+        let read_size = config.read_buffer_size();
         let chunk = CHUNK.min(max_frame.unwrap_or(CHUNK)).max(1);
         let size = read_size.max(MIN_READ).max(leftover.len());
         let mut raw = vec![0u8; size].into_boxed_slice();

@@ -18,10 +18,10 @@ pub(crate) fn for_target(
     host: &Host<&str>,
     port: u16,
 ) -> Result<Option<Proxy>, Error> {
-    if let Some(proxy) = &config.proxy {
+    if let Some(proxy) = config.proxy() {
         return Ok(Some(proxy.clone()));
     }
-    if !config.proxy_from_env {
+    if !config.proxy_from_env() {
         return Ok(None);
     }
     // A variable that is not valid Unicode is treated as unset.
