@@ -30,7 +30,7 @@ fn serve_one(tls: Option<native_tls::TlsAcceptor>) -> (u16, std::thread::JoinHan
 #[test]
 fn a_server_connection_echoes_and_answers_the_clients_close() {
     let (port, server) = serve_one(None);
-    let (mut ws, _) = tungstenite::connect(format!("ws://127.0.0.1:{port}/")).unwrap();
+    let (mut ws, _) = connect_timed(format!("ws://127.0.0.1:{port}/")).unwrap();
     for i in 0..100 {
         ws.send(Message::text(format!("m{i}"))).unwrap();
     }
@@ -57,7 +57,7 @@ fn a_handle_sends_from_another_thread_which_is_how_a_server_broadcasts() {
         handle_tx.send(conn.handle()).unwrap();
         conn.run(&mut Echo::default());
     });
-    let (mut ws, _) = tungstenite::connect(format!("ws://{addr}/")).unwrap();
+    let (mut ws, _) = connect_timed(format!("ws://{addr}/")).unwrap();
     let handle = handle_rx.recv_timeout(TEST_DEADLINE).unwrap();
     for i in 0..10 {
         handle.send_text(format!("broadcast {i}")).unwrap();
@@ -91,12 +91,12 @@ fn a_bad_upgrade_request_is_a_typed_error_and_a_silent_client_times_out() {
         let silent = ServerConnection::accept(tcp, None, &config).unwrap_err();
         (bad, silent)
     });
-    let mut tcp = TcpStream::connect(addr).unwrap();
+    let mut tcp = timed_tcp(addr);
     tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     let mut answer = Vec::new();
     let _ = tcp.read_to_end(&mut answer);
     drop(tcp);
-    let _silent = TcpStream::connect(addr).unwrap();
+    let _silent = timed_tcp(addr);
     let (bad, silent) = server.join().unwrap();
     assert!(
         matches!(&bad, Error::BadRequest { status, .. } if status.as_u16() == 400),
@@ -147,7 +147,7 @@ fn over_tls_the_same_port_answers_plain_http_too() {
         .add_root_certificate(native_tls::Certificate::from_pem(pki.ca_pem.as_bytes()).unwrap())
         .build()
         .unwrap();
-    let tcp = TcpStream::connect(addr).unwrap();
+    let tcp = timed_tcp(addr);
     tcp.set_read_timeout(Some(TEST_DEADLINE)).unwrap();
     let mut tls = connector.connect("localhost", tcp).unwrap();
     tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
@@ -175,10 +175,7 @@ fn a_failed_server_connection_ends_on_the_clients_close_not_on_the_close_timeout
         conn.run(&mut echo);
         let _ = done_tx.send(echo);
     });
-    let (mut ws, _) = tungstenite::connect(format!("ws://{addr}/")).unwrap();
-    if let tungstenite::stream::MaybeTlsStream::Plain(tcp) = ws.get_ref() {
-        tcp.set_read_timeout(Some(TEST_DEADLINE)).unwrap();
-    }
+    let (mut ws, _) = connect_timed(format!("ws://{addr}/")).unwrap();
     // A masked text frame whose payload (0xC3 0x28) is not UTF-8.
     let mask = [1u8, 2, 3, 4];
     let mut frame = vec![0x81, 0x82];
@@ -215,7 +212,7 @@ fn a_silent_client_times_out_in_the_tls_handshake_as_a_timeout_not_a_tls_failure
         ServerConnection::accept(tcp, Some(&acceptor), &config).unwrap_err()
     });
     // Connects and sends nothing: no ClientHello ever arrives.
-    let mut silent = TcpStream::connect(addr).unwrap();
+    let mut silent = timed_tcp(addr);
     silent.set_read_timeout(Some(TEST_DEADLINE)).unwrap();
     let _ = read_to_end(&mut silent);
     let err = server.join().unwrap();
@@ -292,11 +289,8 @@ fn client_request(url: &str, headers: &[(&str, &str)]) -> tungstenite::handshake
     request
 }
 
-fn local_addr(ws: &WebSocket<tungstenite::stream::MaybeTlsStream<TcpStream>>) -> SocketAddr {
-    match ws.get_ref() {
-        tungstenite::stream::MaybeTlsStream::Plain(tcp) => tcp.local_addr().unwrap(),
-        _ => unreachable!("plain ws:// in these tests"),
-    }
+fn local_addr(ws: &WebSocket<TcpStream>) -> SocketAddr {
+    ws.get_ref().local_addr().unwrap()
 }
 
 #[test]
@@ -321,7 +315,7 @@ fn the_server_sees_the_request_and_answers_with_a_subprotocol_the_client_offered
             ("Sec-WebSocket-Protocol", "chat.v1, chat.v2"),
         ],
     );
-    let (mut ws, response) = tungstenite::connect(request).unwrap();
+    let (mut ws, response) = connect_timed(request).unwrap();
     assert_eq!(response.headers()["sec-websocket-protocol"], "chat.v2");
     assert_eq!(response.headers()["x-served-by"], "t");
     let me = local_addr(&ws);
@@ -354,7 +348,7 @@ fn a_subprotocol_the_client_did_not_offer_is_refused_with_a_typed_error() {
             .into_iter()
             .collect();
         let request = client_request(&format!("ws://{addr}/"), &headers);
-        match tungstenite::connect(request) {
+        match connect_timed(request) {
             Err(tungstenite::Error::Http(response)) => assert_eq!(response.status(), 400),
             other => panic!("expected HTTP 400, got {other:?}"),
         }
@@ -372,12 +366,12 @@ fn a_rejected_request_gets_the_status_and_the_reason() {
         let incoming = ServerConnection::read_request(tcp, None, &Config::server_defaults())?;
         incoming.reject(StatusCode::FORBIDDEN, "not on the guest list")
     });
-    match tungstenite::connect(format!("ws://{addr}/")) {
+    match connect_timed(format!("ws://{addr}/")) {
         Err(tungstenite::Error::Http(response)) => assert_eq!(response.status(), 403),
         other => panic!("expected HTTP 403, got {other:?}"),
     }
     // The whole answer, as any HTTP client reads it.
-    let mut tcp = TcpStream::connect(addr).unwrap();
+    let mut tcp = timed_tcp(addr);
     tcp.set_read_timeout(Some(TEST_DEADLINE)).unwrap();
     tcp.write_all(b"GET /admin HTTP/1.1\r\nHost: h\r\n\r\n")
         .unwrap();
@@ -433,7 +427,7 @@ fn one_port_answers_plain_http_and_upgrades_websockets() {
             }
         }
     });
-    let mut tcp = TcpStream::connect(addr).unwrap();
+    let mut tcp = timed_tcp(addr);
     tcp.set_read_timeout(Some(TEST_DEADLINE)).unwrap();
     tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: h\r\n\r\n")
         .unwrap();
@@ -444,7 +438,7 @@ fn one_port_answers_plain_http_and_upgrades_websockets() {
     );
     drop(tcp);
 
-    let mut tcp = TcpStream::connect(addr).unwrap();
+    let mut tcp = timed_tcp(addr);
     tcp.set_read_timeout(Some(TEST_DEADLINE)).unwrap();
     tcp.write_all(b"POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 11\r\n\r\nhello there")
         .unwrap();
@@ -452,7 +446,7 @@ fn one_port_answers_plain_http_and_upgrades_websockets() {
     assert!(answer.ends_with("\r\n\r\nhello there"), "{answer}");
     drop(tcp);
 
-    let (mut ws, _) = tungstenite::connect(format!("ws://{addr}/chat")).unwrap();
+    let (mut ws, _) = connect_timed(format!("ws://{addr}/chat")).unwrap();
     ws.send(Message::text("same port")).unwrap();
     assert_eq!(ws.read().unwrap(), Message::text("same port"));
     ws.close(None).unwrap();
@@ -505,7 +499,7 @@ fn bad_upgrades_are_answered_with_the_right_status() {
         ServerConnection::accept(tcp, None, &Config::server_defaults()).map(drop)
     });
     for (request, status_line, header) in cases {
-        let mut tcp = TcpStream::connect(addr).unwrap();
+        let mut tcp = timed_tcp(addr);
         tcp.set_read_timeout(Some(TEST_DEADLINE)).unwrap();
         tcp.write_all(request.as_bytes()).unwrap();
         let answer = String::from_utf8(read_to_end(&mut tcp)).unwrap();
@@ -528,7 +522,7 @@ fn a_head_longer_than_the_bound_is_refused_without_reading_on() {
     let (addr, results) = serve_n(1, |tcp| {
         ServerConnection::read_request(tcp, None, &Config::server_defaults()).map(drop)
     });
-    let mut tcp = TcpStream::connect(addr).unwrap();
+    let mut tcp = timed_tcp(addr);
     tcp.set_read_timeout(Some(TEST_DEADLINE)).unwrap();
     // A head that never ends: 64 KiB of one header, and the connection kept open.
     let mut writer = tcp.try_clone().unwrap();
@@ -571,7 +565,7 @@ fn a_head_the_application_read_itself_is_upgraded_with_what_came_after_it() {
         incoming.accept(Accept::new())?.run(&mut Echo::default());
         Ok::<_, Error>(leftover.len())
     });
-    let mut tcp = TcpStream::connect(addr).unwrap();
+    let mut tcp = timed_tcp(addr);
     tcp.set_read_timeout(Some(TEST_DEADLINE)).unwrap();
     let mut first = upgrade_request("", None);
     first.extend(masked_frame(true, false, 1, b"in the same packet"));
@@ -644,7 +638,7 @@ fn frames_sent_with_the_request_reach_the_handler() {
         conn.run(&mut echo);
         Ok::<_, Error>(echo.errors)
     });
-    let mut tcp = TcpStream::connect(addr).unwrap();
+    let mut tcp = timed_tcp(addr);
     tcp.set_read_timeout(Some(TEST_DEADLINE)).unwrap();
     // The request and two frames in one write, as an impatient client sends them.
     let mut bytes = upgrade_request("", None);
@@ -690,7 +684,7 @@ fn compressed_frames_sent_with_the_request_are_inflated() {
         "the frame is really compressed"
     );
 
-    let mut tcp = TcpStream::connect(addr).unwrap();
+    let mut tcp = timed_tcp(addr);
     tcp.set_read_timeout(Some(TEST_DEADLINE)).unwrap();
     let mut bytes = upgrade_request("Sec-WebSocket-Extensions: permessage-deflate\r\n", None);
     bytes.extend(masked_frame(true, true, 1, &deflated));

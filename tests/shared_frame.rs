@@ -53,9 +53,7 @@ fn one_frame_reaches_every_server_connection_compressed_or_not() {
     // Two plain clients (tungstenite, no compression) and one that compresses.
     let plain: Vec<_> = (0..2)
         .map(|_| {
-            let tcp = std::net::TcpStream::connect(addr).unwrap();
-            tcp.set_read_timeout(Some(SERVER_IO_TIMEOUT)).unwrap();
-            tungstenite::client(url.as_str(), tcp).unwrap().0
+            connect_timed(url.as_str()).unwrap().0
         })
         .collect();
     let compressing = BlockingClient::connect(

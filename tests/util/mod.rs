@@ -623,6 +623,37 @@ pub fn events(rx: &crossbeam_channel::Receiver<Event>) -> impl Iterator<Item = E
     })
 }
 
+/// A TCP client socket whose reads and writes give up after [`SERVER_IO_TIMEOUT`], so a test
+/// whose server never answers fails instead of hanging.
+pub fn timed_tcp(addr: impl std::net::ToSocketAddrs) -> TcpStream {
+    let tcp = TcpStream::connect(addr).expect("connect");
+    tcp.set_read_timeout(Some(SERVER_IO_TIMEOUT)).unwrap();
+    tcp.set_write_timeout(Some(SERVER_IO_TIMEOUT)).unwrap();
+    tcp
+}
+
+/// `tungstenite::connect` for `ws://` URLs over a [`timed_tcp`] socket.
+pub fn connect_timed<R: tungstenite::client::IntoClientRequest>(
+    request: R,
+) -> Result<
+    (
+        WebSocket<TcpStream>,
+        tungstenite::handshake::client::Response,
+    ),
+    tungstenite::Error,
+> {
+    let request = request.into_client_request()?;
+    let host = request.uri().host().expect("host").to_owned();
+    let port = request.uri().port_u16().unwrap_or(80);
+    match tungstenite::client(request, timed_tcp((host.as_str(), port))) {
+        Ok(done) => Ok(done),
+        Err(tungstenite::HandshakeError::Failure(e)) => Err(e),
+        Err(tungstenite::HandshakeError::Interrupted(_)) => {
+            Err(std::io::Error::from(std::io::ErrorKind::WouldBlock).into())
+        }
+    }
+}
+
 /// A script that does nothing.
 pub fn passive() -> Script {
     Box::new(|_, _| {})
