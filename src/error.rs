@@ -125,9 +125,9 @@ pub enum Error {
     /// [`ConfigBuilder::max_queued_bytes`](crate::ConfigBuilder::max_queued_bytes). Nothing was
     /// queued. [`Handler::on_writable`](crate::Handler::on_writable) says when the queue has
     /// drained: retry then. `send_text`/`send_binary` borrowed the data, so the caller still
-    /// has it; [`Context::send`](crate::Context::send) took its `Message`, so keep a clone to
-    /// retry (payloads are reference-counted: the clone copies nothing). Commands from other
-    /// threads never meet this for a full socket: they wait in the channel.
+    /// has it; [`Context::try_send`](crate::Context::try_send) hands an owned `Message` back
+    /// with the error. Commands from other threads never meet this for a full socket: they
+    /// wait in the channel.
     #[error(
         "send queue full: a message of {len} bytes does not fit under the limit of {limit} bytes"
     )]

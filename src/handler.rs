@@ -49,6 +49,33 @@ pub trait Handler {
     fn on_quit(&mut self) {}
 }
 
+/// A message [`Context::try_send`] could not queue, handed back with the reason.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct SendFailure {
+    /// Why it was not queued ([`Error::QueueFull`], [`Error::Closed`], ...).
+    pub error: Error,
+    /// The message, untouched.
+    pub message: Message,
+}
+
+impl std::fmt::Display for SendFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "message of {} bytes not sent: {}",
+            self.message.len(),
+            self.error
+        )
+    }
+}
+
+impl std::error::Error for SendFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
 /// What a hook can do with its connection.
 ///
 /// Sends are queued in order and written before the loop next waits (or at once when
@@ -137,6 +164,22 @@ impl Context<'_> {
             Message::Frame(_) => Err(Error::RawFrame),
             other => self.session.send(other),
         }
+    }
+
+    /// Queue an owned message, or hand it back with the reason it could not be queued (as
+    /// crossbeam's `try_send` does): on [`Error::QueueFull`], keep it and send it again from
+    /// [`Handler::on_writable`].
+    ///
+    /// # Errors
+    ///
+    /// [`SendFailure`] holding the error (as for [`send`](Self::send)) and the message.
+    pub fn try_send(&mut self, message: Message) -> Result<(), SendFailure> {
+        // Payloads are reference-counted: keeping a copy for the refusal copies nothing.
+        let kept = message.clone();
+        self.send(message).map_err(|error| SendFailure {
+            error,
+            message: kept,
+        })
     }
 
     /// Start the close handshake: everything queued before goes out first, then our Close; the

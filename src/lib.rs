@@ -201,7 +201,7 @@ pub use config::{Config, ConfigBuilder, Limits, Timeouts, WaitStrategy};
 pub use deflate::{DeflateConfig, DeflateParams};
 pub use error::{Error, ProxyStatus, TimeoutKind, TlsFailure};
 pub use event::Event;
-pub use handler::{Context, Handler};
+pub use handler::{Context, Handler, SendFailure};
 pub use handshake::Handshake;
 pub use http_stream::HttpStream;
 pub use incoming::{Accept, Incoming};

@@ -13,7 +13,7 @@ use std::time::Duration;
 use crossbeam_channel::{bounded, Receiver, SendTimeoutError, Sender};
 use syncws::{
     BlockingClient, Command, CommandSender, Config, ConfigBuilder, Context, Error, Event, Handler,
-    NonBlockingClient, ThreadedClient, TimeoutKind, WaitStrategy,
+    NonBlockingClient, SendFailure, ThreadedClient, TimeoutKind, WaitStrategy,
 };
 use tungstenite::protocol::WebSocket;
 use tungstenite::Message;
@@ -424,13 +424,15 @@ fn raw_server_upgraded<R: Send + 'static>(
     (format!("ws://{addr}/"), handle)
 }
 
-/// A hook that meets a full queue learns when it has drained (`on_writable`) and sends the rest;
-/// everything arrives once, in order.
+/// A hook that meets a full queue gets its message back, learns when the queue has drained
+/// (`on_writable`) and sends the rest; everything arrives once, in order.
 #[test]
 fn on_writable_tells_a_refused_hook_when_to_send_again() {
     const N: u32 = 2_000;
     struct Producer {
         next: u32,
+        /// The message the full queue handed back.
+        kept: Option<Message>,
         go: Option<Sender<()>>,
         refusals: usize,
         writable: usize,
@@ -438,9 +440,18 @@ fn on_writable_tells_a_refused_hook_when_to_send_again() {
     impl Producer {
         fn produce(&mut self, ctx: &mut Context<'_>) {
             while self.next < N {
-                match ctx.send_binary(&self.next.to_be_bytes().repeat(256)) {
+                let message = match self.kept.take() {
+                    Some(m) => m,
+                    None => Message::binary(self.next.to_be_bytes().repeat(256)),
+                };
+                match ctx.try_send(message) {
                     Ok(()) => self.next += 1,
-                    Err(Error::QueueFull { .. }) => {
+                    Err(SendFailure {
+                        error: Error::QueueFull { .. },
+                        message,
+                        ..
+                    }) => {
+                        self.kept = Some(message);
                         self.refusals += 1;
                         // The queue is full: let the peer start reading.
                         if let Some(go) = self.go.take() {
@@ -448,7 +459,7 @@ fn on_writable_tells_a_refused_hook_when_to_send_again() {
                         }
                         return;
                     }
-                    Err(e) => panic!("{e:?}"),
+                    Err(e) => panic!("{e}"),
                 }
             }
             ctx.close(1000, "all sent").unwrap();
@@ -473,6 +484,7 @@ fn on_writable_tells_a_refused_hook_when_to_send_again() {
         let config = small_queue().wait_strategy(strategy).build().unwrap();
         let mut producer = Producer {
             next: 0,
+            kept: None,
             go: Some(go_tx),
             refusals: 0,
             writable: 0,
@@ -550,7 +562,10 @@ fn a_worker_waiting_for_the_application_at_teardown_does_not_spin() {
     drop(stop_tx);
     sender.join().unwrap();
     // Clock ticks are 10 ms: a spinning worker spends most of the 50 in the window.
-    assert!(spent < 12, "the worker spent {spent} ticks of 50 while it should wait");
+    assert!(
+        spent < 12,
+        "the worker spent {spent} ticks of 50 while it should wait"
+    );
     let events: Vec<Event> = events(&client.event_rx).collect();
     assert!(matches!(events.last(), Some(Event::Quit)), "{events:?}");
 }

@@ -52,9 +52,7 @@ fn one_frame_reaches_every_server_connection_compressed_or_not() {
     let url = format!("ws://{addr}/");
     // Two plain clients (tungstenite, no compression) and one that compresses.
     let plain: Vec<_> = (0..2)
-        .map(|_| {
-            connect_timed(url.as_str()).unwrap().0
-        })
+        .map(|_| connect_timed(url.as_str()).unwrap().0)
         .collect();
     let compressing = BlockingClient::connect(
         &url,
