@@ -73,34 +73,46 @@ fn apply_mask(bytes: &mut [u8], key: [u8; 4]) {
     }
 }
 
+/// Decode frames as a peer would see them: (first byte, masked, payload unmasked) each. For the
+/// crate's unit tests.
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Decode one frame as tungstenite would see it: (first byte, payload unmasked).
-    fn decode(bytes: &[u8]) -> (u8, Vec<u8>) {
+pub(crate) fn decode(mut bytes: &[u8]) -> Vec<(u8, bool, Vec<u8>)> {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
         let masked = bytes[1] & 0x80 != 0;
         let (len, mut at) = match bytes[1] & 0x7f {
             126 => (u16::from_be_bytes([bytes[2], bytes[3]]) as usize, 4),
             127 => (
-                u64::from_be_bytes(bytes[2..10].try_into().unwrap()) as usize,
+                u64::from_be_bytes(bytes[2..10].try_into().expect("8 bytes")) as usize,
                 10,
             ),
             n => (n as usize, 2),
         };
-        let key = if masked {
+        let key = masked.then(|| {
             at += 4;
-            Some([bytes[at - 4], bytes[at - 3], bytes[at - 2], bytes[at - 1]])
-        } else {
-            None
-        };
-        assert_eq!(bytes.len(), at + len, "one frame, nothing more");
-        let payload = bytes[at..]
+            [bytes[at - 4], bytes[at - 3], bytes[at - 2], bytes[at - 1]]
+        });
+        let payload = bytes[at..at + len]
             .iter()
             .enumerate()
             .map(|(i, b)| key.map_or(*b, |k| b ^ k[i % 4]))
             .collect();
-        (bytes[0], payload)
+        out.push((bytes[0], masked, payload));
+        bytes = &bytes[at + len..];
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The one frame in `bytes`: (first byte, payload).
+    fn decode_one(bytes: &[u8]) -> (u8, Vec<u8>) {
+        let mut frames = decode(bytes);
+        assert_eq!(frames.len(), 1, "one frame, nothing more");
+        let (first, _, payload) = frames.remove(0);
+        (first, payload)
     }
 
     #[test]
@@ -114,7 +126,7 @@ mod tests {
                 encode(&mut out, BINARY, false, &payload, mask);
                 assert_eq!(out.len(), 1 + wire_len(len, mask.is_some()), "{len}");
                 assert_eq!(out[0], 0xEE);
-                let (first, got) = decode(&out[1..]);
+                let (first, got) = decode_one(&out[1..]);
                 assert_eq!(first, 0x80 | BINARY);
                 assert_eq!(got, payload, "{len} {mask:?}");
             }

@@ -1032,30 +1032,14 @@ mod tests {
     }
 
     /// Decode the client's (masked) frames: (opcode, payload).
-    fn frames(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
-        let mut out = Vec::new();
-        while !bytes.is_empty() {
-            let opcode = bytes[0] & 0x0f;
-            assert_eq!(bytes[1] & 0x80, 0x80, "client frames are masked");
-            let (len, mut at) = match bytes[1] & 0x7f {
-                126 => (u16::from_be_bytes([bytes[2], bytes[3]]) as usize, 4),
-                127 => (
-                    u64::from_be_bytes(bytes[2..10].try_into().unwrap()) as usize,
-                    10,
-                ),
-                n => (n as usize, 2),
-            };
-            let mask = [bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]];
-            at += 4;
-            let payload = bytes[at..at + len]
-                .iter()
-                .enumerate()
-                .map(|(i, b)| b ^ mask[i % 4])
-                .collect();
-            out.push((opcode, payload));
-            bytes = &bytes[at + len..];
-        }
-        out
+    fn frames(bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+        crate::frame::decode(bytes)
+            .into_iter()
+            .map(|(first, masked, payload)| {
+                assert!(masked, "client frames are masked");
+                (first & 0x0f, payload)
+            })
+            .collect()
     }
 
     /// An unmasked server frame.
