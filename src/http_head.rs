@@ -2,11 +2,12 @@
 //! answer to `CONNECT`, a server's answer to our upgrade request, and a client's request to a
 //! [`ServerConnection`](crate::ServerConnection).
 //!
-//! The reader works on any blocking `Read` (a `TcpConn` under the handshake deadline, or TLS
-//! over one): it stops at the blank line that ends the head, never reads more than a bound
-//! without finding it, and hands back the bytes it read past the head, which already belong to
-//! whatever follows (WebSocket frames a peer sent at once, a request body). An I/O error is
-//! returned as it came, so the caller sorts deadline from failure with
+//! The reader works on any `Read` (a `TcpConn`, or TLS over one): it stops at the blank line
+//! that ends the head, never reads more than a bound without finding it, and hands back the
+//! bytes it read past the head, which already belong to whatever follows (WebSocket frames a
+//! peer sent at once, a request body). On a blocking stream [`read`] runs to the end; on a
+//! non-blocking one a [`HeadReader`] keeps what arrived across "would block" (the client's
+//! dial). An I/O error is returned as it came, so the caller sorts deadline from failure with
 //! [`crate::error::handshake_io`] or [`crate::error::is_deadline`].
 
 use std::fmt;
@@ -46,31 +47,54 @@ pub(crate) enum HeadError {
 
 /// Read from `src` until the end of a head (`\r\n\r\n`); the head may be at most `limit` bytes.
 pub(crate) fn read<R: Read + ?Sized>(src: &mut R, limit: usize) -> Result<Head, HeadError> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; CHUNK];
-    loop {
-        let n = match src.read(&mut chunk) {
-            Ok(0) => return Err(HeadError::Closed),
-            Ok(n) => n,
-            Err(e) if io_outcome(&e) == IoOutcome::Interrupted => continue,
-            Err(e) => return Err(HeadError::Io(e)),
-        };
-        // The end may straddle two reads.
-        let searched = buf.len().saturating_sub(3);
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(pos) = buf[searched..].windows(4).position(|w| w == b"\r\n\r\n") {
-            let end = searched + pos + 4;
-            if end > limit {
+    HeadReader::new(limit).read(src)
+}
+
+/// A head being read, kept across calls: on a non-blocking stream, [`HeadReader::read`] stops
+/// at "would block" (an [`HeadError::Io`] whose outcome is `WouldBlock`) with what it has, and
+/// the next call goes on from there.
+#[derive(Debug)]
+pub(crate) struct HeadReader {
+    buf: Vec<u8>,
+    limit: usize,
+}
+
+impl HeadReader {
+    /// A reader for a head of at most `limit` bytes.
+    pub(crate) fn new(limit: usize) -> Self {
+        HeadReader {
+            buf: Vec::with_capacity(1024),
+            limit,
+        }
+    }
+
+    /// Read from `src` until the end of the head. Any error but "would block" ends the head.
+    pub(crate) fn read<R: Read + ?Sized>(&mut self, src: &mut R) -> Result<Head, HeadError> {
+        let limit = self.limit;
+        let mut chunk = [0u8; CHUNK];
+        loop {
+            let n = match src.read(&mut chunk) {
+                Ok(0) => return Err(HeadError::Closed),
+                Ok(n) => n,
+                Err(e) if io_outcome(&e) == IoOutcome::Interrupted => continue,
+                Err(e) => return Err(HeadError::Io(e)),
+            };
+            // The end may straddle two reads.
+            let buf = &mut self.buf;
+            let searched = buf.len().saturating_sub(3);
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(pos) = buf[searched..].windows(4).position(|w| w == b"\r\n\r\n") {
+                let end = searched + pos + 4;
+                if end > limit {
+                    return Err(HeadError::TooLarge { limit });
+                }
+                let mut head = std::mem::take(buf);
+                let leftover = head.split_off(end);
+                return Ok(Head { head, leftover });
+            }
+            if buf.len() >= limit {
                 return Err(HeadError::TooLarge { limit });
             }
-            let leftover = buf.split_off(end);
-            return Ok(Head {
-                head: buf,
-                leftover,
-            });
-        }
-        if buf.len() >= limit {
-            return Err(HeadError::TooLarge { limit });
         }
     }
 }
@@ -206,6 +230,33 @@ mod tests {
             let mut rest = head.leftover;
             rest.extend_from_slice(t.input);
             assert_eq!(rest, b"\x81\x85frame", "step {step}");
+        }
+    }
+
+    #[test]
+    fn a_head_interrupted_by_would_block_goes_on_where_it_stopped() {
+        let input = b"HTTP/1.1 101 OK\r\nA: b\r\n\r\nframe";
+        let end = input.len() - b"frame".len();
+        for split in 1..input.len() {
+            let mut reader = HeadReader::new(1024);
+            let mut first = Trickle {
+                input: &input[..split],
+                step: 3,
+                then: Some(io::ErrorKind::WouldBlock),
+            };
+            let head = match reader.read(&mut first) {
+                Ok(head) => {
+                    assert!(split >= end, "split {split}: a head from half of it");
+                    head
+                }
+                Err(HeadError::Io(e)) if io_outcome(&e) == IoOutcome::WouldBlock => {
+                    assert!(split < end, "split {split}");
+                    reader.read(&mut trickle(&input[split..], 5)).unwrap()
+                }
+                Err(e) => panic!("split {split}: {e:?}"),
+            };
+            assert_eq!(head.head, &input[..end], "split {split}");
+            assert!(b"frame".starts_with(&head.leftover), "split {split}");
         }
     }
 
