@@ -69,7 +69,8 @@ impl Driver {
         config: &Config,
         nudge: Option<crossbeam_channel::Sender<()>>,
     ) -> io::Result<(Self, CommandSender, Arc<Shared>)> {
-        let (waiter, waker) = Waiter::new(strategy, &session, true)?;
+        let (mut waiter, waker) = Waiter::new(strategy, true)?;
+        waiter.bind(&session)?;
         let shared = Shared::new(waker, nudge);
         let (sender, inbox) = Inbox::channel(config.control_capacity(), shared.clone());
         session.set_inbox(inbox);
@@ -287,7 +288,7 @@ impl Driver {
                 Ok((ws, handshake)) => {
                     let mut session = Session::new(ws, Some(handshake), &dial.config);
                     session.adopt(&mut self.session);
-                    if let Err(e) = self.waiter.rebind(&self.session, &session) {
+                    if let Err(e) = self.waiter.bind(&session) {
                         session.fail(e.into(), None);
                     }
                     self.session = session;

@@ -45,15 +45,16 @@ impl Handshake {
 // out exactly as configured (order kept, names may repeat, `Host` may be overridden) and so that
 // what the server agreed (subprotocol, extensions) is checked in one place.
 
-use std::io::Write;
+use std::io::{self, Write};
 
 use http::header::{self, HeaderName};
 use tungstenite::protocol::{Role, WebSocket};
 use url::Url;
 
 use crate::deflate::inbound::Inbound;
-use crate::error::Error;
-use crate::http_head::{self, HeadError};
+use crate::error::{handshake_io, Error};
+use crate::http_head::{self, HeadError, HeadReader};
+use crate::io_outcome::{io_outcome, IoOutcome};
 use crate::stream::Stream;
 use crate::Config;
 
@@ -70,28 +71,75 @@ pub(crate) const RESERVED_HEADERS: [HeaderName; 6] = [
     header::SEC_WEBSOCKET_EXTENSIONS,
 ];
 
-/// Send the upgrade request on `stream` (blocking, under the handshake deadline), read and check
-/// the answer, and return the open WebSocket with what was agreed.
-pub(crate) fn client(
-    mut stream: Stream,
-    url: &Url,
-    config: &Config,
-) -> Result<(WebSocket<Stream>, Handshake), Error> {
-    let key = tungstenite::handshake::client::generate_key();
-    let request = request(url, &key, config);
-    stream
-        .write_all(&request)
-        .map_err(crate::error::handshake_io)?;
-    let (mut handshake, leftover) = read_response(&mut stream)?;
-    verify(&mut handshake, &key, config)?;
-    let ws = websocket(
-        stream,
-        leftover,
-        Role::Client,
-        handshake.deflate.is_some(),
-        config,
-    );
-    Ok((ws, handshake))
+/// The client's upgrade exchange on a non-blocking stream: the request goes out, the answer
+/// comes in and is checked, each as far as the socket allows per call (see
+/// [`ClientUpgrade::advance`]).
+#[derive(Debug)]
+pub(crate) struct ClientUpgrade {
+    request: Vec<u8>,
+    /// The request's `Sec-WebSocket-Key`, which the answer must match.
+    key: String,
+    /// Bytes of `request` written so far.
+    written: usize,
+    /// The request is written and flushed (through TLS too): the answer is next.
+    sent: bool,
+    response: HeadReader,
+}
+
+impl ClientUpgrade {
+    /// The upgrade request for `url` with the headers, subprotocols and extensions `config`
+    /// asks for.
+    pub(crate) fn new(url: &Url, config: &Config) -> Self {
+        let key = tungstenite::handshake::client::generate_key();
+        ClientUpgrade {
+            request: request(url, &key, config),
+            key,
+            written: 0,
+            sent: false,
+            response: HeadReader::new(MAX_RESPONSE_HEAD),
+        }
+    }
+
+    /// Write what is left of the request, then read the answer. `Ok(None)`: the stream would
+    /// block (call again when it is ready; nothing is lost or sent twice). `Ok(Some)`: the
+    /// answer passed every check; with what was agreed comes what was read past the head (the
+    /// start of the frame stream, for [`websocket`]).
+    pub(crate) fn advance(
+        &mut self,
+        stream: &mut Stream,
+        config: &Config,
+    ) -> Result<Option<(Handshake, Vec<u8>)>, Error> {
+        while !self.sent {
+            let r = if self.written < self.request.len() {
+                match stream.write(&self.request[self.written..]) {
+                    Ok(0) => Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => {
+                        self.written += n;
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                }
+            } else {
+                // TLS may hold the last record until flushed.
+                stream.flush().map(|()| self.sent = true)
+            };
+            if let Err(e) = r {
+                match io_outcome(&e) {
+                    IoOutcome::WouldBlock => return Ok(None),
+                    IoOutcome::Interrupted => {}
+                    _ => return Err(handshake_io(e)),
+                }
+            }
+        }
+        let head = match self.response.read(stream) {
+            Ok(head) => head,
+            Err(HeadError::Io(e)) if io_outcome(&e) == IoOutcome::WouldBlock => return Ok(None),
+            Err(e) => return Err(head_error(e)),
+        };
+        let mut handshake = response(&head.head)?;
+        verify(&mut handshake, &self.key, config)?;
+        Ok(Some((handshake, head.leftover)))
+    }
 }
 
 /// The WebSocket over an upgraded `stream`, on either side. `leftover`, what was read past the
@@ -177,30 +225,33 @@ fn request(url: &Url, key: &str, config: &Config) -> Vec<u8> {
     out
 }
 
-/// Read up to the end of the response head; what follows it already belongs to the WebSocket.
-fn read_response(stream: &mut Stream) -> Result<(Handshake, Vec<u8>), Error> {
-    let head = http_head::read(stream, MAX_RESPONSE_HEAD).map_err(|e| match e {
+/// Why no response head could be read, as the library's error.
+fn head_error(e: HeadError) -> Error {
+    match e {
         HeadError::Closed => {
             Error::InvalidHandshake("the server closed the connection during the handshake".into())
         }
         HeadError::TooLarge { limit } => {
             Error::InvalidHandshake(format!("response head longer than {limit} bytes"))
         }
-        HeadError::Io(e) => crate::error::handshake_io(e),
-    })?;
-    let (status, map) = http_head::parse_response(&head.head)
+        HeadError::Io(e) => handshake_io(e),
+    }
+}
+
+/// The server's answer, from its head (not yet checked).
+fn response(head: &[u8]) -> Result<Handshake, Error> {
+    let (status, map) = http_head::parse_response(head)
         .map_err(|e| Error::InvalidHandshake(format!("malformed response: {e}")))?;
     let subprotocol = map
         .get(header::SEC_WEBSOCKET_PROTOCOL)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let handshake = Handshake {
+    Ok(Handshake {
         status,
         headers: map,
         subprotocol,
         deflate: None,
-    };
-    Ok((handshake, head.leftover))
+    })
 }
 
 /// RFC 6455 section 4.1: what the client must check before the connection is open.

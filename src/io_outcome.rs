@@ -1,7 +1,8 @@
 //! What an I/O error means: the one place that reads an `io::Error`'s kind, and the one payload
-//! we put in them ourselves ([`deadline_passed`]). Everything else asks [`io_outcome`]; what an
-//! outcome means to the library's errors is decided in `error` (the handshake's
-//! `is_deadline`/`handshake_io`, an established connection's `classify`).
+//! we put in them ourselves ([`deadline_passed`]). Everything else asks [`io_outcome`] (a dial's
+//! TCP connect also asks [`connect_pending`]); what an outcome means to the library's errors is
+//! decided in `error` (the handshake's `is_deadline`/`handshake_io`, an established
+//! connection's `classify`).
 //!
 //! No dependencies inside the crate, so the socket code (`tcp`, `outbox`) can use it without
 //! reaching the error types and, through them, the configuration.
@@ -53,6 +54,13 @@ pub(crate) fn io_outcome(e: &io::Error) -> IoOutcome {
     }
 }
 
+/// Whether `e` only says that a non-blocking connect is still under way: `EINPROGRESS` from
+/// `connect(2)`, or `ENOTCONN` from asking the socket for its peer before the connection is
+/// made. Asked only of a socket being connected, where `ENOTCONN` means nothing else.
+pub(crate) fn connect_pending(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::EINPROGRESS) || e.kind() == io::ErrorKind::NotConnected
+}
+
 /// The error for a blocking read or write whose deadline has passed: kind `TimedOut` (what
 /// [`HttpStream`](crate::HttpStream) users are told to expect), carrying [`Deadline`] so that
 /// [`io_outcome`] knows it for ours.
@@ -90,6 +98,21 @@ mod tests {
         let inner = e.into_inner().unwrap();
         let rewrapped = io::Error::other(inner);
         assert_eq!(io_outcome(&rewrapped), IoOutcome::Deadline);
+    }
+
+    #[test]
+    fn a_connect_under_way_is_known_and_nothing_else_is() {
+        assert!(connect_pending(&io::Error::from_raw_os_error(
+            libc::EINPROGRESS
+        )));
+        assert!(connect_pending(&io::ErrorKind::NotConnected.into()));
+        for e in [
+            io::Error::from_raw_os_error(libc::ECONNREFUSED),
+            io::ErrorKind::WouldBlock.into(),
+            io::ErrorKind::TimedOut.into(),
+        ] {
+            assert!(!connect_pending(&e), "{e:?}");
+        }
     }
 
     #[test]

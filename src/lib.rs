@@ -167,6 +167,7 @@ mod command;
 mod config;
 mod connect;
 mod deflate;
+mod dial;
 mod driver;
 mod error;
 mod event;

@@ -28,9 +28,15 @@ pub(crate) struct TcpConn {
     hints: bool,
     /// The last read was short: the socket is empty until re-armed.
     drained: bool,
+    /// The last "would block" came from a write (else from a read): what a non-blocking
+    /// handshake waits for, whichever layer (TLS, HTTP) hit it.
+    blocked_writing: bool,
 }
 
 impl TcpConn {
+    /// A connection in handshake mode: blocking reads and writes bounded by `deadline`, or,
+    /// without one, `tcp` as it is (the dial's socket is non-blocking already, and "would
+    /// block" comes back as such). Read hints start with [`TcpConn::make_nonblocking`].
     pub(crate) fn new(tcp: TcpStream, deadline: Option<Instant>) -> Self {
         TcpConn {
             tcp,
@@ -40,6 +46,7 @@ impl TcpConn {
             nonblocking: false,
             hints: true,
             drained: false,
+            blocked_writing: false,
         }
     }
 
@@ -79,6 +86,12 @@ impl TcpConn {
 
     pub(crate) fn tcp(&self) -> &TcpStream {
         &self.tcp
+    }
+
+    /// Whether the last "would block" came from a write rather than a read: what to wait for
+    /// when a layer above (TLS, an HTTP exchange) stopped at it.
+    pub(crate) fn blocked_writing(&self) -> bool {
+        self.blocked_writing
     }
 
     /// Bytes written to the socket so far.
@@ -134,6 +147,7 @@ impl Read for TcpConn {
             }
             Err(e) if io_outcome(e) == IoOutcome::WouldBlock => {
                 self.drained = self.nonblocking && self.hints;
+                self.blocked_writing = false;
             }
             Err(_) => {}
         }
@@ -146,8 +160,10 @@ impl Write for TcpConn {
         self.arm(false)?;
         let r = self.tcp.write(buf);
         let r = self.timed_out(r);
-        if let Ok(n) = r {
-            self.written += n as u64;
+        match &r {
+            Ok(n) => self.written += *n as u64,
+            Err(e) if io_outcome(e) == IoOutcome::WouldBlock => self.blocked_writing = true,
+            Err(_) => {}
         }
         r
     }

@@ -1,6 +1,8 @@
 //! TLS over a [`TcpConn`], for clients and servers: native-tls (the default, the platform's
 //! library) or rustls (the `rustls` feature, clients only), with the same client options: extra
-//! roots, a client identity, and the dangerous switch.
+//! roots, a client identity, and the dangerous switch. A client's handshake runs on the dial's
+//! non-blocking socket, a step at a time ([`start`], [`TlsHandshake::resume`]); a server's
+//! blocks under the handshake deadline ([`accept`]).
 
 use std::io::{self, Read, Write};
 
@@ -92,26 +94,89 @@ impl Write for TlsConn {
     }
 }
 
-/// Run the client's TLS handshake with `host` on `conn` (blocking, under the handshake deadline).
-pub(crate) fn handshake(host: &str, conn: TcpConn, config: &Config) -> Result<TlsConn, Error> {
+/// A client's TLS handshake under way on a non-blocking socket (see [`start`]).
+#[derive(Debug)]
+pub(crate) enum TlsHandshake {
+    Native(Box<native_tls::MidHandshakeTlsStream<TcpConn>>),
+    /// rustls's connection over the socket, still handshaking.
+    #[cfg(feature = "rustls")]
+    Rustls(Box<rustls_backend::RustlsStream>),
+}
+
+/// How far a client's TLS handshake got before the socket would block.
+#[derive(Debug)]
+pub(crate) enum TlsProgress {
+    Done(TlsConn),
+    /// Waiting for the socket: [`TlsHandshake::resume`] when it is ready (which way:
+    /// [`TcpConn::blocked_writing`]).
+    Blocked(TlsHandshake),
+}
+
+/// Start the client's TLS handshake with `host` on `conn`, whose socket is non-blocking: it
+/// goes as far as the socket allows.
+pub(crate) fn start(host: &str, conn: TcpConn, config: &Config) -> Result<TlsProgress, Error> {
     if config.danger_accept_invalid_certs() {
         tracing::warn!("certificate verification is off (danger_accept_invalid_certs)");
     }
-    let tls = match config.tls_backend() {
-        TlsBackend::NativeTls => TlsConn::Native(Box::new(native(host, conn, config)?)),
+    match config.tls_backend() {
+        TlsBackend::NativeTls => native_progress(host, native(host, config)?.connect(host, conn)),
         #[cfg(feature = "rustls")]
         TlsBackend::Rustls => {
-            TlsConn::Rustls(Box::new(rustls_backend::handshake(host, conn, config)?))
+            TlsHandshake::Rustls(Box::new(rustls_backend::start(host, conn, config)?)).resume(host)
         }
         #[cfg(not(feature = "rustls"))]
-        TlsBackend::Rustls => {
-            return Err(Error::Config(
-                "the rustls TLS backend needs the `rustls` feature".into(),
-            ))
+        TlsBackend::Rustls => Err(Error::Config(
+            "the rustls TLS backend needs the `rustls` feature".into(),
+        )),
+    }
+}
+
+impl TlsHandshake {
+    /// Go on with the handshake with `host` as far as the socket allows.
+    pub(crate) fn resume(self, host: &str) -> Result<TlsProgress, Error> {
+        match self {
+            TlsHandshake::Native(mid) => native_progress(host, mid.handshake()),
+            #[cfg(feature = "rustls")]
+            TlsHandshake::Rustls(mut stream) => match rustls_backend::handshake(&mut stream, host)?
+            {
+                true => Ok(established(host, TlsConn::Rustls(stream))),
+                false => Ok(TlsProgress::Blocked(TlsHandshake::Rustls(stream))),
+            },
         }
+    }
+
+    /// The TCP connection under the handshake.
+    pub(crate) fn tcp_conn(&self) -> &TcpConn {
+        match self {
+            TlsHandshake::Native(mid) => mid.get_ref(),
+            #[cfg(feature = "rustls")]
+            TlsHandshake::Rustls(stream) => stream.get_ref(),
+        }
+    }
+}
+
+fn established(host: &str, tls: TlsConn) -> TlsProgress {
+    let backend = match &tls {
+        TlsConn::Native(_) => TlsBackend::NativeTls,
+        #[cfg(feature = "rustls")]
+        TlsConn::Rustls(_) => TlsBackend::Rustls,
     };
-    tracing::debug!(host, backend = ?config.tls_backend(), "tls established");
-    Ok(tls)
+    tracing::debug!(host, ?backend, "tls established");
+    TlsProgress::Done(tls)
+}
+
+/// Where native-tls's handshake stands after a step on the non-blocking socket.
+fn native_progress(
+    host: &str,
+    r: Result<native_tls::TlsStream<TcpConn>, native_tls::HandshakeError<TcpConn>>,
+) -> Result<TlsProgress, Error> {
+    match r {
+        Ok(stream) => Ok(established(host, TlsConn::Native(Box::new(stream)))),
+        Err(native_tls::HandshakeError::WouldBlock(mid)) => {
+            Ok(TlsProgress::Blocked(TlsHandshake::Native(Box::new(mid))))
+        }
+        Err(e) => Err(native_failure(host, e)),
+    }
 }
 
 /// Run a server's TLS handshake with the client `peer` on an accepted `conn` (blocking, under
@@ -170,11 +235,8 @@ fn tls_error(
     }
 }
 
-fn native(
-    host: &str,
-    conn: TcpConn,
-    config: &Config,
-) -> Result<native_tls::TlsStream<TcpConn>, Error> {
+/// The native-tls connector for `config`'s roots, identity and dangerous switch.
+fn native(host: &str, config: &Config) -> Result<native_tls::TlsConnector, Error> {
     let mut builder = native_tls::TlsConnector::builder();
     for pem in config.root_certificates() {
         let certs = native_tls::Certificate::stack_from_pem(pem)
@@ -192,19 +254,17 @@ fn native(
         builder.danger_accept_invalid_certs(true);
         builder.danger_accept_invalid_hostnames(true);
     }
-    let connector = builder
+    builder
         .build()
-        .map_err(|e| tls_error(host, TlsFailure::Configuration, e))?;
-    connector
-        .connect(host, conn)
-        .map_err(|e| native_failure(host, e))
+        .map_err(|e| tls_error(host, TlsFailure::Configuration, e))
 }
 
 /// A failed native-tls handshake (either side), as the library's error. `peer` names the other
 /// side: the host we verified, or the client's address.
 fn native_failure<S>(peer: &str, e: native_tls::HandshakeError<S>) -> Error {
     match e {
-        // The handshake wanted to wait on a blocking socket: its timeout, our deadline, fired.
+        // The handshake wanted to wait on a blocking socket (a server's accept): its timeout,
+        // our deadline, fired. (A client's non-blocking handshake waits instead.)
         native_tls::HandshakeError::WouldBlock(_) => Error::Timeout(TimeoutKind::Handshake),
         // Our deadline shows up as an io error inside the TLS library's.
         native_tls::HandshakeError::Failure(e) if crate::error::deadline_in_chain(&e) => {
@@ -297,22 +357,29 @@ mod rustls_backend {
         }
     }
 
-    pub(crate) fn handshake(
-        host: &str,
-        mut conn: TcpConn,
-        config: &Config,
-    ) -> Result<RustlsStream, Error> {
+    /// rustls's client connection to `host` over `conn`, not started yet.
+    pub(crate) fn start(host: &str, conn: TcpConn, config: &Config) -> Result<RustlsStream, Error> {
         let tls = Arc::new(client_config(config)?);
         let name = ServerName::try_from(host.to_owned())
             .map_err(|e| tls_error(host, TlsFailure::Configuration, e))?;
-        let mut client = ClientConnection::new(tls, name)
+        let client = ClientConnection::new(tls, name)
             .map_err(|e| tls_error(host, TlsFailure::Configuration, e))?;
-        while client.is_handshaking() {
-            if let Err(e) = client.complete_io(&mut conn) {
-                return Err(failure(host, e));
+        Ok(StreamOwned::new(client, conn))
+    }
+
+    /// Go on with the handshake as far as the non-blocking socket allows: true when it is
+    /// over.
+    pub(crate) fn handshake(stream: &mut RustlsStream, host: &str) -> Result<bool, Error> {
+        while stream.conn.is_handshaking() {
+            if let Err(e) = stream.conn.complete_io(&mut stream.sock) {
+                match io_outcome(&e) {
+                    IoOutcome::WouldBlock => return Ok(false),
+                    IoOutcome::Interrupted => {}
+                    _ => return Err(failure(host, e)),
+                }
             }
         }
-        Ok(StreamOwned::new(client, conn))
+        Ok(true)
     }
 
     /// rustls reports verification failures as typed errors inside the io::Error.

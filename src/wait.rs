@@ -1,13 +1,14 @@
 //! How a connection passes time between passes: busy spin, sleep, or OS readiness.
 
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::command::Inbox;
+use crate::dial;
 use crate::io_outcome::{io_outcome, IoOutcome};
 use crate::session::Session;
 use crate::WaitStrategy;
@@ -53,11 +54,11 @@ pub(crate) enum Waiter {
 }
 
 impl Waiter {
-    /// Build the waiter for `strategy` around `session`'s socket. For readiness, also return a
-    /// waker that other threads can use to end a wait.
+    /// Build the waiter for `strategy`; it watches no socket yet ([`Waiter::bind`],
+    /// [`Waiter::watch`]). For readiness, also return a waker that other threads can use to end
+    /// a wait.
     pub(crate) fn new(
         strategy: WaitStrategy,
-        session: &Session,
         with_waker: bool,
     ) -> io::Result<(Waiter, Option<Waker>)> {
         match strategy {
@@ -71,7 +72,6 @@ impl Waiter {
             )),
             WaitStrategy::Readiness => {
                 let poll = Poll::new()?;
-                register(&poll, session)?;
                 let waker = if with_waker {
                     Some(Waker::new(poll.registry(), WAKER)?)
                 } else {
@@ -97,22 +97,41 @@ impl Waiter {
         }
     }
 
-    /// Follow the connection to a new socket (after a reconnect).
-    pub(crate) fn rebind(&mut self, old: &Session, new: &Session) -> io::Result<()> {
-        if let Waiter::Readiness { poll, .. } = self {
-            // Deregister while the old socket is still open: the new one may get its number.
-            let _ = poll.registry().deregister(&mut SourceFd(&fd(old)?));
-            register(poll, new)?;
-        }
-        Ok(())
+    /// Watch `session`'s socket from now on, for reading and writing, edge-triggered (the
+    /// session reads until "would block" before each wait). Its socket may be a dial's that
+    /// [`Waiter::watch`] had.
+    pub(crate) fn bind(&mut self, session: &Session) -> io::Result<()> {
+        self.register(fd(session)?, Interest::READABLE | Interest::WRITABLE)
     }
 
     /// Stop watching a dead connection's socket (so a backoff wait sleeps until its deadline
-    /// or a command).
+    /// or a command). Call it while the socket is still open: a new one may get its number.
     pub(crate) fn unbind(&mut self, old: &Session) {
         if let (Waiter::Readiness { poll, .. }, Ok(fd)) = (self, fd(old)) {
             let _ = poll.registry().deregister(&mut SourceFd(&fd));
         }
+    }
+
+    /// Watch a dial's socket `fd` for `interest` only, until the next `watch` or `bind`. Each
+    /// call registers afresh, so readiness that is already there is reported (a dial may stop
+    /// short of "would block" when it changes phase or interest); the sockets of failed
+    /// attempts left the poll when they were closed.
+    pub(crate) fn watch(&mut self, fd: RawFd, interest: dial::Interest) -> io::Result<()> {
+        let interest = match interest {
+            dial::Interest::Readable => Interest::READABLE,
+            dial::Interest::Writable => Interest::WRITABLE,
+        };
+        self.register(fd, interest)
+    }
+
+    fn register(&mut self, fd: RawFd, interest: Interest) -> io::Result<()> {
+        if let Waiter::Readiness { poll, .. } = self {
+            // Whatever watched this number before (the dial's interest), this replaces it.
+            let _ = poll.registry().deregister(&mut SourceFd(&fd));
+            poll.registry()
+                .register(&mut SourceFd(&fd), SOCKET, interest)?;
+        }
+        Ok(())
     }
 
     /// Whether each empty pass counts as idle (spin and sleep call `on_idle` every time).
@@ -210,20 +229,11 @@ impl Waiter {
     }
 }
 
-fn fd(session: &Session) -> io::Result<std::os::fd::RawFd> {
+fn fd(session: &Session) -> io::Result<RawFd> {
     Ok(session
         .stream()
         .tcp_conn()
         .ok_or_else(|| io::Error::other("readiness needs a socket"))?
         .tcp()
         .as_raw_fd())
-}
-
-/// Edge-triggered: the session reads until "would block" before each wait.
-fn register(poll: &Poll, session: &Session) -> io::Result<()> {
-    poll.registry().register(
-        &mut SourceFd(&fd(session)?),
-        SOCKET,
-        Interest::READABLE | Interest::WRITABLE,
-    )
 }

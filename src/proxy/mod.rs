@@ -1,7 +1,8 @@
 //! Proxies: what one is ([`Proxy`], parsed from a URL; its `Debug` hides the password), where a
 //! tunnel through it leads ([`Target`]), and how the exchange with it fails. Which proxy applies
-//! to a connection is in `env`; the exchanges (HTTP CONNECT, SOCKS5), run on the blocking socket
-//! before TLS and the WebSocket upgrade, are in `tunnel`, `http` and `socks5`.
+//! to a connection is in `env`; the exchanges (HTTP CONNECT, SOCKS5), run before TLS and the
+//! WebSocket upgrade, are in `http` and `socks5`, written for a blocking stream; `tunnel` runs
+//! them on the dial's non-blocking socket too, by replaying them as the answer arrives.
 
 use std::fmt;
 use std::io;
