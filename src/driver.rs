@@ -1,25 +1,46 @@
 //! The one loop every mode runs: commands, reads, deadlines, flush, then wait; and, for a
-//! reconnecting client, backoff and redial around it.
+//! reconnecting client, backoff and redial as states of the same pass.
 
 use std::io;
+use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::command::{CommandSender, Inbox, Shared};
+use tungstenite::protocol::WebSocket;
 
+use crate::command::{CommandSender, Inbox, Shared};
+use crate::dial::{Dial, Interest, Progress};
 use crate::reconnect::jitter_random;
 use crate::session::{Dispatch, Session};
+use crate::stream::Stream;
 use crate::wait::{Waiter, Woke};
-use crate::{Config, ReconnectAttempt, WaitStrategy};
+use crate::{Config, Handshake, Reconnect, ReconnectAttempt, WaitStrategy};
 
 /// Where to dial again after a connection ends (clients with a reconnect policy).
 #[derive(Debug)]
-struct Dial {
+struct Redial {
     url: String,
     config: Config,
 }
 
-/// What one pass over a session found it needs next. Waiting is the caller's business: each
+/// A reconnecting client between connections.
+#[derive(Debug)]
+struct Reconnecting {
+    policy: Reconnect,
+    /// The attempt under way (counting from 1).
+    attempt: u32,
+    stage: Stage,
+}
+
+#[derive(Debug)]
+enum Stage {
+    /// Waiting out the attempt's delay.
+    Backoff { until: Instant },
+    /// The attempt's connection being opened.
+    Dialing(Box<Dial>),
+}
+
+/// What one pass found the connection needs next. Waiting is the caller's business: each
 /// front-end passes, then waits its own way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Step {
@@ -36,7 +57,14 @@ pub(crate) enum Step {
     /// The dispatcher has no room (its application fell behind): wait for room, a command, a
     /// stop or `deadline`; reading stays paused until then.
     Paused { deadline: Option<Instant> },
-    /// The connection is over.
+    /// Between connections (a reconnecting client): wait for a command, a stop or `deadline`,
+    /// and, while `dialing`, for the dial's socket ([`Driver::dial_fd`]) to be ready that way.
+    /// The last connection's socket is no longer watched.
+    Reconnecting {
+        dialing: Option<Interest>,
+        deadline: Option<Instant>,
+    },
+    /// The connection is over, for good.
     Done,
 }
 
@@ -50,7 +78,13 @@ pub(crate) struct Driver {
     pub(crate) session: Session,
     pub(crate) waiter: Waiter,
     pub(crate) read_timeout: Option<Duration>,
-    dial: Option<Dial>,
+    redial: Option<Redial>,
+    /// Between connections: the attempt under way.
+    reconnecting: Option<Reconnecting>,
+    /// The session has not been announced (`Dispatch::activated`) yet.
+    fresh: bool,
+    /// The pass said `Done`: nothing follows.
+    over: bool,
     /// What ended the last connection or failed the last attempt, for `ReconnectAttempt`.
     last_error: Option<String>,
     /// When a message last arrived (for `read_timeout`).
@@ -78,7 +112,10 @@ impl Driver {
             session,
             waiter,
             read_timeout: config.read_timeout(),
-            dial: None,
+            redial: None,
+            reconnecting: None,
+            fresh: true,
+            over: false,
             last_error: None,
             last_input: Instant::now(),
             rearm: true,
@@ -90,7 +127,7 @@ impl Driver {
     /// policy.
     pub(crate) fn redial_to(mut self, url: &str, config: &Config) -> Self {
         if config.reconnect().is_some() {
-            self.dial = Some(Dial {
+            self.redial = Some(Redial {
                 url: url.to_owned(),
                 config: config.clone(),
             });
@@ -103,16 +140,27 @@ impl Driver {
         self.waiter.set_command_spin(spin);
     }
 
-    /// Drive the connection (and its successors, when reconnecting) until it ends for good.
-    /// `on_quit` is the last call, exactly once.
+    /// Drive the connection (and its successors, when reconnecting) until it ends for good:
+    /// pass, then wait as the step says. `on_quit` is the last call, exactly once.
     pub(crate) fn run<D: Dispatch + ?Sized>(mut self, d: &mut D) {
         let span = tracing::debug_span!("session");
         let _enter = span.enter();
         loop {
-            d.activated(&mut self.session);
-            self.pump(d);
-            if !self.redial(d) {
-                break;
+            match self.pass(d) {
+                Step::Done => break,
+                Step::Again => {}
+                Step::Wait {
+                    deadline,
+                    active,
+                    delivered,
+                } => self.wait(d, deadline, active, delivered),
+                Step::Paused { deadline } => self.wait_paused(d, deadline),
+                Step::Reconnecting { dialing, deadline } => {
+                    if let Err(e) = self.wait_reconnecting(dialing, deadline) {
+                        tracing::warn!(error = %e, "wait failed while reconnecting");
+                        self.stop_reconnecting();
+                    }
+                }
             }
         }
         self.session.refuse_remaining_commands();
@@ -120,45 +168,57 @@ impl Driver {
         d.quit();
     }
 
-    /// Pass, then wait, until the connection ends.
-    fn pump<D: Dispatch + ?Sized>(&mut self, d: &mut D) {
-        self.last_error = None;
-        self.last_input = Instant::now();
-        self.rearm = true;
-        loop {
-            match self.pass(d) {
-                Step::Done => return,
-                Step::Again => {}
-                Step::Wait {
-                    deadline,
-                    active,
-                    delivered,
-                } => self.wait(d, deadline, active, delivered),
-                Step::Paused { deadline } => {
-                    if self.session.write_blocked() {
-                        // Both the application and the peer are behind: watch the socket, and
-                        // look for room again soon.
-                        let soon = Instant::now() + PAUSED_AND_BLOCKED_POLL;
-                        let deadline = Some(deadline.map_or(soon, |t| t.min(soon)));
-                        self.wait(d, deadline, false, false);
-                    } else {
-                        let commands = self
-                            .session
-                            .inbox()
-                            .filter(|i| !i.is_held())
-                            .map(|i| i.receiver());
-                        d.wait_for_room(deadline, commands);
-                    }
-                    // Reading stopped short of "would block": look at the socket again.
-                    self.rearm = true;
-                }
+    /// One pass over whatever the connection is doing: a session ([`Driver::session_pass`]),
+    /// or, between connections, a backoff or a dial ([`Driver::reconnect_pass`]). Never waits,
+    /// except for DNS at the start of a reconnect attempt (the system resolver has no
+    /// non-blocking interface).
+    pub(crate) fn pass<D: Dispatch + ?Sized>(&mut self, d: &mut D) -> Step {
+        if self.over {
+            return Step::Done;
+        }
+        if self.reconnecting.is_some() {
+            return self.reconnect_pass(d);
+        }
+        if self.fresh {
+            self.fresh = false;
+            d.activated(&mut self.session);
+            self.last_error = None;
+            self.last_input = Instant::now();
+            self.rearm = true;
+        }
+        match self.session_pass(d) {
+            Step::Done if self.start_reconnecting(d) => self.reconnect_pass(d),
+            Step::Done => {
+                self.over = true;
+                Step::Done
             }
+            step => step,
         }
     }
 
-    /// One pass: stop requests, room made by the socket, commands, reads, deadlines, one
-    /// flush. Returns what the session needs next; never waits.
-    pub(crate) fn pass<D: Dispatch + ?Sized>(&mut self, d: &mut D) -> Step {
+    /// The dispatcher has no room: wait for it (or for the socket, when it is full too).
+    fn wait_paused<D: Dispatch + ?Sized>(&mut self, d: &mut D, deadline: Option<Instant>) {
+        if self.session.write_blocked() {
+            // Both the application and the peer are behind: watch the socket, and look for
+            // room again soon.
+            let soon = Instant::now() + PAUSED_AND_BLOCKED_POLL;
+            let deadline = Some(deadline.map_or(soon, |t| t.min(soon)));
+            self.wait(d, deadline, false, false);
+        } else {
+            let commands = self
+                .session
+                .inbox()
+                .filter(|i| !i.is_held())
+                .map(|i| i.receiver());
+            d.wait_for_room(deadline, commands);
+        }
+        // Reading stopped short of "would block": look at the socket again.
+        self.rearm = true;
+    }
+
+    /// One pass over the session: stop requests, room made by the socket, commands, reads,
+    /// deadlines, one flush. Returns what the session needs next; never waits.
+    fn session_pass<D: Dispatch + ?Sized>(&mut self, d: &mut D) -> Step {
         if d.stop_requested() {
             self.session.abandon();
         }
@@ -244,14 +304,36 @@ impl Driver {
         }
     }
 
-    /// After a connection ended: back off and dial again until it works, the policy gives up,
-    /// or the user stops it. Returns whether a new session is in place (it has adopted the
-    /// messages held meanwhile).
-    fn redial<D: Dispatch + ?Sized>(&mut self, d: &mut D) -> bool {
-        let Some(dial) = self.dial.as_ref() else {
+    /// The socket of the dial under way, if any: what [`Step::Reconnecting`] asks to watch.
+    pub(crate) fn dial_fd(&self) -> Option<RawFd> {
+        match &self.reconnecting.as_ref()?.stage {
+            Stage::Dialing(dial) => dial.fd(),
+            Stage::Backoff { .. } => None,
+        }
+    }
+
+    /// Wait as a reconnecting client does: for the dial's socket (if dialing), a command, a
+    /// stop, or `deadline`.
+    fn wait_reconnecting(
+        &mut self,
+        dialing: Option<Interest>,
+        deadline: Option<Instant>,
+    ) -> io::Result<()> {
+        if let (Some(interest), Some(fd)) = (dialing, self.dial_fd()) {
+            self.waiter.watch(fd, interest)?;
+        }
+        self.waiter
+            .wait(deadline, self.session.inbox(), false, false)
+            .map(|_| ())
+    }
+
+    /// The connection ended: reconnect if there is a policy and the user did not end it (or
+    /// drop the client). Returns whether the first attempt is under way.
+    fn start_reconnecting<D: Dispatch + ?Sized>(&mut self, d: &mut D) -> bool {
+        let Some(redial) = &self.redial else {
             return false;
         };
-        let Some(policy) = dial.config.reconnect().cloned() else {
+        let Some(policy) = redial.config.reconnect().cloned() else {
             return false;
         };
         if self.session.user_ended() || d.stop_requested() {
@@ -259,42 +341,62 @@ impl Driver {
         }
         self.waiter.unbind(&self.session);
         self.session
-            .enter_reconnect(dial.config.while_disconnected());
-        for attempt in 1.. {
-            if policy.max_attempts.is_some_and(|max| attempt > max) {
-                tracing::warn!(attempts = attempt - 1, "giving up reconnecting");
-                self.session.drop_held();
-                return false;
+            .enter_reconnect(redial.config.while_disconnected());
+        self.reconnecting = Some(Reconnecting {
+            policy,
+            attempt: 0,
+            stage: Stage::Backoff {
+                until: Instant::now(),
+            },
+        });
+        self.next_attempt(d);
+        true
+    }
+
+    /// Between connections: take commands (sends are held or refused; a close, a force-quit
+    /// or the owner's drop ends reconnecting at once), wait out the backoff, then dial as far
+    /// as the socket allows. A failed attempt leads to the next one's backoff, until the policy
+    /// gives up.
+    fn reconnect_pass<D: Dispatch + ?Sized>(&mut self, d: &mut D) -> Step {
+        loop {
+            if self.reconnecting.is_none() {
+                // The policy gave up (see `next_attempt`).
+                return self.stop_reconnecting();
             }
-            let delay = policy.delay(attempt, jitter_random());
-            tracing::info!(attempt, ?delay, "reconnecting");
-            d.reconnecting(
-                &mut self.session,
-                ReconnectAttempt {
-                    attempt,
-                    delay,
-                    last_error: self.last_error.clone(),
-                },
-            );
-            if !self.backoff(delay, d) {
-                self.session.drop_held();
-                return false;
+            self.session.apply_commands(true);
+            self.report(d);
+            if self.session.user_ended() || d.stop_requested() {
+                return self.stop_reconnecting();
             }
-            // Borrow the dial target afresh: `backoff` needed `self` mutably.
-            let Some(dial) = self.dial.as_ref() else {
-                return false;
+            let (Some(reconnecting), Some(redial)) = (&mut self.reconnecting, &self.redial) else {
+                return self.stop_reconnecting();
             };
-            match crate::connect::connect(&dial.url, &dial.config) {
-                Ok((ws, handshake)) => {
-                    let mut session = Session::new(ws, Some(handshake), &dial.config);
-                    session.adopt(&mut self.session);
-                    if let Err(e) = self.waiter.bind(&session) {
-                        session.fail(e.into(), None);
+            let outcome = match &mut reconnecting.stage {
+                Stage::Backoff { until } if Instant::now() < *until => {
+                    return Step::Reconnecting {
+                        dialing: None,
+                        deadline: Some(*until),
                     }
-                    self.session = session;
-                    self.session.metrics().reconnected();
-                    self.last_error = None;
-                    return true;
+                }
+                Stage::Backoff { .. } => match Dial::start(&redial.url, &redial.config) {
+                    Ok(dial) => {
+                        reconnecting.stage = Stage::Dialing(Box::new(dial));
+                        continue;
+                    }
+                    Err(e) => Err(e),
+                },
+                Stage::Dialing(dial) => dial.advance(Instant::now()),
+            };
+            match outcome {
+                Ok(Progress::Pending { interest, deadline }) => {
+                    return Step::Reconnecting {
+                        dialing: Some(interest),
+                        deadline,
+                    }
+                }
+                Ok(Progress::Done(open)) => {
+                    self.reconnected(*open);
+                    return Step::Again;
                 }
                 Err(e) => {
                     let permanent = e.is_permanent();
@@ -302,36 +404,72 @@ impl Driver {
                     d.error(&mut self.session, e);
                     if permanent {
                         tracing::warn!("giving up reconnecting: retrying cannot help");
-                        self.session.drop_held();
-                        return false;
+                        return self.stop_reconnecting();
                     }
+                    self.next_attempt(d);
                 }
             }
         }
-        false
     }
 
-    /// Wait `delay`, still taking commands: a close or force-quit (or the owner's drop) ends
-    /// the wait and the reconnecting at once. Returns whether to go on.
-    fn backoff<D: Dispatch + ?Sized>(&mut self, delay: Duration, d: &mut D) -> bool {
-        let until = Instant::now() + delay;
-        loop {
-            self.session.apply_commands(true);
-            self.report(d);
-            if self.session.user_ended() || d.stop_requested() {
-                return false;
-            }
-            if Instant::now() >= until {
-                return true;
-            }
-            if let Err(e) = self
-                .waiter
-                .wait(Some(until), self.session.inbox(), false, false)
-            {
-                tracing::warn!(error = %e, "wait failed during backoff");
-                return false;
-            }
+    /// On to the next attempt: announce it and start its backoff, or, past the policy's
+    /// `max_attempts`, give up (`reconnecting` is then `None`).
+    fn next_attempt<D: Dispatch + ?Sized>(&mut self, d: &mut D) {
+        let Some(reconnecting) = &mut self.reconnecting else {
+            return;
+        };
+        reconnecting.attempt += 1;
+        let attempt = reconnecting.attempt;
+        if reconnecting
+            .policy
+            .max_attempts
+            .is_some_and(|max| attempt > max)
+        {
+            tracing::warn!(attempts = attempt - 1, "giving up reconnecting");
+            self.reconnecting = None;
+            return;
         }
+        let delay = reconnecting.policy.delay(attempt, jitter_random());
+        tracing::info!(attempt, ?delay, "reconnecting");
+        d.reconnecting(
+            &mut self.session,
+            ReconnectAttempt {
+                attempt,
+                delay,
+                last_error: self.last_error.clone(),
+            },
+        );
+        if let Some(reconnecting) = &mut self.reconnecting {
+            reconnecting.stage = Stage::Backoff {
+                until: Instant::now() + delay,
+            };
+        }
+    }
+
+    /// Reconnecting is over without a connection: messages held meanwhile are reported lost.
+    fn stop_reconnecting(&mut self) -> Step {
+        self.reconnecting = None;
+        self.session.drop_held();
+        self.over = true;
+        Step::Done
+    }
+
+    /// A dial succeeded: the new session adopts the old one's inbox, counters and held
+    /// messages, and is announced by the next pass.
+    fn reconnected(&mut self, (ws, handshake): (WebSocket<Stream>, Handshake)) {
+        self.reconnecting = None;
+        let Some(redial) = &self.redial else {
+            return;
+        };
+        let mut session = Session::new(ws, Some(handshake), &redial.config);
+        session.adopt(&mut self.session);
+        if let Err(e) = self.waiter.bind(&session) {
+            session.fail(e.into(), None);
+        }
+        self.session = session;
+        self.session.metrics().reconnected();
+        self.last_error = None;
+        self.fresh = true;
     }
 
     /// Hand queued errors to the dispatcher, remembering the last for `ReconnectAttempt`.

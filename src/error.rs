@@ -252,7 +252,8 @@ pub enum TimeoutKind {
     Pong,
     /// A [`ThreadedClient`](crate::ThreadedClient)'s worker did not end within
     /// [`ConfigBuilder::shutdown_timeout`](crate::ConfigBuilder::shutdown_timeout) (it can only be
-    /// inside a reconnect attempt's connect, which ends by itself within `handshake_timeout`).
+    /// inside a reconnect attempt's DNS lookup, which the system resolver does not let us
+    /// interrupt; the worker ends by itself once it returns).
     Shutdown,
 }
 
