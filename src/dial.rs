@@ -252,6 +252,10 @@ impl Dial {
         let span = self.span.clone();
         let _enter = span.enter();
         let progress = self.run(now);
+        if !matches!(progress, Ok(Progress::Pending { .. })) {
+            // Over: on error, this closes the socket.
+            self.state = State::Over;
+        }
         match &progress {
             Ok(Progress::Pending { .. }) => {}
             Ok(Progress::Done(open)) => tracing::info!(
@@ -266,7 +270,7 @@ impl Dial {
 
     fn run(&mut self, now: Instant) -> Result<Progress, Error> {
         loop {
-            // Taken out, so that an error leaves the dial `Over` (and its socket closed).
+            // Taken out: each arm puts back the state it leaves the dial in.
             self.state = match std::mem::replace(&mut self.state, State::Over) {
                 State::NextAddress => self.connect_next(now)?,
                 State::Connecting {
@@ -529,11 +533,185 @@ fn redacted(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+
+    use crate::wait::Waiter;
+    use crate::WaitStrategy;
+
+    /// No test waits longer than this for a socket.
+    const PATIENCE: Duration = Duration::from_secs(60);
 
     #[test]
     fn credentials_never_reach_the_logs() {
         assert_eq!(redacted("ws://u:secret@h:1/p?q"), "ws://h:1/p?q");
         assert_eq!(redacted("wss://h/"), "wss://h/");
         assert_eq!(redacted("not a url secret"), "<invalid url>");
+    }
+
+    /// Advance until the dial asks to wait for `until`, waiting for the socket in between as
+    /// the blocking connect does. Returns that wait's deadline.
+    fn advance_until(dial: &mut Dial, until: Interest) -> Option<Instant> {
+        let (mut waiter, _) = Waiter::new(WaitStrategy::Readiness, false).unwrap();
+        loop {
+            match dial.advance(Instant::now()).unwrap() {
+                Progress::Pending { interest, deadline } if interest == until => return deadline,
+                Progress::Pending { interest, .. } => {
+                    waiter.watch(dial.fd().unwrap(), interest).unwrap();
+                    waiter
+                        .wait(Some(Instant::now() + PATIENCE), None, false, false)
+                        .unwrap();
+                }
+                Progress::Done(_) => panic!("connected"),
+            }
+        }
+    }
+
+    /// Read a request head off `tcp` a byte at a time (so nothing after it is taken).
+    fn request_head(tcp: &mut TcpStream) -> String {
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            tcp.read_exact(&mut byte).unwrap();
+            head.push(byte[0]);
+        }
+        String::from_utf8(head).unwrap()
+    }
+
+    #[test]
+    fn an_upgrade_answer_that_arrives_a_byte_at_a_time_is_read_across_advances() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (go_tx, go_rx) = crossbeam_channel::unbounded::<()>();
+        let server = std::thread::spawn(move || {
+            let (mut tcp, _) = listener.accept().unwrap();
+            tcp.set_read_timeout(Some(PATIENCE)).unwrap();
+            let head = request_head(&mut tcp);
+            let key = head
+                .lines()
+                .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+                .unwrap();
+            let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+            let answer = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                 Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r"
+            );
+            // One byte per go; the last one comes with a frame right behind the head.
+            let mut chunks: Vec<Vec<u8>> = answer.bytes().map(|b| vec![b]).collect();
+            chunks.push(b"\n\x81\x02hi".to_vec());
+            for chunk in &chunks {
+                go_rx.recv_timeout(PATIENCE).unwrap();
+                tcp.write_all(chunk).unwrap();
+            }
+            let _ = tcp.read(&mut [0u8; 64]);
+            chunks.len()
+        });
+        let mut dial = Dial::start(&format!("ws://{addr}/"), &Config::default()).unwrap();
+        let (mut waiter, _) = Waiter::new(WaitStrategy::Readiness, false).unwrap();
+        let mut reads = 0;
+        let open = loop {
+            match dial.advance(Instant::now()).unwrap() {
+                Progress::Done(open) => break open,
+                Progress::Pending { interest, .. } => {
+                    if interest == Interest::Readable {
+                        // Waiting for the answer: let one more byte of it go.
+                        reads += 1;
+                        go_tx.send(()).unwrap();
+                    }
+                    waiter.watch(dial.fd().unwrap(), interest).unwrap();
+                    waiter
+                        .wait(Some(Instant::now() + PATIENCE), None, false, false)
+                        .unwrap();
+                }
+            }
+        };
+        let (mut ws, handshake) = *open;
+        assert_eq!(handshake.status(), http::StatusCode::SWITCHING_PROTOCOLS);
+        // The frame read with the head's last byte is the first message, not lost.
+        assert_eq!(ws.read().unwrap(), tungstenite::Message::text("hi"));
+        drop(ws);
+        let chunks = server.join().unwrap();
+        assert!(reads >= chunks, "{reads} waits for {chunks} pieces");
+    }
+
+    #[test]
+    fn a_silent_server_is_the_handshake_timeout_once_now_passes_the_deadline() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut tcp, _) = listener.accept().unwrap();
+            tcp.set_read_timeout(Some(PATIENCE)).unwrap();
+            request_head(&mut tcp);
+            // Silent until the client leaves.
+            let _ = tcp.read(&mut [0u8; 64]);
+        });
+        let config = Config::builder()
+            .handshake_timeout(Some(Duration::from_secs(30)))
+            .build()
+            .unwrap();
+        let mut dial = Dial::start(&format!("ws://{addr}/"), &config).unwrap();
+        let deadline = advance_until(&mut dial, Interest::Readable).expect("a deadline");
+        assert!(deadline > Instant::now() + Duration::from_secs(20));
+        // Just before the deadline it still waits; at it, it fails, and the dial is over.
+        let before = dial.advance(deadline - Duration::from_millis(1)).unwrap();
+        assert!(
+            matches!(
+                before,
+                Progress::Pending {
+                    interest: Interest::Readable,
+                    deadline: Some(d)
+                } if d == deadline
+            ),
+            "{before:?}"
+        );
+        let e = dial.advance(deadline).unwrap_err();
+        assert!(matches!(e, Error::Timeout(TimeoutKind::Handshake)), "{e:?}");
+        assert!(dial.fd().is_none(), "the socket is closed");
+        server.join().unwrap();
+    }
+
+    /// A listener whose accept queue is full (backlog 0, one connection never accepted), so
+    /// Linux drops further SYNs and a connect to it stays under way (retransmitting).
+    fn full_listener() -> (Socket, TcpStream, SocketAddr) {
+        let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        listener
+            .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        listener.listen(0).unwrap();
+        let addr = listener.local_addr().unwrap().as_socket().unwrap();
+        let filler = TcpStream::connect(addr).unwrap();
+        (listener, filler, addr)
+    }
+
+    #[test]
+    fn a_tcp_connect_past_its_time_is_the_connect_or_the_handshake_timeout() {
+        for (connect, handshake, expected) in [
+            (10, 30, TimeoutKind::Connect),
+            (30, 10, TimeoutKind::Handshake),
+        ] {
+            let (_listener, _filler, addr) = full_listener();
+            let config = Config::builder()
+                .connect_timeout(Some(Duration::from_secs(connect)))
+                .handshake_timeout(Some(Duration::from_secs(handshake)))
+                .build()
+                .unwrap();
+            let mut dial = Dial::start(&format!("ws://{addr}/"), &config).unwrap();
+            let now = Instant::now();
+            let until = match dial.advance(now).unwrap() {
+                Progress::Pending {
+                    interest: Interest::Writable,
+                    deadline: Some(until),
+                } => until,
+                other => panic!("the connect is under way: {other:?}"),
+            };
+            let expected_until = now + Duration::from_secs(connect.min(handshake));
+            assert!(until <= expected_until, "{until:?} {expected_until:?}");
+            assert!(until + Duration::from_secs(1) > expected_until);
+            let e = dial.advance(until).unwrap_err();
+            assert!(
+                matches!(e, Error::Timeout(kind) if kind == expected),
+                "{e:?}"
+            );
+        }
     }
 }

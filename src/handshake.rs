@@ -302,3 +302,61 @@ fn verify(handshake: &mut Handshake, key: &str, config: &Config) -> Result<(), E
     handshake.deflate = crate::deflate::client_verify(config.deflate(), extensions)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stream::scripted::{ReadStep, Scripted};
+    use crate::stream::Transport;
+
+    fn scripted(stream: &mut Stream) -> &mut Scripted {
+        match stream.transport_mut() {
+            Transport::Scripted(s) => s,
+            _ => unreachable!("a scripted stream"),
+        }
+    }
+
+    #[test]
+    fn the_request_goes_out_once_and_the_answer_is_read_across_would_block() {
+        let config = Config::builder().subprotocol("chat").build().unwrap();
+        let url = Url::parse("ws://example.test:9001/feed?x=1").unwrap();
+        let mut upgrade = ClientUpgrade::new(&url, &config);
+        let mut stream = Stream::from(Transport::Scripted(Scripted::default()));
+        // The socket takes the request 7 bytes at a time.
+        let mut waits = 0;
+        while scripted(&mut stream).written.len() < upgrade.request.len() {
+            assert!(upgrade.advance(&mut stream, &config).unwrap().is_none());
+            scripted(&mut stream).write_budget = 7;
+            waits += 1;
+        }
+        assert!(waits > 10, "{waits}");
+        let written = std::mem::take(&mut scripted(&mut stream).written);
+        assert_eq!(written, upgrade.request, "exactly once, in order");
+        let text = String::from_utf8(written).unwrap();
+        assert!(text.starts_with("GET /feed?x=1 HTTP/1.1\r\nHost: example.test:9001\r\n"));
+
+        let accept = tungstenite::handshake::derive_accept_key(upgrade.key.as_bytes());
+        let mut answer = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Accept: {accept}\r\nSec-WebSocket-Protocol: chat\r\n\r"
+        )
+        .into_bytes();
+        // The last byte of the head arrives with the first of a frame.
+        let last = vec![b'\n', 0x81];
+        for byte in answer.drain(..) {
+            assert!(upgrade.advance(&mut stream, &config).unwrap().is_none());
+            let s = scripted(&mut stream);
+            s.reads.push_back(ReadStep::Data(vec![byte]));
+            s.reads.push_back(ReadStep::WouldBlock);
+        }
+        assert!(upgrade.advance(&mut stream, &config).unwrap().is_none());
+        scripted(&mut stream).reads.push_back(ReadStep::Data(last));
+        let (handshake, leftover) = upgrade.advance(&mut stream, &config).unwrap().unwrap();
+        assert_eq!(handshake.subprotocol(), Some("chat"));
+        assert_eq!(leftover, b"\x81", "the start of the first frame is kept");
+        assert!(
+            scripted(&mut stream).written.is_empty(),
+            "nothing written twice"
+        );
+    }
+}
