@@ -216,10 +216,7 @@ fn request(url: &Url, key: &str, config: &Config) -> Vec<u8> {
         );
     }
     for (name, value) in config.headers().iter().filter(|(n, _)| n != header::HOST) {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        crate::http_head::write_header(&mut out, name, value);
     }
     out.extend_from_slice(b"\r\n");
     out

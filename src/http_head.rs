@@ -126,6 +126,14 @@ impl From<httparse::Error> for ParseError {
     }
 }
 
+/// Append one header line (`name: value\r\n`) to a head being written.
+pub(crate) fn write_header(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
+    out.extend_from_slice(name.as_str().as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
 /// A response head: its status and headers (in order, repeats kept).
 pub(crate) fn parse_response(head: &[u8]) -> Result<(StatusCode, HeaderMap), ParseError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];

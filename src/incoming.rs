@@ -296,10 +296,7 @@ impl Incoming {
             let _ = write!(answer, "Sec-WebSocket-Extensions: {extensions}\r\n");
         }
         for (name, value) in &accept.headers {
-            answer.extend_from_slice(name.as_str().as_bytes());
-            answer.extend_from_slice(b": ");
-            answer.extend_from_slice(value.as_bytes());
-            answer.extend_from_slice(b"\r\n");
+            crate::http_head::write_header(&mut answer, name, value);
         }
         answer.extend_from_slice(b"\r\n");
         stream

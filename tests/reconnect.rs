@@ -22,6 +22,14 @@ fn fast() -> Reconnect {
 /// A server that says "one" and dies (listener and connection gone: attempts are refused), then,
 /// once told, comes back on the same port, says "two" and records what it receives.
 fn dying_server(restart: Receiver<()>) -> (String, JoinHandle<Vec<String>>) {
+    dying_server_recording(restart, |m| m.into_text().unwrap().to_string())
+}
+
+/// [`dying_server`], recording each message it receives as `record` says.
+fn dying_server_recording<T: Send + 'static>(
+    restart: Receiver<()>,
+    record: fn(Message) -> T,
+) -> (String, JoinHandle<Vec<T>>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let handle = std::thread::spawn(move || {
@@ -39,9 +47,7 @@ fn dying_server(restart: Receiver<()>) -> (String, JoinHandle<Vec<String>>) {
         ws.send(Message::text("two")).unwrap();
         let (got, _) = read_until_close(&mut ws);
         while ws.read().is_ok() {}
-        got.into_iter()
-            .map(|m| m.into_text().unwrap().to_string())
-            .collect()
+        got.into_iter().map(record).collect()
     });
     (format!("ws://{addr}/"), handle)
 }
@@ -342,29 +348,10 @@ fn held_messages_larger_than_the_queue_all_arrive_after_reconnecting() {
     const SIZE: usize = 32 << 10;
     for mode in MODES {
         let (restart_tx, restart_rx) = bounded(1);
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let server = std::thread::spawn(move || {
-            let (tcp, _) = listener.accept().unwrap();
-            drop(listener);
-            drop(tungstenite::accept(tcp).unwrap()); // killed: no close handshake
-            restart_rx
-                .recv_timeout(TEST_DEADLINE)
-                .expect("restart signal");
-            let listener = TcpListener::bind(addr).unwrap();
-            let (tcp, _) = listener.accept().unwrap();
-            tcp.set_read_timeout(Some(SERVER_IO_TIMEOUT)).unwrap();
-            let mut ws = tungstenite::accept(tcp).unwrap();
-            ws.send(Message::text("two")).unwrap();
-            let (got, _) = read_until_close(&mut ws);
-            while ws.read().is_ok() {}
-            got.into_iter()
-                .map(|m| m.into_data()[0] as usize)
-                .collect::<Vec<_>>()
-        });
+        let (url, server) = dying_server_recording(restart_rx, |m| m.into_data()[0] as usize);
         let out = drive(
             mode,
-            &format!("ws://{addr}/"),
+            &url,
             Config::builder()
                 .reconnect(Some(fast()))
                 .while_disconnected(WhileDisconnected::Queue { max_bytes: 4 << 20 })
