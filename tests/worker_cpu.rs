@@ -42,6 +42,15 @@ fn a_worker_waiting_for_the_application_at_teardown_does_not_spin() {
     let config = Config::builder().event_capacity(1).build().unwrap();
     let client = ThreadedClient::connect(&url, &config).unwrap();
     server.join().unwrap();
+    // The worker has run (and named its thread) once its first event is in the channel.
+    let deadline = std::time::Instant::now() + TEST_DEADLINE;
+    while client.event_rx.is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker never reported"
+        );
+        std::thread::yield_now();
+    }
     let (stop_tx, stop_rx) = bounded::<()>(0);
     let control = client.control_tx.clone();
     let sender = std::thread::spawn(move || {
