@@ -16,6 +16,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Bytes, Utf8Bytes};
 
 use crate::close::check_close;
+use crate::waker::Waker;
 use crate::SharedFrame;
 
 /// What another thread can ask a connection to do, through a [`CommandSender`]
@@ -67,7 +68,7 @@ struct Gate {
 #[derive(Debug)]
 enum Wake {
     /// The OS poll's waker (readiness).
-    Poll(mio::Waker),
+    Poll(Arc<Waker>),
     /// The thread sleeping in `park_timeout` (the sleep strategy), recorded as it parks.
     Thread(Mutex<Option<Thread>>),
 }
@@ -87,7 +88,7 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(waker: Option<mio::Waker>, nudge: Option<Sender<()>>) -> Arc<Self> {
+    pub(crate) fn new(waker: Option<Arc<Waker>>, nudge: Option<Sender<()>>) -> Arc<Self> {
         Arc::new(Shared {
             parked: AtomicBool::new(false),
             stop_waiting: AtomicBool::new(false),

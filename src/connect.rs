@@ -19,10 +19,8 @@ pub(crate) fn connect(url: &str, config: &Config) -> Result<(WebSocket<Stream>, 
         match dial.advance(Instant::now())? {
             Progress::Done(open) => return Ok(*open),
             Progress::Pending { interest, deadline } => {
-                if let Some(fd) = dial.fd() {
-                    waiter.watch(fd, interest)?;
-                }
-                waiter.wait(deadline, None, false, false)?;
+                let socket = dial.fd().map(|fd| (fd, interest.into()));
+                waiter.wait(socket, deadline, None, false, false)?;
             }
         }
     }

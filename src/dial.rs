@@ -10,7 +10,7 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, TcpKeepalive, Type};
@@ -228,12 +228,12 @@ impl Dial {
     }
 
     /// The socket to wait on after [`Progress::Pending`] (which always has one).
-    pub(crate) fn fd(&self) -> Option<RawFd> {
+    pub(crate) fn fd(&self) -> Option<BorrowedFd<'_>> {
         match &self.state {
-            State::Connecting { socket, .. } => Some(socket.as_raw_fd()),
-            State::Tunnel { conn, .. } | State::TlsStart(conn) => Some(conn.tcp().as_raw_fd()),
-            State::Tls(handshake) => Some(handshake.tcp_conn().tcp().as_raw_fd()),
-            State::Upgrade { stream, .. } => stream.tcp_conn().map(|c| c.tcp().as_raw_fd()),
+            State::Connecting { socket, .. } => Some(socket.as_fd()),
+            State::Tunnel { conn, .. } | State::TlsStart(conn) => Some(conn.tcp().as_fd()),
+            State::Tls(handshake) => Some(handshake.tcp_conn().tcp().as_fd()),
+            State::Upgrade { stream, .. } => stream.tcp_conn().map(|c| c.tcp().as_fd()),
             State::NextAddress | State::Over => None,
         }
     }
@@ -557,9 +557,9 @@ mod tests {
             match dial.advance(Instant::now()).unwrap() {
                 Progress::Pending { interest, deadline } if interest == until => return deadline,
                 Progress::Pending { interest, .. } => {
-                    waiter.watch(dial.fd().unwrap(), interest).unwrap();
+                    let socket = Some((dial.fd().unwrap(), interest.into()));
                     waiter
-                        .wait(Some(Instant::now() + PATIENCE), None, false, false)
+                        .wait(socket, Some(Instant::now() + PATIENCE), None, false, false)
                         .unwrap();
                 }
                 Progress::Done(_) => panic!("connected"),
@@ -618,9 +618,9 @@ mod tests {
                         reads += 1;
                         go_tx.send(()).unwrap();
                     }
-                    waiter.watch(dial.fd().unwrap(), interest).unwrap();
+                    let socket = Some((dial.fd().unwrap(), interest.into()));
                     waiter
-                        .wait(Some(Instant::now() + PATIENCE), None, false, false)
+                        .wait(socket, Some(Instant::now() + PATIENCE), None, false, false)
                         .unwrap();
                 }
             }

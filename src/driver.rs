@@ -2,7 +2,7 @@
 //! reconnecting client, backoff and redial as states of the same pass.
 
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,7 +13,7 @@ use crate::dial::{Dial, Interest, Progress};
 use crate::reconnect::jitter_random;
 use crate::session::{Dispatch, Session};
 use crate::stream::Stream;
-use crate::wait::{Waiter, Woke};
+use crate::wait::{Interest as SocketInterest, Waiter, Woke};
 use crate::{Config, Handshake, Reconnect, ReconnectAttempt, WaitStrategy};
 
 /// Where to dial again after a connection ends (clients with a reconnect policy).
@@ -58,7 +58,7 @@ pub(crate) enum Step {
     /// stop or `deadline`; reading stays paused until then.
     Paused { deadline: Option<Instant> },
     /// Between connections (a reconnecting client): wait for a command, a stop or `deadline`,
-    /// and, while `dialing`, for the dial's socket ([`Driver::dial_fd`]) to be ready that way.
+    /// and, while `dialing`, for the dial's socket to be ready that way.
     /// The last connection's socket is no longer watched.
     Reconnecting {
         dialing: Option<Interest>,
@@ -103,8 +103,7 @@ impl Driver {
         config: &Config,
         nudge: Option<crossbeam_channel::Sender<()>>,
     ) -> io::Result<(Self, CommandSender, Arc<Shared>)> {
-        let (mut waiter, waker) = Waiter::new(strategy, true)?;
-        waiter.bind(&session)?;
+        let (waiter, waker) = Waiter::new(strategy, true)?;
         let shared = Shared::new(waker, nudge);
         let (sender, inbox) = Inbox::channel(config.control_capacity(), shared.clone());
         session.set_inbox(inbox);
@@ -153,7 +152,7 @@ impl Driver {
                     deadline,
                     active,
                     delivered,
-                } => self.wait(d, deadline, active, delivered),
+                } => self.wait(d, true, deadline, active, delivered),
                 Step::Paused { deadline } => self.wait_paused(d, deadline),
                 Step::Reconnecting { dialing, deadline } => {
                     if let Err(e) = self.wait_reconnecting(dialing, deadline) {
@@ -203,7 +202,8 @@ impl Driver {
             // room again soon.
             let soon = Instant::now() + PAUSED_AND_BLOCKED_POLL;
             let deadline = Some(deadline.map_or(soon, |t| t.min(soon)));
-            self.wait(d, deadline, false, false);
+            // Not for reading: what the socket holds waits for room (poll is level-triggered).
+            self.wait(d, false, deadline, false, false);
         } else {
             let commands = self
                 .session
@@ -271,20 +271,31 @@ impl Driver {
         }
     }
 
-    /// Wait as the waiter does, then note what the wait says about the socket, and call
-    /// `on_idle` when it is due.
+    /// Wait as the waiter does (for the socket: reading when `read`, writing while the outbox
+    /// waits for room), then note what the wait says about the socket, and call `on_idle` when
+    /// it is due.
     fn wait<D: Dispatch + ?Sized>(
         &mut self,
         d: &mut D,
+        read: bool,
         deadline: Option<Instant>,
         active: bool,
         delivered: bool,
     ) {
+        let interest = SocketInterest {
+            read,
+            write: self.session.write_blocked(),
+        };
+        let socket = self
+            .session
+            .stream()
+            .tcp_conn()
+            .map(|c| (c.tcp().as_fd(), interest));
         let woke = self
             .waiter
-            .wait(deadline, self.session.inbox(), active, delivered);
-        // Edge-triggered readiness reports every arrival, so after a wait that only a command
-        // or the deadline ended, the socket has nothing new.
+            .wait(socket, deadline, self.session.inbox(), active, delivered);
+        // Readiness reports what the socket holds, so after a wait that only a command or the
+        // deadline ended, the socket has nothing new.
         self.rearm = !matches!(woke, Ok(Woke::Command | Woke::Deadline));
         if matches!(woke, Ok(Woke::PeerClosed)) {
             // A short read no longer means "nothing more": the end of the stream is.
@@ -304,14 +315,6 @@ impl Driver {
         }
     }
 
-    /// The socket of the dial under way, if any: what [`Step::Reconnecting`] asks to watch.
-    pub(crate) fn dial_fd(&self) -> Option<RawFd> {
-        match &self.reconnecting.as_ref()?.stage {
-            Stage::Dialing(dial) => dial.fd(),
-            Stage::Backoff { .. } => None,
-        }
-    }
-
     /// Wait as a reconnecting client does: for the dial's socket (if dialing), a command, a
     /// stop, or `deadline`.
     fn wait_reconnecting(
@@ -319,11 +322,18 @@ impl Driver {
         dialing: Option<Interest>,
         deadline: Option<Instant>,
     ) -> io::Result<()> {
-        if let (Some(interest), Some(fd)) = (dialing, self.dial_fd()) {
-            self.waiter.watch(fd, interest)?;
-        }
+        let socket = match (dialing, &self.reconnecting) {
+            (
+                Some(interest),
+                Some(Reconnecting {
+                    stage: Stage::Dialing(dial),
+                    ..
+                }),
+            ) => dial.fd().map(|fd| (fd, interest.into())),
+            _ => None,
+        };
         self.waiter
-            .wait(deadline, self.session.inbox(), false, false)
+            .wait(socket, deadline, self.session.inbox(), false, false)
             .map(|_| ())
     }
 
@@ -339,7 +349,6 @@ impl Driver {
         if self.session.user_ended() || d.stop_requested() {
             return false;
         }
-        self.waiter.unbind(&self.session);
         self.session
             .enter_reconnect(redial.config.while_disconnected());
         self.reconnecting = Some(Reconnecting {
@@ -463,9 +472,6 @@ impl Driver {
         };
         let mut session = Session::new(ws, Some(handshake), &redial.config);
         session.adopt(&mut self.session);
-        if let Err(e) = self.waiter.bind(&session) {
-            session.fail(e.into(), None);
-        }
         self.session = session;
         self.session.metrics().reconnected();
         self.last_error = None;

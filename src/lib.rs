@@ -194,6 +194,7 @@ mod tcp;
 mod threaded;
 mod tls;
 mod wait;
+mod waker;
 
 pub use blocking::BlockingClient;
 pub use close::{CloseInfo, Initiator};

@@ -1,23 +1,20 @@
 //! How a connection passes time between passes: busy spin, sleep, or OS readiness.
 
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Token, Waker};
+use rustix::event::{poll, PollFd, PollFlags, Timespec};
+use rustix::io::Errno;
 
 use crate::command::Inbox;
 use crate::dial;
-use crate::io_outcome::{io_outcome, IoOutcome};
-use crate::session::Session;
+use crate::waker::Waker;
 use crate::WaitStrategy;
 
 /// How long the sleep strategy keeps polling without sleeping after a pass that read or wrote.
 const HOT_AFTER_ACTIVITY: Duration = Duration::from_micros(100);
-
-const SOCKET: Token = Token(0);
-const WAKER: Token = Token(1);
 
 /// What ended a wait.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +32,23 @@ pub(crate) enum Woke {
     Poll,
 }
 
+/// What to wait for on a socket. `poll(2)` is level-triggered: ask for writing only while
+/// something waits for room, or every wait would end at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Interest {
+    pub(crate) read: bool,
+    pub(crate) write: bool,
+}
+
+impl From<dial::Interest> for Interest {
+    fn from(interest: dial::Interest) -> Self {
+        Interest {
+            read: interest == dial::Interest::Readable,
+            write: interest == dial::Interest::Writable,
+        }
+    }
+}
+
 /// The waiting half of a driver.
 #[derive(Debug)]
 pub(crate) enum Waiter {
@@ -44,9 +58,10 @@ pub(crate) enum Waiter {
         /// Poll without sleeping until then (set after a pass that read or wrote).
         hot_until: Option<Instant>,
     },
+    /// `poll(2)` on the socket of the moment and the waker: two descriptors per connection,
+    /// nothing registered between waits.
     Readiness {
-        poll: Poll,
-        events: Events,
+        waker: Option<Arc<Waker>>,
         /// After delivering messages, look for a command this long before parking (the
         /// threaded worker: the application's reply is usually microseconds away).
         command_spin: Duration,
@@ -54,13 +69,12 @@ pub(crate) enum Waiter {
 }
 
 impl Waiter {
-    /// Build the waiter for `strategy`; it watches no socket yet ([`Waiter::bind`],
-    /// [`Waiter::watch`]). For readiness, also return a waker that other threads can use to end
-    /// a wait.
+    /// Build the waiter for `strategy`. For readiness, also return the waker that other threads
+    /// use to end a wait.
     pub(crate) fn new(
         strategy: WaitStrategy,
         with_waker: bool,
-    ) -> io::Result<(Waiter, Option<Waker>)> {
+    ) -> io::Result<(Waiter, Option<Arc<Waker>>)> {
         match strategy {
             WaitStrategy::BusySpin => Ok((Waiter::Spin, None)),
             WaitStrategy::Sleep(d) => Ok((
@@ -71,16 +85,14 @@ impl Waiter {
                 None,
             )),
             WaitStrategy::Readiness => {
-                let poll = Poll::new()?;
                 let waker = if with_waker {
-                    Some(Waker::new(poll.registry(), WAKER)?)
+                    Some(Arc::new(Waker::new()?))
                 } else {
                     None
                 };
                 Ok((
                     Waiter::Readiness {
-                        poll,
-                        events: Events::with_capacity(4),
+                        waker: waker.clone(),
                         command_spin: Duration::ZERO,
                     },
                     waker,
@@ -97,52 +109,17 @@ impl Waiter {
         }
     }
 
-    /// Watch `session`'s socket from now on, for reading and writing, edge-triggered (the
-    /// session reads until "would block" before each wait). Its socket may be a dial's that
-    /// [`Waiter::watch`] had.
-    pub(crate) fn bind(&mut self, session: &Session) -> io::Result<()> {
-        self.register(fd(session)?, Interest::READABLE | Interest::WRITABLE)
-    }
-
-    /// Stop watching a dead connection's socket (so a backoff wait sleeps until its deadline
-    /// or a command). Call it while the socket is still open: a new one may get its number.
-    pub(crate) fn unbind(&mut self, old: &Session) {
-        if let (Waiter::Readiness { poll, .. }, Ok(fd)) = (self, fd(old)) {
-            let _ = poll.registry().deregister(&mut SourceFd(&fd));
-        }
-    }
-
-    /// Watch a dial's socket `fd` for `interest` only, until the next `watch` or `bind`. Each
-    /// call registers afresh, so readiness that is already there is reported (a dial may stop
-    /// short of "would block" when it changes phase or interest); the sockets of failed
-    /// attempts left the poll when they were closed.
-    pub(crate) fn watch(&mut self, fd: RawFd, interest: dial::Interest) -> io::Result<()> {
-        let interest = match interest {
-            dial::Interest::Readable => Interest::READABLE,
-            dial::Interest::Writable => Interest::WRITABLE,
-        };
-        self.register(fd, interest)
-    }
-
-    fn register(&mut self, fd: RawFd, interest: Interest) -> io::Result<()> {
-        if let Waiter::Readiness { poll, .. } = self {
-            // Whatever watched this number before (the dial's interest), this replaces it.
-            let _ = poll.registry().deregister(&mut SourceFd(&fd));
-            poll.registry()
-                .register(&mut SourceFd(&fd), SOCKET, interest)?;
-        }
-        Ok(())
-    }
-
     /// Whether each empty pass counts as idle (spin and sleep call `on_idle` every time).
     pub(crate) fn idles_every_pass(&self) -> bool {
         !matches!(self, Waiter::Readiness { .. })
     }
 
-    /// Wait until something may have happened or `deadline` passes. `active`: the pass before
-    /// this wait read or wrote something; `delivered`: it dispatched messages.
+    /// Wait until something may have happened on `socket` (for its interest), a command comes,
+    /// or `deadline` passes. `active`: the pass before this wait read or wrote something;
+    /// `delivered`: it dispatched messages.
     pub(crate) fn wait(
         &mut self,
+        socket: Option<(BorrowedFd<'_>, Interest)>,
         deadline: Option<Instant>,
         inbox: Option<&Inbox>,
         active: bool,
@@ -181,8 +158,7 @@ impl Waiter {
                 Ok(Woke::Poll)
             }
             Waiter::Readiness {
-                poll,
-                events,
+                waker,
                 command_spin,
             } => {
                 // A reply to what we just delivered is usually microseconds away: picking it up
@@ -199,41 +175,73 @@ impl Waiter {
                 }
                 if let Some(inbox) = &inbox {
                     // Park first, then look: a sender that pushes after the look sees the flag
-                    // and wakes us (see `Signal::notify`).
+                    // and wakes us (see `Shared::notify`).
                     inbox.shared().set_parked(true);
                     if inbox.has_work() {
                         inbox.shared().set_parked(false);
                         return Ok(Woke::Command);
                     }
                 }
-                let r = poll.poll(events, timeout);
+                let woke = wait_ready(socket, waker.as_deref(), timeout);
                 if let Some(inbox) = &inbox {
                     inbox.shared().set_parked(false);
                 }
-                match r {
-                    Ok(()) if events.is_empty() => Ok(Woke::Deadline),
-                    Ok(())
-                        if events.iter().any(|e| {
-                            e.token() == SOCKET && (e.is_read_closed() || e.is_error())
-                        }) =>
-                    {
-                        Ok(Woke::PeerClosed)
-                    }
-                    Ok(()) if events.iter().all(|e| e.token() == WAKER) => Ok(Woke::Command),
-                    Ok(()) => Ok(Woke::Activity),
-                    Err(e) if io_outcome(&e) == IoOutcome::Interrupted => Ok(Woke::Activity),
-                    Err(e) => Err(e),
-                }
+                woke
             }
         }
     }
 }
 
-fn fd(session: &Session) -> io::Result<RawFd> {
-    Ok(session
-        .stream()
-        .tcp_conn()
-        .ok_or_else(|| io::Error::other("readiness needs a socket"))?
-        .tcp()
-        .as_raw_fd())
+/// One `poll(2)` on the socket (for `interest`) and the waker, until `timeout`.
+fn wait_ready(
+    socket: Option<(BorrowedFd<'_>, Interest)>,
+    waker: Option<&Waker>,
+    timeout: Option<Duration>,
+) -> io::Result<Woke> {
+    let timeout = timeout.map(|d| Timespec {
+        tv_sec: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        tv_nsec: i64::from(d.subsec_nanos()),
+    });
+    let socket_flags = |interest: Interest| {
+        let mut flags = PollFlags::empty();
+        if interest.read {
+            // The peer's FIN matters only to a reader (and, level-triggered, would end every
+            // wait of one that is not reading).
+            flags |= PollFlags::IN | PollFlags::RDHUP;
+        }
+        if interest.write {
+            flags |= PollFlags::OUT;
+        }
+        flags
+    };
+    let waker_fd = waker.map(AsFd::as_fd);
+    let mut fds: [Option<PollFd<'_>>; 2] = [
+        socket
+            .as_ref()
+            .map(|(fd, interest)| PollFd::new(fd, socket_flags(*interest))),
+        waker_fd.as_ref().map(|fd| PollFd::new(fd, PollFlags::IN)),
+    ];
+    let mut set: Vec<PollFd<'_>> = Vec::with_capacity(2);
+    set.extend(fds.iter_mut().filter_map(Option::take));
+    match poll(&mut set, timeout.as_ref()) {
+        Err(Errno::INTR) => return Ok(Woke::Activity),
+        Err(e) => return Err(e.into()),
+        Ok(_) => {}
+    }
+    let mut ready = set.iter().map(PollFd::revents);
+    let socket_ready = socket.map(|_| ready.next().unwrap_or_else(PollFlags::empty));
+    let woken = waker.map(|_| ready.next().unwrap_or_else(PollFlags::empty));
+    if woken.is_some_and(|r| r.contains(PollFlags::IN)) {
+        if let Some(w) = waker {
+            w.drain();
+        }
+    }
+    Ok(match (socket_ready, woken) {
+        (Some(r), _) if r.intersects(PollFlags::HUP | PollFlags::ERR | PollFlags::RDHUP) => {
+            Woke::PeerClosed
+        }
+        (Some(r), _) if !r.is_empty() => Woke::Activity,
+        (_, Some(w)) if !w.is_empty() => Woke::Command,
+        _ => Woke::Deadline,
+    })
 }

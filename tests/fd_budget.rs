@@ -1,0 +1,73 @@
+//! File descriptors are a budget (a server holds thousands of connections under a per-process
+//! limit): a connection costs its socket and one waker, nothing more. One test in its own
+//! binary, so no other test opens descriptors while it counts.
+
+mod util;
+
+use crossbeam_channel::bounded;
+use syncws::{BlockingClient, Config, NonBlockingClient, ServerConnection, ThreadedClient};
+use util::*;
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .expect("/proc/self/fd")
+        .count()
+}
+
+#[test]
+fn a_connection_costs_its_socket_and_one_waker() {
+    // Server side: the accepted socket exists before; accepting adds only the waker.
+    let (listener, addr) = bind();
+    let (counts_tx, counts_rx) = bounded(1);
+    let server = std::thread::spawn(move || {
+        let (tcp, _) = listener.accept().unwrap();
+        let before = open_fds();
+        let conn = ServerConnection::accept(tcp, None, &Config::default()).unwrap();
+        counts_tx.send(open_fds() - before).unwrap();
+        conn.run(&mut Echo::default());
+    });
+    let (mut ws, _) = connect_timed(format!("ws://{addr}/")).unwrap();
+    let added = counts_rx.recv_timeout(TEST_DEADLINE).unwrap();
+    ws.close(None).unwrap();
+    while ws.read().is_ok() {}
+    server.join().unwrap();
+    assert_eq!(
+        added, 1,
+        "a server connection adds one descriptor: its waker"
+    );
+
+    // Clients: the socket and the waker. The test server runs in this process too, so its
+    // accepted socket (there once the handshake is done) counts as well: 3 in all.
+    let (url, server) = ws_server(echo);
+    let before = open_fds();
+    let client = BlockingClient::connect(&url, &Config::default()).unwrap();
+    assert_eq!(
+        open_fds() - before,
+        3,
+        "blocking client: socket + waker (+ the server's socket)"
+    );
+    drop(client);
+    server.join().unwrap();
+
+    let (url, server) = ws_server(echo);
+    let before = open_fds();
+    let client = NonBlockingClient::connect(&url, &Config::default()).unwrap();
+    assert_eq!(
+        open_fds() - before,
+        3,
+        "non-blocking client: socket + waker (+ the server's socket)"
+    );
+    drop(client);
+    server.join().unwrap();
+
+    let (url, server) = ws_server(echo);
+    let before = open_fds();
+    let client = ThreadedClient::connect(&url, &Config::default()).unwrap();
+    assert_eq!(
+        open_fds() - before,
+        3,
+        "threaded client: socket + waker (+ the server's socket)"
+    );
+    drop(client);
+    server.join().unwrap();
+}
