@@ -58,7 +58,8 @@ pub(crate) fn io_outcome(e: &io::Error) -> IoOutcome {
 /// `connect(2)`, or `ENOTCONN` from asking the socket for its peer before the connection is
 /// made. Asked only of a socket being connected, where `ENOTCONN` means nothing else.
 pub(crate) fn connect_pending(e: &io::Error) -> bool {
-    e.raw_os_error() == Some(libc::EINPROGRESS) || e.kind() == io::ErrorKind::NotConnected
+    e.raw_os_error() == Some(rustix::io::Errno::INPROGRESS.raw_os_error())
+        || e.kind() == io::ErrorKind::NotConnected
 }
 
 /// The error for a blocking read or write whose deadline has passed: kind `TimedOut` (what
@@ -103,11 +104,11 @@ mod tests {
     #[test]
     fn a_connect_under_way_is_known_and_nothing_else_is() {
         assert!(connect_pending(&io::Error::from_raw_os_error(
-            libc::EINPROGRESS
+            rustix::io::Errno::INPROGRESS.raw_os_error()
         )));
         assert!(connect_pending(&io::ErrorKind::NotConnected.into()));
         for e in [
-            io::Error::from_raw_os_error(libc::ECONNREFUSED),
+            io::Error::from_raw_os_error(rustix::io::Errno::CONNREFUSED.raw_os_error()),
             io::ErrorKind::WouldBlock.into(),
             io::ErrorKind::TimedOut.into(),
         ] {

@@ -151,7 +151,8 @@
 //!
 //! ## Platform
 //!
-//! Unix (Linux, macOS): readiness waiting registers the socket's file descriptor with `mio`.
+//! Linux: readiness waiting is `poll(2)` on the socket plus an eventfd waker (two file
+//! descriptors per connection), through `rustix`.
 //!
 //! ## Versioning
 //!
