@@ -425,3 +425,19 @@ impl Inbox {
         left
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_command_stays_small() {
+        // Every connection's channel allocates `control_capacity` slots of it up front (1024 by
+        // default): each byte here is a KiB per idle connection.
+        assert!(
+            std::mem::size_of::<Command>() <= 40,
+            "{}",
+            std::mem::size_of::<Command>()
+        );
+    }
+}

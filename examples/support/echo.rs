@@ -41,10 +41,14 @@ pub fn spawn_echo_server(
     std::thread::Builder::new()
         .name("echo-accept".into())
         .spawn(move || {
-            // Compresses (permessage-deflate) with clients that offer it.
-            let config = Config::builder()
+            // Server defaults (a small queue and command channel per connection, write and
+            // handshake timeouts); compresses (permessage-deflate) with clients that offer it.
+            let config = Config::server_builder()
                 .max_message_size(Some(MAX_MESSAGE))
                 .max_frame_size(Some(MAX_MESSAGE))
+                // An echo must be able to queue the largest message it accepts (the memory is
+                // taken only while such a message waits for the socket).
+                .max_queued_bytes(2 * MAX_MESSAGE)
                 .deflate(Some(DeflateConfig::new()))
                 .build()
                 .expect("static config is valid");
