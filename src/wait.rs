@@ -215,15 +215,24 @@ fn wait_ready(
         flags
     };
     let waker_fd = waker.map(AsFd::as_fd);
-    let mut fds: [Option<PollFd<'_>>; 2] = [
-        socket
-            .as_ref()
-            .map(|(fd, interest)| PollFd::new(fd, socket_flags(*interest))),
-        waker_fd.as_ref().map(|fd| PollFd::new(fd, PollFlags::IN)),
-    ];
-    let mut set: Vec<PollFd<'_>> = Vec::with_capacity(2);
-    set.extend(fds.iter_mut().filter_map(Option::take));
-    match poll(&mut set, timeout.as_ref()) {
+    let socket_entry = socket
+        .as_ref()
+        .map(|(fd, interest)| PollFd::new(fd, socket_flags(*interest)));
+    let waker_entry = waker_fd.as_ref().map(|fd| PollFd::new(fd, PollFlags::IN));
+    // The socket's entry first, then the waker's; on the stack, as this runs before every park.
+    let (mut both, mut one);
+    let set: &mut [PollFd<'_>] = match (socket_entry, waker_entry) {
+        (Some(s), Some(w)) => {
+            both = [s, w];
+            &mut both
+        }
+        (Some(only), None) | (None, Some(only)) => {
+            one = [only];
+            &mut one
+        }
+        (None, None) => &mut [],
+    };
+    match poll(set, timeout.as_ref()) {
         Err(Errno::INTR) => return Ok(Woke::Activity),
         Err(e) => return Err(e.into()),
         Ok(_) => {}

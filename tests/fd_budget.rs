@@ -38,36 +38,28 @@ fn a_connection_costs_its_socket_and_one_waker() {
 
     // Clients: the socket and the waker. The test server runs in this process too, so its
     // accepted socket (there once the handshake is done) counts as well: 3 in all.
-    let (url, server) = ws_server(echo);
-    let before = open_fds();
-    let client = BlockingClient::connect(&url, &Config::default()).unwrap();
-    assert_eq!(
-        open_fds() - before,
-        3,
-        "blocking client: socket + waker (+ the server's socket)"
-    );
-    drop(client);
-    server.join().unwrap();
-
-    let (url, server) = ws_server(echo);
-    let before = open_fds();
-    let client = NonBlockingClient::connect(&url, &Config::default()).unwrap();
-    assert_eq!(
-        open_fds() - before,
-        3,
-        "non-blocking client: socket + waker (+ the server's socket)"
-    );
-    drop(client);
-    server.join().unwrap();
-
-    let (url, server) = ws_server(echo);
-    let before = open_fds();
-    let client = ThreadedClient::connect(&url, &Config::default()).unwrap();
-    assert_eq!(
-        open_fds() - before,
-        3,
-        "threaded client: socket + waker (+ the server's socket)"
-    );
-    drop(client);
-    server.join().unwrap();
+    type Connect = fn(&str) -> Box<dyn std::any::Any>;
+    let clients: [(&str, Connect); 3] = [
+        ("blocking", |url| {
+            Box::new(BlockingClient::connect(url, &Config::default()).unwrap())
+        }),
+        ("non-blocking", |url| {
+            Box::new(NonBlockingClient::connect(url, &Config::default()).unwrap())
+        }),
+        ("threaded", |url| {
+            Box::new(ThreadedClient::connect(url, &Config::default()).unwrap())
+        }),
+    ];
+    for (mode, connect) in clients {
+        let (url, server) = ws_server(echo);
+        let before = open_fds();
+        let client = connect(&url);
+        assert_eq!(
+            open_fds() - before,
+            3,
+            "{mode} client: socket + waker (+ the server's socket)"
+        );
+        drop(client);
+        server.join().unwrap();
+    }
 }
