@@ -252,7 +252,10 @@ impl Driver {
             d.writable(&mut self.session);
         }
         self.rearm = true;
-        if pass.more || more_commands || self.session.commands_ready() {
+        // A read that stopped for room left messages in our buffers, where no readiness will
+        // announce them: if the application made room meanwhile, read on at once.
+        let resume = pass.stopped_for_room && d.accepting();
+        if pass.more || more_commands || resume || self.session.commands_ready() {
             return Step::Again;
         }
         let idle_at = self.read_timeout.map(|t| self.last_input + t);

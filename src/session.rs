@@ -54,6 +54,9 @@ pub(crate) struct ReadPass {
     /// The budget ran out before the socket said "would block": do not wait before the next
     /// pass (readiness waits are edge-triggered).
     pub(crate) more: bool,
+    /// Reading stopped because the dispatcher had no room. What was read ahead is in user-space
+    /// buffers that no socket readiness will announce: once there is room, pass again.
+    pub(crate) stopped_for_room: bool,
 }
 
 /// Sends made while a reconnecting client is between connections.
@@ -763,11 +766,13 @@ impl Session {
         let mut pass = ReadPass {
             messages: 0,
             more: false,
+            stopped_for_room: false,
         };
         for _ in 0..READ_BUDGET {
             // The dispatcher holds what it could not hand on (a full event channel): read no
             // more until it has room. Whatever the socket has waits there.
             if !d.accepting() {
+                pass.stopped_for_room = true;
                 return pass;
             }
             match self.phase {
