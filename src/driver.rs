@@ -252,9 +252,11 @@ impl Driver {
             d.writable(&mut self.session);
         }
         self.rearm = true;
-        // A read that stopped for room left messages in our buffers, where no readiness will
-        // announce them: if the application made room meanwhile, read on at once.
-        let resume = pass.stopped_for_room && d.accepting();
+        // Asked once: `accepting` hands on what it can, so a second answer may differ, and a
+        // read that stopped for room left messages in our buffers, where no readiness will
+        // announce them. Room now means read on at once; no room means pause until there is.
+        let accepting = d.accepting();
+        let resume = pass.stopped_for_room && accepting;
         if pass.more || more_commands || resume || self.session.commands_ready() {
             return Step::Again;
         }
@@ -263,7 +265,7 @@ impl Driver {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        if !d.accepting() {
+        if !accepting {
             return Step::Paused { deadline };
         }
         let active = pass.messages > 0 || self.session.stream().bytes_written() != written;

@@ -265,3 +265,56 @@ fn force_quit_gets_through_while_the_event_channel_is_full() {
     assert!(saw_quit);
     server.join().unwrap();
 }
+
+/// The worker reads ahead of a full event channel; when the application makes room just as the
+/// worker decides how to wait, the messages already read must still come out (the demo hung
+/// about one run in four here). Many bursts, each ending with everything read into our buffers
+/// and nothing left on the socket, give the race many chances.
+#[test]
+fn messages_read_ahead_of_a_full_channel_are_delivered_when_room_comes() {
+    const ROUNDS: usize = 300;
+    const BURST: usize = 400;
+    let (url, server) = ws_server(|mut ws| {
+        for round in 0..ROUNDS {
+            for i in 0..BURST {
+                ws.write(Message::text(format!("{round}:{i}"))).unwrap();
+            }
+            ws.flush().unwrap();
+            // The next burst only once the client has seen all of this one.
+            loop {
+                match ws.read().unwrap() {
+                    Message::Text(t) if t.as_str() == "ack" => break,
+                    _ => {}
+                }
+            }
+        }
+        read_until_close(&mut ws);
+    });
+    let config = Config::builder().event_capacity(2).build().unwrap();
+    let client = ThreadedClient::connect(&url, &config).unwrap();
+    let (mut round, mut i) = (0, 0);
+    while round < ROUNDS {
+        // A stall shows within seconds; a healthy burst takes milliseconds.
+        match client.event_rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(Event::TextMessage(t)) => {
+                assert_eq!(t.as_str(), format!("{round}:{i}"), "in order");
+                i += 1;
+                if i == BURST {
+                    (round, i) = (round + 1, 0);
+                    client.control_tx.send_text("ack").unwrap();
+                }
+            }
+            Ok(Event::Error(e)) => panic!("{e}"),
+            Ok(Event::Quit) => panic!("ended early at round {round}"),
+            Ok(_) => {}
+            Err(e) => panic!("round {round}, message {i}: stalled ({e})"),
+        }
+    }
+    client.control_tx.close(1000, "").unwrap();
+    for event in events(&client.event_rx) {
+        if let Event::Error(e) = event {
+            panic!("{e}");
+        }
+    }
+    server.join().unwrap();
+}
