@@ -173,6 +173,27 @@ impl Incoming {
         Incoming::parse(stream, head, leftover.to_vec(), peer, config)
     }
 
+    /// Use `config` for this connection from here on, instead of the one its request was read
+    /// with: one port can serve endpoints with different limits, compression or heartbeats
+    /// (chosen by [`path`](Self::path), say). The handshake deadline already running is kept.
+    ///
+    /// ```no_run
+    /// use syncws::{Accept, Config, DeflateConfig, ServerConnection};
+    ///
+    /// let chat = Config::server_defaults();
+    /// let echo = Config::server_builder().deflate(Some(DeflateConfig::new())).build()?;
+    /// # let tcp: std::net::TcpStream = unimplemented!();
+    /// let incoming = ServerConnection::read_request(tcp, None, &chat)?;
+    /// let incoming = if incoming.path() == "/echo" { incoming.with_config(&echo) } else { incoming };
+    /// let conn = incoming.accept(Accept::new())?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[must_use]
+    pub fn with_config(mut self, config: &Config) -> Self {
+        self.config = config.clone();
+        self
+    }
+
     /// The request, without a body (a body, if any, is read from [`into_http`](Self::into_http)'s
     /// stream).
     pub fn request(&self) -> &Request<()> {

@@ -705,3 +705,39 @@ fn compressed_frames_sent_with_the_request_are_inflated() {
     assert!(agreed);
     assert!(errors.is_empty(), "{errors:?}");
 }
+
+#[test]
+fn an_endpoint_can_choose_its_own_config_after_reading_the_request() {
+    let small = Config::server_builder()
+        .max_message_size(Some(16))
+        .build()
+        .unwrap();
+    let large = Config::server_builder()
+        .max_message_size(Some(1 << 20))
+        .build()
+        .unwrap();
+    let (addr, results) = serve_n(2, move |tcp| {
+        let incoming = ServerConnection::read_request(tcp, None, &small)?;
+        let incoming = if incoming.path() == "/large" {
+            incoming.with_config(&large)
+        } else {
+            incoming
+        };
+        incoming.accept(Accept::new())?.run(&mut Echo::default());
+        Ok::<(), Error>(())
+    });
+    let payload = "x".repeat(1000);
+    // The large endpoint echoes 1,000 bytes...
+    let (mut ws, _) = connect_timed(format!("ws://{addr}/large")).unwrap();
+    ws.send(Message::text(payload.clone())).unwrap();
+    assert_eq!(ws.read().unwrap(), Message::text(payload.clone()));
+    ws.close(None).unwrap();
+    read_until_close(&mut ws);
+    // ...which the small one refuses with 1009.
+    let (mut ws, _) = connect_timed(format!("ws://{addr}/small")).unwrap();
+    ws.send(Message::text(payload)).unwrap();
+    assert_eq!(close_code_from_client(&mut ws), Some(1009));
+    for _ in 0..2 {
+        results.recv_timeout(TEST_DEADLINE).unwrap().unwrap();
+    }
+}

@@ -1,0 +1,869 @@
+//! The hub: one thread that owns every room, member, sequence number and the matchmaking
+//! queue, and the store's writer. Connections send it [`Request`]s; it answers through their
+//! [`CommandSender`]s.
+//!
+//! It works in batches: it takes every request waiting (up to a bound), carries them out in
+//! order inside one store transaction, commits, and only then hands the batch's frames to the
+//! connections, in order. So a message reaches no one before it is durable, one commit carries
+//! many messages, and every member of a room sees the room's messages in one order.
+//!
+//! A connection whose command channel is full when the hub hands it a frame has fallen behind
+//! by its whole outbox (`--outbox-bytes`) plus its channel: it is closed with 4008 ("slow
+//! consumer"), counted and logged, and nothing else waits for it.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use serde_json::{json, Value};
+use syncws::{Command, CommandSender, SharedFrame};
+
+use crate::eventlog::EventLog;
+use crate::metrics::Metrics;
+use crate::protocol::{check_room, Msg, Refusal, MAX_HISTORY_PAGE};
+use crate::store::{Batch, Recovery, Store};
+
+/// The room every connection starts in.
+pub const LOBBY: &str = "lobby";
+/// Close code for a connection that fell behind by a whole outbox.
+pub const SLOW_CONSUMER: u16 = 4008;
+/// Rooms made by matchmaking start with this; clients cannot join them by name.
+const PAIR_PREFIX: &str = "pair:";
+/// Requests carried out per transaction, at most.
+const BATCH: usize = 4096;
+/// Messages replayed per `history` frame on a recovering join.
+const REPLAY_PAGE: usize = 100;
+
+/// What a connection asks of the hub.
+#[derive(Debug)]
+pub enum Request {
+    Connect {
+        id: u64,
+        nick: String,
+        tx: CommandSender,
+        last_active: Arc<AtomicI64>,
+    },
+    Hello {
+        id: u64,
+        nick: String,
+    },
+    Join {
+        id: u64,
+        room: String,
+        since: Option<u64>,
+        epoch: Option<String>,
+    },
+    Leave {
+        id: u64,
+        room: String,
+    },
+    /// `room: None`: the connection's current room (a plain-text frame).
+    Say {
+        id: u64,
+        room: Option<String>,
+        text: String,
+        cid: Option<Value>,
+    },
+    History {
+        id: u64,
+        room: String,
+        before: Option<u64>,
+        limit: Option<usize>,
+    },
+    Rooms {
+        id: u64,
+    },
+    Who {
+        id: u64,
+        room: String,
+    },
+    Match {
+        id: u64,
+    },
+    Next {
+        id: u64,
+    },
+    Unmatch {
+        id: u64,
+    },
+    Typing {
+        id: u64,
+        room: String,
+    },
+    /// The connection ended (`code`: its close code, if any).
+    Disconnect {
+        id: u64,
+    },
+    /// Close every connection with 1001; answered once they are all gone and the last commit
+    /// is done.
+    Shutdown(Sender<()>),
+}
+
+/// The hub's settings.
+#[derive(Debug, Clone)]
+pub struct HubOptions {
+    pub idle_timeout: Option<Duration>,
+    /// Largest replay frame, in bytes (a quarter of a connection's outbox).
+    pub replay_bytes: usize,
+}
+
+struct Member {
+    nick: String,
+    tx: CommandSender,
+    /// Rooms in the order joined; the last is the current room.
+    rooms: Vec<String>,
+    pair: Option<String>,
+    queued: bool,
+    /// Closed by the hub (slow consumer, idle, shutdown): nothing more is sent to it.
+    closing: bool,
+    last_active: Arc<AtomicI64>,
+}
+
+#[derive(Default)]
+struct Room {
+    last_seq: u64,
+    /// In the order they joined.
+    members: Vec<u64>,
+    /// A matchmaking pair whose partner left: refuses messages.
+    ended: bool,
+}
+
+enum Out {
+    /// A chat message (counted as a delivery; dropped if the commit fails).
+    Msg(SharedFrame),
+    Frame(SharedFrame),
+}
+
+/// Rooms, members and the queue: everything but the store, which the batch borrows.
+struct State {
+    rooms: HashMap<String, Room>,
+    members: HashMap<u64, Member>,
+    queue: VecDeque<u64>,
+    pairs_made: u64,
+    epoch: String,
+    metrics: Arc<Metrics>,
+    log: EventLog,
+    options: HubOptions,
+    /// Frames to hand out after the commit, in order.
+    out: Vec<(u64, Out)>,
+    /// Senders of this batch's messages, told if the commit fails.
+    said: Vec<(u64, Option<Value>)>,
+}
+
+/// Start the hub thread.
+pub fn spawn(
+    store: Store,
+    metrics: Arc<Metrics>,
+    log: EventLog,
+    options: HubOptions,
+    rx: Receiver<Request>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("chat-hub".into())
+        .spawn(move || run(store, metrics, log, options, &rx))
+}
+
+fn run(
+    mut store: Store,
+    metrics: Arc<Metrics>,
+    log: EventLog,
+    options: HubOptions,
+    rx: &Receiver<Request>,
+) {
+    let rooms = match store.last_seqs() {
+        Ok(seqs) => seqs
+            .into_iter()
+            .map(|(name, last_seq)| {
+                (
+                    name,
+                    Room {
+                        last_seq,
+                        ..Room::default()
+                    },
+                )
+            })
+            .collect(),
+        Err(e) => {
+            tracing::error!(error = %e, "store: cannot read the rooms");
+            HashMap::new()
+        }
+    };
+    let mut state = State {
+        rooms,
+        members: HashMap::new(),
+        queue: VecDeque::new(),
+        pairs_made: 0,
+        epoch: store.epoch().to_owned(),
+        metrics,
+        log,
+        options,
+        out: Vec::new(),
+        said: Vec::new(),
+    };
+    let mut shutdown: Option<Sender<()>> = None;
+    let mut next_sweep = Instant::now() + Duration::from_secs(1);
+    loop {
+        if shutdown.is_some() && state.members.is_empty() {
+            break;
+        }
+        let first = match rx.recv_timeout(next_sweep.saturating_duration_since(Instant::now())) {
+            Ok(r) => Some(r),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        if Instant::now() >= next_sweep {
+            state.sweep_idle();
+            next_sweep = Instant::now() + Duration::from_secs(1);
+        }
+        let Some(first) = first else { continue };
+        let requests: Vec<Request> = std::iter::once(first)
+            .chain(rx.try_iter().take(BATCH - 1))
+            .collect();
+        let committed = match store.begin() {
+            Ok(mut batch) => {
+                for request in requests {
+                    if let Request::Shutdown(done) = request {
+                        state.close_all();
+                        shutdown = Some(done);
+                        continue;
+                    }
+                    state.handle(&mut batch, request);
+                }
+                batch.commit(now_ms())
+            }
+            Err(e) => {
+                for request in requests {
+                    if let Request::Shutdown(done) = request {
+                        state.close_all();
+                        shutdown = Some(done);
+                    } else if let Request::Disconnect { id } = request {
+                        state.disconnect_without_store(id);
+                    }
+                }
+                Err(e)
+            }
+        };
+        match committed {
+            Ok(()) => Metrics::inc(&state.metrics.commits_total),
+            Err(e) => {
+                tracing::error!(error = %e, "store: commit failed; this batch's messages are refused");
+                Metrics::inc(&state.metrics.store_errors_total);
+                state.refuse_batch(&store);
+            }
+        }
+        state.deliver();
+    }
+    state.log.flush();
+    if let Some(done) = shutdown {
+        let _ = done.send(());
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+impl State {
+    fn handle(&mut self, batch: &mut Batch<'_>, request: Request) {
+        match request {
+            Request::Connect {
+                id,
+                nick,
+                tx,
+                last_active,
+            } => {
+                self.members.insert(
+                    id,
+                    Member {
+                        nick,
+                        tx,
+                        rooms: Vec::new(),
+                        pair: None,
+                        queued: false,
+                        closing: false,
+                        last_active,
+                    },
+                );
+                self.join(batch, id, LOBBY, None, None);
+            }
+            Request::Hello { id, nick } => {
+                if let Some(m) = self.members.get_mut(&id) {
+                    m.nick = nick;
+                }
+            }
+            Request::Join {
+                id,
+                room,
+                since,
+                epoch,
+            } => {
+                if let Err(r) = check_room(&room) {
+                    return self.refuse(id, r);
+                }
+                if room.starts_with(PAIR_PREFIX) && !self.is_member(id, &room) {
+                    return self.refuse(
+                        id,
+                        Refusal::new("private_room", "pair rooms are made by matchmaking"),
+                    );
+                }
+                self.join(batch, id, &room, since, epoch.as_deref());
+            }
+            Request::Leave { id, room } => {
+                if !self.is_member(id, &room) {
+                    return self.refuse(id, not_member(&room));
+                }
+                if room.starts_with(PAIR_PREFIX) {
+                    self.end_pair(id, true);
+                } else {
+                    self.leave(id, &room);
+                }
+            }
+            Request::Say {
+                id,
+                room,
+                text,
+                cid,
+            } => self.say(batch, id, room, text, cid),
+            Request::History {
+                id,
+                room,
+                before,
+                limit,
+            } => {
+                if room.starts_with(PAIR_PREFIX) && !self.is_member(id, &room) {
+                    return self.refuse(id, not_member(&room));
+                }
+                let limit = limit.unwrap_or(50).clamp(1, MAX_HISTORY_PAGE);
+                match batch.page_before(&room, before, limit) {
+                    Ok((msgs, more)) => {
+                        let msgs: Vec<Value> = msgs.iter().map(Msg::to_value).collect();
+                        self.send(
+                            id,
+                            json!({"ev": "history", "room": room, "msgs": msgs, "more": more}),
+                        );
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "store: history");
+                        Metrics::inc(&self.metrics.store_errors_total);
+                        self.refuse(id, Refusal::new("store_failed", "history is unavailable"));
+                    }
+                }
+            }
+            Request::Rooms { id } => {
+                let mut rooms: Vec<(&String, &Room)> = self
+                    .rooms
+                    .iter()
+                    .filter(|(name, _)| !name.starts_with(PAIR_PREFIX))
+                    .collect();
+                rooms.sort_by(|a, b| b.1.members.len().cmp(&a.1.members.len()).then(a.0.cmp(b.0)));
+                let list: Vec<Value> = rooms
+                    .iter()
+                    .take(1000)
+                    .map(|(name, r)| json!({"room": name, "members": r.members.len(), "seq": r.last_seq}))
+                    .collect();
+                self.send(id, json!({"ev": "rooms", "rooms": list}));
+            }
+            Request::Who { id, room } => {
+                if room.starts_with(PAIR_PREFIX) && !self.is_member(id, &room) {
+                    return self.refuse(id, not_member(&room));
+                }
+                let members = self.nicks(&room);
+                self.send(id, json!({"ev": "who", "room": room, "members": members}));
+            }
+            Request::Match { id } => {
+                let Some(m) = self.members.get(&id) else {
+                    return;
+                };
+                if let Some(room) = &m.pair {
+                    let room = room.clone();
+                    return self.refuse(
+                        id,
+                        Refusal::new(
+                            "already_matched",
+                            format!("you are matched in {room}; send next or unmatch"),
+                        ),
+                    );
+                }
+                if !m.queued {
+                    self.enqueue(id);
+                } else {
+                    self.tell_position(id);
+                }
+                self.make_pairs(batch);
+            }
+            Request::Next { id } => {
+                self.end_pair(id, true);
+                self.enqueue(id);
+                self.make_pairs(batch);
+            }
+            Request::Unmatch { id } => {
+                self.end_pair(id, true);
+                if let Some(m) = self.members.get_mut(&id) {
+                    if m.queued {
+                        m.queued = false;
+                        self.queue.retain(|q| *q != id);
+                        self.tell_positions();
+                    }
+                }
+                self.send(id, json!({"ev": "unmatched"}));
+            }
+            Request::Typing { id, room } => {
+                if !self.is_member(id, &room) {
+                    return self.refuse(id, not_member(&room));
+                }
+                let nick = self.nick(id);
+                let frame = frame(json!({"ev": "typing", "room": room, "nick": nick}));
+                let others: Vec<u64> = self.rooms[&room]
+                    .members
+                    .iter()
+                    .copied()
+                    .filter(|m| *m != id)
+                    .collect();
+                for m in others {
+                    self.out.push((m, Out::Frame(frame.clone())));
+                }
+            }
+            Request::Disconnect { id } => self.disconnect(id),
+            Request::Shutdown(_) => unreachable!("handled by the loop"),
+        }
+    }
+
+    fn join(
+        &mut self,
+        batch: &mut Batch<'_>,
+        id: u64,
+        room: &str,
+        since: Option<u64>,
+        epoch: Option<&str>,
+    ) {
+        let Some(member) = self.members.get_mut(&id) else {
+            return;
+        };
+        let rejoin = member.rooms.iter().any(|r| r == room);
+        member.rooms.retain(|r| r != room);
+        member.rooms.push(room.to_owned());
+        let nick = member.nick.clone();
+        let r = self.rooms.entry(room.to_owned()).or_default();
+        if !rejoin {
+            r.members.push(id);
+        }
+        let last = r.last_seq;
+        Metrics::inc(&self.metrics.joins_total);
+        // What to replay: everything after `since`, or nothing and `recovered: false`.
+        let (recovered, replay, first_kept) = match since {
+            None => (false, Vec::new(), None),
+            // Another store's numbers (the data directory was reset): nothing here follows them.
+            Some(since) if epoch.is_some_and(|e| e != self.epoch) || since > last => {
+                (false, Vec::new(), batch.first_kept(room).ok().flatten())
+            }
+            Some(since) => match batch.recover(room, since, last) {
+                Ok(Recovery::Complete(msgs)) => (true, msgs, None),
+                Ok(Recovery::Gone { first_kept }) => (false, Vec::new(), first_kept),
+                Err(e) => {
+                    tracing::error!(error = %e, "store: recovery");
+                    Metrics::inc(&self.metrics.store_errors_total);
+                    (false, Vec::new(), None)
+                }
+            },
+        };
+        if since.is_some() {
+            Metrics::inc(if recovered {
+                &self.metrics.recoveries_total
+            } else {
+                &self.metrics.recoveries_failed_total
+            });
+        }
+        let members = self.nicks(room);
+        let mut joined = json!({
+            "ev": "joined", "room": room, "seq": last, "epoch": self.epoch,
+            "recovered": recovered, "members": members,
+        });
+        if let Some(first) = first_kept {
+            joined["first"] = json!(first);
+        }
+        self.send(id, joined);
+        self.replay(id, room, &replay);
+        if !rejoin {
+            let presence =
+                frame(json!({"ev": "presence", "room": room, "state": "joined", "nick": nick}));
+            let others: Vec<u64> = self.rooms[room]
+                .members
+                .iter()
+                .copied()
+                .filter(|m| *m != id)
+                .collect();
+            for m in others {
+                self.out.push((m, Out::Frame(presence.clone())));
+            }
+        }
+        self.log.record(
+            "join",
+            json!({"id": id, "room": room, "since": since, "recovered": recovered}),
+        );
+    }
+
+    /// Replay `msgs` to `id` as `history` frames (`replay: true`), oldest first, each under the
+    /// replay size.
+    fn replay(&mut self, id: u64, room: &str, msgs: &[Msg]) {
+        let mut page: Vec<Value> = Vec::new();
+        let mut bytes = 0;
+        let mut rest = msgs.len();
+        for msg in msgs {
+            let v = msg.to_value();
+            let len = msg.text.len() + 128;
+            if !page.is_empty()
+                && (page.len() >= REPLAY_PAGE || bytes + len > self.options.replay_bytes)
+            {
+                let msgs = std::mem::take(&mut page);
+                self.send(id, json!({"ev": "history", "room": room, "msgs": msgs, "more": rest > 0, "replay": true}));
+                bytes = 0;
+            }
+            page.push(v);
+            bytes += len;
+            rest -= 1;
+        }
+        if !page.is_empty() {
+            self.send(
+                id,
+                json!({"ev": "history", "room": room, "msgs": page, "more": false, "replay": true}),
+            );
+        }
+    }
+
+    fn say(
+        &mut self,
+        batch: &mut Batch<'_>,
+        id: u64,
+        room: Option<String>,
+        text: String,
+        cid: Option<Value>,
+    ) {
+        let Some(member) = self.members.get(&id) else {
+            return;
+        };
+        let room = match room.or_else(|| member.rooms.last().cloned()) {
+            Some(r) => r,
+            None => {
+                return self.refuse(
+                    id,
+                    Refusal::new("no_room", "join a room first").with_cid(cid),
+                )
+            }
+        };
+        if self.rooms.get(&room).is_some_and(|r| r.ended) {
+            return self.refuse(
+                id,
+                Refusal::new(
+                    "peer_left",
+                    format!("your partner has left {room}; nothing was sent"),
+                )
+                .with_cid(cid),
+            );
+        }
+        if !self.is_member(id, &room) {
+            return self.refuse(id, not_member(&room).with_cid(cid));
+        }
+        if text.is_empty() {
+            return self.refuse(
+                id,
+                Refusal::new("bad_request", "empty message").with_cid(cid),
+            );
+        }
+        let from = self.nick(id);
+        let r = self.rooms.get_mut(&room).expect("a member's room exists");
+        let msg = Msg {
+            room: room.clone(),
+            seq: r.last_seq + 1,
+            from,
+            text,
+            ts: now_ms(),
+            cid: cid.clone(),
+        };
+        if let Err(e) = batch.append(&msg) {
+            tracing::error!(error = %e, "store: append");
+            Metrics::inc(&self.metrics.store_errors_total);
+            return self.refuse(
+                id,
+                Refusal::new(
+                    "store_failed",
+                    "the message could not be stored; nothing was sent",
+                )
+                .with_cid(cid),
+            );
+        }
+        r.last_seq = msg.seq;
+        let recipients = r.members.clone();
+        let frame = frame(msg.to_value());
+        for m in recipients {
+            self.out.push((m, Out::Msg(frame.clone())));
+        }
+        self.said.push((id, cid));
+        Metrics::inc(&self.metrics.messages_total);
+        self.log.record(
+            "msg",
+            json!({"id": id, "room": room, "seq": msg.seq, "bytes": msg.text.len()}),
+        );
+    }
+
+    /// Take `id` out of `room` (not a pair room: see `end_pair`), telling every member (the
+    /// leaver too, as its acknowledgement).
+    fn leave(&mut self, id: u64, room: &str) {
+        let nick = self.nick(id);
+        let Some(r) = self.rooms.get_mut(room) else {
+            return;
+        };
+        let presence =
+            frame(json!({"ev": "presence", "room": room, "state": "left", "nick": nick}));
+        let members = r.members.clone();
+        r.members.retain(|m| *m != id);
+        for m in members {
+            self.out.push((m, Out::Frame(presence.clone())));
+        }
+        if let Some(member) = self.members.get_mut(&id) {
+            member.rooms.retain(|r| r != room);
+        }
+    }
+
+    /// `id` leaves its pair, if it has one: the partner is told `peer_left`, leaves the room,
+    /// and goes back in the queue. `tell_self`: `id` gets the room's `presence left` too.
+    fn end_pair(&mut self, id: u64, tell_self: bool) {
+        let Some(room) = self.members.get_mut(&id).and_then(|m| m.pair.take()) else {
+            return;
+        };
+        if let Some(m) = self.members.get_mut(&id) {
+            m.rooms.retain(|r| *r != room);
+        }
+        let Some(r) = self.rooms.get_mut(&room) else {
+            return;
+        };
+        r.ended = true;
+        let partners: Vec<u64> = r.members.iter().copied().filter(|m| *m != id).collect();
+        r.members.clear();
+        if tell_self {
+            let nick = self.nick(id);
+            self.send(
+                id,
+                json!({"ev": "presence", "room": room, "state": "left", "nick": nick}),
+            );
+        }
+        for p in partners {
+            self.send(p, json!({"ev": "peer_left", "room": room}));
+            if let Some(m) = self.members.get_mut(&p) {
+                m.pair = None;
+                m.rooms.retain(|r| *r != room);
+            }
+            if self.members.get(&p).is_some_and(|m| !m.closing) {
+                self.enqueue(p);
+            }
+        }
+        self.log.record("unpair", json!({"id": id, "room": room}));
+    }
+
+    fn enqueue(&mut self, id: u64) {
+        let Some(m) = self.members.get_mut(&id) else {
+            return;
+        };
+        if !m.queued {
+            m.queued = true;
+            self.queue.push_back(id);
+        }
+        self.tell_position(id);
+    }
+
+    fn tell_position(&mut self, id: u64) {
+        if let Some(pos) = self.queue.iter().position(|q| *q == id) {
+            self.send(id, json!({"ev": "queued", "pos": pos + 1}));
+        }
+    }
+
+    fn tell_positions(&mut self) {
+        let queued: Vec<u64> = self.queue.iter().copied().collect();
+        for id in queued {
+            self.tell_position(id);
+        }
+    }
+
+    /// Pair the queue's first two, as long as there are two.
+    fn make_pairs(&mut self, batch: &mut Batch<'_>) {
+        while self.queue.len() >= 2 {
+            let a = self.queue.pop_front().expect("two queued");
+            let b = self.queue.pop_front().expect("two queued");
+            self.pairs_made += 1;
+            // Unique across restarts: the time, and a counter for pairs made in one millisecond.
+            let room = format!("{PAIR_PREFIX}{:x}-{}", now_ms(), self.pairs_made);
+            for id in [a, b] {
+                if let Some(m) = self.members.get_mut(&id) {
+                    m.queued = false;
+                    m.pair = Some(room.clone());
+                }
+            }
+            self.join(batch, a, &room, None, None);
+            self.join(batch, b, &room, None, None);
+            for (me, peer) in [(a, b), (b, a)] {
+                let peer_nick = self.nick(peer);
+                self.send(
+                    me,
+                    json!({"ev": "matched", "room": room, "peer": peer_nick}),
+                );
+            }
+            Metrics::inc(&self.metrics.matches_total);
+            self.log
+                .record("match", json!({"room": room, "ids": [a, b]}));
+        }
+        self.tell_positions();
+    }
+
+    fn disconnect(&mut self, id: u64) {
+        if !self.members.contains_key(&id) {
+            return;
+        }
+        self.end_pair(id, false);
+        if self.members.get(&id).is_some_and(|m| m.queued) {
+            self.queue.retain(|q| *q != id);
+            self.tell_positions();
+        }
+        let rooms = self
+            .members
+            .get(&id)
+            .map(|m| m.rooms.clone())
+            .unwrap_or_default();
+        for room in rooms {
+            let nick = self.nick(id);
+            if let Some(r) = self.rooms.get_mut(&room) {
+                r.members.retain(|m| *m != id);
+                let presence =
+                    frame(json!({"ev": "presence", "room": room, "state": "left", "nick": nick}));
+                for m in r.members.clone() {
+                    self.out.push((m, Out::Frame(presence.clone())));
+                }
+            }
+        }
+        self.members.remove(&id);
+    }
+
+    /// When the store cannot even start a transaction, a disconnect still has to free the
+    /// member (its frames are sent after this batch as usual).
+    fn disconnect_without_store(&mut self, id: u64) {
+        self.disconnect(id);
+    }
+
+    /// The commit failed: the batch's messages reach no one, their senders are told, and the
+    /// rooms' sequence numbers go back to what the store holds.
+    fn refuse_batch(&mut self, store: &Store) {
+        self.out.retain(|(_, o)| !matches!(o, Out::Msg(_)));
+        for (id, cid) in std::mem::take(&mut self.said) {
+            self.refuse(
+                id,
+                Refusal::new(
+                    "store_failed",
+                    "the message could not be stored; nothing was sent",
+                )
+                .with_cid(cid),
+            );
+        }
+        if let Ok(seqs) = store.last_seqs() {
+            for (name, room) in &mut self.rooms {
+                room.last_seq = seqs.get(name).copied().unwrap_or(0);
+            }
+        }
+    }
+
+    /// Hand this batch's frames to their connections, in order.
+    fn deliver(&mut self) {
+        self.said.clear();
+        for (id, out) in std::mem::take(&mut self.out) {
+            let Some(member) = self.members.get_mut(&id) else {
+                continue;
+            };
+            if member.closing {
+                continue;
+            }
+            let (frame, is_msg) = match out {
+                Out::Msg(f) => (f, true),
+                Out::Frame(f) => (f, false),
+            };
+            let len = frame.len() as u64;
+            match member.tx.try_send(Command::SendShared(frame)) {
+                Ok(()) => {
+                    if is_msg {
+                        Metrics::inc(&self.metrics.deliveries_total);
+                        Metrics::add(&self.metrics.bytes_out_total, len);
+                    }
+                }
+                Err(TrySendError::Full(_)) => {
+                    member.closing = true;
+                    let _ = member.tx.close(SLOW_CONSUMER, "slow consumer");
+                    Metrics::inc(&self.metrics.slow_consumer_closes_total);
+                    tracing::info!(id, "slow consumer: closed with 4008");
+                    self.log.record("slow_consumer", json!({"id": id}));
+                }
+                // The connection is ending; its Disconnect is on the way.
+                Err(TrySendError::Disconnected(_)) => member.closing = true,
+            }
+        }
+    }
+
+    fn sweep_idle(&mut self) {
+        let Some(idle) = self.options.idle_timeout else {
+            return;
+        };
+        let cutoff = now_ms() - i64::try_from(idle.as_millis()).unwrap_or(i64::MAX);
+        for (id, m) in &mut self.members {
+            if !m.closing && m.last_active.load(Ordering::Relaxed) < cutoff {
+                m.closing = true;
+                let _ = m.tx.close(1000, "idle timeout");
+                Metrics::inc(&self.metrics.idle_closes_total);
+                self.log.record("idle_close", json!({"id": id}));
+            }
+        }
+    }
+
+    fn close_all(&mut self) {
+        for m in self.members.values_mut() {
+            m.closing = true;
+            let _ = m.tx.close(1001, "server shutting down");
+        }
+    }
+
+    fn is_member(&self, id: u64, room: &str) -> bool {
+        self.members
+            .get(&id)
+            .is_some_and(|m| m.rooms.iter().any(|r| r == room))
+    }
+
+    fn nick(&self, id: u64) -> String {
+        self.members
+            .get(&id)
+            .map(|m| m.nick.clone())
+            .unwrap_or_default()
+    }
+
+    fn nicks(&self, room: &str) -> Vec<String> {
+        self.rooms
+            .get(room)
+            .map(|r| r.members.iter().map(|m| self.nick(*m)).collect())
+            .unwrap_or_default()
+    }
+
+    fn send(&mut self, id: u64, event: Value) {
+        self.out.push((id, Out::Frame(frame(event))));
+    }
+
+    fn refuse(&mut self, id: u64, refusal: Refusal) {
+        Metrics::inc(&self.metrics.protocol_errors_total);
+        self.out
+            .push((id, Out::Frame(SharedFrame::text(refusal.to_json()))));
+    }
+}
+
+fn frame(event: Value) -> SharedFrame {
+    SharedFrame::text(event.to_string())
+}
+
+fn not_member(room: &str) -> Refusal {
+    Refusal::new("not_member", format!("join {room} first"))
+}

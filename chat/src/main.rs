@@ -1,0 +1,54 @@
+//! `chat-server`: see `--help`.
+
+use std::time::Duration;
+
+use clap::Parser;
+use signal_hook::consts::{SIGINT, SIGTERM};
+use syncws_chat::{Options, Server};
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let options = Options::parse();
+    // Before the server starts, so a signal during start-up is not lost.
+    let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("chat-server: cannot watch for signals: {e}");
+            std::process::exit(1);
+        }
+    };
+    let server = match Server::start(&options) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("chat-server: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Some(addr) = server.ws_addr {
+        println!("chat-server listening on ws://{addr}/ (HTTP: http://{addr}/metrics)");
+    }
+    if let Some(addr) = server.wss_addr {
+        println!("chat-server listening on wss://{addr}/ (HTTPS: https://{addr}/metrics)");
+    }
+    if let Some(files) = &server.tls_files {
+        println!(
+            "TLS certificate: {}{}",
+            files.cert.display(),
+            if files.generated {
+                " (self-signed development certificate, generated now)"
+            } else {
+                ""
+            }
+        );
+    }
+    println!("data directory: {}", options.data_dir.display());
+    let signal = signals.forever().next();
+    tracing::info!(?signal, "shutting down");
+    server.shutdown(Duration::from_secs(5));
+    println!("chat-server stopped");
+}

@@ -1,0 +1,91 @@
+//! Every flag, with its default shown in `--help`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// The companion chat server of syncws: rooms with sequence numbers and durable history,
+/// recovery after reconnect, matchmaking, limits and metrics, thread per connection.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "chat-server", version)]
+pub struct Options {
+    /// Plain ws:// and HTTP listener ("off" for none). Port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// TLS wss:// and HTTPS listener ("off" for none).
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    pub tls_listen: String,
+    /// TLS certificate (PEM); without it a development certificate is generated in the data
+    /// directory.
+    #[arg(long, requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// TLS private key (PEM, PKCS#8).
+    #[arg(long, requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// Where the store, the event log and the development certificate live (created if
+    /// missing).
+    #[arg(long, default_value = "chat-data")]
+    pub data_dir: PathBuf,
+
+    /// Largest message a client may send, in bytes (larger: close 1009).
+    #[arg(long, default_value_t = 64 * 1024)]
+    pub max_message: usize,
+    /// Bytes queued for one connection before it counts as a slow consumer (close 4008).
+    #[arg(long, default_value_t = 1024 * 1024)]
+    pub outbox_bytes: usize,
+    /// Messages per second one connection may send (token bucket refill rate).
+    #[arg(long, default_value_t = 20.0)]
+    pub rate: f64,
+    /// Messages one connection may send at once (token bucket size).
+    #[arg(long, default_value_t = 40.0)]
+    pub burst: f64,
+    /// Rate-limited messages in a row after which the connection is closed with 1008.
+    #[arg(long, default_value_t = 200)]
+    pub rate_abuse: u32,
+    /// WebSocket connections open at once, overall (more: HTTP 503 before the upgrade).
+    #[arg(long, default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// WebSocket connections open at once from one IP address.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_per_ip: usize,
+    /// Seconds a client has for TLS and its HTTP request.
+    #[arg(long, default_value_t = 10)]
+    pub handshake_timeout: u64,
+    /// Seconds without a message from a client before it is closed (1000 "idle"); 0: never.
+    #[arg(long, default_value_t = 600)]
+    pub idle_timeout: u64,
+    /// Seconds between pings to each client; 0: no heartbeat.
+    #[arg(long, default_value_t = 25)]
+    pub ping_interval: u64,
+    /// Seconds a client has to answer a ping before it counts as dead.
+    #[arg(long, default_value_t = 10)]
+    pub pong_timeout: u64,
+    /// Messages kept per room.
+    #[arg(long, default_value_t = 1000)]
+    pub history_max: u64,
+    /// Hours a message is kept.
+    #[arg(long, default_value_t = 24 * 7)]
+    pub history_hours: u64,
+    /// Sync every commit to the disk (survives power loss; slower). Without it, everything
+    /// committed survives a crash of the server.
+    #[arg(long)]
+    pub durable: bool,
+    /// Size of one event log file before the next is started, in bytes.
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    pub log_file_bytes: u64,
+    /// Stack size of each connection's thread, in KiB.
+    #[arg(long, default_value_t = 256)]
+    pub thread_stack_kib: usize,
+}
+
+impl Options {
+    /// The defaults, as `chat-server` with no arguments.
+    pub fn defaults() -> Options {
+        Options::parse_from(["chat-server"])
+    }
+
+    pub(crate) fn opt_secs(secs: u64) -> Option<Duration> {
+        (secs > 0).then(|| Duration::from_secs(secs))
+    }
+}

@@ -1,0 +1,229 @@
+//! The wire protocol: JSON text frames, one object each, `op` from the client and `ev` from the
+//! server. A text frame that does not start with `{` is a `say` to the current room.
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// Room names: 1 to 64 characters of letters, digits, `-`, `_`, `.` and `:`.
+pub const MAX_ROOM_NAME: usize = 64;
+/// Nicknames: 1 to 32 characters, no control characters.
+pub const MAX_NICK: usize = 32;
+/// The largest history page a client can ask for.
+pub const MAX_HISTORY_PAGE: usize = 200;
+
+/// What a client asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Op {
+    Hello {
+        nick: String,
+    },
+    Join {
+        room: String,
+        #[serde(default)]
+        since: Option<u64>,
+        #[serde(default)]
+        epoch: Option<String>,
+    },
+    Leave {
+        room: String,
+    },
+    Say {
+        room: String,
+        text: String,
+        #[serde(default)]
+        cid: Option<Value>,
+    },
+    History {
+        room: String,
+        #[serde(default)]
+        before: Option<u64>,
+        #[serde(default)]
+        limit: Option<usize>,
+    },
+    Rooms,
+    Who {
+        room: String,
+    },
+    Match,
+    Next,
+    Unmatch,
+    Typing {
+        room: String,
+    },
+    Ping,
+}
+
+/// Why a frame was not understood: the `error` event's code and message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: &'static str,
+    pub message: String,
+    pub cid: Option<Value>,
+}
+
+impl Refusal {
+    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Refusal {
+            code,
+            message: message.into(),
+            cid: None,
+        }
+    }
+
+    pub fn with_cid(mut self, cid: Option<Value>) -> Self {
+        self.cid = cid;
+        self
+    }
+
+    pub fn to_json(&self) -> String {
+        let mut v = json!({"ev": "error", "code": self.code, "message": self.message});
+        if let Some(cid) = &self.cid {
+            v["cid"] = cid.clone();
+        }
+        v.to_string()
+    }
+}
+
+/// A text frame as the client meant it: a protocol message, or plain text to say in the
+/// current room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    Op(Op),
+    Plain(String),
+}
+
+/// Read a text frame. Bad JSON, an unknown op or a missing field is a [`Refusal`], and the
+/// connection stays open.
+pub fn parse(text: &str) -> Result<Frame, Refusal> {
+    if !text.trim_start().starts_with('{') {
+        return Ok(Frame::Plain(text.to_owned()));
+    }
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| Refusal::new("bad_json", format!("not a JSON object: {e}")))?;
+    let cid = value.get("cid").cloned();
+    let op = match value.get("op") {
+        Some(Value::String(op)) => op.clone(),
+        Some(_) => return Err(Refusal::new("bad_request", "`op` must be a string").with_cid(cid)),
+        None => return Err(Refusal::new("bad_request", "missing `op`").with_cid(cid)),
+    };
+    serde_json::from_value::<Op>(value)
+        .map(Frame::Op)
+        .map_err(|e| {
+            let known = [
+                "hello", "join", "leave", "say", "history", "rooms", "who", "match", "next",
+                "unmatch", "typing", "ping",
+            ];
+            if known.contains(&op.as_str()) {
+                Refusal::new("bad_request", format!("{op}: {e}")).with_cid(cid)
+            } else {
+                Refusal::new("unknown_op", format!("unknown op `{op}`")).with_cid(cid)
+            }
+        })
+}
+
+/// Whether `room` is a name a client may use. Pair rooms (`pair:...`) are made by matchmaking
+/// and cannot be joined by name.
+pub fn check_room(room: &str) -> Result<(), Refusal> {
+    let ok = !room.is_empty()
+        && room.len() <= MAX_ROOM_NAME
+        && room
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Refusal::new(
+            "bad_room",
+            format!("room names are 1 to {MAX_ROOM_NAME} of A-Z a-z 0-9 - _ . :"),
+        ))
+    }
+}
+
+pub fn check_nick(nick: &str) -> Result<(), Refusal> {
+    let n = nick.chars().count();
+    if n == 0 || n > MAX_NICK || nick.chars().any(char::is_control) || nick.trim() != nick {
+        return Err(Refusal::new(
+            "bad_nick",
+            format!(
+                "nicknames are 1 to {MAX_NICK} characters, no control characters or edge spaces"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A stored message as the `msg` event carries it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Msg {
+    pub room: String,
+    pub seq: u64,
+    pub from: String,
+    pub text: String,
+    /// Milliseconds since the Unix epoch.
+    pub ts: i64,
+    pub cid: Option<Value>,
+}
+
+impl Msg {
+    pub fn to_value(&self) -> Value {
+        let mut v = json!({
+            "ev": "msg", "room": self.room, "seq": self.seq, "from": self.from,
+            "text": self.text, "ts": self.ts,
+        });
+        if let Some(cid) = &self.cid {
+            v["cid"] = cid.clone();
+        }
+        v
+    }
+
+    pub fn to_json(&self) -> String {
+        self.to_value().to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ops_parse_and_plain_text_is_a_say() {
+        assert_eq!(
+            parse(r#"{"op":"join","room":"a","since":3}"#).unwrap(),
+            Frame::Op(Op::Join {
+                room: "a".into(),
+                since: Some(3),
+                epoch: None
+            })
+        );
+        assert_eq!(
+            parse(" hi there").unwrap(),
+            Frame::Plain(" hi there".into())
+        );
+        assert_eq!(parse(r#"{"op":"rooms"}"#).unwrap(), Frame::Op(Op::Rooms));
+    }
+
+    #[test]
+    fn bad_frames_are_refusals_with_their_cid() {
+        assert_eq!(parse("{nope").unwrap_err().code, "bad_json");
+        let r = parse(r#"{"op":"dance","cid":7}"#).unwrap_err();
+        assert_eq!((r.code, r.cid), ("unknown_op", Some(json!(7))));
+        assert_eq!(
+            parse(r#"{"op":"say","room":"a"}"#).unwrap_err().code,
+            "bad_request"
+        );
+        assert_eq!(parse(r#"{"room":"a"}"#).unwrap_err().code, "bad_request");
+        assert_eq!(parse(r#"{"op":5}"#).unwrap_err().code, "bad_request");
+    }
+
+    #[test]
+    fn room_and_nick_rules() {
+        assert!(check_room("lobby").is_ok());
+        assert!(check_room("").is_err());
+        assert!(check_room("a b").is_err());
+        assert!(check_room(&"x".repeat(65)).is_err());
+        assert!(check_nick("ann").is_ok());
+        assert!(check_nick(" ann").is_err());
+        assert!(check_nick("a\u{7}").is_err());
+    }
+}

@@ -1,0 +1,430 @@
+//! Listeners, the accept loops, one thread per connection, and the shutdown.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{bounded, Sender};
+use serde_json::json;
+use syncws::{Accept, Config, DeflateConfig, Incoming, ServerConnection};
+
+use crate::conn::{ChatConn, Shared};
+use crate::devcert::{self, BoxError, TlsFiles};
+use crate::eventlog::EventLog;
+use crate::http;
+use crate::hub::{self, HubOptions, Request};
+use crate::metrics::Metrics;
+use crate::options::Options;
+use crate::store::{Retention, Store};
+
+/// Largest message on the `/echo` endpoint (Autobahn's cases go up to 16 MiB).
+const ECHO_MAX_MESSAGE: usize = 32 << 20;
+
+/// A running server.
+pub struct Server {
+    /// Where `ws://` is served, if it is.
+    pub ws_addr: Option<SocketAddr>,
+    /// Where `wss://` is served, if it is.
+    pub wss_addr: Option<SocketAddr>,
+    /// The TLS certificate in use (generated or given).
+    pub tls_files: Option<TlsFiles>,
+    metrics: Arc<Metrics>,
+    log: EventLog,
+    hub: Sender<Request>,
+    hub_thread: Option<JoinHandle<()>>,
+    stopping: Arc<AtomicBool>,
+    accept_threads: Vec<JoinHandle<()>>,
+    live: Arc<Live>,
+}
+
+/// What the accept loops and connection threads share.
+struct Context {
+    chat_config: Config,
+    echo_config: Config,
+    shared: Arc<Shared>,
+    limits: Mutex<Counts>,
+    max_connections: usize,
+    max_per_ip: usize,
+    next_id: AtomicU64,
+    stack: usize,
+    tls: Option<native_tls::TlsAcceptor>,
+    live: Arc<Live>,
+}
+
+/// WebSocket connections open now, overall and per IP.
+#[derive(Default)]
+struct Counts {
+    total: usize,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+/// Connection threads still running (shutdown waits for them).
+#[derive(Default)]
+struct Live {
+    threads: Mutex<usize>,
+    changed: std::sync::Condvar,
+}
+
+impl Live {
+    fn enter(self: &Arc<Self>) -> LiveGuard {
+        *self.threads.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        LiveGuard(self.clone())
+    }
+
+    /// Wait until no connection thread runs, or `timeout`; returns how many still run.
+    fn wait_empty(&self, timeout: Duration) -> usize {
+        let guard = self.threads.lock().unwrap_or_else(|e| e.into_inner());
+        let (guard, _) = self
+            .changed
+            .wait_timeout_while(guard, timeout, |n| *n > 0)
+            .unwrap_or_else(|e| e.into_inner());
+        *guard
+    }
+}
+
+struct LiveGuard(Arc<Live>);
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        *self.0.threads.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+        self.0.changed.notify_all();
+    }
+}
+
+/// A slot under the connection limits, given back on drop.
+struct Slot<'a> {
+    ctx: &'a Context,
+    ip: IpAddr,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let mut counts = self.ctx.limits.lock().unwrap_or_else(|e| e.into_inner());
+        counts.total -= 1;
+        if let Some(n) = counts.per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                counts.per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+impl Context {
+    fn slot(&self, ip: IpAddr) -> Option<Slot<'_>> {
+        let mut counts = self.limits.lock().unwrap_or_else(|e| e.into_inner());
+        let from_ip = counts.per_ip.get(&ip).copied().unwrap_or(0);
+        if counts.total >= self.max_connections || from_ip >= self.max_per_ip {
+            return None;
+        }
+        counts.total += 1;
+        *counts.per_ip.entry(ip).or_insert(0) += 1;
+        Some(Slot { ctx: self, ip })
+    }
+}
+
+impl Server {
+    /// Open the store and the log, bind the listeners and start serving.
+    pub fn start(options: &Options) -> Result<Server, BoxError> {
+        std::fs::create_dir_all(&options.data_dir)
+            .map_err(|e| format!("data directory {}: {e}", options.data_dir.display()))?;
+        let store = Store::open(
+            &options.data_dir.join("chat.db"),
+            Retention {
+                max_messages: options.history_max.max(1),
+                max_age: Duration::from_secs(options.history_hours.max(1) * 3600),
+            },
+            options.durable,
+        )
+        .map_err(|e| format!("store {}: {e}", options.data_dir.join("chat.db").display()))?;
+        let log = EventLog::open(&options.data_dir.join("log"), options.log_file_bytes)
+            .map_err(|e| format!("event log: {e}"))?;
+        let metrics = Arc::new(Metrics::default());
+        let (hub_tx, hub_rx) = bounded(65_536);
+        let hub_thread = hub::spawn(
+            store,
+            metrics.clone(),
+            log.clone(),
+            HubOptions {
+                idle_timeout: Options::opt_secs(options.idle_timeout),
+                replay_bytes: (options.outbox_bytes / 4).max(4096),
+            },
+            hub_rx,
+        )?;
+
+        let tls = match options.tls_listen.as_str() {
+            "off" | "" => None,
+            _ => Some(devcert::acceptor(
+                &options.data_dir,
+                options.cert.as_deref(),
+                options.key.as_deref(),
+            )?),
+        };
+        let (tls, tls_files) = match tls {
+            Some((a, f)) => (Some(a), Some(f)),
+            None => (None, None),
+        };
+        let handshake = Some(Duration::from_secs(options.handshake_timeout.max(1)));
+        let chat_config = Config::server_builder()
+            .max_message_size(Some(options.max_message))
+            .max_frame_size(Some(options.max_message))
+            .max_queued_bytes(options.outbox_bytes)
+            .handshake_timeout(handshake)
+            .ping_interval(Options::opt_secs(options.ping_interval))
+            .pong_timeout(Duration::from_secs(options.pong_timeout.max(1)))
+            .build()?;
+        let echo_config = Config::server_builder()
+            .max_message_size(Some(ECHO_MAX_MESSAGE))
+            .max_frame_size(Some(ECHO_MAX_MESSAGE))
+            .max_queued_bytes(2 * ECHO_MAX_MESSAGE)
+            .handshake_timeout(handshake)
+            .deflate(Some(DeflateConfig::new()))
+            .build()?;
+        let limits = json!({
+            "max_message": options.max_message,
+            "rate": options.rate,
+            "burst": options.burst,
+            "outbox_bytes": options.outbox_bytes,
+            "history_max": options.history_max,
+        });
+        let live = Arc::new(Live::default());
+        let ctx_for = |tls: Option<native_tls::TlsAcceptor>| {
+            Arc::new(Context {
+                chat_config: chat_config.clone(),
+                echo_config: echo_config.clone(),
+                shared: Arc::new(Shared {
+                    hub: hub_tx.clone(),
+                    metrics: metrics.clone(),
+                    log: log.clone(),
+                    limits: limits.clone(),
+                    rate: options.rate,
+                    burst: options.burst.max(1.0),
+                    rate_abuse: options.rate_abuse.max(1),
+                }),
+                limits: Mutex::new(Counts::default()),
+                max_connections: options.max_connections,
+                max_per_ip: options.max_per_ip,
+                next_id: AtomicU64::new(1),
+                stack: options.thread_stack_kib.max(64) << 10,
+                tls,
+                live: live.clone(),
+            })
+        };
+        let stopping = Arc::new(AtomicBool::new(false));
+        let mut accept_threads = Vec::new();
+        let mut bind = |addr: &str,
+                        tls: Option<native_tls::TlsAcceptor>|
+         -> Result<Option<SocketAddr>, BoxError> {
+            if matches!(addr, "off" | "") {
+                return Ok(None);
+            }
+            let listener = TcpListener::bind(addr).map_err(|e| format!("listen on {addr}: {e}"))?;
+            let local = listener.local_addr()?;
+            let ctx = ctx_for(tls);
+            let stopping = stopping.clone();
+            accept_threads.push(
+                std::thread::Builder::new()
+                    .name("chat-accept".into())
+                    .spawn(move || accept_loop(&listener, &ctx, &stopping))?,
+            );
+            Ok(Some(local))
+        };
+        let ws_addr = bind(&options.listen, None)?;
+        let wss_addr = bind(&options.tls_listen, tls)?;
+        // Two descriptors per connection (the socket and its waker), plus a few for the process.
+        let fd_limit = rustix_nofile();
+        tracing::info!(
+            fd_limit,
+            connections_allowed = options.max_connections.min(fd_limit.saturating_sub(64) / 2),
+            "limits: {} connections overall, {} per IP; the file descriptor limit allows {}",
+            options.max_connections,
+            options.max_per_ip,
+            fd_limit.saturating_sub(64) / 2
+        );
+        log.record(
+            "start",
+            json!({"ws": ws_addr.map(|a| a.to_string()), "wss": wss_addr.map(|a| a.to_string())}),
+        );
+        Ok(Server {
+            ws_addr,
+            wss_addr,
+            tls_files,
+            metrics,
+            log,
+            hub: hub_tx,
+            hub_thread: Some(hub_thread),
+            stopping,
+            accept_threads,
+            live,
+        })
+    }
+
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    /// Wait until everything recorded in the event log so far is in its file.
+    pub fn flush_log(&self) {
+        self.log.flush();
+    }
+
+    /// Stop accepting, close every connection with 1001, wait for them (up to `grace`), let the
+    /// hub finish its last commit, and return.
+    pub fn shutdown(mut self, grace: Duration) {
+        self.stopping.store(true, Ordering::SeqCst);
+        // Wake each accept loop with a connection of our own.
+        for addr in [self.ws_addr, self.wss_addr].into_iter().flatten() {
+            let _ = TcpStream::connect_timeout(&addr, Duration::from_secs(1));
+        }
+        for t in self.accept_threads.drain(..) {
+            let _ = t.join();
+        }
+        let (done_tx, done_rx) = bounded(1);
+        if self.hub.send(Request::Shutdown(done_tx)).is_ok() {
+            let left = self.live.wait_empty(grace);
+            if left > 0 {
+                tracing::warn!(left, "connections still open after the grace period");
+            }
+            let _ = done_rx.recv_timeout(grace);
+        }
+        self.log.record("stop", json!({}));
+        self.log.flush();
+        drop(self.hub);
+        if let Some(t) = self.hub_thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn rustix_nofile() -> usize {
+    // /proc/self/limits: "Max open files  <soft>  <hard>  files".
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3)?.parse().ok())
+        })
+        .unwrap_or(1024)
+}
+
+fn accept_loop(listener: &TcpListener, ctx: &Arc<Context>, stopping: &AtomicBool) {
+    for tcp in listener.incoming() {
+        if stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        let tcp = match tcp {
+            Ok(t) => t,
+            Err(e) => {
+                // Out of descriptors, most likely: say so and let connections end.
+                tracing::warn!(error = %e, "accept failed");
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        let ctx2 = ctx.clone();
+        let guard = ctx.live.enter();
+        let spawned = std::thread::Builder::new()
+            .name("chat-conn".into())
+            .stack_size(ctx.stack)
+            .spawn(move || {
+                let _guard = guard;
+                serve(tcp, &ctx2);
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot start a connection thread");
+        }
+    }
+}
+
+/// One accepted socket: TLS and the request head, then the route.
+fn serve(tcp: TcpStream, ctx: &Context) {
+    let incoming = match ServerConnection::read_request(tcp, ctx.tls.as_ref(), &ctx.chat_config) {
+        Ok(i) => i,
+        Err(e) => {
+            Metrics::inc(&ctx.shared.metrics.handshake_failures_total);
+            tracing::debug!(error = %e, "before the upgrade");
+            return;
+        }
+    };
+    let upgrade = incoming.is_upgrade();
+    match (incoming.path(), upgrade) {
+        ("/", true) => upgrade_chat(incoming, ctx),
+        ("/echo", true) => upgrade_echo(incoming, ctx),
+        _ => {
+            Metrics::inc(&ctx.shared.metrics.http_requests_total);
+            http::answer(incoming, &ctx.shared.metrics);
+        }
+    }
+}
+
+fn refuse_busy(incoming: Incoming, ctx: &Context) {
+    Metrics::inc(&ctx.shared.metrics.connections_refused_total);
+    ctx.shared.log.record(
+        "refused",
+        json!({"peer": incoming.peer_addr().to_string(), "why": "connection limit"}),
+    );
+    let mut http = incoming.into_http();
+    let body = "too many connections; try again later\n";
+    let _ = write!(
+        http,
+        "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = http.close();
+}
+
+fn upgrade_chat(incoming: Incoming, ctx: &Context) {
+    let peer = incoming.peer_addr();
+    let Some(_slot) = ctx.slot(peer.ip()) else {
+        return refuse_busy(incoming, ctx);
+    };
+    let conn = match incoming.accept(Accept::new()) {
+        Ok(c) => c,
+        Err(e) => {
+            Metrics::inc(&ctx.shared.metrics.handshake_failures_total);
+            tracing::debug!(error = %e, "upgrade failed");
+            return;
+        }
+    };
+    let id = ctx.next_id.fetch_add(1, Ordering::Relaxed);
+    let metrics = &ctx.shared.metrics;
+    Metrics::inc(&metrics.connections);
+    Metrics::inc(&metrics.connections_total);
+    ctx.shared.log.record(
+        "connect",
+        json!({"id": id, "peer": peer.to_string(), "tls": ctx.tls.is_some()}),
+    );
+    let mut chat = ChatConn::new(id, peer.to_string(), conn.handle(), ctx.shared.clone());
+    conn.run(&mut chat);
+}
+
+/// The plain echo for conformance runs (Autobahn's fuzzingclient): every text and binary
+/// message back as it came, compressed when the client offers permessage-deflate.
+fn upgrade_echo(incoming: Incoming, ctx: &Context) {
+    let Some(_slot) = ctx.slot(incoming.peer_addr().ip()) else {
+        return refuse_busy(incoming, ctx);
+    };
+    // The echo needs its own limits (large messages, compression): the request head was read
+    // under the chat's, which are the same for the head.
+    let incoming = incoming.with_config(&ctx.echo_config);
+    match incoming.accept(Accept::new()) {
+        Ok(conn) => conn.run(&mut Echo),
+        Err(e) => tracing::debug!(error = %e, "echo upgrade failed"),
+    }
+}
+
+struct Echo;
+
+impl syncws::Handler for Echo {
+    fn on_text_message(&mut self, ctx: &mut syncws::Context<'_>, text: &str) {
+        let _ = ctx.send_text(text);
+    }
+    fn on_binary_message(&mut self, ctx: &mut syncws::Context<'_>, data: &[u8]) {
+        let _ = ctx.send_binary(data);
+    }
+}

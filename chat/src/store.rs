@@ -1,0 +1,308 @@
+//! The durable store: rooms, their last sequence numbers and their history, in SQLite (WAL),
+//! written by one thread (the hub) in grouped transactions.
+//!
+//! A room's `last_seq` is kept in its own table and moves forward in the same transaction as the
+//! messages it numbers, so pruning old history never lets a sequence number be used twice, and a
+//! crash loses nothing that was committed (and nothing is delivered before its commit).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde_json::Value;
+
+use crate::protocol::Msg;
+
+pub type Result<T> = rusqlite::Result<T>;
+
+/// How much history each room keeps.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// Messages kept per room, newest first.
+    pub max_messages: u64,
+    /// Messages older than this are dropped.
+    pub max_age: Duration,
+}
+
+#[derive(Debug)]
+pub struct Store {
+    conn: Connection,
+    epoch: String,
+    retention: Retention,
+}
+
+/// What a `join{since}` can replay.
+#[derive(Debug, PartialEq)]
+pub enum Recovery {
+    /// Every message after `since`, in order (empty when nothing was missed).
+    Complete(Vec<Msg>),
+    /// Part of the range is no longer kept: the first seq still there (`None`: nothing kept).
+    Gone { first_kept: Option<u64> },
+}
+
+impl Store {
+    /// Open (or create) the store at `path`. `durable`: every commit reaches the disk before it
+    /// returns (survives power loss); otherwise commits survive a crash of the process, and the
+    /// last ones may be lost with the machine's power.
+    pub fn open(path: &Path, retention: Retention, durable: bool) -> Result<Store> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", if durable { "FULL" } else { "NORMAL" })?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS rooms (room TEXT PRIMARY KEY, last_seq INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS messages (
+                 room TEXT NOT NULL, seq INTEGER NOT NULL, sender TEXT NOT NULL,
+                 text TEXT NOT NULL, ts INTEGER NOT NULL, cid TEXT,
+                 PRIMARY KEY (room, seq)) WITHOUT ROWID;",
+        )?;
+        let epoch = match conn
+            .query_row("SELECT value FROM meta WHERE key = 'epoch'", [], |r| {
+                r.get(0)
+            })
+            .optional()?
+        {
+            Some(e) => e,
+            None => {
+                let e = format!("{:016x}", rand::random::<u64>());
+                conn.execute("INSERT INTO meta (key, value) VALUES ('epoch', ?1)", [&e])?;
+                e
+            }
+        };
+        Ok(Store {
+            conn,
+            epoch,
+            retention,
+        })
+    }
+
+    /// Identifies this store: a client whose `epoch` differs saw another store's sequence
+    /// numbers (the data directory was reset).
+    pub fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
+    /// Every room's last sequence number.
+    pub fn last_seqs(&self) -> Result<HashMap<String, u64>> {
+        let mut stmt = self.conn.prepare("SELECT room, last_seq FROM rooms")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?)))?;
+        rows.collect()
+    }
+
+    /// Start a transaction: appends within it are committed together.
+    pub fn begin(&mut self) -> Result<Batch<'_>> {
+        Ok(Batch {
+            tx: self.conn.transaction()?,
+            retention: self.retention,
+            touched: Vec::new(),
+        })
+    }
+
+    /// Messages of `room` before `before` (all when `None`), at most `limit`, oldest first,
+    /// and whether older ones are kept.
+    pub fn page_before(
+        &self,
+        room: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<(Vec<Msg>, bool)> {
+        page_before(&self.conn, room, before, limit)
+    }
+}
+
+/// Messages appended in one transaction.
+pub struct Batch<'a> {
+    tx: rusqlite::Transaction<'a>,
+    retention: Retention,
+    touched: Vec<String>,
+}
+
+impl Batch<'_> {
+    /// Store `msg` (its seq already the room's next) and move the room's last seq.
+    pub fn append(&mut self, msg: &Msg) -> Result<()> {
+        let cid = msg.cid.as_ref().map(Value::to_string);
+        self.tx
+            .prepare_cached(
+                "INSERT INTO messages (room, seq, sender, text, ts, cid) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![msg.room, msg.seq, msg.from, msg.text, msg.ts, cid])?;
+        self.tx
+            .prepare_cached(
+                "INSERT INTO rooms (room, last_seq) VALUES (?1, ?2)
+                 ON CONFLICT(room) DO UPDATE SET last_seq = excluded.last_seq",
+            )?
+            .execute(params![msg.room, msg.seq])?;
+        if !self.touched.contains(&msg.room) {
+            self.touched.push(msg.room.clone());
+        }
+        Ok(())
+    }
+
+    /// What `join{room, since}` replays, `last` being the room's last seq: all of
+    /// `since+1..=last`, or `Gone` when part of it was pruned.
+    pub fn recover(&self, room: &str, since: u64, last: u64) -> Result<Recovery> {
+        if since >= last {
+            return Ok(Recovery::Complete(Vec::new()));
+        }
+        let first_kept = first_kept(&self.tx, room)?;
+        match first_kept {
+            Some(first) if first <= since + 1 => {
+                let mut stmt = self.tx.prepare_cached(
+                    "SELECT room, seq, sender, text, ts, cid FROM messages
+                     WHERE room = ?1 AND seq > ?2 ORDER BY seq",
+                )?;
+                let rows = stmt.query_map(params![room, since], row_to_msg)?;
+                Ok(Recovery::Complete(rows.collect::<Result<_>>()?))
+            }
+            first_kept => Ok(Recovery::Gone { first_kept }),
+        }
+    }
+
+    /// The oldest seq of `room` still kept.
+    pub fn first_kept(&self, room: &str) -> Result<Option<u64>> {
+        first_kept(&self.tx, room)
+    }
+
+    /// See [`Store::page_before`].
+    pub fn page_before(
+        &self,
+        room: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<(Vec<Msg>, bool)> {
+        page_before(&self.tx, room, before, limit)
+    }
+
+    /// Prune the rooms written to, then commit.
+    pub fn commit(self, now_ms: i64) -> Result<()> {
+        let max_age_ms = i64::try_from(self.retention.max_age.as_millis()).unwrap_or(i64::MAX);
+        for room in &self.touched {
+            self.tx
+                .prepare_cached(
+                    "DELETE FROM messages WHERE room = ?1 AND (seq <= (SELECT last_seq FROM rooms WHERE room = ?1) - ?2 OR ts < ?3)",
+                )?
+                .execute(params![
+                    room,
+                    self.retention.max_messages,
+                    now_ms.saturating_sub(max_age_ms)
+                ])?;
+        }
+        self.tx.commit()
+    }
+}
+
+fn first_kept(conn: &Connection, room: &str) -> Result<Option<u64>> {
+    conn.prepare_cached("SELECT MIN(seq) FROM messages WHERE room = ?1")?
+        .query_row([room], |r| r.get(0))
+}
+
+fn page_before(
+    conn: &Connection,
+    room: &str,
+    before: Option<u64>,
+    limit: usize,
+) -> Result<(Vec<Msg>, bool)> {
+    let before = before.unwrap_or(i64::MAX as u64).min(i64::MAX as u64);
+    let mut stmt = conn.prepare_cached(
+        "SELECT room, seq, sender, text, ts, cid FROM messages
+         WHERE room = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3",
+    )?;
+    let rows = stmt.query_map(params![room, before, limit as u64 + 1], row_to_msg)?;
+    let mut msgs: Vec<Msg> = rows.collect::<Result<_>>()?;
+    let more = msgs.len() > limit;
+    msgs.truncate(limit);
+    msgs.reverse();
+    Ok((msgs, more))
+}
+
+fn row_to_msg(r: &rusqlite::Row<'_>) -> Result<Msg> {
+    let cid: Option<String> = r.get(5)?;
+    Ok(Msg {
+        room: r.get(0)?,
+        seq: r.get(1)?,
+        from: r.get(2)?,
+        text: r.get(3)?,
+        ts: r.get(4)?,
+        cid: cid.and_then(|c| serde_json::from_str(&c).ok()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(room: &str, seq: u64, ts: i64) -> Msg {
+        Msg {
+            room: room.into(),
+            seq,
+            from: "ann".into(),
+            text: format!("m{seq}"),
+            ts,
+            cid: Some(serde_json::json!({"n": seq})),
+        }
+    }
+
+    fn retention(max: u64) -> Retention {
+        Retention {
+            max_messages: max,
+            max_age: Duration::from_secs(3600),
+        }
+    }
+
+    #[test]
+    fn seqs_survive_reopening_and_pruning_never_frees_a_seq() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chat.db");
+        let epoch;
+        {
+            let mut store = Store::open(&path, retention(3), false).unwrap();
+            epoch = store.epoch().to_owned();
+            let mut b = store.begin().unwrap();
+            for seq in 1..=5 {
+                b.append(&msg("a", seq, 1_000)).unwrap();
+            }
+            b.commit(1_000).unwrap();
+        }
+        let mut store = Store::open(&path, retention(3), false).unwrap();
+        assert_eq!(store.epoch(), epoch);
+        assert_eq!(store.last_seqs().unwrap()["a"], 5);
+        let (page, more) = store.page_before("a", None, 10).unwrap();
+        assert_eq!(page.iter().map(|m| m.seq).collect::<Vec<_>>(), [3, 4, 5]);
+        assert!(!more);
+        assert_eq!(page[0].cid, Some(serde_json::json!({"n": 3})));
+        let b = store.begin().unwrap();
+        assert_eq!(
+            b.recover("a", 1, 5).unwrap(),
+            Recovery::Gone {
+                first_kept: Some(3)
+            }
+        );
+        match b.recover("a", 2, 5).unwrap() {
+            Recovery::Complete(m) => assert_eq!(m.len(), 3),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(b.recover("a", 5, 5).unwrap(), Recovery::Complete(vec![]));
+    }
+
+    #[test]
+    fn pages_go_backwards_and_old_messages_age_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("c.db"), retention(100), false).unwrap();
+        let mut b = store.begin().unwrap();
+        for seq in 1..=10 {
+            b.append(&msg("r", seq, 0)).unwrap();
+        }
+        b.commit(1_000).unwrap();
+        let (page, more) = store.page_before("r", Some(8), 3).unwrap();
+        assert_eq!(page.iter().map(|m| m.seq).collect::<Vec<_>>(), [5, 6, 7]);
+        assert!(more);
+        // An hour and more later, a new message prunes the old ones.
+        let mut b = store.begin().unwrap();
+        b.append(&msg("r", 11, 4_000_000)).unwrap();
+        b.commit(4_000_000).unwrap();
+        let (page, _) = store.page_before("r", None, 50).unwrap();
+        assert_eq!(page.iter().map(|m| m.seq).collect::<Vec<_>>(), [11]);
+    }
+}
