@@ -737,6 +737,8 @@ fn an_endpoint_can_choose_its_own_config_after_reading_the_request() {
     let (mut ws, _) = connect_timed(format!("ws://{addr}/small")).unwrap();
     ws.send(Message::text(payload)).unwrap();
     assert_eq!(close_code_from_client(&mut ws), Some(1009));
+    // Send our reply, so the server ends now rather than at its close timeout.
+    let _ = ws.flush();
     for _ in 0..2 {
         results.recv_timeout(TEST_DEADLINE).unwrap().unwrap();
     }

@@ -69,6 +69,7 @@ pub struct ChatConn {
     peer: String,
     shared: Arc<Shared>,
     handle: CommandSender,
+    conn_metrics: Arc<syncws::Metrics>,
     bucket: Bucket,
     /// Rate-limited messages in a row.
     strikes: u32,
@@ -79,7 +80,13 @@ pub struct ChatConn {
 }
 
 impl ChatConn {
-    pub fn new(id: u64, peer: String, handle: CommandSender, shared: Arc<Shared>) -> Self {
+    pub fn new(
+        id: u64,
+        peer: String,
+        handle: CommandSender,
+        conn_metrics: Arc<syncws::Metrics>,
+        shared: Arc<Shared>,
+    ) -> Self {
         let bucket = Bucket::new(shared.rate, shared.burst);
         ChatConn {
             id,
@@ -87,6 +94,7 @@ impl ChatConn {
             peer,
             shared,
             handle,
+            conn_metrics,
             bucket,
             strikes: 0,
             last_active: Arc::new(AtomicI64::new(now_ms())),
@@ -176,12 +184,17 @@ impl Handler for ChatConn {
             id: self.id,
             nick: self.nick.clone(),
             tx: self.handle.clone(),
+            metrics: self.conn_metrics.clone(),
             last_active: self.last_active.clone(),
         });
         self.registered = true;
     }
 
     fn on_text_message(&mut self, ctx: &mut Context<'_>, text: &str) {
+        if self.ended_by.is_some() {
+            // Closing for abuse: what the client sent meanwhile is dropped, as the close says.
+            return;
+        }
         self.last_active.store(now_ms(), Ordering::Relaxed);
         Metrics::add(&self.shared.metrics.bytes_in_total, text.len() as u64);
         let frame = protocol::parse(text);

@@ -43,6 +43,8 @@ pub enum Request {
         id: u64,
         nick: String,
         tx: CommandSender,
+        /// The connection's counters: its outbox's queued bytes, for the slow-consumer check.
+        metrics: Arc<syncws::Metrics>,
         last_active: Arc<AtomicI64>,
     },
     Hello {
@@ -105,6 +107,9 @@ pub enum Request {
 #[derive(Debug, Clone)]
 pub struct HubOptions {
     pub idle_timeout: Option<Duration>,
+    /// Bytes that may wait for one connection (its outbox plus what the hub holds for it)
+    /// before it is closed as a slow consumer.
+    pub outbox_bytes: usize,
     /// Largest replay frame, in bytes (a quarter of a connection's outbox).
     pub replay_bytes: usize,
 }
@@ -112,6 +117,12 @@ pub struct HubOptions {
 struct Member {
     nick: String,
     tx: CommandSender,
+    metrics: Arc<syncws::Metrics>,
+    /// Frames its command channel had no room for yet, oldest first, and their bytes.
+    backlog: VecDeque<(SharedFrame, bool)>,
+    backlog_bytes: usize,
+    /// The partner of its last pair, not to be matched with it again at once.
+    last_peer: Option<u64>,
     /// Rooms in the order joined; the last is the current room.
     rooms: Vec<String>,
     pair: Option<String>,
@@ -208,7 +219,14 @@ fn run(
         if shutdown.is_some() && state.members.is_empty() {
             break;
         }
-        let first = match rx.recv_timeout(next_sweep.saturating_duration_since(Instant::now())) {
+        // While a connection's channel is full, look again every millisecond; otherwise wait for
+        // a request or the next idle sweep.
+        let wait = if state.backlogged() {
+            Duration::from_millis(1)
+        } else {
+            next_sweep.saturating_duration_since(Instant::now())
+        };
+        let first = match rx.recv_timeout(wait) {
             Ok(r) => Some(r),
             Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => break,
@@ -217,7 +235,10 @@ fn run(
             state.sweep_idle();
             next_sweep = Instant::now() + Duration::from_secs(1);
         }
-        let Some(first) = first else { continue };
+        let Some(first) = first else {
+            state.deliver();
+            continue;
+        };
         let requests: Vec<Request> = std::iter::once(first)
             .chain(rx.try_iter().take(BATCH - 1))
             .collect();
@@ -274,6 +295,7 @@ impl State {
                 id,
                 nick,
                 tx,
+                metrics,
                 last_active,
             } => {
                 self.members.insert(
@@ -281,6 +303,10 @@ impl State {
                     Member {
                         nick,
                         tx,
+                        metrics,
+                        backlog: VecDeque::new(),
+                        backlog_bytes: 0,
+                        last_peer: None,
                         rooms: Vec::new(),
                         pair: None,
                         queued: false,
@@ -687,34 +713,49 @@ impl State {
         }
     }
 
-    /// Pair the queue's first two, as long as there are two.
+    /// Pair queued members in order, never two who were just paired with each other.
     fn make_pairs(&mut self, batch: &mut Batch<'_>) {
-        while self.queue.len() >= 2 {
-            let a = self.queue.pop_front().expect("two queued");
-            let b = self.queue.pop_front().expect("two queued");
-            self.pairs_made += 1;
-            // Unique across restarts: the time, and a counter for pairs made in one millisecond.
-            let room = format!("{PAIR_PREFIX}{:x}-{}", now_ms(), self.pairs_made);
-            for id in [a, b] {
-                if let Some(m) = self.members.get_mut(&id) {
-                    m.queued = false;
-                    m.pair = Some(room.clone());
-                }
-            }
-            self.join(batch, a, &room, None, None);
-            self.join(batch, b, &room, None, None);
-            for (me, peer) in [(a, b), (b, a)] {
-                let peer_nick = self.nick(peer);
-                self.send(
-                    me,
-                    json!({"ev": "matched", "room": room, "peer": peer_nick}),
-                );
-            }
-            Metrics::inc(&self.metrics.matches_total);
-            self.log
-                .record("match", json!({"room": room, "ids": [a, b]}));
+        let mut i = 0;
+        while i < self.queue.len() {
+            let a = self.queue[i];
+            let a_last = self.members.get(&a).and_then(|m| m.last_peer);
+            let partner = self.queue.iter().enumerate().skip(i + 1).find(|(_, b)| {
+                a_last != Some(**b) && self.members.get(b).and_then(|m| m.last_peer) != Some(a)
+            });
+            let Some((j, &b)) = partner else {
+                i += 1;
+                continue;
+            };
+            self.queue.remove(j);
+            self.queue.remove(i);
+            self.pair(batch, a, b);
         }
         self.tell_positions();
+    }
+
+    fn pair(&mut self, batch: &mut Batch<'_>, a: u64, b: u64) {
+        self.pairs_made += 1;
+        // Unique across restarts: the time, and a counter for pairs made in one millisecond.
+        let room = format!("{PAIR_PREFIX}{:x}-{}", now_ms(), self.pairs_made);
+        for (id, peer) in [(a, b), (b, a)] {
+            if let Some(m) = self.members.get_mut(&id) {
+                m.queued = false;
+                m.pair = Some(room.clone());
+                m.last_peer = Some(peer);
+            }
+        }
+        self.join(batch, a, &room, None, None);
+        self.join(batch, b, &room, None, None);
+        for (me, peer) in [(a, b), (b, a)] {
+            let peer_nick = self.nick(peer);
+            self.send(
+                me,
+                json!({"ev": "matched", "room": room, "peer": peer_nick}),
+            );
+        }
+        Metrics::inc(&self.metrics.matches_total);
+        self.log
+            .record("match", json!({"room": room, "ids": [a, b]}));
     }
 
     fn disconnect(&mut self, id: u64) {
@@ -772,9 +813,17 @@ impl State {
         }
     }
 
-    /// Hand this batch's frames to their connections, in order.
+    fn backlogged(&self) -> bool {
+        self.members.values().any(|m| !m.backlog.is_empty())
+    }
+
+    /// Hand this batch's frames to their connections, in order, after what earlier batches
+    /// left waiting for them. A frame the connection's channel has no room for waits in its
+    /// backlog; once the backlog and the connection's outbox together pass `outbox_bytes`, the
+    /// connection is a slow consumer: closed with 4008, counted, logged, and its backlog dropped.
     fn deliver(&mut self) {
         self.said.clear();
+        let limit = self.options.outbox_bytes;
         for (id, out) in std::mem::take(&mut self.out) {
             let Some(member) = self.members.get_mut(&id) else {
                 continue;
@@ -782,28 +831,60 @@ impl State {
             if member.closing {
                 continue;
             }
-            let (frame, is_msg) = match out {
+            let item = match out {
                 Out::Msg(f) => (f, true),
                 Out::Frame(f) => (f, false),
             };
-            let len = frame.len() as u64;
-            match member.tx.try_send(Command::SendShared(frame)) {
-                Ok(()) => {
-                    if is_msg {
-                        Metrics::inc(&self.metrics.deliveries_total);
-                        Metrics::add(&self.metrics.bytes_out_total, len);
+            member.backlog_bytes += item.0.len();
+            member.backlog.push_back(item);
+        }
+        let mut slow = Vec::new();
+        for (id, member) in &mut self.members {
+            if member.backlog.is_empty() {
+                continue;
+            }
+            if member.closing {
+                member.backlog.clear();
+                member.backlog_bytes = 0;
+                continue;
+            }
+            while let Some((frame, is_msg)) = member.backlog.pop_front() {
+                let len = frame.len();
+                match member.tx.try_send(Command::SendShared(frame)) {
+                    Ok(()) => {
+                        member.backlog_bytes -= len;
+                        if is_msg {
+                            Metrics::inc(&self.metrics.deliveries_total);
+                            Metrics::add(&self.metrics.bytes_out_total, len as u64);
+                        }
+                    }
+                    Err(TrySendError::Full(Command::SendShared(frame))) => {
+                        member.backlog.push_front((frame, is_msg));
+                        break;
+                    }
+                    // The connection is ending; its Disconnect is on the way.
+                    Err(_) => {
+                        member.closing = true;
+                        break;
                     }
                 }
-                Err(TrySendError::Full(_)) => {
-                    member.closing = true;
-                    let _ = member.tx.close(SLOW_CONSUMER, "slow consumer");
-                    Metrics::inc(&self.metrics.slow_consumer_closes_total);
-                    tracing::info!(id, "slow consumer: closed with 4008");
-                    self.log.record("slow_consumer", json!({"id": id}));
-                }
-                // The connection is ending; its Disconnect is on the way.
-                Err(TrySendError::Disconnected(_)) => member.closing = true,
             }
+            let queued = usize::try_from(member.metrics.queued_bytes()).unwrap_or(usize::MAX);
+            if !member.backlog.is_empty() && member.backlog_bytes.saturating_add(queued) > limit {
+                slow.push(*id);
+            }
+        }
+        for id in slow {
+            let Some(member) = self.members.get_mut(&id) else {
+                continue;
+            };
+            member.closing = true;
+            member.backlog.clear();
+            member.backlog_bytes = 0;
+            let _ = member.tx.close(SLOW_CONSUMER, "slow consumer");
+            Metrics::inc(&self.metrics.slow_consumer_closes_total);
+            tracing::info!(id, "slow consumer: closed with 4008");
+            self.log.record("slow_consumer", json!({"id": id}));
         }
     }
 

@@ -151,6 +151,7 @@ impl Server {
             log.clone(),
             HubOptions {
                 idle_timeout: Options::opt_secs(options.idle_timeout),
+                outbox_bytes: options.outbox_bytes,
                 replay_bytes: (options.outbox_bytes / 4).max(4096),
             },
             hub_rx,
@@ -399,7 +400,13 @@ fn upgrade_chat(incoming: Incoming, ctx: &Context) {
         "connect",
         json!({"id": id, "peer": peer.to_string(), "tls": ctx.tls.is_some()}),
     );
-    let mut chat = ChatConn::new(id, peer.to_string(), conn.handle(), ctx.shared.clone());
+    let mut chat = ChatConn::new(
+        id,
+        peer.to_string(),
+        conn.handle(),
+        conn.metrics(),
+        ctx.shared.clone(),
+    );
     conn.run(&mut chat);
 }
 

@@ -1,0 +1,241 @@
+//! A chat server on 127.0.0.1 port 0 with its own data directory, and a client that speaks the
+//! protocol through the library's threaded client.
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command as Process, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use syncws::{Config, Event, ThreadedClient};
+use syncws_chat::{Options, Server};
+
+/// The longest any one expected event may take.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+pub fn options(dir: &Path, extra: &[&str]) -> Options {
+    let mut args = vec![
+        "chat-server",
+        "--listen",
+        "127.0.0.1:0",
+        "--tls-listen",
+        "off",
+        "--data-dir",
+        dir.to_str().unwrap(),
+    ];
+    // Tests send faster than people type.
+    for (flag, value) in [("--rate", "100000"), ("--burst", "100000")] {
+        if !extra.contains(&flag) {
+            args.extend([flag, value]);
+        }
+    }
+    args.extend_from_slice(extra);
+    use clap::Parser;
+    Options::try_parse_from(args).unwrap()
+}
+
+/// An in-process server.
+pub struct TestServer {
+    pub server: Option<Server>,
+    pub dir: tempfile::TempDir,
+    pub url: String,
+}
+
+impl TestServer {
+    pub fn start(extra: &[&str]) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Server::start(&options(dir.path(), extra)).unwrap();
+        let url = format!("ws://{}/", server.ws_addr.unwrap());
+        TestServer {
+            server: Some(server),
+            dir,
+            url,
+        }
+    }
+
+    pub fn metric(&self, name: &str) -> u64 {
+        let text = self.server.as_ref().unwrap().metrics().render();
+        metric_in(&text, name)
+    }
+
+    pub fn shutdown(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown(Duration::from_secs(5));
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+pub fn metric_in(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name}"))
+}
+
+/// The `chat-server` binary, for restarts and `kill -9`.
+pub struct Binary {
+    pub child: Child,
+    pub url: String,
+}
+
+impl Binary {
+    pub fn start(dir: &Path, extra: &[&str]) -> Binary {
+        let mut child = Process::new(env!("CARGO_BIN_EXE_chat-server"))
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--tls-listen",
+                "off",
+                "--rate",
+                "100000",
+                "--burst",
+                "100000",
+            ])
+            .arg("--data-dir")
+            .arg(dir)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let url = loop {
+            let line = lines.next().expect("the server printed its URL").unwrap();
+            if let Some(rest) = line.strip_prefix("chat-server listening on ws://") {
+                break format!("ws://{}", rest.split(' ').next().unwrap());
+            }
+        };
+        // Keep reading its output so it never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Binary { child, url }
+    }
+
+    pub fn kill_9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+/// A protocol client.
+pub struct Chat {
+    pub client: ThreadedClient,
+    /// Events read while looking for another.
+    pub seen: VecDeque<Value>,
+    pub welcome: Value,
+}
+
+impl Chat {
+    pub fn connect(url: &str) -> Chat {
+        Self::connect_with(url, &Config::default())
+    }
+
+    pub fn connect_with(url: &str, config: &Config) -> Chat {
+        let client = ThreadedClient::connect(url, config).unwrap();
+        let mut chat = Chat {
+            client,
+            seen: VecDeque::new(),
+            welcome: Value::Null,
+        };
+        chat.welcome = chat.expect("welcome");
+        // Everyone starts in the lobby.
+        let joined = chat.expect("joined");
+        assert_eq!(joined["room"], "lobby");
+        chat
+    }
+
+    pub fn send(&self, v: Value) {
+        self.client.control_tx.send_text(v.to_string()).unwrap();
+    }
+
+    pub fn send_raw(&self, text: &str) {
+        self.client.control_tx.send_text(text.to_owned()).unwrap();
+    }
+
+    /// The next JSON event; panics on anything else but pings and pongs.
+    pub fn next(&mut self) -> Value {
+        if let Some(v) = self.seen.pop_front() {
+            return v;
+        }
+        self.recv()
+    }
+
+    fn recv(&mut self) -> Value {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.client.event_rx.recv_timeout(left) {
+                Ok(Event::TextMessage(t)) => return serde_json::from_str(t.as_str()).unwrap(),
+                Ok(Event::Activated(_) | Event::Ping(_) | Event::Pong(_)) => {}
+                Ok(other) => panic!("expected an event, got {other:?}"),
+                Err(e) => panic!("no event within {DEADLINE:?}: {e}"),
+            }
+        }
+    }
+
+    /// Skip to the first event `ev` (keeping the others for `next`).
+    pub fn expect(&mut self, ev: &str) -> Value {
+        if let Some(i) = self.seen.iter().position(|v| v["ev"] == ev) {
+            return self.seen.remove(i).unwrap();
+        }
+        loop {
+            let v = self.recv();
+            if v["ev"] == ev {
+                return v;
+            }
+            self.seen.push_back(v);
+        }
+    }
+
+    /// The next `msg` of `room`, skipping presence and typing noise.
+    pub fn msg(&mut self, room: &str) -> Value {
+        loop {
+            let v = self.expect("msg");
+            if v["room"] == room {
+                return v;
+            }
+        }
+    }
+
+    pub fn join(&mut self, room: &str) -> Value {
+        self.send(json!({"op": "join", "room": room}));
+        loop {
+            let v = self.expect("joined");
+            if v["room"] == room {
+                return v;
+            }
+        }
+    }
+
+    /// Wait for the connection to end; the close code the server sent (None: no close frame).
+    pub fn closed(&mut self) -> Option<u16> {
+        let deadline = Instant::now() + DEADLINE;
+        let mut code = None;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.client.event_rx.recv_timeout(left) {
+                Ok(Event::ConnectionClosed(c)) => code = Some(c.code.into()),
+                Ok(Event::Quit) => return code,
+                Ok(_) => {}
+                Err(e) => panic!("the connection did not end within {DEADLINE:?}: {e}"),
+            }
+        }
+    }
+
+    pub fn close(self) {
+        let _ = self.client.control_tx.close(1000, "bye");
+        let _ = self.client.shutdown(DEADLINE);
+    }
+}
+
+pub fn data_dir() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    (dir, path)
+}
