@@ -513,7 +513,9 @@ impl State {
         }
         self.send(id, joined);
         self.replay(id, room, &replay);
-        if !rejoin {
+        // No presence in the lobby: everyone is there, and announcing each arrival to every
+        // member would cost n^2 frames when many connect at once (who{lobby} still answers).
+        if !rejoin && room != LOBBY {
             let presence =
                 frame(json!({"ev": "presence", "room": room, "state": "joined", "nick": nick}));
             let others: Vec<u64> = self.rooms[room]
@@ -776,6 +778,9 @@ impl State {
             let nick = self.nick(id);
             if let Some(r) = self.rooms.get_mut(&room) {
                 r.members.retain(|m| *m != id);
+                if room == LOBBY {
+                    continue;
+                }
                 let presence =
                     frame(json!({"ev": "presence", "room": room, "state": "left", "nick": nick}));
                 for m in r.members.clone() {
