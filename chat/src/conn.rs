@@ -82,6 +82,7 @@ pub struct ChatConn {
 impl ChatConn {
     pub fn new(
         id: u64,
+        nick: Option<String>,
         peer: String,
         handle: CommandSender,
         conn_metrics: Arc<syncws::Metrics>,
@@ -90,7 +91,7 @@ impl ChatConn {
         let bucket = Bucket::new(shared.rate, shared.burst);
         ChatConn {
             id,
-            nick: format!("guest-{id}"),
+            nick: nick.unwrap_or_else(|| format!("guest-{id}")),
             peer,
             shared,
             handle,

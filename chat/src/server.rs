@@ -237,7 +237,7 @@ impl Server {
         let ws_addr = bind(&options.listen, None)?;
         let wss_addr = bind(&options.tls_listen, tls)?;
         // Two descriptors per connection (the socket and its waker), plus a few for the process.
-        let fd_limit = rustix_nofile();
+        let fd_limit = open_files_limit();
         tracing::info!(
             fd_limit,
             connections_allowed = options.max_connections.min(fd_limit.saturating_sub(64) / 2),
@@ -301,7 +301,7 @@ impl Server {
     }
 }
 
-fn rustix_nofile() -> usize {
+fn open_files_limit() -> usize {
     // /proc/self/limits: "Max open files  <soft>  <hard>  files".
     std::fs::read_to_string("/proc/self/limits")
         .ok()
@@ -381,6 +381,13 @@ fn refuse_busy(incoming: Incoming, ctx: &Context) {
 
 fn upgrade_chat(incoming: Incoming, ctx: &Context) {
     let peer = incoming.peer_addr();
+    // `?nick=ann`: named from the start (a bad nick is ignored; `hello` can set one later).
+    let nick = incoming.query().and_then(|q| {
+        url::form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "nick")
+            .map(|(_, v)| v.into_owned())
+            .filter(|n| crate::protocol::check_nick(n).is_ok())
+    });
     let Some(_slot) = ctx.slot(peer.ip()) else {
         return refuse_busy(incoming, ctx);
     };
@@ -402,6 +409,7 @@ fn upgrade_chat(incoming: Incoming, ctx: &Context) {
     );
     let mut chat = ChatConn::new(
         id,
+        nick,
         peer.to_string(),
         conn.handle(),
         conn.metrics(),

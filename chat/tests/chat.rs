@@ -80,6 +80,12 @@ fn plain_text_is_a_say_and_bad_frames_get_an_error_and_the_connection_stays_open
     );
     c.send(json!({"op": "hello", "nick": "ann"}));
     assert_eq!(c.expect("welcome")["nick"], "ann");
+    c.send(json!({"op": "hello", "nick": " "}));
+    assert_eq!(c.expect("error")["code"], "bad_nick");
+    // Or named from the start, in the URL.
+    let named = Chat::connect(&format!("{}?nick=b%C3%A9a", server.url));
+    assert_eq!(named.welcome["nick"], "béa");
+    named.close();
     c.send(json!({"op": "ping"}));
     c.expect("pong");
     c.send(json!({"op": "who", "room": "lobby"}));
@@ -235,8 +241,11 @@ fn strangers_are_matched_and_a_partner_leaving_requeues_the_other() {
     );
     let room = ma["room"].as_str().unwrap().to_owned();
     assert_eq!(mb["room"], room);
+    a.send(json!({"op": "typing", "room": room}));
+    assert_eq!(b.expect("typing")["nick"], "ann");
     a.send(json!({"op": "say", "room": room, "text": "hi stranger"}));
     assert_eq!(b.msg(&room)["text"], "hi stranger");
+    assert!(a.seen.iter().all(|v| v["ev"] != "typing"), "not echoed to the typist");
     // Nobody else can join a pair room.
     c.send(json!({"op": "join", "room": room}));
     assert_eq!(c.expect("error")["code"], "private_room");
