@@ -245,7 +245,10 @@ fn strangers_are_matched_and_a_partner_leaving_requeues_the_other() {
     assert_eq!(b.expect("typing")["nick"], "ann");
     a.send(json!({"op": "say", "room": room, "text": "hi stranger"}));
     assert_eq!(b.msg(&room)["text"], "hi stranger");
-    assert!(a.seen.iter().all(|v| v["ev"] != "typing"), "not echoed to the typist");
+    assert!(
+        a.seen.iter().all(|v| v["ev"] != "typing"),
+        "not echoed to the typist"
+    );
     // Nobody else can join a pair room.
     c.send(json!({"op": "join", "room": room}));
     assert_eq!(c.expect("error")["code"], "private_room");
