@@ -180,15 +180,21 @@ impl ChatConn {
 
 impl Handler for ChatConn {
     fn on_activated(&mut self, ctx: &mut Context<'_>) {
-        self.welcome(ctx);
-        self.to_hub(Request::Connect {
+        let connect = Request::Connect {
             id: self.id,
             nick: self.nick.clone(),
             tx: self.handle.clone(),
             metrics: self.conn_metrics.clone(),
             last_active: self.last_active.clone(),
-        });
+        };
+        if self.shared.hub.send(connect).is_err() {
+            // Upgraded while the server stopped: there are no rooms to serve it any more.
+            self.ended_by = Some("shutdown");
+            let _ = ctx.close(1001, "server shutting down");
+            return;
+        }
         self.registered = true;
+        self.welcome(ctx);
     }
 
     fn on_text_message(&mut self, ctx: &mut Context<'_>, text: &str) {

@@ -110,6 +110,8 @@ pub struct HubOptions {
     /// Bytes that may wait for one connection (its outbox plus what the hub holds for it)
     /// before it is closed as a slow consumer.
     pub outbox_bytes: usize,
+    /// Rooms one connection may be in at once (matchmaking's pair room included).
+    pub max_rooms: usize,
     /// Largest replay frame, in bytes (a quarter of a connection's outbox).
     pub replay_bytes: usize,
 }
@@ -334,6 +336,19 @@ impl State {
                     return self.refuse(
                         id,
                         Refusal::new("private_room", "pair rooms are made by matchmaking"),
+                    );
+                }
+                let in_rooms = self.members.get(&id).map_or(0, |m| m.rooms.len());
+                if in_rooms >= self.options.max_rooms && !self.is_member(id, &room) {
+                    return self.refuse(
+                        id,
+                        Refusal::new(
+                            "too_many_rooms",
+                            format!(
+                                "at most {} rooms at once; leave one first",
+                                self.options.max_rooms
+                            ),
+                        ),
                     );
                 }
                 self.join(batch, id, &room, since, epoch.as_deref());
@@ -648,6 +663,7 @@ impl State {
             frame(json!({"ev": "presence", "room": room, "state": "left", "nick": nick}));
         let members = r.members.clone();
         r.members.retain(|m| *m != id);
+        self.forget_if_unused(room);
         for m in members {
             self.out.push((m, Out::Frame(presence.clone())));
         }
@@ -781,9 +797,11 @@ impl State {
                 if room == LOBBY {
                     continue;
                 }
+                let r_members = r.members.clone();
+                self.forget_if_unused(&room);
                 let presence =
                     frame(json!({"ev": "presence", "room": room, "state": "left", "nick": nick}));
-                for m in r.members.clone() {
+                for m in r_members {
                     self.out.push((m, Out::Frame(presence.clone())));
                 }
             }
@@ -912,6 +930,18 @@ impl State {
         for m in self.members.values_mut() {
             m.closing = true;
             let _ = m.tx.close(1001, "server shutting down");
+        }
+    }
+
+    /// A room nobody is in and nobody ever wrote to holds nothing worth keeping: joining
+    /// random names must not grow the server's memory.
+    fn forget_if_unused(&mut self, room: &str) {
+        if self
+            .rooms
+            .get(room)
+            .is_some_and(|r| r.members.is_empty() && r.last_seq == 0)
+        {
+            self.rooms.remove(room);
         }
     }
 

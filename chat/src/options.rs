@@ -61,6 +61,9 @@ pub struct Options {
     /// Seconds a client has to answer a ping before it counts as dead.
     #[arg(long, default_value_t = 10)]
     pub pong_timeout: u64,
+    /// Rooms one connection may be in at once.
+    #[arg(long, default_value_t = 100)]
+    pub max_rooms: usize,
     /// Messages kept per room.
     #[arg(long, default_value_t = 1000)]
     pub history_max: u64,

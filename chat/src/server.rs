@@ -152,6 +152,7 @@ impl Server {
             HubOptions {
                 idle_timeout: Options::opt_secs(options.idle_timeout),
                 outbox_bytes: options.outbox_bytes,
+                max_rooms: options.max_rooms.max(1),
                 replay_bytes: (options.outbox_bytes / 4).max(4096),
             },
             hub_rx,

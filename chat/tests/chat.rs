@@ -499,3 +499,26 @@ fn the_event_log_records_connections_messages_and_limits() {
     assert!(msg.get("text").is_none(), "sizes, not text");
     assert_eq!(msg["bytes"], 6);
 }
+
+#[test]
+fn rooms_per_connection_are_bounded_and_unused_rooms_are_forgotten() {
+    let server = TestServer::start(&["--max-rooms", "2"]);
+    let mut c = Chat::connect(&server.url);
+    c.join("a");
+    c.send(json!({"op": "join", "room": "b"}));
+    assert_eq!(c.expect("error")["code"], "too_many_rooms");
+    c.send(json!({"op": "leave", "room": "a"}));
+    assert_eq!(c.expect("presence")["state"], "left");
+    c.join("b");
+    c.send(json!({"op": "rooms"}));
+    let rooms = c.expect("rooms");
+    let names: Vec<&str> = rooms["rooms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["room"].as_str().unwrap())
+        .collect();
+    assert!(!names.contains(&"a"), "a room nobody wrote to is gone once empty: {names:?}");
+    assert!(names.contains(&"b"));
+    c.close();
+}
