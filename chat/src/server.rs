@@ -350,6 +350,9 @@ fn serve(tcp: TcpStream, ctx: &Context) {
         Err(e) => {
             Metrics::inc(&ctx.shared.metrics.handshake_failures_total);
             tracing::debug!(error = %e, "before the upgrade");
+            ctx.shared
+                .log
+                .record("handshake_failed", json!({"error": e.to_string()}));
             return;
         }
     };
