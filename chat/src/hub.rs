@@ -447,7 +447,6 @@ impl State {
                     if m.queued {
                         m.queued = false;
                         self.queue.retain(|q| *q != id);
-                        self.tell_positions();
                     }
                 }
                 self.send(id, json!({"ev": "unmatched"}));
@@ -724,13 +723,6 @@ impl State {
         }
     }
 
-    fn tell_positions(&mut self) {
-        let queued: Vec<u64> = self.queue.iter().copied().collect();
-        for id in queued {
-            self.tell_position(id);
-        }
-    }
-
     /// Pair queued members in order, never two who were just paired with each other.
     fn make_pairs(&mut self, batch: &mut Batch<'_>) {
         let mut i = 0;
@@ -748,7 +740,9 @@ impl State {
             self.queue.remove(i);
             self.pair(batch, a, b);
         }
-        self.tell_positions();
+        // Positions are told on entering the queue (and on asking again with `match`), not on
+        // every move: telling the whole queue each time would cost n^2 frames when thousands
+        // wait at once.
     }
 
     fn pair(&mut self, batch: &mut Batch<'_>, a: u64, b: u64) {
@@ -783,7 +777,6 @@ impl State {
         self.end_pair(id, false);
         if self.members.get(&id).is_some_and(|m| m.queued) {
             self.queue.retain(|q| *q != id);
-            self.tell_positions();
         }
         let rooms = self
             .members

@@ -518,7 +518,10 @@ fn rooms_per_connection_are_bounded_and_unused_rooms_are_forgotten() {
         .iter()
         .map(|r| r["room"].as_str().unwrap())
         .collect();
-    assert!(!names.contains(&"a"), "a room nobody wrote to is gone once empty: {names:?}");
+    assert!(
+        !names.contains(&"a"),
+        "a room nobody wrote to is gone once empty: {names:?}"
+    );
     assert!(names.contains(&"b"));
     c.close();
 }
