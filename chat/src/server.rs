@@ -286,18 +286,26 @@ impl Server {
             let _ = t.join();
         }
         let (done_tx, done_rx) = bounded(1);
+        let mut hub_done = false;
         if self.hub.send(Request::Shutdown(done_tx)).is_ok() {
             let left = self.live.wait_empty(grace);
             if left > 0 {
                 tracing::warn!(left, "connections still open after the grace period");
             }
-            let _ = done_rx.recv_timeout(grace);
+            hub_done = done_rx.recv_timeout(grace).is_ok();
         }
         self.log.record("stop", json!({}));
         self.log.flush();
         drop(self.hub);
-        if let Some(t) = self.hub_thread.take() {
-            let _ = t.join();
+        match self.hub_thread.take() {
+            // It has made its last commit and ended its loop.
+            Some(t) if hub_done => {
+                let _ = t.join();
+            }
+            // A connection that outlived the grace period still holds the hub's channel; every
+            // commit is already done (each batch commits before it delivers), so leave it.
+            Some(_) => tracing::warn!("the hub is still waiting for connections; not joined"),
+            None => {}
         }
     }
 }
