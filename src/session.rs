@@ -77,6 +77,8 @@ pub(crate) struct Session {
     handshake: Option<Handshake>,
     /// Client frames are masked (RFC 6455 5.3); a server's are not.
     masked: bool,
+    /// A failed server connection has said it is done writing (FIN after its Close).
+    fin_sent: bool,
     /// Queued bytes past this are written at once instead of waiting for the pass's flush.
     write_buffer_size: usize,
     phase: Phase,
@@ -172,6 +174,7 @@ impl Session {
             ws,
             handshake,
             masked: true,
+            fin_sent: false,
             write_buffer_size: config.write_buffer_size(),
             phase: Phase::Open,
             close_timeout: config.close_timeout(),
@@ -526,6 +529,7 @@ impl Session {
         match flushed {
             Ok(()) => {
                 self.write_blocked = false;
+                self.end_writing_if_failed();
                 true
             }
             Err(e) => match classify(e) {
@@ -556,6 +560,22 @@ impl Session {
                 self.finish();
                 true
             }
+        }
+    }
+
+    /// A server that failed the connection closes TCP first (RFC 6455 7.1.1, 7.1.7): once its
+    /// Close is on the wire it sends FIN, and keeps reading (so nothing the client still sends
+    /// resets the connection) until the client hangs up or its Close goes by. A client that
+    /// already sent its Close, or that waits for the server to end TCP, is not left waiting
+    /// for the close timeout.
+    fn end_writing_if_failed(&mut self) {
+        if !self.masked
+            && !self.fin_sent
+            && matches!(self.phase, Phase::Lingering { .. })
+            && self.queued() == 0
+        {
+            self.fin_sent = true;
+            self.ws.get_mut().shutdown_write();
         }
     }
 

@@ -743,3 +743,40 @@ fn an_endpoint_can_choose_its_own_config_after_reading_the_request() {
         results.recv_timeout(TEST_DEADLINE).unwrap().unwrap();
     }
 }
+
+/// RFC 6455 7.1.1: the server closes TCP first. A server that fails a connection sends its
+/// Close and then FIN at once, so a client that already sent its own Close (here, an invalid
+/// one) or that waits for the server to hang up is not left waiting for the close timeout.
+#[test]
+fn a_server_that_fails_the_connection_closes_tcp_first() {
+    let config = Config::server_builder()
+        .close_timeout(Duration::from_secs(120))
+        .build()
+        .unwrap();
+    // A Close with a one-byte payload (no room for a code) and a frame with a reserved opcode.
+    for bad in [
+        masked_frame(true, false, 0x8, b"x"),
+        masked_frame(true, false, 0x3, b""),
+    ] {
+        let config = config.clone();
+        let (addr, results) = serve_n(1, move |tcp| {
+            ServerConnection::accept(tcp, None, &config)?.run(&mut Echo::default());
+            Ok::<(), Error>(())
+        });
+        let mut tcp = timed_tcp(addr);
+        tcp.write_all(&upgrade_request("", None)).unwrap();
+        read_101(&mut tcp);
+        tcp.write_all(&bad).unwrap();
+        // The server's Close (1002), then the end of the stream: long before the close timeout
+        // (this read gives up after SERVER_IO_TIMEOUT, a quarter of it).
+        let mut rest = Vec::new();
+        tcp.read_to_end(&mut rest)
+            .expect("the server ended TCP (not a read timeout)");
+        assert!(rest.len() >= 4, "a Close frame: {rest:?}");
+        assert_eq!(rest[0], 0x88, "{rest:?}");
+        assert_eq!(u16::from_be_bytes([rest[2], rest[3]]), 1002);
+        // Our side hangs up too: the server's connection ends.
+        drop(tcp);
+        results.recv_timeout(TEST_DEADLINE).unwrap().unwrap();
+    }
+}
