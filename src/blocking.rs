@@ -79,6 +79,6 @@ impl BlockingClient {
         let BlockingClient { driver, handle } = self;
         // Our own sender must not keep the channel alive past the run.
         drop(handle);
-        driver.run(&mut Callbacks(handler));
+        driver.run(&mut Callbacks(handler, None));
     }
 }

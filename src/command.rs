@@ -16,7 +16,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Bytes, Utf8Bytes};
 
 use crate::close::check_close;
-use crate::waker::Waker;
+use crate::waker::{SetWaker, Waker};
 use crate::SharedFrame;
 
 /// What another thread can ask a connection to do, through a [`CommandSender`]
@@ -71,6 +71,8 @@ enum Wake {
     Poll(Arc<Waker>),
     /// The thread sleeping in `park_timeout` (the sleep strategy), recorded as it parks.
     Thread(Mutex<Option<Thread>>),
+    /// The thread of the client set this connection belongs to, as connection `id`.
+    Set(Arc<SetWaker>, u64),
 }
 
 /// What a connection shares with its senders: the gate, the stop request, and the way to wake
@@ -106,6 +108,17 @@ impl Shared {
         self.gate.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// What a member of a client set shares: wakes go to the set's thread, naming `id`.
+    pub(crate) fn in_set(set: Arc<SetWaker>, id: u64) -> Arc<Self> {
+        Arc::new(Shared {
+            parked: AtomicBool::new(false),
+            stop_waiting: AtomicBool::new(false),
+            wake: Wake::Set(set, id),
+            nudge: None,
+            gate: Mutex::new(Gate::default()),
+        })
+    }
+
     /// After a send: wake the connection if it is parked (or about to park).
     fn notify(&self) {
         if self.parked.load(Ordering::SeqCst) && self.parked.swap(false, Ordering::SeqCst) {
@@ -124,6 +137,11 @@ impl Shared {
             Wake::Thread(t) => {
                 if let Some(t) = t.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
                     t.unpark();
+                }
+            }
+            Wake::Set(set, id) => {
+                if let Err(e) = set.wake(*id) {
+                    tracing::warn!(error = %e, "waker failed");
                 }
             }
         }
@@ -153,7 +171,7 @@ impl Shared {
         self.stop_waiting.load(Ordering::Relaxed)
     }
 
-    fn request(&self, stop: Stop) -> Result<(), Stop> {
+    pub(crate) fn request(&self, stop: Stop) -> Result<(), Stop> {
         let mut gate = self.gate();
         if gate.ended {
             return Err(stop);

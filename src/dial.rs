@@ -150,21 +150,11 @@ impl Dial {
         started: Instant,
         span: tracing::Span,
     ) -> Result<Dial, Error> {
-        let invalid = |reason: &str| Error::InvalidUrl {
+        let (parsed, tls) = parse_url(url)?;
+        let host = parsed.host().ok_or_else(|| Error::InvalidUrl {
             url: url.to_owned(),
-            reason: reason.to_owned(),
-        };
-        let parsed = Url::parse(url).map_err(|e| invalid(&e.to_string()))?;
-        let tls = match parsed.scheme() {
-            "ws" => false,
-            "wss" => true,
-            other => {
-                return Err(Error::UnsupportedScheme {
-                    scheme: other.to_owned(),
-                })
-            }
-        };
-        let host = parsed.host().ok_or_else(|| invalid("no host"))?;
+            reason: "no host".to_owned(),
+        })?;
         let port = parsed
             .port_or_known_default()
             .unwrap_or(if tls { 443 } else { 80 });
@@ -452,6 +442,29 @@ impl Dial {
             upgrade: ClientUpgrade::new(&self.url, &self.config),
         }
     }
+}
+
+/// Check a URL the way every connect does: it parses, its scheme is `ws` or `wss`, it has a
+/// host. Returns it parsed, and whether it is `wss`.
+pub(crate) fn parse_url(url: &str) -> Result<(Url, bool), Error> {
+    let invalid = |reason: &str| Error::InvalidUrl {
+        url: url.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let parsed = Url::parse(url).map_err(|e| invalid(&e.to_string()))?;
+    let tls = match parsed.scheme() {
+        "ws" => false,
+        "wss" => true,
+        other => {
+            return Err(Error::UnsupportedScheme {
+                scheme: other.to_owned(),
+            })
+        }
+    };
+    if parsed.host().is_none() {
+        return Err(invalid("no host"));
+    }
+    Ok((parsed, tls))
 }
 
 fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, Error> {

@@ -2,7 +2,7 @@
 //! reconnecting client, backoff and redial as states of the same pass.
 
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,13 +23,17 @@ struct Redial {
     config: Config,
 }
 
-/// A reconnecting client between connections.
+/// A reconnecting client between connections, or a client opening its first connection
+/// without waiting for it (the many-connections front-end).
 #[derive(Debug)]
 struct Reconnecting {
     policy: Reconnect,
     /// The attempt under way (counting from 1).
     attempt: u32,
     stage: Stage,
+    /// Opening the first connection: one attempt, as `connect` is in the other modes; a
+    /// failure ends the client, and the policy applies only once a connection has been open.
+    first: bool,
 }
 
 #[derive(Debug)]
@@ -91,6 +95,8 @@ pub(crate) struct Driver {
     last_input: Instant,
     /// Whether the socket may have data the session has not seen (see `TcpConn::rearm`).
     rearm: bool,
+    /// Counts the sockets this driver has waited on (see [`Driver::socket`]).
+    socket_epoch: u64,
 }
 
 impl Driver {
@@ -118,8 +124,80 @@ impl Driver {
             last_error: None,
             last_input: Instant::now(),
             rearm: true,
+            socket_epoch: 0,
         };
         Ok((driver, sender, shared))
+    }
+
+    /// A client that has not connected yet: its first pass starts opening `url` (DNS, then
+    /// TCP, TLS and the upgrade as the socket allows), and a later pass announces the
+    /// connection. For a front-end that waits for many drivers at once: it calls
+    /// [`Driver::pass`], waits on [`Driver::socket`] itself and reports what ended the wait
+    /// with [`Driver::woke`]; this driver's own waiter is never used.
+    pub(crate) fn dialing(
+        url: &str,
+        config: &Config,
+        shared: Arc<Shared>,
+    ) -> (Self, CommandSender) {
+        let mut session = Session::detached(config);
+        let (sender, inbox) = Inbox::channel(config.control_capacity(), shared);
+        session.set_inbox(inbox);
+        let driver = Driver {
+            session,
+            waiter: Waiter::Spin,
+            read_timeout: config.read_timeout(),
+            redial: Some(Redial {
+                url: url.to_owned(),
+                config: config.clone(),
+            }),
+            reconnecting: Some(Reconnecting {
+                policy: config.reconnect().cloned().unwrap_or_default(),
+                attempt: 1,
+                stage: Stage::Backoff {
+                    until: Instant::now(),
+                },
+                first: true,
+            }),
+            fresh: false,
+            over: false,
+            last_error: None,
+            last_input: Instant::now(),
+            rearm: true,
+            socket_epoch: 0,
+        };
+        (driver, sender)
+    }
+
+    /// Whether the next pass has work that no socket event will announce (checked after
+    /// parking, see `Shared::notify`): a stop, or new commands, except while opening the
+    /// first connection, when sends wait in the channel for it and only a stop counts.
+    pub(crate) fn has_work(&self) -> bool {
+        let Some(inbox) = self.session.inbox() else {
+            return false;
+        };
+        match &self.reconnecting {
+            Some(r) if r.first => inbox.shared().stop_waiting(),
+            _ => inbox.has_work(),
+        }
+    }
+
+    /// The socket to wait on now (the session's, or the dial's between connections), and a
+    /// number that changes whenever that may be a different socket than before (a new
+    /// connection, a dial under way), so a front-end that registers sockets with the OS
+    /// knows when to register again.
+    pub(crate) fn socket(&self) -> Option<(BorrowedFd<'_>, u64)> {
+        match &self.reconnecting {
+            Some(Reconnecting {
+                stage: Stage::Dialing(dial),
+                ..
+            }) => dial.fd().map(|fd| (fd, self.socket_epoch)),
+            Some(_) => None,
+            None => self
+                .session
+                .stream()
+                .tcp_conn()
+                .map(|c| (c.tcp().as_fd(), self.socket_epoch)),
+        }
     }
 
     /// Reconnect to `url` when a connection ends without the user asking, if the config has a
@@ -162,6 +240,12 @@ impl Driver {
                 }
             }
         }
+        self.finish(d);
+    }
+
+    /// The connection is over for good (`pass` said `Done`): report the commands that will
+    /// never be carried out, then `on_quit`, the last call.
+    pub(crate) fn finish<D: Dispatch + ?Sized>(&mut self, d: &mut D) {
         self.session.refuse_remaining_commands();
         self.report(d);
         d.quit();
@@ -299,19 +383,25 @@ impl Driver {
         let woke = self
             .waiter
             .wait(socket, deadline, self.session.inbox(), active, delivered);
+        match woke {
+            Ok(woke) => self.woke(d, woke, delivered),
+            Err(e) => self.session.fail(e.into(), None),
+        }
+    }
+
+    /// What ended a wait after a `Wait` step (ours, or a front-end's that waits for many
+    /// drivers): note what it says about the socket, and call `on_idle` when it is due.
+    /// `delivered`: the pass before the wait dispatched messages.
+    pub(crate) fn woke<D: Dispatch + ?Sized>(&mut self, d: &mut D, woke: Woke, delivered: bool) {
         // Readiness reports what the socket holds, so after a wait that only a command or the
         // deadline ended, the socket has nothing new.
-        self.rearm = !matches!(woke, Ok(Woke::Command | Woke::Deadline));
-        if matches!(woke, Ok(Woke::PeerClosed)) {
+        self.rearm = !matches!(woke, Woke::Command | Woke::Deadline);
+        if woke == Woke::PeerClosed {
             // A short read no longer means "nothing more": the end of the stream is.
             self.session.stop_read_hints();
         }
-        match woke {
-            Ok(Woke::Poll) if !delivered && self.waiter.idles_every_pass() => {
-                d.idle(&mut self.session);
-            }
-            Ok(_) => {}
-            Err(e) => self.session.fail(e.into(), None),
+        if woke == Woke::Poll && !delivered && self.waiter.idles_every_pass() {
+            d.idle(&mut self.session);
         }
         let idle_at = self.read_timeout.map(|t| self.last_input + t);
         if idle_at.is_some_and(|t| Instant::now() >= t) {
@@ -362,6 +452,7 @@ impl Driver {
             stage: Stage::Backoff {
                 until: Instant::now(),
             },
+            first: false,
         });
         self.next_attempt(d);
         true
@@ -395,6 +486,7 @@ impl Driver {
                 Stage::Backoff { .. } => match Dial::start(&redial.url, &redial.config) {
                     Ok(dial) => {
                         reconnecting.stage = Stage::Dialing(Box::new(dial));
+                        self.socket_epoch += 1;
                         continue;
                     }
                     Err(e) => Err(e),
@@ -414,8 +506,12 @@ impl Driver {
                 }
                 Err(e) => {
                     let permanent = e.is_permanent();
+                    let first = reconnecting.first;
                     self.last_error = Some(e.to_string());
                     d.error(&mut self.session, e);
+                    if first {
+                        return self.stop_reconnecting();
+                    }
                     if permanent {
                         tracing::warn!("giving up reconnecting: retrying cannot help");
                         return self.stop_reconnecting();
@@ -471,14 +567,17 @@ impl Driver {
     /// A dial succeeded: the new session adopts the old one's inbox, counters and held
     /// messages, and is announced by the next pass.
     fn reconnected(&mut self, (ws, handshake): (WebSocket<Stream>, Handshake)) {
-        self.reconnecting = None;
+        let first = self.reconnecting.take().is_some_and(|r| r.first);
         let Some(redial) = &self.redial else {
             return;
         };
         let mut session = Session::new(ws, Some(handshake), &redial.config);
         session.adopt(&mut self.session);
         self.session = session;
-        self.session.metrics().reconnected();
+        self.socket_epoch += 1;
+        if !first {
+            self.session.metrics().reconnected();
+        }
         self.last_error = None;
         self.fresh = true;
     }

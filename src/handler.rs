@@ -4,7 +4,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Bytes, Message};
 
 use crate::session::{Dispatch, Session};
-use crate::{CloseInfo, Error, Handshake, Metrics, ReconnectAttempt, SharedFrame};
+use crate::{CloseInfo, ConnId, Error, Handshake, Metrics, ReconnectAttempt, SharedFrame};
 
 /// Callbacks for [`BlockingClient`](crate::BlockingClient) and
 /// [`NonBlockingClient`](crate::NonBlockingClient). Every hook has a default that does nothing,
@@ -49,6 +49,43 @@ pub trait Handler {
     fn on_quit(&mut self) {}
 }
 
+/// A boxed handler is a handler: `ClientSet<Box<dyn Handler + Send>>` mixes kinds.
+impl<H: Handler + ?Sized> Handler for Box<H> {
+    fn on_activated(&mut self, ctx: &mut Context<'_>) {
+        (**self).on_activated(ctx);
+    }
+    fn on_text_message(&mut self, ctx: &mut Context<'_>, text: &str) {
+        (**self).on_text_message(ctx, text);
+    }
+    fn on_binary_message(&mut self, ctx: &mut Context<'_>, data: &[u8]) {
+        (**self).on_binary_message(ctx, data);
+    }
+    fn on_ping(&mut self, ctx: &mut Context<'_>, data: &[u8]) {
+        (**self).on_ping(ctx, data);
+    }
+    fn on_pong(&mut self, ctx: &mut Context<'_>, data: &[u8]) {
+        (**self).on_pong(ctx, data);
+    }
+    fn on_connection_closed(&mut self, ctx: &mut Context<'_>, close: &CloseInfo) {
+        (**self).on_connection_closed(ctx, close);
+    }
+    fn on_error(&mut self, ctx: &mut Context<'_>, error: &Error) {
+        (**self).on_error(ctx, error);
+    }
+    fn on_idle(&mut self, ctx: &mut Context<'_>) {
+        (**self).on_idle(ctx);
+    }
+    fn on_reconnecting(&mut self, ctx: &mut Context<'_>, attempt: &ReconnectAttempt) {
+        (**self).on_reconnecting(ctx, attempt);
+    }
+    fn on_writable(&mut self, ctx: &mut Context<'_>) {
+        (**self).on_writable(ctx);
+    }
+    fn on_quit(&mut self) {
+        (**self).on_quit();
+    }
+}
+
 /// A message [`Context::try_send`] could not queue, handed back with the reason.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -83,6 +120,7 @@ impl std::error::Error for SendFailure {
 /// socket is full the data stays queued and goes out as it drains.
 pub struct Context<'a> {
     pub(crate) session: &'a mut Session,
+    pub(crate) id: Option<ConnId>,
 }
 
 impl Context<'_> {
@@ -213,39 +251,96 @@ impl Context<'_> {
     pub fn is_open(&self) -> bool {
         self.session.is_open()
     }
+
+    /// Which connection of a [`ClientSet`](crate::ClientSet) this is (`None` in the other
+    /// modes, which drive one connection each).
+    pub fn id(&self) -> Option<ConnId> {
+        self.id
+    }
 }
 
-/// Adapts a user [`Handler`] to [`Dispatch`], lending payloads as `&str` / `&[u8]`.
-pub(crate) struct Callbacks<'h, H: ?Sized>(pub(crate) &'h mut H);
+/// Adapts a user [`Handler`] to [`Dispatch`], lending payloads as `&str` / `&[u8]`; the id is
+/// the connection's in a client set.
+pub(crate) struct Callbacks<'h, H: ?Sized>(pub(crate) &'h mut H, pub(crate) Option<ConnId>);
 
 impl<H: Handler + ?Sized> Dispatch for Callbacks<'_, H> {
     fn activated(&mut self, session: &mut Session) {
-        self.0.on_activated(&mut Context { session });
+        self.0.on_activated(&mut Context {
+            session,
+            id: self.1,
+        });
     }
     fn message(&mut self, session: &mut Session, message: Message) {
         match message {
-            Message::Text(t) => self.0.on_text_message(&mut Context { session }, t.as_str()),
-            Message::Binary(b) => self.0.on_binary_message(&mut Context { session }, &b),
-            Message::Ping(p) => self.0.on_ping(&mut Context { session }, &p),
-            Message::Pong(p) => self.0.on_pong(&mut Context { session }, &p),
+            Message::Text(t) => self.0.on_text_message(
+                &mut Context {
+                    session,
+                    id: self.1,
+                },
+                t.as_str(),
+            ),
+            Message::Binary(b) => self.0.on_binary_message(
+                &mut Context {
+                    session,
+                    id: self.1,
+                },
+                &b,
+            ),
+            Message::Ping(p) => self.0.on_ping(
+                &mut Context {
+                    session,
+                    id: self.1,
+                },
+                &p,
+            ),
+            Message::Pong(p) => self.0.on_pong(
+                &mut Context {
+                    session,
+                    id: self.1,
+                },
+                &p,
+            ),
             Message::Close(_) | Message::Frame(_) => {}
         }
     }
     fn closed(&mut self, session: &mut Session, close: CloseInfo) {
-        self.0
-            .on_connection_closed(&mut Context { session }, &close);
+        self.0.on_connection_closed(
+            &mut Context {
+                session,
+                id: self.1,
+            },
+            &close,
+        );
     }
     fn error(&mut self, session: &mut Session, error: Error) {
-        self.0.on_error(&mut Context { session }, &error);
+        self.0.on_error(
+            &mut Context {
+                session,
+                id: self.1,
+            },
+            &error,
+        );
     }
     fn idle(&mut self, session: &mut Session) {
-        self.0.on_idle(&mut Context { session });
+        self.0.on_idle(&mut Context {
+            session,
+            id: self.1,
+        });
     }
     fn reconnecting(&mut self, session: &mut Session, attempt: ReconnectAttempt) {
-        self.0.on_reconnecting(&mut Context { session }, &attempt);
+        self.0.on_reconnecting(
+            &mut Context {
+                session,
+                id: self.1,
+            },
+            &attempt,
+        );
     }
     fn writable(&mut self, session: &mut Session) {
-        self.0.on_writable(&mut Context { session });
+        self.0.on_writable(&mut Context {
+            session,
+            id: self.1,
+        });
     }
     fn quit(&mut self) {
         self.0.on_quit();

@@ -163,6 +163,7 @@
 #![deny(missing_docs)]
 
 mod blocking;
+mod client_set;
 mod close;
 mod command;
 mod config;
@@ -198,6 +199,7 @@ mod wait;
 mod waker;
 
 pub use blocking::BlockingClient;
+pub use client_set::{ClientSet, ConnId, SetHandle};
 pub use close::{CloseInfo, Initiator};
 pub use command::{Command, CommandSender};
 pub use config::{Config, ConfigBuilder, Limits, Timeouts, WaitStrategy};

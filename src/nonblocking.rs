@@ -82,6 +82,6 @@ impl NonBlockingClient {
         let NonBlockingClient { driver, handle } = self;
         // Our own sender must not keep the channel alive past the run.
         drop(handle);
-        driver.run(&mut Callbacks(handler));
+        driver.run(&mut Callbacks(handler, None));
     }
 }

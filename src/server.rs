@@ -153,7 +153,7 @@ impl ServerConnection {
     pub fn run<H: Handler + ?Sized>(self, handler: &mut H) {
         let ServerConnection { driver, handle, .. } = self;
         drop(handle);
-        driver.run(&mut Callbacks(handler));
+        driver.run(&mut Callbacks(handler, None));
     }
 }
 

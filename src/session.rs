@@ -21,7 +21,7 @@ use crate::heartbeat::{Beat, Heartbeat};
 use crate::io_outcome::{io_outcome, IoOutcome};
 use crate::linger::FrameSkipper;
 use crate::outbox::Outbox;
-use crate::stream::Stream;
+use crate::stream::{Stream, Transport};
 use crate::{Config, Handshake, Metrics, ReconnectAttempt, SharedFrame};
 
 /// Where the connection is in its life.
@@ -193,6 +193,17 @@ impl Session {
             close_request: None,
             refused: false,
         }
+    }
+
+    /// A client that has no connection yet (see `Transport::Detached`): over before it starts,
+    /// so it reads and writes nothing; it holds the inbox and the counters that the first
+    /// connection's session adopts.
+    pub(crate) fn detached(config: &Config) -> Self {
+        let stream = Stream::from(Transport::Detached);
+        let ws = WebSocket::from_raw_socket(stream, Role::Client, Some(config.websocket_config()));
+        let mut session = Session::new(ws, None, config);
+        session.phase = Phase::Done;
+        session
     }
 
     /// A server connection whose handshake is done: its frames are not masked, and it
@@ -1201,10 +1212,10 @@ mod tests {
         ];
         let mut s = session(&Config::default(), reads, usize::MAX);
         let mut log = Log::default();
-        let pass = s.read_pass(&mut Callbacks(&mut log));
+        let pass = s.read_pass(&mut Callbacks(&mut log, None));
         assert_eq!(pass.messages, 0);
         assert!(log.0.is_empty());
-        let pass = s.read_pass(&mut Callbacks(&mut log));
+        let pass = s.read_pass(&mut Callbacks(&mut log, None));
         assert_eq!(pass.messages, 1);
         assert_eq!(log.0, ["text hello"]);
     }
@@ -1219,7 +1230,7 @@ mod tests {
         ];
         let mut s = session(&Config::default(), reads, 0);
         let mut log = Log::default();
-        s.read_pass(&mut Callbacks(&mut log));
+        s.read_pass(&mut Callbacks(&mut log, None));
         assert_eq!(log.0, ["text last", "closed 1000 Remote"]);
         assert!(!s.is_open());
         scripted(&mut s).write_budget = usize::MAX;
@@ -1311,7 +1322,7 @@ mod tests {
         let reads = vec![ReadStep::Data(server_frame(0x1, b"only")), ReadStep::Eof];
         let mut s = session(&Config::default(), reads, usize::MAX);
         let mut log = Log::default();
-        s.read_pass(&mut Callbacks(&mut log));
+        s.read_pass(&mut Callbacks(&mut log, None));
         assert_eq!(log.0, ["text only"]);
         assert!(s.is_done());
         assert!(matches!(s.take_error(), Some(Error::ConnectionReset)));

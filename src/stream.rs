@@ -28,6 +28,9 @@ pub(crate) struct Stream {
 pub(crate) enum Transport {
     Plain(TcpConn),
     Tls(TlsConn),
+    /// No connection yet: under the session of a client still opening its first connection,
+    /// which holds only its inbox and counters until then. Reads and writes fail.
+    Detached,
     #[cfg(test)]
     Scripted(scripted::Scripted),
 }
@@ -38,6 +41,7 @@ impl Transport {
         match self {
             Transport::Plain(c) => Some(c),
             Transport::Tls(t) => Some(t.tcp_conn()),
+            Transport::Detached => None,
             #[cfg(test)]
             Transport::Scripted(_) => None,
         }
@@ -47,6 +51,7 @@ impl Transport {
         match self {
             Transport::Plain(c) => Some(c),
             Transport::Tls(t) => Some(t.tcp_conn_mut()),
+            Transport::Detached => None,
             #[cfg(test)]
             Transport::Scripted(_) => None,
         }
@@ -124,6 +129,7 @@ impl Read for Transport {
         match self {
             Transport::Plain(c) => c.read(buf),
             Transport::Tls(t) => t.read(buf),
+            Transport::Detached => Err(io::ErrorKind::NotConnected.into()),
             #[cfg(test)]
             Transport::Scripted(s) => s.read(buf),
         }
@@ -135,6 +141,7 @@ impl Write for Transport {
         match self {
             Transport::Plain(c) => c.write(buf),
             Transport::Tls(t) => t.write(buf),
+            Transport::Detached => Err(io::ErrorKind::NotConnected.into()),
             #[cfg(test)]
             Transport::Scripted(s) => s.write(buf),
         }
@@ -144,6 +151,7 @@ impl Write for Transport {
         match self {
             Transport::Plain(c) => c.flush(),
             Transport::Tls(t) => t.flush(),
+            Transport::Detached => Ok(()),
             #[cfg(test)]
             Transport::Scripted(_) => Ok(()),
         }

@@ -31,7 +31,7 @@ fn small_queue() -> ConfigBuilder {
 }
 
 /// Every mode that takes commands from another thread.
-const HANDLE_MODES: [Mode; 5] = MODES;
+const HANDLE_MODES: [Mode; 6] = MODES;
 
 /// A running client in `mode`, driven on its own thread: its handle, and what it reported
 /// (errors, then the end) once it quits.
@@ -87,6 +87,12 @@ fn start(mode: Mode, url: &str, builder: ConfigBuilder) -> Running {
                     }
                 }
             });
+            handle
+        }
+        Mode::Set => {
+            let mut set = syncws::ClientSet::new().unwrap();
+            let (_, handle) = set.add(url, &config, Collect(Vec::new(), tx)).unwrap();
+            std::thread::spawn(move || set.run());
             handle
         }
     };

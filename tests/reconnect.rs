@@ -481,6 +481,16 @@ fn a_close_or_force_quit_ends_a_reconnect_attempt_that_is_still_opening() {
                         stop(&handle);
                         None
                     }
+                    Mode::Set => {
+                        let mut set = syncws::ClientSet::new().unwrap();
+                        let (_, handle) = set.add(&url, &config, QuitSignal(quit_tx)).unwrap();
+                        std::thread::spawn(move || set.run());
+                        accepted
+                            .recv_timeout(TEST_DEADLINE)
+                            .expect("reconnect attempt");
+                        stop(&handle);
+                        None
+                    }
                 };
                 if let Some(client) = &threaded {
                     accepted

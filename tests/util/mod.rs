@@ -317,15 +317,18 @@ pub enum Mode {
     Blocking,
     NonBlocking(WaitStrategy),
     Threaded,
+    /// One connection in a `ClientSet` (tests/client_set.rs runs hundreds at once).
+    Set,
 }
 
 /// Every mode, with the non-blocking client under each wait strategy.
-pub const MODES: [Mode; 5] = [
+pub const MODES: [Mode; 6] = [
     Mode::Blocking,
     Mode::NonBlocking(WaitStrategy::Readiness),
     Mode::NonBlocking(WaitStrategy::Sleep(Duration::from_millis(1))),
     Mode::NonBlocking(WaitStrategy::BusySpin),
     Mode::Threaded,
+    Mode::Set,
 ];
 
 /// What a client reported, in order.
@@ -534,6 +537,10 @@ pub fn drive(mode: Mode, url: &str, builder: syncws::ConfigBuilder, script: Scri
                 let _ = tx.send(run_threaded(&url, config, recorder));
                 return;
             }
+            Mode::Set => {
+                let _ = tx.send(run_in_set(&url, &config, recorder));
+                return;
+            }
         };
         let _ = tx.send(result.map(|()| Outcome {
             recs: recorder.recs,
@@ -565,6 +572,82 @@ fn check_universal(mode: Mode, outcome: &Outcome) {
         outcome.recs
     );
     assert_eq!(outcome.recs.last(), Some(&Rec::Quit), "{mode:?}: Quit last");
+}
+
+/// A recorder in a client set, handed back when its connection quits.
+struct InSet {
+    recorder: Option<Recorder>,
+    done: crossbeam_channel::Sender<Recorder>,
+}
+
+impl InSet {
+    fn rec(&mut self) -> &mut Recorder {
+        self.recorder.as_mut().expect("hooks before on_quit")
+    }
+}
+
+impl Handler for InSet {
+    fn on_activated(&mut self, ctx: &mut Context<'_>) {
+        self.rec().on_activated(ctx);
+    }
+    fn on_text_message(&mut self, ctx: &mut Context<'_>, text: &str) {
+        self.rec().on_text_message(ctx, text);
+    }
+    fn on_binary_message(&mut self, ctx: &mut Context<'_>, data: &[u8]) {
+        self.rec().on_binary_message(ctx, data);
+    }
+    fn on_ping(&mut self, ctx: &mut Context<'_>, data: &[u8]) {
+        self.rec().on_ping(ctx, data);
+    }
+    fn on_pong(&mut self, ctx: &mut Context<'_>, data: &[u8]) {
+        self.rec().on_pong(ctx, data);
+    }
+    fn on_connection_closed(&mut self, ctx: &mut Context<'_>, close: &CloseInfo) {
+        self.rec().on_connection_closed(ctx, close);
+    }
+    fn on_error(&mut self, ctx: &mut Context<'_>, error: &Error) {
+        self.rec().on_error(ctx, error);
+    }
+    fn on_idle(&mut self, ctx: &mut Context<'_>) {
+        self.rec().on_idle(ctx);
+    }
+    fn on_reconnecting(&mut self, ctx: &mut Context<'_>, attempt: &syncws::ReconnectAttempt) {
+        self.rec().on_reconnecting(ctx, attempt);
+    }
+    fn on_quit(&mut self) {
+        if let Some(mut recorder) = self.recorder.take() {
+            recorder.on_quit();
+            let _ = self.done.send(recorder);
+        }
+    }
+}
+
+/// One connection in a client set: a connect failure (an error and a quit with no activation)
+/// comes back as the error, as `connect` returns it in the other modes.
+fn run_in_set(url: &str, config: &Config, recorder: Recorder) -> Result<Outcome, Error> {
+    let (done, back) = crossbeam_channel::bounded(1);
+    let mut set = syncws::ClientSet::new()?;
+    let (id, _) = set.add(
+        url,
+        config,
+        InSet {
+            recorder: Some(recorder),
+            done,
+        },
+    )?;
+    assert_eq!(id.get(), 0);
+    set.run();
+    assert!(set.is_empty(), "run returns once every connection has quit");
+    let mut recorder = back.try_recv().expect("on_quit ran before run returned");
+    if !recorder.recs.iter().any(|r| matches!(r, Rec::Activated(_))) {
+        if let Some(e) = recorder.errors.pop() {
+            return Err(e);
+        }
+    }
+    Ok(Outcome {
+        recs: recorder.recs,
+        errors: recorder.errors,
+    })
 }
 
 fn run_threaded(url: &str, config: Config, mut recorder: Recorder) -> Result<Outcome, Error> {

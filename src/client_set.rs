@@ -1,0 +1,596 @@
+//! Many connections on one thread: the fourth front-end. Each connection is a [`Driver`], the
+//! same core as in the other modes; this file only decides which drivers to pass and when to
+//! wait: one epoll instance for every socket (edge-triggered, registered once per socket), one
+//! eventfd for every command sender, and one timer heap for every deadline.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::fmt;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use rustix::buffer::spare_capacity;
+use rustix::event::{epoll, Timespec};
+use rustix::io::Errno;
+use tungstenite::protocol::frame::coding::CloseCode;
+
+use crate::command::{CommandSender, Shared, Stop};
+use crate::dial::parse_url;
+use crate::driver::{Driver, Step};
+use crate::handler::Callbacks;
+use crate::wait::Woke;
+use crate::waker::SetWaker;
+use crate::{Config, Error, Handler};
+
+/// Which connection of a [`ClientSet`] something is about: given by
+/// [`ClientSet::add`] and [`SetHandle::add`], and to the connection's hooks as
+/// [`Context::id`](crate::Context::id). Never reused by the set that gave it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(u64);
+
+impl ConnId {
+    /// The number behind the id (the order in which connections were added, from 0).
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
+/// The epoll key of the set's own eventfd (connection ids count up from 0).
+const WAKER_KEY: u64 = u64::MAX;
+/// Events taken from the OS per wait.
+const EVENTS_PER_WAIT: usize = 1024;
+/// The longest single OS wait (epoll takes milliseconds in an `int`); a later deadline is
+/// simply waited for again.
+const LONGEST_WAIT: Duration = Duration::from_secs(3600);
+
+/// One connection of the set.
+#[derive(Debug)]
+struct Member<H> {
+    driver: Driver,
+    handler: H,
+    shared: Arc<Shared>,
+    /// The earliest deadline this member has in the timer heap.
+    timer: Option<Instant>,
+    /// The socket registered with epoll (descriptor and the driver's socket epoch).
+    registered: Option<(RawFd, u64)>,
+    /// On the run list for the next round.
+    queued: bool,
+    /// The last pass said `Wait`: what ends the wait goes to `Driver::woke`.
+    waiting: bool,
+    /// That pass dispatched messages.
+    delivered: bool,
+    /// What ended the wait so far (socket, command, deadline), merged.
+    woke: Option<Woke>,
+}
+
+/// What other threads ask of the set.
+enum SetCommand<H> {
+    Add(u64, Box<Member<H>>),
+    CloseAll(CloseCode, String),
+}
+
+/// What the set shares with its handles.
+#[derive(Debug)]
+struct Core {
+    waker: Arc<SetWaker>,
+    next_id: AtomicU64,
+}
+
+impl Core {
+    /// A new member, not yet connected: its first pass starts the dial.
+    fn member<H>(
+        self: &Arc<Self>,
+        url: &str,
+        config: &Config,
+        handler: H,
+    ) -> Result<(u64, CommandSender, Member<H>), Error> {
+        parse_url(url)?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let shared = Shared::in_set(self.waker.clone(), id);
+        let (driver, sender) = Driver::dialing(url, config, shared.clone());
+        let member = Member {
+            driver,
+            handler,
+            shared,
+            timer: None,
+            registered: None,
+            queued: false,
+            waiting: false,
+            delivered: false,
+            woke: None,
+        };
+        Ok((id, sender, member))
+    }
+}
+
+/// Many client connections driven by one thread: the calling thread, in
+/// [`run`](Self::run), with no async runtime.
+///
+/// Each connection has its own handler value (`H`, any [`Handler`]; use
+/// `Box<dyn Handler + Send>` to mix kinds) and gets the same hooks and [`Context`](
+/// crate::Context) as in the other modes, plus its [`ConnId`] in [`Context::id`](
+/// crate::Context::id). Opening a connection (TCP, TLS, the upgrade) proceeds as its socket
+/// allows, interleaved with the traffic of the others, each bounded by its own
+/// `connect_timeout` and `handshake_timeout`; a server that never answers holds only its own
+/// connection's slot. Everything else is per connection as in the other modes: close
+/// handshake, heartbeat, reconnecting with backoff (once a connection has been open; the
+/// first connect is one attempt, as `connect` is elsewhere: if it fails, `on_error` then
+/// `on_quit`), permessage-deflate, proxies, both TLS backends, metrics.
+///
+/// The set waits in one OS poll for all its sockets (epoll, edge-triggered) and one eventfd
+/// for all its command senders, so a connection costs its socket and nothing else in
+/// descriptors. Every connection's deadlines are kept in one timer heap.
+/// [`Config::wait_strategy`] does not apply here.
+///
+/// Connections are added with [`add`](Self::add) before or between runs, and with a
+/// [`SetHandle`] from anywhere, including the set's own hooks and other threads, while it runs.
+/// Each `add` hands back the connection's [`CommandSender`], through which any thread sends to
+/// it, closes it or drops it.
+///
+/// Name resolution is the one step that blocks the thread (the system resolver has no
+/// non-blocking interface): use IP addresses (or `localhost`) for URLs added while traffic
+/// flows, when a slow DNS server would hold up every connection.
+///
+/// ```no_run
+/// use syncws::{ClientSet, Config, Context, Handler};
+///
+/// struct Echo;
+/// impl Handler for Echo {
+///     fn on_activated(&mut self, ctx: &mut Context<'_>) {
+///         ctx.send_text("hello").unwrap();
+///     }
+///     fn on_text_message(&mut self, ctx: &mut Context<'_>, text: &str) {
+///         println!("{:?} got {text}", ctx.id());
+///         ctx.close(1000, "done").unwrap();
+///     }
+/// }
+///
+/// let mut set = ClientSet::new()?;
+/// for _ in 0..1000 {
+///     set.add("ws://127.0.0.1:9001", &Config::default(), Echo)?;
+/// }
+/// set.run(); // returns once every connection has quit
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct ClientSet<H> {
+    core: Arc<Core>,
+    tx: Sender<SetCommand<H>>,
+    rx: Receiver<SetCommand<H>>,
+    epoll: OwnedFd,
+    members: HashMap<u64, Member<H>>,
+    /// Members to pass in the next round.
+    run: Vec<u64>,
+    /// Deadlines (lazily deleted: an entry counts only while it is its member's `timer`).
+    timers: BinaryHeap<Reverse<(Instant, u64)>>,
+    woken: Vec<u64>,
+}
+
+impl<H> fmt::Debug for ClientSet<H> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientSet")
+            .field("connections", &self.members.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<H: Handler> ClientSet<H> {
+    /// An empty set: an epoll instance and an eventfd, nothing else until connections are
+    /// added.
+    ///
+    /// # Errors
+    ///
+    /// When the OS refuses either descriptor (the process is out of them).
+    pub fn new() -> io::Result<Self> {
+        let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+        let waker = Arc::new(SetWaker::new()?);
+        epoll::add(
+            &epoll,
+            waker.waker().as_fd(),
+            epoll::EventData::new_u64(WAKER_KEY),
+            epoll::EventFlags::IN,
+        )?;
+        let (tx, rx) = crossbeam_channel::unbounded();
+        Ok(ClientSet {
+            core: Arc::new(Core {
+                waker,
+                next_id: AtomicU64::new(0),
+            }),
+            tx,
+            rx,
+            epoll,
+            members: HashMap::new(),
+            run: Vec::new(),
+            timers: BinaryHeap::new(),
+            woken: Vec::new(),
+        })
+    }
+
+    /// Add a connection to `url`, driven by `handler`. It starts opening at the set's next
+    /// pass (in [`run`](Self::run)); every hook of `handler` runs on the set's thread.
+    ///
+    /// Returns its id and the [`CommandSender`] that sends to it from anywhere (commands sent
+    /// before it is open are carried out once it is, after `on_activated`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidUrl`] and [`Error::UnsupportedScheme`]: checked here; every later
+    /// failure (DNS, refused, TLS, timeouts, a rejected upgrade) goes to the handler's
+    /// `on_error`, followed by `on_quit`.
+    pub fn add(
+        &mut self,
+        url: &str,
+        config: &Config,
+        handler: H,
+    ) -> Result<(ConnId, CommandSender), Error> {
+        let (id, sender, member) = self.core.member(url, config, handler)?;
+        self.insert(id, member);
+        Ok((ConnId(id), sender))
+    }
+
+    /// A cloneable, thread-safe handle that adds connections to this set and closes them all,
+    /// from the set's own hooks or from other threads; it wakes the set.
+    pub fn handle(&self) -> SetHandle<H> {
+        SetHandle {
+            core: self.core.clone(),
+            tx: self.tx.clone(),
+        }
+    }
+
+    /// Connections in the set (open, opening, closing, or between reconnect attempts).
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Whether the set holds no connection.
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// Drive every connection on this thread until none is left: the last one has quit and
+    /// no add is waiting. Connections added through a [`SetHandle`] after that start at the
+    /// next `run`.
+    ///
+    /// To end early, close the connections ([`SetHandle::close_all`], or each one's
+    /// [`CommandSender`]); `run` returns once the last has quit.
+    pub fn run(&mut self) {
+        let span = tracing::debug_span!("client_set");
+        let _enter = span.enter();
+        // Here, not in the set: an epoll event holds a pointer-sized union, which would make
+        // the set impossible to move to another thread.
+        let mut events = Vec::with_capacity(EVENTS_PER_WAIT);
+        loop {
+            self.take_commands();
+            self.take_woken();
+            self.expire_timers(Instant::now());
+            let round = std::mem::take(&mut self.run);
+            for &id in &round {
+                self.step(id);
+            }
+            // Keep the allocation of the longer list.
+            if self.run.is_empty() && round.capacity() > self.run.capacity() {
+                self.run = round;
+                self.run.clear();
+            }
+            if self.run.is_empty() && self.members.is_empty() && self.rx.is_empty() {
+                // Deadlines of connections that have ended.
+                self.timers.clear();
+                return;
+            }
+            if let Err(e) = self.wait(&mut events) {
+                // Only a broken epoll or eventfd gets here: nothing could be waited for again.
+                tracing::error!(error = %e, "client set: waiting failed; dropping every connection");
+                self.fail_all(e);
+            }
+        }
+    }
+
+    fn insert(&mut self, id: u64, mut member: Member<H>) {
+        member.queued = true;
+        self.members.insert(id, member);
+        self.run.push(id);
+    }
+
+    /// Adds and close-alls from handles.
+    fn take_commands(&mut self) {
+        while let Ok(command) = self.rx.try_recv() {
+            match command {
+                SetCommand::Add(id, member) => self.insert(id, *member),
+                SetCommand::CloseAll(code, reason) => {
+                    for member in self.members.values() {
+                        // Refused only by a connection that has ended already.
+                        let _ = member.shared.request(Stop::Close(code, reason.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Members whose senders woke the set (commands, stops).
+    fn take_woken(&mut self) {
+        let mut woken = std::mem::take(&mut self.woken);
+        self.core.waker.take_woken(&mut woken);
+        for id in woken.drain(..) {
+            self.mark(id, Woke::Command);
+        }
+        self.woken = woken;
+    }
+
+    fn expire_timers(&mut self, now: Instant) {
+        while let Some(&Reverse((at, id))) = self.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            if let Some(member) = self.members.get_mut(&id) {
+                if member.timer == Some(at) {
+                    member.timer = None;
+                    self.mark(id, Woke::Deadline);
+                }
+            }
+        }
+    }
+
+    /// Put a member on the run list, noting what ended its wait.
+    fn mark(&mut self, id: u64, woke: Woke) {
+        let Some(member) = self.members.get_mut(&id) else {
+            // Ended since (a stale event or wake).
+            return;
+        };
+        member.woke = Some(match member.woke {
+            Some(before) => strongest(before, woke),
+            None => woke,
+        });
+        if !member.queued {
+            member.queued = true;
+            self.run.push(id);
+        }
+    }
+
+    /// One pass of one member, then arrange what it waits for.
+    fn step(&mut self, id: u64) {
+        let Some(member) = self.members.get_mut(&id) else {
+            return;
+        };
+        member.queued = false;
+        member.shared.set_parked(false);
+        let conn = Some(ConnId(id));
+        let woke = member.woke.take();
+        let step = {
+            let mut d = Callbacks(&mut member.handler, conn);
+            if let (true, Some(woke)) = (member.waiting, woke) {
+                member.driver.woke(&mut d, woke, member.delivered);
+            }
+            member.waiting = false;
+            member.driver.pass(&mut d)
+        };
+        match step {
+            Step::Done => {
+                if let Some(mut member) = self.members.remove(&id) {
+                    // Its socket closes as it drops, which takes it out of epoll.
+                    member
+                        .driver
+                        .finish(&mut Callbacks(&mut member.handler, conn));
+                }
+            }
+            Step::Again => {
+                member.queued = true;
+                self.run.push(id);
+            }
+            Step::Wait {
+                deadline,
+                delivered,
+                ..
+            } => {
+                member.waiting = true;
+                member.delivered = delivered;
+                self.arrange(id, false, deadline);
+            }
+            Step::Paused { deadline } => {
+                // Not for a `Handler`, which always takes messages; waits like `Wait`.
+                member.waiting = true;
+                member.delivered = false;
+                self.arrange(id, false, deadline);
+            }
+            Step::Reconnecting { dialing, deadline } => {
+                self.arrange(id, dialing.is_some(), deadline);
+            }
+        }
+    }
+
+    /// After a pass that waits: the socket registered (again, when `dialing`: a dial may have
+    /// moved to another socket), the deadline in the heap, and the member parked, unless a
+    /// command came meanwhile.
+    fn arrange(&mut self, id: u64, dialing: bool, deadline: Option<Instant>) {
+        let Some(member) = self.members.get_mut(&id) else {
+            return;
+        };
+        if let Some((fd, epoch)) = member.driver.socket() {
+            let key = (fd.as_raw_fd(), epoch);
+            if dialing || member.registered != Some(key) {
+                // Read, write and the peer's FIN, edge-triggered: registered once per socket,
+                // never modified; each pass reads and writes until the socket would block.
+                let flags = epoll::EventFlags::IN
+                    | epoll::EventFlags::OUT
+                    | epoll::EventFlags::RDHUP
+                    | epoll::EventFlags::ET;
+                match epoll::add(&self.epoll, fd, epoll::EventData::new_u64(id), flags) {
+                    Ok(()) | Err(Errno::EXIST) => member.registered = Some(key),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "client set: cannot watch a socket");
+                        member.driver.session.fail(io::Error::from(e).into(), None);
+                        member.queued = true;
+                        self.run.push(id);
+                        return;
+                    }
+                }
+            }
+        }
+        if let Some(at) = deadline {
+            // An earlier entry fires first and the pass then gives the later deadline again,
+            // so only an earlier deadline needs a new entry.
+            if member.timer.is_none_or(|t| at < t) {
+                member.timer = Some(at);
+                self.timers.push(Reverse((at, id)));
+            }
+        }
+        // Park first, then look: a sender that pushes after the look sees the flag and
+        // wakes the set (see `Shared::notify`).
+        member.shared.set_parked(true);
+        if member.driver.has_work() {
+            member.shared.set_parked(false);
+            member.woke = Some(Woke::Command);
+            member.queued = true;
+            self.run.push(id);
+        }
+    }
+
+    /// Wait in epoll until a socket is ready, a sender wakes the set, or the next deadline;
+    /// not at all while members are on the run list.
+    fn wait(&mut self, events: &mut Vec<epoll::Event>) -> io::Result<()> {
+        let now = Instant::now();
+        let waker = &self.core.waker;
+        waker.set_parked(true);
+        let busy = !self.run.is_empty() || waker.has_woken() || !self.rx.is_empty();
+        let timeout = if busy {
+            Some(Duration::ZERO)
+        } else {
+            self.timers
+                .peek()
+                .map(|Reverse((at, _))| at.saturating_duration_since(now))
+        };
+        let timeout = timeout.map(|t| {
+            // Whole milliseconds, rounded up: a wait that ends before the deadline would only
+            // come back to wait again.
+            let t = t.min(LONGEST_WAIT);
+            let ms = t.as_nanos().div_ceil(1_000_000);
+            Timespec {
+                tv_sec: i64::try_from(ms / 1000).unwrap_or(i64::MAX),
+                tv_nsec: i64::try_from((ms % 1000) * 1_000_000).unwrap_or(0),
+            }
+        });
+        events.clear();
+        let waited = epoll::wait(&self.epoll, spare_capacity(events), timeout.as_ref());
+        waker.set_parked(false);
+        match waited {
+            Ok(_) | Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+        for event in events.drain(..) {
+            let key = event.data.u64();
+            if key == WAKER_KEY {
+                self.core.waker.waker().drain();
+                continue;
+            }
+            let flags = event.flags;
+            let woke = if flags.intersects(
+                epoll::EventFlags::HUP | epoll::EventFlags::ERR | epoll::EventFlags::RDHUP,
+            ) {
+                Woke::PeerClosed
+            } else {
+                Woke::Activity
+            };
+            self.mark(key, woke);
+        }
+        Ok(())
+    }
+
+    fn fail_all(&mut self, e: io::Error) {
+        let ids: Vec<u64> = self.members.keys().copied().collect();
+        for id in ids {
+            if let Some(member) = self.members.get_mut(&id) {
+                let error = io::Error::new(e.kind(), e.to_string());
+                member.driver.session.fail(error.into(), None);
+            }
+            self.mark(id, Woke::Command);
+        }
+    }
+}
+
+/// Of two reasons a wait ended, the one that says most about the socket.
+fn strongest(a: Woke, b: Woke) -> Woke {
+    let rank = |w: Woke| match w {
+        Woke::PeerClosed => 4,
+        Woke::Activity => 3,
+        Woke::Poll => 2,
+        Woke::Command => 1,
+        Woke::Deadline => 0,
+    };
+    if rank(a) >= rank(b) {
+        a
+    } else {
+        b
+    }
+}
+
+/// Adds connections to a [`ClientSet`] and closes them all, from any thread (the set's own
+/// hooks included). Cloneable; each call wakes the set.
+pub struct SetHandle<H> {
+    core: Arc<Core>,
+    tx: Sender<SetCommand<H>>,
+}
+
+impl<H> Clone for SetHandle<H> {
+    fn clone(&self) -> Self {
+        SetHandle {
+            core: self.core.clone(),
+            tx: self.tx.clone(),
+        }
+    }
+}
+
+impl<H> fmt::Debug for SetHandle<H> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SetHandle").finish_non_exhaustive()
+    }
+}
+
+impl<H> SetHandle<H> {
+    /// Add a connection, as [`ClientSet::add`] does: it starts opening at the set's next
+    /// pass (at once if it is running; at its next [`run`](ClientSet::run) if not).
+    ///
+    /// # Errors
+    ///
+    /// As for [`ClientSet::add`], and [`Error::Closed`] once the set has been dropped.
+    pub fn add(
+        &self,
+        url: &str,
+        config: &Config,
+        handler: H,
+    ) -> Result<(ConnId, CommandSender), Error> {
+        let (id, sender, member) = self.core.member(url, config, handler)?;
+        self.tx
+            .send(SetCommand::Add(id, Box::new(member)))
+            .map_err(|_| Error::Closed)?;
+        let _ = self.core.waker.wake_set();
+        Ok((ConnId(id), sender))
+    }
+
+    /// Start the close handshake of every connection in the set now, with `code` and
+    /// `reason`, as each one's [`CommandSender::close`] would (sends accepted before it go
+    /// out first); connections between reconnect attempts stop reconnecting. Connections
+    /// added afterwards are not affected.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidCloseCode`] or [`Error::CloseReasonTooLong`]; [`Error::Closed`] once
+    /// the set has been dropped.
+    pub fn close_all(&self, code: impl Into<CloseCode>, reason: &str) -> Result<(), Error> {
+        let code = code.into();
+        crate::close::check_close(code, reason)?;
+        self.tx
+            .send(SetCommand::CloseAll(code, reason.to_owned()))
+            .map_err(|_| Error::Closed)?;
+        let _ = self.core.waker.wake_set();
+        Ok(())
+    }
+}
