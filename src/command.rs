@@ -1,17 +1,22 @@
 //! Commands from other threads: the sender half users hold, the inbox a session drains.
 //!
-//! Sends travel in order through a bounded channel. A stop (`Close`, `ForceQuit`) does not: it
+//! Sends travel in order through a channel bounded by `control_capacity`. The channel itself is
+//! crossbeam's unbounded (list) flavour, whose memory comes in small blocks as commands arrive
+//! and goes as they are taken, and the bound is a count kept under the gate: a bounded (array)
+//! channel would allocate and touch every slot up front, 48 KiB per connection at the default
+//! capacity, which an idle connection of a thousand-connection client or server would pay
+//! for nothing. A stop (`Close`, `ForceQuit`) does not: it
 //! is a request beside the channel that the connection sees at its next pass, so no queued
 //! data can hold it up. A gate closes the channel when the connection ends, so every send that
 //! returned `Ok` was taken by the connection, which carries it out or reports it.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Select, SendError, SendTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{Receiver, SendError, SendTimeoutError, Sender, TrySendError};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Bytes, Utf8Bytes};
 
@@ -87,6 +92,11 @@ pub(crate) struct Shared {
     /// OS poll (while its application is behind on events).
     nudge: Option<Sender<()>>,
     gate: Mutex<Gate>,
+    /// Commands in the channel (the bound is checked against it under the gate).
+    queued: AtomicUsize,
+    /// Senders waiting for room, on `room`, with the gate.
+    waiting: AtomicUsize,
+    room: Condvar,
 }
 
 impl Shared {
@@ -100,6 +110,9 @@ impl Shared {
             },
             nudge,
             gate: Mutex::new(Gate::default()),
+            queued: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            room: Condvar::new(),
         })
     }
 
@@ -116,6 +129,9 @@ impl Shared {
             wake: Wake::Set(set, id),
             nudge: None,
             gate: Mutex::new(Gate::default()),
+            queued: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            room: Condvar::new(),
         })
     }
 
@@ -123,6 +139,18 @@ impl Shared {
     fn notify(&self) {
         if self.parked.load(Ordering::SeqCst) && self.parked.swap(false, Ordering::SeqCst) {
             self.wake_now();
+        }
+    }
+
+    /// The connection took `n` commands off the channel: room for as many senders.
+    fn taken(&self, n: usize) {
+        self.queued.fetch_sub(n, Ordering::SeqCst);
+        // A sender counts itself as waiting before it looks at `queued` (under the gate), so
+        // either it sees the room made here, or we see it waiting and wake it, after it has
+        // released the gate in its wait.
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            let _gate = self.gate();
+            self.room.notify_all();
         }
     }
 
@@ -205,6 +233,7 @@ impl Shared {
 pub struct CommandSender {
     tx: Sender<Command>,
     shared: Arc<Shared>,
+    capacity: usize,
 }
 
 impl CommandSender {
@@ -249,32 +278,47 @@ impl CommandSender {
 
     fn send_until(
         &self,
-        mut command: Command,
+        command: Command,
         deadline: Option<Instant>,
     ) -> Result<(), SendTimeoutError<Command>> {
-        loop {
-            command = match self.offer(command) {
-                Offer::Taken => return Ok(()),
-                Offer::Refused(c) => return Err(SendTimeoutError::Disconnected(c)),
-                Offer::Full(c) => c,
+        let send = match self.stop_or_send(command) {
+            Ok(taken) => return taken.map_err(SendTimeoutError::Disconnected),
+            Err(send) => send,
+        };
+        let mut gate = self.shared.gate();
+        // Counted before looking at the room (see `Shared::taken`).
+        self.shared.waiting.fetch_add(1, Ordering::SeqCst);
+        let refused: Option<fn(Command) -> SendTimeoutError<Command>> = loop {
+            if gate.ended || gate.stopping {
+                break Some(SendTimeoutError::Disconnected);
+            }
+            if self.shared.queued.load(Ordering::SeqCst) < self.capacity {
+                break None;
+            }
+            gate = match deadline {
+                None => self.shared.room.wait(gate).unwrap_or_else(|e| e.into_inner()),
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break Some(SendTimeoutError::Timeout);
+                    }
+                    self.shared
+                        .room
+                        .wait_timeout(gate, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
             };
-            // Wait for room without holding the gate (the connection takes it to end), then
-            // offer again.
-            let mut select = Select::new();
-            select.send(&self.tx);
-            let ready = match deadline {
-                None => select.ready(),
-                Some(d) => match select.ready_deadline(d) {
-                    Ok(i) => i,
-                    Err(_) => return Err(SendTimeoutError::Timeout(command)),
-                },
-            };
-            debug_assert_eq!(ready, 0);
+        };
+        self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
+        match refused {
+            Some(error) => Err(error(send)),
+            None => self.push(send, gate).map_err(SendTimeoutError::Disconnected),
         }
     }
 
-    /// One attempt: stops go beside the channel, sends into it while the gate is open.
-    fn offer(&self, command: Command) -> Offer {
+    /// A stop goes beside the channel: `Ok` with its outcome. A send comes back as `Err`.
+    fn stop_or_send(&self, command: Command) -> Result<Result<(), Command>, Command> {
         let stop = match command {
             // A close the session would refuse goes in order with the sends, to be reported
             // as an error where the others are.
@@ -282,27 +326,42 @@ impl CommandSender {
                 Stop::Close(code, reason)
             }
             Command::ForceQuit => Stop::ForceQuit,
-            send => {
-                let gate = self.shared.gate();
-                if gate.ended || gate.stopping {
-                    return Offer::Refused(send);
-                }
-                let offered = self.tx.try_send(send);
-                drop(gate);
-                return match offered {
-                    Ok(()) => {
-                        self.shared.notify();
-                        Offer::Taken
-                    }
-                    Err(TrySendError::Full(c)) => Offer::Full(c),
-                    Err(TrySendError::Disconnected(c)) => Offer::Refused(c),
-                };
-            }
+            send => return Err(send),
         };
-        match self.shared.request(stop) {
+        Ok(match self.shared.request(stop) {
+            Ok(()) => Ok(()),
+            Err(Stop::Close(code, reason)) => Err(Command::Close(code, reason)),
+            Err(Stop::ForceQuit) => Err(Command::ForceQuit),
+        })
+    }
+
+    /// Put a send in the channel, with the gate held and room checked.
+    fn push(&self, send: Command, gate: MutexGuard<'_, Gate>) -> Result<(), Command> {
+        self.tx.send(send).map_err(|e| e.into_inner())?;
+        self.shared.queued.fetch_add(1, Ordering::SeqCst);
+        drop(gate);
+        self.shared.notify();
+        Ok(())
+    }
+
+    /// One attempt: stops go beside the channel, sends into it while the gate is open and
+    /// there is room.
+    fn offer(&self, command: Command) -> Offer {
+        let send = match self.stop_or_send(command) {
+            Ok(Ok(())) => return Offer::Taken,
+            Ok(Err(refused)) => return Offer::Refused(refused),
+            Err(send) => send,
+        };
+        let gate = self.shared.gate();
+        if gate.ended || gate.stopping {
+            return Offer::Refused(send);
+        }
+        if self.shared.queued.load(Ordering::SeqCst) >= self.capacity {
+            return Offer::Full(send);
+        }
+        match self.push(send, gate) {
             Ok(()) => Offer::Taken,
-            Err(Stop::Close(code, reason)) => Offer::Refused(Command::Close(code, reason)),
-            Err(Stop::ForceQuit) => Offer::Refused(Command::ForceQuit),
+            Err(send) => Offer::Refused(send),
         }
     }
 
@@ -366,11 +425,12 @@ pub(crate) struct Inbox {
 
 impl Inbox {
     pub(crate) fn channel(capacity: usize, shared: Arc<Shared>) -> (CommandSender, Inbox) {
-        let (tx, rx) = crossbeam_channel::bounded(capacity);
+        let (tx, rx) = crossbeam_channel::unbounded();
         (
             CommandSender {
                 tx,
                 shared: shared.clone(),
+                capacity,
             },
             Inbox {
                 rx,
@@ -381,7 +441,12 @@ impl Inbox {
     }
 
     pub(crate) fn next(&mut self) -> Option<Command> {
-        self.front.pop_front().or_else(|| self.rx.try_recv().ok())
+        if let Some(held) = self.front.pop_front() {
+            return Some(held);
+        }
+        let command = self.rx.try_recv().ok()?;
+        self.shared.taken(1);
+        Some(command)
     }
 
     /// Put back a send that met a full queue; it goes first once the socket drains.
@@ -439,8 +504,20 @@ impl Inbox {
         gate.ended = true;
         let mut left: Vec<Command> = self.front.drain(..).collect();
         left.extend(self.rx.try_iter());
+        // Senders waiting for room learn that there will be none.
+        self.shared.room.notify_all();
         drop(gate);
         left
+    }
+}
+
+impl Drop for Inbox {
+    /// A connection dropped without ending (its owner dropped it unrun): senders waiting for
+    /// room must not wait for ever.
+    fn drop(&mut self) {
+        let mut gate = self.shared.gate();
+        gate.ended = true;
+        self.shared.room.notify_all();
     }
 }
 
@@ -450,12 +527,81 @@ mod tests {
 
     #[test]
     fn a_command_stays_small() {
-        // Every connection's channel allocates `control_capacity` slots of it up front (1024 by
-        // default): each byte here is a KiB per idle connection.
+        // Commands sit in the channel's blocks while they wait: each byte here is a KiB of a
+        // full default channel (1024 commands).
         assert!(
             std::mem::size_of::<Command>() <= 40,
             "{}",
             std::mem::size_of::<Command>()
         );
+    }
+
+    fn channel(capacity: usize) -> (CommandSender, Inbox) {
+        Inbox::channel(capacity, Shared::new(None, None))
+    }
+
+    fn text(n: usize) -> Command {
+        Command::SendText(n.to_string().into())
+    }
+
+    /// Wait (bounded, without sleeping a fixed time) until a sender is blocked for room.
+    fn until_waiting(sender: &CommandSender) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while sender.shared.waiting.load(Ordering::SeqCst) == 0 {
+            assert!(Instant::now() < deadline, "the sender never waited");
+            std::thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn the_channel_holds_capacity_commands_and_makes_room_as_they_are_taken() {
+        let (sender, mut inbox) = channel(3);
+        for n in 0..3 {
+            sender.try_send(text(n)).unwrap();
+        }
+        assert!(matches!(sender.try_send(text(3)), Err(TrySendError::Full(_))));
+        assert!(matches!(
+            sender.send_timeout(text(3), Duration::from_millis(1)),
+            Err(SendTimeoutError::Timeout(_))
+        ));
+        assert_eq!(inbox.next(), Some(text(0)));
+        sender.try_send(text(3)).unwrap();
+        let taken: Vec<Command> = std::iter::from_fn(|| inbox.next()).collect();
+        assert_eq!(taken, [text(1), text(2), text(3)], "in order, each once");
+        // Stops never wait for room.
+        for n in 0..3 {
+            sender.try_send(text(n)).unwrap();
+        }
+        sender.force_quit().unwrap();
+        assert_eq!(inbox.take_stop(), Some(Stop::ForceQuit));
+    }
+
+    #[test]
+    fn a_sender_blocked_on_a_full_channel_goes_on_when_a_command_is_taken() {
+        let (sender, mut inbox) = channel(1);
+        sender.send(text(0)).unwrap();
+        let blocked = sender.clone();
+        let t = std::thread::spawn(move || blocked.send(text(1)));
+        until_waiting(&sender);
+        assert_eq!(inbox.next(), Some(text(0)));
+        t.join().unwrap().unwrap();
+        assert_eq!(inbox.next(), Some(text(1)));
+    }
+
+    #[test]
+    fn a_sender_blocked_on_a_full_channel_is_refused_when_the_connection_ends_or_drops() {
+        for drop_it in [false, true] {
+            let (sender, mut inbox) = channel(1);
+            sender.send(text(0)).unwrap();
+            let blocked = sender.clone();
+            let t = std::thread::spawn(move || blocked.send(text(1)));
+            until_waiting(&sender);
+            if drop_it {
+                drop(inbox);
+            } else {
+                assert_eq!(inbox.end(), [text(0)]);
+            }
+            assert_eq!(t.join().unwrap(), Err(SendError(text(1))), "handed back");
+        }
     }
 }
