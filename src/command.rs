@@ -296,7 +296,11 @@ impl CommandSender {
                 break None;
             }
             gate = match deadline {
-                None => self.shared.room.wait(gate).unwrap_or_else(|e| e.into_inner()),
+                None => self
+                    .shared
+                    .room
+                    .wait(gate)
+                    .unwrap_or_else(|e| e.into_inner()),
                 Some(d) => {
                     let left = d.saturating_duration_since(Instant::now());
                     if left.is_zero() {
@@ -313,7 +317,9 @@ impl CommandSender {
         self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
         match refused {
             Some(error) => Err(error(send)),
-            None => self.push(send, gate).map_err(SendTimeoutError::Disconnected),
+            None => self
+                .push(send, gate)
+                .map_err(SendTimeoutError::Disconnected),
         }
     }
 
@@ -559,7 +565,10 @@ mod tests {
         for n in 0..3 {
             sender.try_send(text(n)).unwrap();
         }
-        assert!(matches!(sender.try_send(text(3)), Err(TrySendError::Full(_))));
+        assert!(matches!(
+            sender.try_send(text(3)),
+            Err(TrySendError::Full(_))
+        ));
         assert!(matches!(
             sender.send_timeout(text(3), Duration::from_millis(1)),
             Err(SendTimeoutError::Timeout(_))

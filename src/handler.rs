@@ -49,42 +49,49 @@ pub trait Handler {
     fn on_quit(&mut self) {}
 }
 
-/// A boxed handler is a handler: `ClientSet<Box<dyn Handler + Send>>` mixes kinds.
-impl<H: Handler + ?Sized> Handler for Box<H> {
-    fn on_activated(&mut self, ctx: &mut Context<'_>) {
-        (**self).on_activated(ctx);
-    }
-    fn on_text_message(&mut self, ctx: &mut Context<'_>, text: &str) {
-        (**self).on_text_message(ctx, text);
-    }
-    fn on_binary_message(&mut self, ctx: &mut Context<'_>, data: &[u8]) {
-        (**self).on_binary_message(ctx, data);
-    }
-    fn on_ping(&mut self, ctx: &mut Context<'_>, data: &[u8]) {
-        (**self).on_ping(ctx, data);
-    }
-    fn on_pong(&mut self, ctx: &mut Context<'_>, data: &[u8]) {
-        (**self).on_pong(ctx, data);
-    }
-    fn on_connection_closed(&mut self, ctx: &mut Context<'_>, close: &CloseInfo) {
-        (**self).on_connection_closed(ctx, close);
-    }
-    fn on_error(&mut self, ctx: &mut Context<'_>, error: &Error) {
-        (**self).on_error(ctx, error);
-    }
-    fn on_idle(&mut self, ctx: &mut Context<'_>) {
-        (**self).on_idle(ctx);
-    }
-    fn on_reconnecting(&mut self, ctx: &mut Context<'_>, attempt: &ReconnectAttempt) {
-        (**self).on_reconnecting(ctx, attempt);
-    }
-    fn on_writable(&mut self, ctx: &mut Context<'_>) {
-        (**self).on_writable(ctx);
-    }
-    fn on_quit(&mut self) {
-        (**self).on_quit();
-    }
+/// A handler behind a pointer is a handler: `ClientSet<Box<dyn Handler + Send>>` mixes kinds,
+/// and `ClientSet<&mut MyHandler>` lends handlers for the length of a run.
+macro_rules! forward_handler {
+    ($($ty:ty),*) => {$(
+        impl<H: Handler + ?Sized> Handler for $ty {
+            fn on_activated(&mut self, ctx: &mut Context<'_>) {
+                (**self).on_activated(ctx);
+            }
+            fn on_text_message(&mut self, ctx: &mut Context<'_>, text: &str) {
+                (**self).on_text_message(ctx, text);
+            }
+            fn on_binary_message(&mut self, ctx: &mut Context<'_>, data: &[u8]) {
+                (**self).on_binary_message(ctx, data);
+            }
+            fn on_ping(&mut self, ctx: &mut Context<'_>, data: &[u8]) {
+                (**self).on_ping(ctx, data);
+            }
+            fn on_pong(&mut self, ctx: &mut Context<'_>, data: &[u8]) {
+                (**self).on_pong(ctx, data);
+            }
+            fn on_connection_closed(&mut self, ctx: &mut Context<'_>, close: &CloseInfo) {
+                (**self).on_connection_closed(ctx, close);
+            }
+            fn on_error(&mut self, ctx: &mut Context<'_>, error: &Error) {
+                (**self).on_error(ctx, error);
+            }
+            fn on_idle(&mut self, ctx: &mut Context<'_>) {
+                (**self).on_idle(ctx);
+            }
+            fn on_reconnecting(&mut self, ctx: &mut Context<'_>, attempt: &ReconnectAttempt) {
+                (**self).on_reconnecting(ctx, attempt);
+            }
+            fn on_writable(&mut self, ctx: &mut Context<'_>) {
+                (**self).on_writable(ctx);
+            }
+            fn on_quit(&mut self) {
+                (**self).on_quit();
+            }
+        }
+    )*};
 }
+
+forward_handler!(Box<H>, &mut H);
 
 /// A message [`Context::try_send`] could not queue, handed back with the reason.
 #[derive(Debug)]

@@ -1,7 +1,7 @@
 //! # syncws: a synchronous WebSocket client
 //!
 //! WebSocket without an async runtime: a thread you own, callbacks or channels, and deadlines on
-//! everything. Three modes share one core (a `Session` that owns the tungstenite socket), so
+//! everything. Four front-ends share one core (a `Session` that owns the tungstenite socket), so
 //! they behave the same: same config, same errors, same close semantics, same guarantees.
 //!
 //! | mode | runs on | you write | waits by | choose it for |
@@ -9,6 +9,7 @@
 //! | [`BlockingClient`] | your thread | a [`Handler`], plus a [`CommandSender`] to stop it from other threads | OS poll on the socket | simple request/response and streaming clients |
 //! | [`NonBlockingClient`] | your thread | a [`Handler`], plus a [`CommandSender`] for other threads | [`WaitStrategy`]: spin, sleep or readiness | latency-critical loops (spin), or owning the loop |
 //! | [`ThreadedClient`] | a worker thread | a loop over `event_rx` | OS poll + waker | applications that want channels, not callbacks |
+//! | [`ClientSet`] | your thread, for many connections | a [`Handler`] per connection ([`Context::id`] names it), a [`SetHandle`] to add connections from anywhere | one epoll for every socket + one waker + one timer heap | thousands of connections: fan-in, gateways, probes, load generators |
 //!
 //! ## Blocking
 //!
@@ -46,6 +47,11 @@
 //! ## Threaded
 //!
 //! See [`ThreadedClient`]: `control_tx.send(Command::..)` in, `event_rx.recv()` out.
+//!
+//! ## Many connections on one thread
+//!
+//! See [`ClientSet`]: `add(url, &config, handler)` as often as you like, then `run()`; every
+//! connection opens, talks and closes as its socket allows, none waits for another.
 //!
 //! ## Server side
 //!

@@ -35,6 +35,7 @@ use serde_json::{json, Value};
 mod clients;
 mod deflate;
 mod job;
+mod many;
 mod server;
 mod sys;
 
@@ -56,6 +57,10 @@ USAGE: syncws-bench [OPTIONS]
   --deflate          instead of the client matrix: JSON chat messages through a syncws echo
                      server with permessage-deflate off and on (ratio, msg/s, CPU per message;
                      2 s per run, 0.5 s with --quick; --rounds and --json apply)
+  --many [--quick]   instead of the client matrix: one thread driving many connections
+                     (ClientSet): 10,000 connections (connect time, RSS per connection, idle
+                     CPU), then 1,000 x one message in flight vs ThreadedClients and
+                     tokio-tungstenite (see bench/src/many.rs for its options)
   --quick            short run for development (10k round trips, 0.3 s windows, 1 s idle)
   --rtt-count N      timed round trips per client (default 100000)
   --rtt-warmup N     untimed round trips first (default 5000)
@@ -70,7 +75,7 @@ USAGE: syncws-bench [OPTIONS]
 
 Clients: raw-tcp tungstenite tokio-tungstenite s9-blocking s9-nonblocking s9-threaded
          syncws-blocking syncws-nonblocking-spin syncws-nonblocking-sleep
-         syncws-nonblocking-readiness syncws-threaded
+         syncws-nonblocking-readiness syncws-threaded syncws-set
 ";
 
 struct Opts {
@@ -194,7 +199,14 @@ fn parse_args(args: Vec<String>) -> Result<Opts, String> {
 }
 
 fn main() -> ExitCode {
-    let opts = match parse_args(std::env::args().skip(1).collect()) {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("--many") => return many::main(&args[1..]),
+        Some("--serve-many") => many::serve(),
+        Some("--many-scale") => return many::scale_child(&args[1..]),
+        _ => {}
+    }
+    let opts = match parse_args(args) {
         Ok(o) => o,
         Err(e) if e.is_empty() => {
             print!("{HELP}");

@@ -24,10 +24,11 @@ pub enum Client {
     SyncwsSleep,
     SyncwsReadiness,
     SyncwsThreaded,
+    SyncwsSet,
 }
 
 impl Client {
-    pub const ALL: [Client; 11] = [
+    pub const ALL: [Client; 12] = [
         Client::RawTcp,
         Client::Tungstenite,
         Client::TokioTungstenite,
@@ -39,6 +40,7 @@ impl Client {
         Client::SyncwsSleep,
         Client::SyncwsReadiness,
         Client::SyncwsThreaded,
+        Client::SyncwsSet,
     ];
 
     pub fn name(self) -> &'static str {
@@ -54,6 +56,7 @@ impl Client {
             Client::SyncwsSleep => "syncws-nonblocking-sleep",
             Client::SyncwsReadiness => "syncws-nonblocking-readiness",
             Client::SyncwsThreaded => "syncws-threaded",
+            Client::SyncwsSet => "syncws-set",
         }
     }
 
@@ -96,7 +99,8 @@ pub fn run(client: Client, job: &mut Job, addrs: &Addrs, p: &Params) {
         Client::SyncwsBlocking
         | Client::SyncwsSpin
         | Client::SyncwsSleep
-        | Client::SyncwsReadiness => syncws_clients::callbacks(client, job, &addrs.ws, p),
+        | Client::SyncwsReadiness
+        | Client::SyncwsSet => syncws_clients::callbacks(client, job, &addrs.ws, p),
         Client::SyncwsThreaded => syncws_clients::threaded(job, &addrs.ws, p),
     };
     if let Err(e) = r {

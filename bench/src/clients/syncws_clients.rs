@@ -1,4 +1,5 @@
-//! syncws in its five configurations, with the default `Config` apart from the wait strategy
+//! syncws in every configuration: blocking, the three wait strategies, threaded, and one
+//! connection of a `ClientSet`, with the default `Config` apart from the wait strategy
 //! and a `read_timeout` (our stall limit, or the idle time) so that every wait is bounded.
 //!
 //! The callback clients send from the hooks (`on_activated`, `on_*_message`); the library writes
@@ -8,8 +9,8 @@
 use std::time::{Duration, Instant};
 
 use syncws::{
-    BlockingClient, Bytes, Command, Config, Context, Event, Handler, Message, NonBlockingClient,
-    ThreadedClient, Utf8Bytes, WaitStrategy,
+    BlockingClient, Bytes, ClientSet, Command, Config, Context, Event, Handler, Message,
+    NonBlockingClient, ThreadedClient, Utf8Bytes, WaitStrategy,
 };
 
 use super::Client;
@@ -128,6 +129,14 @@ pub fn callbacks(client: Client, job: &mut Job, url: &str, p: &Params) -> Result
     };
     let r = match client {
         Client::SyncwsBlocking => BlockingClient::connect(url, &config).map(|c| c.run(&mut bench)),
+        // One connection in a many-connections set: the set's own cost per pass and wait.
+        Client::SyncwsSet => ClientSet::new()
+            .map_err(syncws::Error::from)
+            .and_then(|mut set| {
+                set.add(url, &config, &mut bench)?;
+                set.run();
+                Ok(())
+            }),
         _ => NonBlockingClient::connect(url, &config).map(|c| c.run(&mut bench)),
     };
     *job = bench.job;
