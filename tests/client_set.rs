@@ -159,6 +159,13 @@ fn collect(done: &Receiver<Seen>, n: usize) -> Vec<Seen> {
     all
 }
 
+/// After the set's run returned: no connection quit a second time.
+fn no_more(done: &Receiver<Seen>) {
+    if let Ok(extra) = done.try_recv() {
+        panic!("on_quit more than once: {extra:?}");
+    }
+}
+
 fn check_clean(seen: &Seen, count: usize) {
     let id = seen.id.expect("hooks learn their connection's id");
     assert_eq!(seen.activated, 1, "{id}: {seen:?}");
@@ -194,6 +201,7 @@ fn hundreds_of_connections_exchange_and_close_on_one_thread() {
     let set = finished(&run_set(set));
     assert!(set.is_empty());
     let all = collect(&seen, MANY);
+    no_more(&seen);
     let mut threads: Vec<ThreadId> = all.iter().flat_map(|s| s.threads.clone()).collect();
     threads.dedup();
     assert_eq!(threads.len(), 1, "every hook ran on the set's one thread");
@@ -274,6 +282,7 @@ fn one_peer_sending_bad_data_ends_only_its_own_connection() {
     }
     finished(&run_set(set));
     let all = collect(&seen, 200);
+    no_more(&seen);
     let codes = server.join().unwrap();
     // Accept order is not add order: find the bad one by what it saw.
     let (bad, good): (Vec<&Seen>, Vec<&Seen>) = all.iter().partition(|s| !s.errors.is_empty());
@@ -347,7 +356,9 @@ fn sends_from_other_threads_reach_each_connection_once_and_in_order() {
         t.join().unwrap();
     }
     finished(&ran);
-    for s in collect(&seen, CONNS) {
+    let all = collect(&seen, CONNS);
+    no_more(&seen);
+    for s in all {
         let id = s.id.unwrap();
         let expected: Vec<String> = (0..EACH).map(|i| format!("{id} {i}")).collect();
         assert_eq!(s.texts, expected, "{id}");
@@ -435,6 +446,7 @@ fn connections_are_added_from_hooks_and_from_other_threads_while_the_set_runs() 
     let all = collect(&seen, 1 + CHAIN + FROM_THREADS);
     drop(handle);
     finished(&ran);
+    no_more(&seen);
     let mut ids: Vec<u64> = all.iter().map(|s| s.id.unwrap().get()).collect();
     ids.dedup();
     assert_eq!(ids.len(), 1 + CHAIN + FROM_THREADS, "ids are never reused");
@@ -534,6 +546,7 @@ fn a_connection_that_cannot_open_reports_why_and_quits_while_the_others_carry_on
     ));
     finished(&run_set(set));
     let all = collect(&seen, 51);
+    no_more(&seen);
     let failed = all
         .iter()
         .find(|s| s.id == Some(bad))
@@ -549,4 +562,92 @@ fn a_connection_that_cannot_open_reports_why_and_quits_while_the_others_carry_on
         check_clean(s, 5);
     }
     server.join().unwrap();
+}
+
+/// Says when it is open, records errors and how it closed, and waits.
+struct Quiet(Seen, Sender<Seen>, Sender<()>);
+
+impl Handler for Quiet {
+    fn on_activated(&mut self, ctx: &mut Context<'_>) {
+        self.0.id = ctx.id();
+        self.0.activated += 1;
+        let _ = self.2.send(());
+    }
+    fn on_connection_closed(&mut self, _: &mut Context<'_>, close: &CloseInfo) {
+        self.0.closed = Some(close.clone());
+    }
+    fn on_error(&mut self, _: &mut Context<'_>, error: &Error) {
+        self.0.errors.push(format!("{error:?}"));
+    }
+    fn on_quit(&mut self) {
+        let _ = self.1.send(std::mem::take(&mut self.0));
+    }
+}
+
+#[test]
+fn each_connection_has_its_own_heartbeat_and_dead_peers_end_alone() {
+    const CONNS: usize = 100;
+    const DEAD: usize = 10;
+    // Every tenth server connection reads nothing (so never answers a ping) once open; the
+    // others answer pings as they read. Each dead one must end by its own pong deadline while
+    // the live ones stay open through many heartbeats.
+    let (url, server) = many_server(CONNS, move |index, mut ws| {
+        if index % (CONNS / DEAD) == 0 {
+            let mut tcp = ws.get_mut().try_clone().unwrap();
+            util::read_to_end(&mut tcp);
+            return None;
+        }
+        echo_until_close(ws)
+    });
+    let (done, seen) = bounded(CONNS);
+    let (up_tx, up) = bounded(CONNS);
+    let config = Config::builder()
+        .ping_interval(Some(Duration::from_millis(200)))
+        .pong_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let mut set = ClientSet::new().unwrap();
+    for _ in 0..CONNS {
+        set.add(
+            &url,
+            &config,
+            Quiet(Seen::default(), done.clone(), up_tx.clone()),
+        )
+        .unwrap();
+    }
+    let handle = set.handle();
+    let ran = run_set(set);
+    for _ in 0..CONNS {
+        up.recv_timeout(TEST_DEADLINE)
+            .expect("every connection opens");
+    }
+    // The dead ones end first, each with its own pong timeout.
+    let mut dead = Vec::new();
+    for _ in 0..DEAD {
+        dead.push(
+            seen.recv_timeout(TEST_DEADLINE)
+                .expect("a dead peer is found"),
+        );
+    }
+    for d in &dead {
+        assert_eq!(d.errors, ["Timeout(Pong)"], "{d:?}");
+    }
+    // The live ones are still open, through many heartbeats: close them all.
+    handle.close_all(CloseCode::Normal, "done").unwrap();
+    finished(&ran);
+    let live = collect(&seen, CONNS - DEAD);
+    no_more(&seen);
+    for s in &live {
+        assert!(s.errors.is_empty(), "{:?}: {:?}", s.id, s.errors);
+        assert_eq!(
+            s.closed.as_ref().map(|c| c.code),
+            Some(CloseCode::Normal),
+            "{s:?}"
+        );
+    }
+    let codes = server.join().unwrap();
+    assert_eq!(
+        codes.iter().filter(|c| **c == Some(1000)).count(),
+        CONNS - DEAD
+    );
 }
