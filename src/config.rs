@@ -126,6 +126,9 @@ pub(crate) struct TlsOptions {
     pub(crate) root_certificates: Vec<Vec<u8>>,
     pub(crate) identity: Option<(Vec<u8>, Vec<u8>)>,
     pub(crate) danger_accept_invalid_certs: bool,
+    /// The TLS client context built from the above, once per built config and shared by its
+    /// clones (see `tls::ConnectorCache`).
+    pub(crate) cache: crate::tls::ConnectorCache,
 }
 
 /// Which proxy, if any.
@@ -183,6 +186,7 @@ impl Default for Config {
                 root_certificates: Vec::new(),
                 identity: None,
                 danger_accept_invalid_certs: false,
+                cache: crate::tls::ConnectorCache::default(),
             },
             proxying: ProxyOptions::default(),
             driving: DrivingOptions {
@@ -687,6 +691,8 @@ impl ConfigBuilder {
                 "control_capacity and event_capacity must be at least 1".into(),
             ));
         }
+        // A fresh context for this config: a builder's clones must not share one.
+        c.tls.cache = crate::tls::ConnectorCache::default();
         crate::tls::validate(&c)?;
         if c.heartbeat.payload.len() > 125 {
             return Err(Error::Config(format!(

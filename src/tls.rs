@@ -5,6 +5,7 @@
 //! blocks under the handshake deadline ([`accept`]).
 
 use std::io::{self, Read, Write};
+use std::sync::{Arc, OnceLock};
 
 use crate::error::{Error, TimeoutKind, TlsFailure};
 use crate::tcp::TcpConn;
@@ -235,8 +236,37 @@ fn tls_error(
     }
 }
 
-/// The native-tls connector for `config`'s roots, identity and dangerous switch.
+/// The TLS client context of a config, built on first use and shared by the config's clones.
+/// Building one loads the system's root certificates (tens of milliseconds), so building it
+/// per connection made a thousand `wss://` connections of one client spend seconds there, one
+/// after another.
+#[derive(Clone, Default)]
+pub(crate) struct ConnectorCache(Arc<ContextCells>);
+
+#[derive(Default)]
+struct ContextCells {
+    native: OnceLock<native_tls::TlsConnector>,
+    #[cfg(feature = "rustls")]
+    rustls: OnceLock<Arc<rustls::ClientConfig>>,
+}
+
+impl std::fmt::Debug for ConnectorCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConnectorCache")
+    }
+}
+
+/// The native-tls connector for `config`'s roots, identity and dangerous switch (cached).
 fn native(host: &str, config: &Config) -> Result<native_tls::TlsConnector, Error> {
+    if let Some(connector) = config.tls.cache.0.native.get() {
+        return Ok(connector.clone());
+    }
+    let connector = build_native(host, config)?;
+    let _ = config.tls.cache.0.native.set(connector.clone());
+    Ok(connector)
+}
+
+fn build_native(host: &str, config: &Config) -> Result<native_tls::TlsConnector, Error> {
     let mut builder = native_tls::TlsConnector::builder();
     for pem in config.root_certificates() {
         let certs = native_tls::Certificate::stack_from_pem(pem)
@@ -312,8 +342,18 @@ mod rustls_backend {
         Ok(certs)
     }
 
+    /// Check the material by building the client context, and keep it for the connections.
     pub(crate) fn validate(config: &Config) -> Result<(), Error> {
-        client_config(config).map(|_| ())
+        cached_client_config(config).map(|_| ())
+    }
+
+    fn cached_client_config(config: &Config) -> Result<Arc<ClientConfig>, Error> {
+        if let Some(c) = config.tls.cache.0.rustls.get() {
+            return Ok(c.clone());
+        }
+        let built = Arc::new(client_config(config)?);
+        let _ = config.tls.cache.0.rustls.set(built.clone());
+        Ok(built)
     }
 
     fn client_config(config: &Config) -> Result<ClientConfig, Error> {
@@ -359,7 +399,7 @@ mod rustls_backend {
 
     /// rustls's client connection to `host` over `conn`, not started yet.
     pub(crate) fn start(host: &str, conn: TcpConn, config: &Config) -> Result<RustlsStream, Error> {
-        let tls = Arc::new(client_config(config)?);
+        let tls = cached_client_config(config)?;
         let name = ServerName::try_from(host.to_owned())
             .map_err(|e| tls_error(host, TlsFailure::Configuration, e))?;
         let client = ClientConnection::new(tls, name)
@@ -450,5 +490,31 @@ mod rustls_backend {
         fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
             self.0.signature_verification_algorithms.supported_schemes()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_config_builds_its_tls_context_once_and_its_clones_share_it() {
+        let builder = Config::builder();
+        let config = builder.clone().build().unwrap();
+        assert!(
+            config.tls.cache.0.native.get().is_none(),
+            "built on first use"
+        );
+        native("example.test", &config).unwrap();
+        assert!(config.tls.cache.0.native.get().is_some());
+        assert!(
+            config.clone().tls.cache.0.native.get().is_some(),
+            "clones share the context"
+        );
+        let other = builder.build().unwrap();
+        assert!(
+            other.tls.cache.0.native.get().is_none(),
+            "another build of the same settings has its own"
+        );
     }
 }
