@@ -517,10 +517,22 @@ impl State {
                 &self.metrics.recoveries_failed_total
             });
         }
-        let members = self.nicks(room);
+        // The lobby holds every connection: listing it in each `joined` would cost n^2 bytes
+        // over a connect storm (500 MB for 10,000 arrivals). Its size is given instead, as its
+        // arrivals are not announced either; `who{room: "lobby"}` still lists it on request.
+        let (members, count) = if room == LOBBY {
+            (
+                Vec::new(),
+                self.rooms.get(room).map_or(0, |r| r.members.len()),
+            )
+        } else {
+            let m = self.nicks(room);
+            let n = m.len();
+            (m, n)
+        };
         let mut joined = json!({
             "ev": "joined", "room": room, "seq": last, "epoch": self.epoch,
-            "recovered": recovered, "members": members,
+            "recovered": recovered, "members": members, "count": count,
         });
         if let Some(first) = first_kept {
             joined["first"] = json!(first);
