@@ -85,6 +85,9 @@ fn plain_text_is_a_say_and_bad_frames_get_an_error_and_the_connection_stays_open
     // Or named from the start, in the URL.
     let named = Chat::connect(&format!("{}?nick=b%C3%A9a", server.url));
     assert_eq!(named.welcome["nick"], "béa");
+    // The lobby holds everyone: its size, not its list (n^2 bytes over a connect storm).
+    assert_eq!(named.lobby["members"], json!([]));
+    assert_eq!(named.lobby["count"], 2);
     named.close();
     c.send(json!({"op": "ping"}));
     c.expect("pong");

@@ -129,6 +129,8 @@ pub struct Chat {
     /// Events read while looking for another.
     pub seen: VecDeque<Value>,
     pub welcome: Value,
+    /// The lobby's `joined`, sent on connect.
+    pub lobby: Value,
 }
 
 impl Chat {
@@ -142,11 +144,12 @@ impl Chat {
             client,
             seen: VecDeque::new(),
             welcome: Value::Null,
+            lobby: Value::Null,
         };
         chat.welcome = chat.expect("welcome");
         // Everyone starts in the lobby.
-        let joined = chat.expect("joined");
-        assert_eq!(joined["room"], "lobby");
+        chat.lobby = chat.expect("joined");
+        assert_eq!(chat.lobby["room"], "lobby");
         chat
     }
 
