@@ -163,6 +163,9 @@ struct State {
     out: Vec<(u64, Out)>,
     /// Senders of this batch's messages, told if the commit fails.
     said: Vec<(u64, Option<Value>)>,
+    /// Members whose backlog is not empty: `deliver` visits these, not every member (with
+    /// thousands of connections, a scan of all of them per batch was most of the hub's time).
+    backlogged: std::collections::BTreeSet<u64>,
 }
 
 /// Start the hub thread.
@@ -214,6 +217,7 @@ fn run(
         options,
         out: Vec::new(),
         said: Vec::new(),
+        backlogged: std::collections::BTreeSet::new(),
     };
     let mut shutdown: Option<Sender<()>> = None;
     let mut next_sweep = Instant::now() + Duration::from_secs(1);
@@ -842,7 +846,7 @@ impl State {
     }
 
     fn backlogged(&self) -> bool {
-        self.members.values().any(|m| !m.backlog.is_empty())
+        !self.backlogged.is_empty()
     }
 
     /// Hand this batch's frames to their connections, in order, after what earlier batches
@@ -865,9 +869,14 @@ impl State {
             };
             member.backlog_bytes += item.0.len();
             member.backlog.push_back(item);
+            self.backlogged.insert(id);
         }
         let mut slow = Vec::new();
-        for (id, member) in &mut self.members {
+        let ids = std::mem::take(&mut self.backlogged);
+        for id in ids {
+            let Some(member) = self.members.get_mut(&id) else {
+                continue;
+            };
             if member.backlog.is_empty() {
                 continue;
             }
@@ -898,8 +907,12 @@ impl State {
                 }
             }
             let queued = usize::try_from(member.metrics.queued_bytes()).unwrap_or(usize::MAX);
-            if !member.backlog.is_empty() && member.backlog_bytes.saturating_add(queued) > limit {
-                slow.push(*id);
+            if !member.backlog.is_empty() {
+                if member.backlog_bytes.saturating_add(queued) > limit {
+                    slow.push(id);
+                } else {
+                    self.backlogged.insert(id);
+                }
             }
         }
         for id in slow {
