@@ -723,3 +723,66 @@ pub fn schedule(
         *out.entry((plan.client, plan.conv)).or_default() += k;
     }
 }
+
+/// A line on stderr every second while a scenario runs: elapsed time, deliveries so far and
+/// their rate, duplicates and seq gaps (rewritten in place on a terminal).
+pub struct Progress {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Progress {
+    pub fn start(name: &str, totals: &SharedTotals) -> Progress {
+        use std::io::{IsTerminal, Write};
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (s, totals, name) = (stop.clone(), totals.clone(), name.to_owned());
+        let thread = std::thread::spawn(move || {
+            let tty = std::io::stderr().is_terminal();
+            let begun = Instant::now();
+            let mut last = 0;
+            let mut next = begun + Duration::from_secs(1);
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(50));
+                if Instant::now() < next {
+                    continue;
+                }
+                next += Duration::from_secs(1);
+                let t = lock_totals(&totals);
+                let line = format!(
+                    "{name}: {:>4.0} s  {} deliveries ({}/s)  {} acks  {} duplicates  {} seq gaps",
+                    begun.elapsed().as_secs_f64(),
+                    t.deliveries,
+                    t.deliveries - last,
+                    t.acks,
+                    t.duplicates,
+                    t.seq_gaps
+                );
+                last = t.deliveries;
+                drop(t);
+                let mut err = std::io::stderr().lock();
+                let _ = if tty {
+                    write!(err, "\r{line}\x1b[K")
+                } else {
+                    writeln!(err, "{line}")
+                };
+                let _ = err.flush();
+            }
+            if tty {
+                eprintln!();
+            }
+        });
+        Progress {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -93,11 +93,12 @@ fn main() -> ExitCode {
         };
         let ctx = Ctx {
             target: &target,
+            name,
             quick: args.quick,
             clients: args.clients,
             duration: args.duration.map(Duration::from_secs_f64),
         };
-        eprintln!("chat-load: {name} ...");
+        eprintln!("chat-load: {name} (a progress line every second on stderr)");
         match scenarios::run(name, &ctx) {
             Ok(mut outcome) => {
                 outcome.workload.insert(

@@ -11,8 +11,8 @@ use serde_json::{json, Value};
 use syncws::{CloseCode, CommandSender, Config};
 
 use crate::load::{
-    histogram, lock_totals, schedule, Cancelled, Member, Note, Plan, Report, Runner, SendPlan,
-    Sent, Totals,
+    histogram, lock_totals, schedule, Cancelled, Member, Note, Plan, Progress, Report, Runner,
+    SendPlan, Sent, Totals,
 };
 use crate::report::{Account, Outcome};
 use crate::server::{rss_and_threads, BoxError, Sampler, Target};
@@ -20,6 +20,8 @@ use crate::server::{rss_and_threads, BoxError, Sampler, Target};
 /// What every scenario is given.
 pub struct Ctx<'a> {
     pub target: &'a Target,
+    /// The scenario's name (for the progress line).
+    pub name: &'a str,
     pub quick: bool,
     /// `node-pairs`: how many clients, and for how long pairs talk.
     pub clients: Option<usize>,
@@ -345,6 +347,7 @@ fn broadcast(ctx: &Ctx<'_>, shape: Shape) -> Result<Outcome, BoxError> {
         None
     };
     let sampler = Sampler::start(ctx.target.pid, start);
+    let progress = Progress::start(ctx.name, &totals);
     let sent: Sent = Arc::new(Mutex::new(HashMap::new()));
     let send_start = Instant::now();
     let plans = senders
@@ -388,6 +391,7 @@ fn broadcast(ctx: &Ctx<'_>, shape: Shape) -> Result<Outcome, BoxError> {
     let slow_close = slow.map(SlowReader::finish);
     let reports = close_and_collect(runner, &notes, shape.members)?;
     let samples = sampler.finish();
+    drop(progress);
 
     let mut account = Account::default();
     for receiver in 0..shape.members {
@@ -629,6 +633,7 @@ fn pairs(ctx: &Ctx<'_>, name: &str, talk: Talk) -> Result<Outcome, BoxError> {
     let (notes_tx, notes) = crossbeam_channel::unbounded();
     let runner = Runner::start()?;
     let sampler = Sampler::start(ctx.target.pid, start);
+    let progress = Progress::start(ctx.name, &totals);
     let sent: Sent = Arc::new(Mutex::new(HashMap::new()));
     let cancelled = Cancelled::default();
     let (more_tx, more) = crossbeam_channel::unbounded();
@@ -772,6 +777,7 @@ fn pairs(ctx: &Ctx<'_>, name: &str, talk: Talk) -> Result<Outcome, BoxError> {
     wait_delivered(&totals, published, Duration::from_secs(5));
     let reports = close_and_collect(runner, &notes, added - quits)?;
     let samples = sampler.finish();
+    drop(progress);
 
     // Exact account per conversation: a message the server took (its sender got its copy,
     // with its seq) is expected at the partner if the partner was still there at that seq
