@@ -21,29 +21,10 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use crate::command::{CommandSender, Shared, Stop};
 use crate::dial::parse_url;
 use crate::driver::{Driver, Step};
-use crate::handler::Callbacks;
+use crate::handler::{Callbacks, ConnId};
 use crate::wait::Woke;
 use crate::waker::SetWaker;
 use crate::{Config, Error, Handler};
-
-/// Which connection of a [`ClientSet`] something is about: given by
-/// [`ClientSet::add`] and [`SetHandle::add`], and to the connection's hooks as
-/// [`Context::id`](crate::Context::id). Never reused by the set that gave it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ConnId(u64);
-
-impl ConnId {
-    /// The number behind the id (the order in which connections were added, from 0).
-    pub fn get(self) -> u64 {
-        self.0
-    }
-}
-
-impl fmt::Display for ConnId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "#{}", self.0)
-    }
-}
 
 /// The epoll key of the set's own eventfd (connection ids count up from 0).
 const WAKER_KEY: u64 = u64::MAX;

@@ -4,7 +4,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Bytes, Message};
 
 use crate::session::{Dispatch, Session};
-use crate::{CloseInfo, ConnId, Error, Handshake, Metrics, ReconnectAttempt, SharedFrame};
+use crate::{CloseInfo, Error, Handshake, Metrics, ReconnectAttempt, SharedFrame};
 
 /// Callbacks for [`BlockingClient`](crate::BlockingClient) and
 /// [`NonBlockingClient`](crate::NonBlockingClient). Every hook has a default that does nothing,
@@ -263,6 +263,26 @@ impl Context<'_> {
     /// modes, which drive one connection each).
     pub fn id(&self) -> Option<ConnId> {
         self.id
+    }
+}
+
+/// Which connection of a [`ClientSet`](crate::ClientSet) something is about: given by
+/// [`ClientSet::add`](crate::ClientSet::add) and [`SetHandle::add`](crate::SetHandle::add),
+/// and to the connection's hooks as [`Context::id`]. Never reused by the set that gave it.
+/// Defined here, beside the [`Context`] that carries it, so the core never imports the set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub(crate) u64);
+
+impl ConnId {
+    /// The number behind the id (the order in which connections were added, from 0).
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl std::fmt::Display for ConnId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "#{}", self.0)
     }
 }
 

@@ -205,14 +205,14 @@ mod wait;
 mod waker;
 
 pub use blocking::BlockingClient;
-pub use client_set::{ClientSet, ConnId, SetHandle};
+pub use client_set::{ClientSet, SetHandle};
 pub use close::{CloseInfo, Initiator};
 pub use command::{Command, CommandSender};
 pub use config::{Config, ConfigBuilder, Limits, Timeouts, WaitStrategy};
 pub use deflate::{DeflateConfig, DeflateParams};
 pub use error::{Error, ProxyStatus, TimeoutKind, TlsFailure};
 pub use event::Event;
-pub use handler::{Context, Handler, SendFailure};
+pub use handler::{ConnId, Context, Handler, SendFailure};
 pub use handshake::Handshake;
 pub use http_stream::HttpStream;
 pub use incoming::{Accept, Incoming};

@@ -463,31 +463,12 @@ fn close_all_closes_every_connection_with_a_handshake() {
     let (done, seen) = bounded(CONNS);
     let (up_tx, up) = bounded(CONNS);
 
-    /// Says when it is open, then waits.
-    struct Idle(Seen, Sender<Seen>, Sender<()>);
-    impl Handler for Idle {
-        fn on_activated(&mut self, ctx: &mut Context<'_>) {
-            self.0.id = ctx.id();
-            self.0.activated += 1;
-            let _ = self.2.send(());
-        }
-        fn on_connection_closed(&mut self, _: &mut Context<'_>, close: &CloseInfo) {
-            self.0.closed = Some(close.clone());
-        }
-        fn on_error(&mut self, _: &mut Context<'_>, error: &Error) {
-            self.0.errors.push(format!("{error:?}"));
-        }
-        fn on_quit(&mut self) {
-            let _ = self.1.send(std::mem::take(&mut self.0));
-        }
-    }
-
     let mut set = ClientSet::new().unwrap();
     for _ in 0..CONNS {
         set.add(
             &url,
             &Config::default(),
-            Idle(Seen::default(), done.clone(), up_tx.clone()),
+            Quiet(Seen::default(), done.clone(), up_tx.clone()),
         )
         .unwrap();
     }

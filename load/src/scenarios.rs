@@ -72,68 +72,53 @@ pub fn run(name: &str, ctx: &Ctx<'_>) -> Result<Outcome, BoxError> {
         "tokio-1to1" => broadcast(
             ctx,
             Shape {
-                name: name.to_owned(),
-                members: 2,
-                senders: 1,
-                messages: if q { 2_000 } else { 10_000 },
                 tls: true,
-                anchor: None,
-                ..Shape::default()
+                ..Shape::room(name, 2, 1, if q { 2_000 } else { 10_000 })
             },
         ),
         "tokio-all-to-all" => broadcast(
             ctx,
             Shape {
-                name: name.to_owned(),
-                members: if q { 20 } else { 50 },
-                senders: if q { 20 } else { 50 },
-                messages: if q { 200 } else { 1_000 },
                 anchor: Some("2.45M deliveries, counted as success at 80%".into()),
-                ..Shape::default()
+                ..Shape::room(
+                    name,
+                    if q { 20 } else { 50 },
+                    if q { 20 } else { 50 },
+                    if q { 200 } else { 1_000 },
+                )
             },
         ),
         "tokio-fanout" => broadcast(
             ctx,
             Shape {
-                name: name.to_owned(),
-                members: 101,
-                senders: 1,
-                messages: if q { 200 } else { 500 },
                 anchor: Some("43,718 msg/s on 16 cores".into()),
-                ..Shape::default()
+                ..Shape::room(name, 101, 1, if q { 200 } else { 500 })
             },
         ),
         "tokio-burst" => broadcast(
             ctx,
             Shape {
-                name: name.to_owned(),
-                members: 76,
-                senders: 1,
-                messages: if q { 300 } else { 1_000 },
                 anchor: Some("54,982 msg/s on 16 cores".into()),
-                ..Shape::default()
+                ..Shape::room(name, 76, 1, if q { 300 } else { 1_000 })
             },
         ),
         "tokio-multi" => broadcast(
             ctx,
             Shape {
-                name: name.to_owned(),
-                members: 60,
-                senders: 10,
-                messages: if q { 50 } else { 200 },
                 anchor: Some("4,419 msg/s on 16 cores; its own test lost 89%".into()),
-                ..Shape::default()
+                ..Shape::room(name, 60, 10, if q { 50 } else { 200 })
             },
         ),
         "tokio-tls" => broadcast(
             ctx,
             Shape {
-                name: name.to_owned(),
-                members: if q { 30 } else { 100 },
-                senders: if q { 30 } else { 100 },
-                messages: if q { 30 } else { 100 },
                 tls: true,
-                ..Shape::default()
+                ..Shape::room(
+                    name,
+                    if q { 30 } else { 100 },
+                    if q { 30 } else { 100 },
+                    if q { 30 } else { 100 },
+                )
             },
         ),
         // 2 MB/s per member for 3-6 s, which the fast ones take and the slow one's 1 MiB
@@ -141,26 +126,23 @@ pub fn run(name: &str, ctx: &Ctx<'_>) -> Result<Outcome, BoxError> {
         "slow-reader" => broadcast(
             ctx,
             Shape {
-                name: name.to_owned(),
-                members: if q { 10 } else { 50 },
-                senders: 1,
-                messages: if q { 1_500 } else { 3_000 },
                 interval: Duration::from_millis(2),
                 size: 4096,
                 slow_reader: true,
-                ..Shape::default()
+                ..Shape::room(
+                    name,
+                    if q { 10 } else { 50 },
+                    1,
+                    if q { 1_500 } else { 3_000 },
+                )
             },
         ),
         "recovery" => broadcast(
             ctx,
             Shape {
-                name: name.to_owned(),
-                members: if q { 11 } else { 41 },
-                senders: 1,
-                messages: if q { 300 } else { 800 },
                 interval: Duration::from_millis(if q { 5 } else { 4 }),
                 droppers: if q { 5 } else { 20 },
-                ..Shape::default()
+                ..Shape::room(name, if q { 11 } else { 41 }, 1, if q { 300 } else { 800 })
             },
         ),
         "node-pairs" => pairs(
@@ -219,6 +201,19 @@ struct Shape {
     slow_reader: bool,
     /// Receivers that drop their connection mid-stream and come back with `since`.
     droppers: usize,
+}
+
+impl Shape {
+    /// `senders` of the room's `members` each publish `messages`, as fast as accepted.
+    fn room(name: &str, members: usize, senders: usize, messages: u64) -> Shape {
+        Shape {
+            name: name.to_owned(),
+            members,
+            senders,
+            messages,
+            ..Shape::default()
+        }
+    }
 }
 
 impl Default for Shape {
