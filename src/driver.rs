@@ -104,14 +104,26 @@ impl Driver {
     /// the sender for them and what wakes the loop. `nudge`: also poked on every wake, for a
     /// dispatcher that sometimes waits on channels instead of the OS poll (threaded).
     pub(crate) fn new(
-        mut session: Session,
+        session: Session,
         strategy: WaitStrategy,
         config: &Config,
         nudge: Option<crossbeam_channel::Sender<()>>,
     ) -> io::Result<(Self, CommandSender, Arc<Shared>)> {
         let (waiter, waker) = Waiter::new(strategy, true)?;
         let shared = Shared::new(waker, nudge);
-        let (sender, inbox) = Inbox::channel(config.control_capacity(), shared.clone());
+        let (driver, sender) = Driver::with_inbox(session, waiter, config, shared.clone());
+        Ok((driver, sender, shared))
+    }
+
+    /// The one place a driver is put together: `session` takes commands through a new
+    /// channel woken by `shared`, and starts as a connection to announce.
+    fn with_inbox(
+        mut session: Session,
+        waiter: Waiter,
+        config: &Config,
+        shared: Arc<Shared>,
+    ) -> (Self, CommandSender) {
+        let (sender, inbox) = Inbox::channel(config.control_capacity(), shared);
         session.set_inbox(inbox);
         let driver = Driver {
             session,
@@ -126,7 +138,7 @@ impl Driver {
             rearm: true,
             socket_epoch: 0,
         };
-        Ok((driver, sender, shared))
+        (driver, sender)
     }
 
     /// A client that has not connected yet: its first pass starts opening `url` (DNS, then
@@ -139,32 +151,23 @@ impl Driver {
         config: &Config,
         shared: Arc<Shared>,
     ) -> (Self, CommandSender) {
-        let mut session = Session::detached(config);
-        let (sender, inbox) = Inbox::channel(config.control_capacity(), shared);
-        session.set_inbox(inbox);
-        let driver = Driver {
-            session,
-            waiter: Waiter::Spin,
-            read_timeout: config.read_timeout(),
-            redial: Some(Redial {
-                url: url.to_owned(),
-                config: config.clone(),
-            }),
-            reconnecting: Some(Reconnecting {
-                policy: config.reconnect().cloned().unwrap_or_default(),
-                attempt: 1,
-                stage: Stage::Backoff {
-                    until: Instant::now(),
-                },
-                first: true,
-            }),
-            fresh: false,
-            over: false,
-            last_error: None,
-            last_input: Instant::now(),
-            rearm: true,
-            socket_epoch: 0,
-        };
+        // The set waits for all its drivers; this one's own waiter is never used.
+        let (mut driver, sender) =
+            Driver::with_inbox(Session::detached(config), Waiter::Spin, config, shared);
+        driver.redial = Some(Redial {
+            url: url.to_owned(),
+            config: config.clone(),
+        });
+        driver.reconnecting = Some(Reconnecting {
+            policy: config.reconnect().cloned().unwrap_or_default(),
+            attempt: 1,
+            stage: Stage::Backoff {
+                until: Instant::now(),
+            },
+            first: true,
+        });
+        // Announced once the first connection is open (`reconnected`).
+        driver.fresh = false;
         (driver, sender)
     }
 
