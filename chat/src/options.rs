@@ -80,6 +80,12 @@ pub struct Options {
     /// Stack size of each connection's thread, in KiB.
     #[arg(long, default_value_t = 256)]
     pub thread_stack_kib: usize,
+    /// Run connection threads under the kernel's normal time-sharing policy instead of
+    /// SCHED_BATCH. By default (Linux) they are batch threads: a connection woken by the hub
+    /// waits for the hub to finish handing out its batch instead of preempting it, which on a
+    /// small machine is the difference between the hub keeping up and falling seconds behind.
+    #[arg(long)]
+    pub no_batch_threads: bool,
 }
 
 impl Options {

@@ -5,7 +5,7 @@
 //! messages it numbers, so pruning old history never lets a sequence number be used twice, and a
 //! crash loses nothing that was committed (and nothing is delivered before its commit).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
 
@@ -30,7 +30,14 @@ pub struct Store {
     conn: Connection,
     epoch: String,
     retention: Retention,
+    /// Rooms written to since their history was last pruned by age, and when that is due
+    /// (ms since the epoch): once a second, not on every commit.
+    aging: HashSet<String>,
+    next_age_prune_ms: i64,
 }
+
+/// How often rooms written to are pruned by age, in ms.
+const AGE_PRUNE_EVERY_MS: i64 = 1_000;
 
 /// What a `join{since}` can replay.
 #[derive(Debug, PartialEq)]
@@ -79,6 +86,8 @@ impl Store {
             conn,
             epoch,
             retention,
+            aging: HashSet::new(),
+            next_age_prune_ms: 0,
         })
     }
 
@@ -100,7 +109,9 @@ impl Store {
         Ok(Batch {
             tx: self.conn.transaction()?,
             retention: self.retention,
-            touched: Vec::new(),
+            touched: HashMap::new(),
+            aging: &mut self.aging,
+            next_age_prune_ms: &mut self.next_age_prune_ms,
         })
     }
 
@@ -121,11 +132,13 @@ pub struct Batch<'a> {
     tx: rusqlite::Transaction<'a>,
     retention: Retention,
     /// Rooms written to in this batch, with their last seq now.
-    touched: Vec<(String, u64)>,
+    touched: HashMap<String, u64>,
+    aging: &'a mut HashSet<String>,
+    next_age_prune_ms: &'a mut i64,
 }
 
 impl Batch<'_> {
-    /// Store `msg` (its seq already the room's next) and move the room's last seq.
+    /// Store `msg` (its seq already the room's next); the room's last seq moves at commit.
     pub fn append(&mut self, msg: &Msg) -> Result<()> {
         let cid = msg.cid.as_ref().map(Value::to_string);
         self.tx
@@ -133,15 +146,11 @@ impl Batch<'_> {
                 "INSERT INTO messages (room, seq, sender, text, ts, cid) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?
             .execute(params![msg.room, msg.seq, msg.from, msg.text, msg.ts, cid])?;
-        self.tx
-            .prepare_cached(
-                "INSERT INTO rooms (room, last_seq) VALUES (?1, ?2)
-                 ON CONFLICT(room) DO UPDATE SET last_seq = excluded.last_seq",
-            )?
-            .execute(params![msg.room, msg.seq])?;
-        match self.touched.iter_mut().find(|(r, _)| *r == msg.room) {
-            Some((_, last)) => *last = (*last).max(msg.seq),
-            None => self.touched.push((msg.room.clone(), msg.seq)),
+        match self.touched.get_mut(msg.room.as_str()) {
+            Some(last) => *last = (*last).max(msg.seq),
+            None => {
+                self.touched.insert(msg.room.clone(), msg.seq);
+            }
         }
         Ok(())
     }
@@ -181,37 +190,55 @@ impl Batch<'_> {
         page_before(&self.tx, room, before, limit)
     }
 
-    /// Prune the rooms written to, then commit. Both prunes walk the room's primary key from
-    /// its oldest message, so they cost a seek when nothing is due, not a scan of the room's
-    /// history (a `seq <= .. OR ts < ..` condition scanned every row of every room written to,
-    /// on every commit: most of the hub's time with a thousand busy rooms).
+    /// Move the last seq of each room written to (once per room, not per message), prune
+    /// them by count, and by age when that is due, then commit. Both prunes walk the room's
+    /// primary key from its oldest message, so they cost a seek when nothing is due, not a
+    /// scan of the room's history (a `seq <= .. OR ts < ..` condition scanned every row of
+    /// every room written to, on every commit: most of the hub's time with a thousand busy
+    /// rooms).
     pub fn commit(self, now_ms: i64) -> Result<()> {
-        let max_age_ms = i64::try_from(self.retention.max_age.as_millis()).unwrap_or(i64::MAX);
-        let cutoff = now_ms.saturating_sub(max_age_ms);
         for (room, last) in &self.touched {
+            self.tx
+                .prepare_cached(
+                    "INSERT INTO rooms (room, last_seq) VALUES (?1, ?2)
+                     ON CONFLICT(room) DO UPDATE SET last_seq = excluded.last_seq",
+                )?
+                .execute(params![room, last])?;
             let keep_from = last.saturating_sub(self.retention.max_messages);
             if keep_from > 0 {
                 self.tx
                     .prepare_cached("DELETE FROM messages WHERE room = ?1 AND seq <= ?2")?
                     .execute(params![room, keep_from])?;
             }
-            // Times grow with seq in a room: delete from the oldest while too old.
-            let oldest: Option<i64> = self
-                .tx
-                .prepare_cached("SELECT ts FROM messages WHERE room = ?1 ORDER BY seq LIMIT 1")?
-                .query_row([room], |r| r.get(0))
-                .optional()?;
-            if oldest.is_some_and(|ts| ts < cutoff) {
-                self.tx
-                    .prepare_cached(
-                        "DELETE FROM messages WHERE room = ?1 AND seq <= (
-                             SELECT MAX(seq) FROM messages WHERE room = ?1 AND ts < ?2)",
-                    )?
-                    .execute(params![room, cutoff])?;
+        }
+        self.aging.extend(self.touched.into_keys());
+        if now_ms >= *self.next_age_prune_ms {
+            let max_age_ms = i64::try_from(self.retention.max_age.as_millis()).unwrap_or(i64::MAX);
+            let cutoff = now_ms.saturating_sub(max_age_ms);
+            for room in self.aging.iter() {
+                prune_by_age(&self.tx, room, cutoff)?;
             }
+            self.aging.clear();
+            *self.next_age_prune_ms = now_ms.saturating_add(AGE_PRUNE_EVERY_MS);
         }
         self.tx.commit()
     }
+}
+
+/// Times grow with seq in a room: delete from the oldest while older than `cutoff`.
+fn prune_by_age(conn: &Connection, room: &str, cutoff: i64) -> Result<()> {
+    let oldest: Option<i64> = conn
+        .prepare_cached("SELECT ts FROM messages WHERE room = ?1 ORDER BY seq LIMIT 1")?
+        .query_row([room], |r| r.get(0))
+        .optional()?;
+    if oldest.is_some_and(|ts| ts < cutoff) {
+        conn.prepare_cached(
+            "DELETE FROM messages WHERE room = ?1 AND seq <= (
+                 SELECT MAX(seq) FROM messages WHERE room = ?1 AND ts < ?2)",
+        )?
+        .execute(params![room, cutoff])?;
+    }
+    Ok(())
 }
 
 fn first_kept(conn: &Connection, room: &str) -> Result<Option<u64>> {

@@ -528,3 +528,47 @@ fn rooms_per_connection_are_bounded_and_unused_rooms_are_forgotten() {
     assert!(names.contains(&"b"));
     c.close();
 }
+
+/// The scheduling policy of every `chat-conn` thread of process `pid` (Linux: field 41 of
+/// /proc/PID/task/TID/stat; 0 normal, 3 batch).
+#[cfg(target_os = "linux")]
+fn connection_thread_policies(pid: u32) -> Vec<u32> {
+    let mut policies = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = task.unwrap().path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if comm.trim() != "chat-conn" {
+            continue;
+        }
+        let stat = std::fs::read_to_string(dir.join("stat")).unwrap();
+        // Fields after the command name, which ends at the last ')', start at field 3.
+        let rest = &stat[stat.rfind(')').unwrap() + 1..];
+        policies.push(
+            rest.split_whitespace()
+                .nth(41 - 3)
+                .unwrap()
+                .parse()
+                .unwrap(),
+        );
+    }
+    policies
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn connection_threads_run_as_batch_threads_unless_told_otherwise() {
+    for (flags, policy) in [(&[][..], 3), (&["--no-batch-threads"][..], 0)] {
+        let (_keep, dir) = data_dir();
+        let server = Binary::start(&dir, flags);
+        let a = Chat::connect(&server.url);
+        let b = Chat::connect(&server.url);
+        assert_eq!(
+            connection_thread_policies(server.child.id()),
+            [policy, policy],
+            "{flags:?}"
+        );
+        a.close();
+        b.close();
+        server.kill_9();
+    }
+}
