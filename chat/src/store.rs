@@ -61,6 +61,10 @@ impl Store {
         // cache (the default) made every commit read pages back from the OS and spill dirty
         // ones mid-transaction.
         conn.pragma_update(None, "cache_size", -32768)?;
+        // A checkpoint ends in an fsync of the database, inside whichever commit set it off;
+        // at the default (every 1,000 pages) a busy hub stalled on the disk many times a
+        // second (node-pairs, 2,000 clients on a virtual disk: p99 1.9 s, 0.35 s with this).
+        conn.pragma_update(None, "wal_autocheckpoint", 16384)?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS rooms (room TEXT PRIMARY KEY, last_seq INTEGER NOT NULL);
