@@ -13,6 +13,7 @@ use syncws::{CloseInfo, CommandSender, Context, Error, Handler, TimeoutKind};
 use crate::eventlog::EventLog;
 use crate::hub::Request;
 use crate::metrics::Metrics;
+use crate::now_ms;
 use crate::protocol::{self, check_nick, check_room, Frame, Op, Refusal};
 
 /// Close code for sustained rate-limit abuse.
@@ -66,6 +67,8 @@ impl Bucket {
 pub struct ChatConn {
     id: u64,
     nick: String,
+    /// Set by a token (`--jwt-secret`): `hello` cannot change it.
+    nick_fixed: bool,
     peer: String,
     shared: Arc<Shared>,
     handle: CommandSender,
@@ -92,6 +95,7 @@ impl ChatConn {
         ChatConn {
             id,
             nick: nick.unwrap_or_else(|| format!("guest-{id}")),
+            nick_fixed: false,
             peer,
             shared,
             handle,
@@ -103,6 +107,12 @@ impl ChatConn {
             close_code: None,
             ended_by: None,
         }
+    }
+
+    /// The nick comes from the connection's token and stays.
+    pub fn fix_nick(mut self) -> Self {
+        self.nick_fixed = true;
+        self
     }
 
     fn welcome(&self, ctx: &mut Context<'_>) {
@@ -134,6 +144,12 @@ impl ChatConn {
                 if let Err(r) = check_nick(&nick) {
                     return self.refuse(ctx, &r);
                 }
+                if self.nick_fixed && nick != self.nick {
+                    return self.refuse(
+                        ctx,
+                        &Refusal::new("nick_fixed", "your nick is set by your token"),
+                    );
+                }
                 self.nick = nick.clone();
                 self.to_hub(Request::Hello { id, nick });
                 self.welcome(ctx);
@@ -155,6 +171,7 @@ impl ChatConn {
                     room: Some(room),
                     text,
                     cid,
+                    at: std::time::Instant::now(),
                 }
             }
             Op::History {
@@ -245,6 +262,7 @@ impl Handler for ChatConn {
                 room: None,
                 text,
                 cid: None,
+                at: std::time::Instant::now(),
             }),
             Ok(Frame::Op(op)) => self.op(ctx, op),
             Err(refusal) => self.refuse(ctx, &refusal),
@@ -294,12 +312,6 @@ impl Handler for ChatConn {
             json!({"id": self.id, "peer": self.peer, "code": code, "why": self.ended_by}),
         );
     }
-}
-
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 #[cfg(test)]

@@ -179,9 +179,8 @@ fn today() -> String {
     now_iso()[..10].to_owned()
 }
 
-/// Every event in `dir`'s log files, oldest file first; lines that do not parse are skipped
-/// with a warning.
-pub fn read(dir: &Path) -> io::Result<Vec<Value>> {
+/// The log files in `dir`, oldest first.
+pub fn files(dir: &Path) -> io::Result<Vec<PathBuf>> {
     let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
@@ -200,8 +199,14 @@ pub fn read(dir: &Path) -> io::Result<Vec<Value>> {
             .unwrap_or(0);
         (day, part)
     });
+    Ok(paths)
+}
+
+/// Every event in `dir`'s log files, oldest file first; lines that do not parse are skipped
+/// with a warning.
+pub fn read(dir: &Path) -> io::Result<Vec<Value>> {
     let mut out = Vec::new();
-    for path in paths {
+    for path in files(dir)? {
         for (i, line) in BufReader::new(File::open(&path)?).lines().enumerate() {
             let line = line?;
             if line.trim().is_empty() {

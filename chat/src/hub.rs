@@ -14,7 +14,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use serde_json::{json, Value};
@@ -22,6 +22,7 @@ use syncws::{Command, CommandSender, SharedFrame};
 
 use crate::eventlog::EventLog;
 use crate::metrics::Metrics;
+use crate::now_ms;
 use crate::protocol::{check_room, Msg, Refusal, MAX_HISTORY_PAGE};
 use crate::store::{Batch, Recovery, Store};
 
@@ -67,6 +68,8 @@ pub enum Request {
         room: Option<String>,
         text: String,
         cid: Option<Value>,
+        /// When its connection read it: delivery latency is measured from here.
+        at: Instant,
     },
     History {
         id: u64,
@@ -161,8 +164,8 @@ struct State {
     options: HubOptions,
     /// Frames to hand out after the commit, in order.
     out: Vec<(u64, Out)>,
-    /// Senders of this batch's messages, told if the commit fails.
-    said: Vec<(u64, Option<Value>)>,
+    /// Senders of this batch's messages, told if the commit fails, and when each was read.
+    said: Vec<(u64, Option<Value>, Instant)>,
     /// Members whose backlog is not empty: `deliver` visits these, not every member (with
     /// thousands of connections, a scan of all of them per batch was most of the hub's time).
     backlogged: std::collections::BTreeSet<u64>,
@@ -288,12 +291,6 @@ fn run(
     }
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 impl State {
     fn handle(&mut self, batch: &mut Batch<'_>, request: Request) {
         match request {
@@ -372,7 +369,8 @@ impl State {
                 room,
                 text,
                 cid,
-            } => self.say(batch, id, room, text, cid),
+                at,
+            } => self.say(batch, id, room, text, cid, at),
             Request::History {
                 id,
                 room,
@@ -599,6 +597,7 @@ impl State {
         room: Option<String>,
         text: String,
         cid: Option<Value>,
+        at: Instant,
     ) {
         let Some(member) = self.members.get(&id) else {
             return;
@@ -659,7 +658,7 @@ impl State {
         for m in recipients {
             self.out.push((m, Out::Msg(frame.clone())));
         }
-        self.said.push((id, cid));
+        self.said.push((id, cid, at));
         Metrics::inc(&self.metrics.messages_total);
         self.log.record(
             "msg",
@@ -828,7 +827,7 @@ impl State {
     /// rooms' sequence numbers go back to what the store holds.
     fn refuse_batch(&mut self, store: &Store) {
         self.out.retain(|(_, o)| !matches!(o, Out::Msg(_)));
-        for (id, cid) in std::mem::take(&mut self.said) {
+        for (id, cid, _) in std::mem::take(&mut self.said) {
             self.refuse(
                 id,
                 Refusal::new(
@@ -854,7 +853,13 @@ impl State {
     /// backlog; once the backlog and the connection's outbox together pass `outbox_bytes`, the
     /// connection is a slow consumer: closed with 4008, counted, logged, and its backlog dropped.
     fn deliver(&mut self) {
-        self.said.clear();
+        // Stored: from here on each message of the batch is handed out.
+        let now = Instant::now();
+        for (_, _, at) in self.said.drain(..) {
+            self.metrics
+                .delivery_latency
+                .observe(now.duration_since(at));
+        }
         let limit = self.options.outbox_bytes;
         for (id, out) in std::mem::take(&mut self.out) {
             let Some(member) = self.members.get_mut(&id) else {

@@ -3,7 +3,9 @@
 //! slow-consumer policy, limits and metrics.
 //!
 //! - [`server`]: listeners, accept loops, a thread per connection, shutdown;
-//! - [`http`]: plain HTTP on the same port (`/healthz`, `/metrics`, later the pages);
+//! - [`http`]: plain HTTP on the same port: the pages ([`web`]: the chat page's files;
+//!   [`report`]: `/report` from [`stats`], the samples a thread takes; [`logs`]: `/logs`),
+//!   `/healthz`, `/metrics`; [`auth`]: `--jwt-secret`;
 //! - [`conn`]: one connection's handler (parsing, rate limit, `ping`, `hello`);
 //! - [`hub`]: the one thread that owns rooms, members, sequence numbers and matchmaking, and
 //!   writes the store in grouped commits before anything is delivered;
@@ -11,16 +13,28 @@
 //! - [`protocol`]: the JSON frames; [`eventlog`]: JSON lines; [`metrics`]: counters;
 //!   [`devcert`]: the TLS identity.
 
+pub mod auth;
 pub mod conn;
 pub mod devcert;
 pub mod eventlog;
 pub mod http;
 pub mod hub;
+pub mod logs;
 pub mod metrics;
 pub mod options;
 pub mod protocol;
+pub mod report;
 pub mod server;
+pub mod stats;
 pub mod store;
+pub mod web;
 
 pub use options::Options;
 pub use server::Server;
+
+/// Milliseconds since the Unix epoch (0 before it).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}

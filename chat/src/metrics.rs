@@ -15,6 +15,8 @@ macro_rules! counters {
             $(pub $name: AtomicU64,)*
             /// Connections closed, by close code.
             closes: Mutex<Vec<(u16, u64)>>,
+            /// From a message read by its connection to its hand-out to the room, stored.
+            pub delivery_latency: Histogram,
         }
 
         impl Default for Metrics {
@@ -23,6 +25,7 @@ macro_rules! counters {
                     started: Instant::now(),
                     $($name: AtomicU64::new(0),)*
                     closes: Mutex::new(Vec::new()),
+                    delivery_latency: Histogram::default(),
                 }
             }
         }
@@ -41,6 +44,11 @@ macro_rules! counters {
                 for (code, n) in self.closes.lock().unwrap_or_else(|e| e.into_inner()).iter() {
                     let _ = writeln!(out, "chat_closes_total{{code=\"{code}\"}} {n}");
                 }
+                self.delivery_latency.render(
+                    &mut out,
+                    "chat_delivery_latency_seconds",
+                    "From a chat message read by its connection to its hand-out to the room's members, stored.",
+                );
                 let _ = writeln!(out, "# HELP chat_uptime_seconds Seconds since the server started.");
                 let _ = writeln!(out, "# TYPE chat_uptime_seconds gauge");
                 let _ = writeln!(out, "chat_uptime_seconds {}", self.started.elapsed().as_secs());
@@ -62,6 +70,7 @@ counters! {
     connections: "gauge", "WebSocket connections open now.";
     connections_total: "counter", "WebSocket connections accepted.";
     connections_refused_total: "counter", "Upgrades refused by the connection limits (HTTP 503).";
+    connections_unauthorized_total: "counter", "Upgrades refused for a missing or bad token (HTTP 401, --jwt-secret).";
     handshake_failures_total: "counter", "Connections that failed before the upgrade (timeout, bad request, TLS).";
     messages_total: "counter", "Chat messages stored and broadcast.";
     deliveries_total: "counter", "Chat messages handed to recipients' connections.";
@@ -84,6 +93,19 @@ counters! {
 }
 
 impl Metrics {
+    /// Seconds since the server started.
+    pub fn uptime(&self) -> std::time::Duration {
+        self.started.elapsed()
+    }
+
+    /// Connections closed so far, by close code, lowest code first.
+    pub fn closes(&self) -> Vec<(u16, u64)> {
+        self.closes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
     }
@@ -113,8 +135,75 @@ impl Metrics {
     }
 }
 
+/// Upper bounds of the latency buckets, in microseconds (1-2-5 steps, 10 us to 10 s).
+pub const LATENCY_BOUNDS_US: [u64; 19] = [
+    10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 200_000,
+    500_000, 1_000_000, 2_000_000, 5_000_000, 10_000_000,
+];
+
+/// A latency histogram with fixed buckets, recorded from any thread without a lock.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// One more than the bounds: the last counts what is over 10 s.
+    buckets: [AtomicU64; LATENCY_BOUNDS_US.len() + 1],
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: std::time::Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let i = LATENCY_BOUNDS_US.partition_point(|b| *b < us);
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    /// The count in each bucket so far.
+    pub fn counts(&self) -> Vec<u64> {
+        self.buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        let counts = self.counts();
+        let mut cumulative = 0;
+        for (bound, n) in LATENCY_BOUNDS_US.iter().zip(&counts) {
+            cumulative += n;
+            let le = *bound as f64 / 1e6;
+            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+        }
+        cumulative += counts.last().copied().unwrap_or(0);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+        let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum {sum}");
+        let _ = writeln!(out, "{name}_count {cumulative}");
+    }
+}
+
+/// The `q` quantile (0..=1) of the observations counted in `counts` (bucket counts as from
+/// [`Histogram::counts`], or a difference of two), as its bucket's upper bound in
+/// microseconds; `None` when there are none.
+pub fn quantile_us(counts: &[u64], q: f64) -> Option<u64> {
+    let total: u64 = counts.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = ((total as f64) * q).ceil().max(1.0) as u64;
+    let mut seen = 0;
+    for (i, n) in counts.iter().enumerate() {
+        seen += n;
+        if seen >= rank {
+            return Some(LATENCY_BOUNDS_US.get(i).copied().unwrap_or(u64::MAX));
+        }
+    }
+    None
+}
+
 /// The process's resident bytes and thread count, from /proc.
-fn process_status() -> Option<(u64, u64)> {
+pub fn process_status() -> Option<(u64, u64)> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let field = |name: &str| {
         status
@@ -125,9 +214,41 @@ fn process_status() -> Option<(u64, u64)> {
     Some((field("VmRSS:")? * 1024, field("Threads:")?))
 }
 
+/// CPU time the process has used (user + system), from /proc/self/stat.
+pub fn process_cpu() -> Option<std::time::Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which ends at the last ')') start at field 3; utime and
+    // stime are fields 14 and 15, in clock ticks (100 per second on Linux).
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(14 - 3);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(std::time::Duration::from_millis((utime + stime) * 10))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn latency_quantiles_come_from_the_buckets() {
+        let h = Histogram::default();
+        for _ in 0..98 {
+            h.observe(std::time::Duration::from_micros(150));
+        }
+        h.observe(std::time::Duration::from_millis(30));
+        h.observe(std::time::Duration::from_secs(60));
+        let counts = h.counts();
+        assert_eq!(quantile_us(&counts, 0.5), Some(200));
+        assert_eq!(quantile_us(&counts, 0.99), Some(50_000));
+        assert_eq!(quantile_us(&counts, 1.0), Some(u64::MAX));
+        assert_eq!(quantile_us(&[0; 20], 0.5), None);
+        let mut text = String::new();
+        h.render(&mut text, "x", "help");
+        assert!(text.contains("x_bucket{le=\"0.0002\"} 98\n"), "{text}");
+        assert!(text.contains("x_bucket{le=\"+Inf\"} 100\n"), "{text}");
+        assert!(text.contains("x_count 100\n"), "{text}");
+    }
 
     #[test]
     fn renders_every_counter_and_the_close_codes() {

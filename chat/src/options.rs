@@ -86,6 +86,22 @@ pub struct Options {
     /// small machine is the difference between the hub keeping up and falling seconds behind.
     #[arg(long)]
     pub no_batch_threads: bool,
+    /// Serve the browser pages' files from this directory, read on every request (for working
+    /// on them: `--web-dir chat/web`), instead of the copies compiled into the binary.
+    #[arg(long)]
+    pub web_dir: Option<PathBuf>,
+    /// Require an HS256 JWT signed with this secret for the WebSocket upgrade (`?token=` or
+    /// `Authorization: Bearer`); its `sub` is the nick. `/report` and `/logs` then need one too,
+    /// unless --admin-listen serves them.
+    #[arg(long, env = "CHAT_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Serve `/report`, `/logs`, `/metrics` and `/healthz` on this address (e.g.
+    /// 127.0.0.1:9090), with no token, and no longer on the chat ports.
+    #[arg(long)]
+    pub admin_listen: Option<String>,
+    /// Seconds between two samples of the server's counters for `/report` (in stats.db).
+    #[arg(long, default_value_t = 5)]
+    pub stats_every: u64,
 }
 
 impl Options {

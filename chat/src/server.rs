@@ -12,6 +12,7 @@ use crossbeam_channel::{bounded, Sender};
 use serde_json::json;
 use syncws::{Accept, Config, DeflateConfig, Incoming, ServerConnection};
 
+use crate::auth::Auth;
 use crate::conn::{ChatConn, Shared};
 use crate::devcert::{self, BoxError, TlsFiles};
 use crate::eventlog::EventLog;
@@ -39,6 +40,10 @@ pub struct Server {
     stopping: Arc<AtomicBool>,
     accept_threads: Vec<JoinHandle<()>>,
     live: Arc<Live>,
+    /// Where `/report` and `/logs` are served, with `--admin-listen`.
+    pub admin_addr: Option<SocketAddr>,
+    /// Samples the counters for `/report`; takes a last sample when dropped.
+    sampler: Option<crate::stats::Sampler>,
 }
 
 /// What the accept loops and connection threads share.
@@ -52,6 +57,8 @@ struct Context {
     next_id: AtomicU64,
     stack: usize,
     batch_threads: bool,
+    site: Arc<http::Site>,
+    auth: Option<Arc<Auth>>,
     tls: Option<native_tls::TlsAcceptor>,
     live: Arc<Live>,
 }
@@ -199,7 +206,37 @@ impl Server {
             "history_max": options.history_max,
         });
         let live = Arc::new(Live::default());
-        let ctx_for = |tls: Option<native_tls::TlsAcceptor>| {
+        let stats_path = options.data_dir.join("stats.db");
+        let sampler = crate::stats::Sampler::start(
+            stats_path.clone(),
+            metrics.clone(),
+            Duration::from_secs(options.stats_every.max(1)),
+        )
+        .map_err(|e| format!("stats {}: {e}", stats_path.display()))?;
+        let auth = options
+            .jwt_secret
+            .as_deref()
+            .map(|s| Arc::new(Auth::new(s)));
+        let admin = options
+            .admin_listen
+            .as_deref()
+            .filter(|a| !matches!(*a, "off" | ""));
+        let site_for = |role| {
+            Arc::new(http::Site {
+                metrics: metrics.clone(),
+                web: crate::web::Web {
+                    dir: options.web_dir.clone(),
+                },
+                stats: stats_path.clone(),
+                log_dir: options.data_dir.join("log"),
+                auth: auth.clone(),
+                role,
+            })
+        };
+        let chat_site = site_for(http::Role::Chat {
+            operator_pages: admin.is_none(),
+        });
+        let ctx_for = |tls: Option<native_tls::TlsAcceptor>, site: Arc<http::Site>| {
             Arc::new(Context {
                 chat_config: chat_config.clone(),
                 echo_config: echo_config.clone(),
@@ -220,6 +257,8 @@ impl Server {
                 next_id: AtomicU64::new(1),
                 stack: options.thread_stack_kib.max(64) << 10,
                 batch_threads: !options.no_batch_threads,
+                site,
+                auth: auth.clone(),
                 tls,
                 live: live.clone(),
             })
@@ -227,14 +266,15 @@ impl Server {
         let stopping = Arc::new(AtomicBool::new(false));
         let mut accept_threads = Vec::new();
         let mut bind = |addr: &str,
-                        tls: Option<native_tls::TlsAcceptor>|
+                        tls: Option<native_tls::TlsAcceptor>,
+                        site: Arc<http::Site>|
          -> Result<Option<SocketAddr>, BoxError> {
             if matches!(addr, "off" | "") {
                 return Ok(None);
             }
             let listener = listen(addr).map_err(|e| format!("listen on {addr}: {e}"))?;
             let local = listener.local_addr()?;
-            let ctx = ctx_for(tls);
+            let ctx = ctx_for(tls, site);
             let stopping = stopping.clone();
             accept_threads.push(
                 std::thread::Builder::new()
@@ -243,8 +283,12 @@ impl Server {
             );
             Ok(Some(local))
         };
-        let ws_addr = bind(&options.listen, None)?;
-        let wss_addr = bind(&options.tls_listen, tls)?;
+        let ws_addr = bind(&options.listen, None, chat_site.clone())?;
+        let wss_addr = bind(&options.tls_listen, tls, chat_site.clone())?;
+        let admin_addr = match admin {
+            Some(addr) => bind(addr, None, site_for(http::Role::Admin))?,
+            None => None,
+        };
         let fd_limit = open_files_limit();
         tracing::info!(
             fd_limit,
@@ -269,6 +313,8 @@ impl Server {
             stopping,
             accept_threads,
             live,
+            admin_addr,
+            sampler: Some(sampler),
         })
     }
 
@@ -286,7 +332,10 @@ impl Server {
     pub fn shutdown(mut self, grace: Duration) {
         self.stopping.store(true, Ordering::SeqCst);
         // Wake each accept loop with a connection of our own.
-        for addr in [self.ws_addr, self.wss_addr].into_iter().flatten() {
+        for addr in [self.ws_addr, self.wss_addr, self.admin_addr]
+            .into_iter()
+            .flatten()
+        {
             let _ = TcpStream::connect_timeout(&addr, Duration::from_secs(1));
         }
         for t in self.accept_threads.drain(..) {
@@ -301,6 +350,8 @@ impl Server {
             }
             hub_done = done_rx.recv_timeout(grace).is_ok();
         }
+        // The last sample, with the totals of this run.
+        drop(self.sampler.take());
         self.log.record("stop", json!({}));
         self.log.flush();
         drop(self.hub);
@@ -406,12 +457,13 @@ fn serve(tcp: TcpStream, ctx: &Context) {
         }
     };
     let upgrade = incoming.is_upgrade();
-    match (incoming.path(), upgrade) {
+    let admin = ctx.site.role == http::Role::Admin;
+    match (incoming.path(), upgrade && !admin) {
         ("/", true) => upgrade_chat(incoming, ctx),
         ("/echo", true) => upgrade_echo(incoming, ctx),
         _ => {
             Metrics::inc(&ctx.shared.metrics.http_requests_total);
-            http::answer(incoming, &ctx.shared.metrics);
+            http::answer(incoming, &ctx.site);
         }
     }
 }
@@ -432,6 +484,22 @@ fn refuse_busy(incoming: Incoming, ctx: &Context) {
     let _ = http.close();
 }
 
+fn refuse_unauthorized(incoming: Incoming, ctx: &Context, why: &str) {
+    Metrics::inc(&ctx.shared.metrics.connections_unauthorized_total);
+    ctx.shared.log.record(
+        "unauthorized",
+        json!({"peer": incoming.peer_addr().to_string(), "why": why}),
+    );
+    let mut http = incoming.into_http();
+    let body = format!("{why}\n");
+    let _ = write!(
+        http,
+        "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = http.close();
+}
+
 fn upgrade_chat(incoming: Incoming, ctx: &Context) {
     let peer = incoming.peer_addr();
     // `?nick=ann`: named from the start (a bad nick is ignored; `hello` can set one later).
@@ -441,6 +509,17 @@ fn upgrade_chat(incoming: Incoming, ctx: &Context) {
             .map(|(_, v)| v.into_owned())
             .filter(|n| crate::protocol::check_nick(n).is_ok())
     });
+    let (nick, fixed) = match &ctx.auth {
+        None => (nick, false),
+        Some(auth) => match auth.check(&incoming).and_then(|sub| {
+            crate::protocol::check_nick(&sub)
+                .map(|()| sub)
+                .map_err(|_| "the token's sub is not a valid nick".to_owned())
+        }) {
+            Ok(sub) => (Some(sub), true),
+            Err(why) => return refuse_unauthorized(incoming, ctx, &why),
+        },
+    };
     let Some(_slot) = ctx.slot(peer.ip()) else {
         return refuse_busy(incoming, ctx);
     };
@@ -468,6 +547,9 @@ fn upgrade_chat(incoming: Incoming, ctx: &Context) {
         conn.metrics(),
         ctx.shared.clone(),
     );
+    if fixed {
+        chat = chat.fix_nick();
+    }
     conn.run(&mut chat);
 }
 

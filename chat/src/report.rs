@@ -1,0 +1,448 @@
+//! `GET /report`: the operator's page, drawn by the server from the stats samples (no script,
+//! no chart library): totals that continue across restarts, the newest gauges, and a chart per
+//! quantity over the chosen window.
+
+use std::fmt::Write as _;
+
+use crate::stats::{Sample, StatsDb};
+
+/// The windows the page offers: name, label, length in ms (`None`: everything).
+const WINDOWS: [(&str, &str, Option<i64>); 4] = [
+    ("hour", "last hour", Some(3_600_000)),
+    ("day", "last day", Some(86_400_000)),
+    ("week", "last week", Some(7 * 86_400_000)),
+    ("all", "all", None),
+];
+
+/// Points per chart, at most.
+const POINTS: i64 = 300;
+
+/// Escape text for HTML (element content and quoted attributes).
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The shared look of the operator's pages.
+pub const STYLE: &str = "body{font:14px/1.4 system-ui,sans-serif;margin:0;color:#1d2330;background:#f5f6f8}
+header{background:#1d2330;color:#fff;padding:10px 20px;display:flex;gap:20px;align-items:baseline;flex-wrap:wrap}
+header h1{font-size:18px;margin:0}header a{color:#9cc3ff}main{padding:16px 20px;max-width:1200px}
+table{border-collapse:collapse;background:#fff;margin:8px 0 16px}td,th{border:1px solid #dde1e7;padding:4px 10px;text-align:right}
+th{text-align:left;background:#eef1f5;font-weight:600}.charts{display:grid;grid-template-columns:repeat(auto-fill,minmax(360px,1fr));gap:14px}
+figure{margin:0;background:#fff;border:1px solid #dde1e7;border-radius:6px;padding:8px}figcaption{font-weight:600;margin-bottom:4px}
+.windows a{margin-right:10px}.windows a.current{font-weight:700;color:#fff;text-decoration:none}.muted{color:#6b7280}
+svg text{font-size:10px;fill:#6b7280}.legend span{margin-right:12px}.legend i{display:inline-block;width:10px;height:3px;margin-right:4px;vertical-align:middle}";
+
+/// The page for `window` (`hour`, `day`, `week`, `all`; anything else is `hour`), with the
+/// time it took to read the samples.
+pub fn page(db: &StatsDb, window: &str, now_ms: i64) -> rusqlite::Result<String> {
+    let (name, label, length) = WINDOWS
+        .iter()
+        .copied()
+        .find(|(n, _, _)| *n == window)
+        .unwrap_or(WINDOWS[0]);
+    let started = std::time::Instant::now();
+    let from = length.map_or(0, |l| now_ms - l);
+    let samples = db.range(from, POINTS)?;
+    let last = db.last()?;
+    let count = db.count()?;
+    let read_ms = started.elapsed().as_secs_f64() * 1000.0;
+
+    let mut html = String::new();
+    let _ = write!(
+        html,
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>chat server report</title>\
+         <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\"><style>{STYLE}</style></head><body>\
+         <header><h1>Chat server report</h1><nav class=\"windows\">"
+    );
+    for (n, l, _) in WINDOWS {
+        let class = if n == name { " class=\"current\"" } else { "" };
+        let _ = write!(html, "<a href=\"/report?window={n}\"{class}>{l}</a>");
+    }
+    let _ = write!(
+        html,
+        "</nav><a href=\"/\">chat</a><a href=\"/logs\">logs</a><a href=\"/metrics\">metrics</a></header><main>"
+    );
+    let Some(last) = last else {
+        html.push_str(
+            "<p>No samples yet: the server stores one every few seconds.</p></main></body></html>",
+        );
+        return Ok(html);
+    };
+    let _ = write!(
+        html,
+        "<p class=\"muted\" id=\"as-of\" data-ts=\"{}\">As of {} UTC ({} samples stored; this page read them in {:.1} ms). Totals include earlier runs of the server.</p>",
+        last.ts,
+        clock(last.ts, true),
+        count,
+        read_ms
+    );
+    html.push_str("<h2>Totals</h2><table id=\"totals\"><tr>");
+    let totals = [
+        ("connections_total", "connections"),
+        ("matches_total", "matches"),
+        ("messages_total", "messages"),
+        ("deliveries_total", "deliveries"),
+        ("bytes_in_total", "bytes in"),
+        ("bytes_out_total", "bytes out"),
+        ("slow_consumer_closes_total", "slow-consumer closes (4008)"),
+        ("rate_limit_closes_total", "rate-limit closes (1008)"),
+        ("rate_limited_total", "messages rate-limited"),
+        ("connections_refused_total", "connections refused (503)"),
+    ];
+    for (_, label) in totals {
+        let _ = write!(html, "<th>{label}</th>");
+    }
+    html.push_str("</tr><tr>");
+    for (metric, _) in totals {
+        let _ = write!(
+            html,
+            "<td data-metric=\"chat_{metric}\">{}</td>",
+            last.total(metric)
+        );
+    }
+    html.push_str("</tr></table><h2>Now</h2><table id=\"now\"><tr><th>connections</th><th>delivery latency p50</th><th>p99</th><th>RSS</th><th>CPU</th><th>threads</th><th>uptime</th></tr><tr>");
+    let _ = write!(
+        html,
+        "<td data-metric=\"chat_connections\">{}</td><td>{}</td><td>{}</td><td data-metric=\"chat_resident_bytes\" data-value=\"{}\">{:.1} MiB</td><td>{:.1}%</td><td data-metric=\"chat_threads\">{}</td><td>{}</td></tr></table>",
+        last.connections,
+        latency(last.latency_p50_us),
+        latency(last.latency_p99_us),
+        last.rss_bytes,
+        last.rss_bytes as f64 / 1048576.0,
+        last.cpu_pct,
+        last.threads,
+        duration(last.uptime_s)
+    );
+    html.push_str("<h2>Disconnects by close code</h2><table id=\"closes\"><tr><th>code</th><th>meaning</th><th>connections</th></tr>");
+    for (code, n) in &last.closes {
+        let _ = write!(
+            html,
+            "<tr><td>{code}</td><td style=\"text-align:left\">{}</td><td data-code=\"{code}\">{n}</td></tr>",
+            close_meaning(*code)
+        );
+    }
+    if last.closes.is_empty() {
+        html.push_str("<tr><td colspan=\"3\" class=\"muted\">none yet</td></tr>");
+    }
+    let _ = write!(
+        html,
+        "</table><h2>Over the {label}</h2><div class=\"charts\">"
+    );
+    let t: Vec<i64> = samples.iter().map(|s| s.ts).collect();
+    let gauge = |f: &dyn Fn(&Sample) -> f64| samples.iter().map(f).collect::<Vec<f64>>();
+    let rate = |metric: &str| rates(&samples, metric);
+    let ms = |v: Option<u64>| v.map_or(f64::NAN, |us| us as f64 / 1000.0);
+    let charts: [Chart; 7] = [
+        (
+            "connections",
+            "Connections",
+            "",
+            vec![("open", "#2563eb", gauge(&|s| s.connections as f64))],
+        ),
+        (
+            "messages",
+            "Messages and deliveries",
+            "/s",
+            vec![
+                ("messages", "#16a34a", rate("messages_total")),
+                ("deliveries", "#2563eb", rate("deliveries_total")),
+            ],
+        ),
+        (
+            "bytes",
+            "Bytes in and out",
+            "B/s",
+            vec![
+                ("in", "#9333ea", rate("bytes_in_total")),
+                ("out", "#ea580c", rate("bytes_out_total")),
+            ],
+        ),
+        (
+            "latency",
+            "Delivery latency",
+            "ms",
+            vec![
+                ("p50", "#16a34a", gauge(&|s| ms(s.latency_p50_us))),
+                ("p99", "#dc2626", gauge(&|s| ms(s.latency_p99_us))),
+            ],
+        ),
+        (
+            "rss",
+            "Resident memory",
+            "MiB",
+            vec![("RSS", "#0891b2", gauge(&|s| s.rss_bytes as f64 / 1048576.0))],
+        ),
+        (
+            "cpu",
+            "CPU",
+            "% of a core",
+            vec![("CPU", "#ca8a04", gauge(&|s| s.cpu_pct))],
+        ),
+        (
+            "threads",
+            "Threads",
+            "",
+            vec![("threads", "#4b5563", gauge(&|s| s.threads as f64))],
+        ),
+    ];
+    for (id, title, unit, series) in &charts {
+        chart(&mut html, id, title, unit, &t, series);
+    }
+    html.push_str("</div></main></body></html>");
+    Ok(html)
+}
+
+/// A chart: its id, title, unit, and its series (name, colour, a value per sample).
+type Chart<'a> = (&'a str, &'a str, &'a str, Vec<(&'a str, &'a str, Vec<f64>)>);
+
+/// Per-second rates of a running total between consecutive samples (NaN for the first, and
+/// where the total went down: a store reset).
+fn rates(samples: &[Sample], metric: &str) -> Vec<f64> {
+    let mut out = Vec::with_capacity(samples.len());
+    for (i, s) in samples.iter().enumerate() {
+        let v = match i.checked_sub(1).map(|p| &samples[p]) {
+            Some(prev) if s.ts > prev.ts && s.total(metric) >= prev.total(metric) => {
+                (s.total(metric) - prev.total(metric)) as f64 * 1000.0 / (s.ts - prev.ts) as f64
+            }
+            _ => f64::NAN,
+        };
+        out.push(v);
+    }
+    out
+}
+
+fn chart(
+    html: &mut String,
+    id: &str,
+    title: &str,
+    unit: &str,
+    t: &[i64],
+    series: &[(&str, &str, Vec<f64>)],
+) {
+    const W: f64 = 360.0;
+    const H: f64 = 150.0;
+    const LEFT: f64 = 46.0;
+    const BOTTOM: f64 = 18.0;
+    let max = series
+        .iter()
+        .flat_map(|(_, _, v)| v.iter().copied())
+        .filter(|v| v.is_finite())
+        .fold(0.0f64, f64::max);
+    let top = nice_ceiling(max);
+    let (t0, t1) = (
+        t.first().copied().unwrap_or(0),
+        t.last().copied().unwrap_or(0),
+    );
+    let span = (t1 - t0).max(1) as f64;
+    let x = |ts: i64| LEFT + (ts - t0) as f64 / span * (W - LEFT - 4.0);
+    let y = |v: f64| 4.0 + (H - BOTTOM - 4.0) * (1.0 - v / top);
+    let last_values: Vec<String> = series
+        .iter()
+        .map(|(name, _, v)| {
+            let last = v.iter().rev().find(|v| v.is_finite());
+            format!("{name} {}", last.map_or("-".into(), |v| number(*v)))
+        })
+        .collect();
+    let _ = write!(
+        html,
+        "<figure><figcaption>{} <span class=\"muted\">{}</span></figcaption>\
+         <svg class=\"chart\" id=\"chart-{id}\" data-points=\"{}\" data-max=\"{}\" viewBox=\"0 0 {W} {H}\" width=\"100%\" role=\"img\" aria-label=\"{}\">",
+        escape(title),
+        escape(unit),
+        t.len(),
+        number(max),
+        escape(title)
+    );
+    let _ = write!(
+        html,
+        "<line x1=\"{LEFT}\" y1=\"{}\" x2=\"{W}\" y2=\"{}\" stroke=\"#cbd2dc\"/><line x1=\"{LEFT}\" y1=\"4\" x2=\"{LEFT}\" y2=\"{}\" stroke=\"#cbd2dc\"/>\
+         <text x=\"{}\" y=\"12\" text-anchor=\"end\">{}</text><text x=\"{}\" y=\"{}\" text-anchor=\"end\">0</text>\
+         <text x=\"{LEFT}\" y=\"{}\">{}</text><text x=\"{W}\" y=\"{}\" text-anchor=\"end\">{}</text>",
+        H - BOTTOM,
+        H - BOTTOM,
+        H - BOTTOM,
+        LEFT - 4.0,
+        number(top),
+        LEFT - 4.0,
+        H - BOTTOM,
+        H - 4.0,
+        clock(t0, span > 86_400_000.0),
+        H - 4.0,
+        clock(t1, span > 86_400_000.0)
+    );
+    for (_, color, values) in series {
+        // A line per run of known values (gaps where a rate or latency is unknown).
+        let mut runs: Vec<String> = Vec::new();
+        let mut current = String::new();
+        for (ts, v) in t.iter().zip(values) {
+            if v.is_finite() {
+                let _ = write!(current, "{:.1},{:.1} ", x(*ts), y(*v));
+            } else if !current.is_empty() {
+                runs.push(std::mem::take(&mut current));
+            }
+        }
+        if !current.is_empty() {
+            runs.push(current);
+        }
+        for points in runs {
+            let points = points.trim_end();
+            match points.split_once(',') {
+                // A lone point is a dot, not an invisible line.
+                Some((cx, cy)) if !points.contains(' ') => {
+                    let _ = write!(
+                        html,
+                        "<circle cx=\"{cx}\" cy=\"{cy}\" r=\"2.5\" fill=\"{color}\"/>"
+                    );
+                }
+                _ => {
+                    let _ = write!(
+                        html,
+                        "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"1.5\" points=\"{points}\"/>"
+                    );
+                }
+            }
+        }
+    }
+    html.push_str("</svg><div class=\"legend\">");
+    for ((_, color, _), text) in series.iter().zip(&last_values) {
+        let _ = write!(
+            html,
+            "<span><i style=\"background:{color}\"></i>{}</span>",
+            escape(text)
+        );
+    }
+    html.push_str("</div></figure>");
+}
+
+/// 1, 2, 5 times a power of ten, at least `v` (1 for nothing).
+fn nice_ceiling(v: f64) -> f64 {
+    if v.is_nan() || v <= 0.0 {
+        return 1.0;
+    }
+    let p = 10f64.powf(v.log10().floor());
+    [1.0, 2.0, 5.0, 10.0]
+        .iter()
+        .map(|m| m * p)
+        .find(|c| *c >= v)
+        .unwrap_or(10.0 * p)
+}
+
+fn number(v: f64) -> String {
+    if v >= 1e9 {
+        format!("{:.1}G", v / 1e9)
+    } else if v >= 1e6 {
+        format!("{:.1}M", v / 1e6)
+    } else if v >= 1e4 {
+        format!("{:.1}k", v / 1e3)
+    } else if v == v.trunc() {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+fn latency(us: Option<u64>) -> String {
+    match us {
+        None => "-".into(),
+        Some(u64::MAX) => "> 10 s".into(),
+        Some(us) if us >= 1000 => format!("<= {} ms", us / 1000),
+        Some(us) => format!("<= {us} us"),
+    }
+}
+
+fn duration(secs: u64) -> String {
+    match secs {
+        s if s >= 86_400 => format!("{}d {}h", s / 86_400, s % 86_400 / 3600),
+        s if s >= 3600 => format!("{}h {}m", s / 3600, s % 3600 / 60),
+        s if s >= 60 => format!("{}m {}s", s / 60, s % 60),
+        s => format!("{s}s"),
+    }
+}
+
+/// `HH:MM` UTC, with the date when `with_date`.
+fn clock(ms: i64, with_date: bool) -> String {
+    let Ok(t) = time::OffsetDateTime::from_unix_timestamp(ms / 1000) else {
+        return "?".into();
+    };
+    if with_date {
+        format!(
+            "{}-{:02}-{:02} {:02}:{:02}",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute()
+        )
+    } else {
+        format!("{:02}:{:02}:{:02}", t.hour(), t.minute(), t.second())
+    }
+}
+
+fn close_meaning(code: u16) -> &'static str {
+    match code {
+        0 => "no close frame (connection lost)",
+        1000 => "normal (or idle timeout)",
+        1001 => "going away (server shutdown, page closed)",
+        1002 => "protocol error",
+        1006 => "abnormal",
+        1007 => "invalid data",
+        1008 => "policy (rate-limit abuse)",
+        1009 => "message too big",
+        1011 => "server error",
+        4008 => "slow consumer",
+        _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_page_shows_totals_charts_and_escapes() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = StatsDb::open(&dir.path().join("s.db")).unwrap();
+        let empty = page(&db, "hour", 10_000_000).unwrap();
+        assert!(empty.contains("No samples yet"));
+        for i in 0..10u64 {
+            let mut s = Sample {
+                ts: 10_000_000 + i as i64 * 5000,
+                connections: i,
+                rss_bytes: 10 << 20,
+                latency_p50_us: Some(200),
+                latency_p99_us: Some(5000),
+                closes: vec![(1000, i), (4008, 1)],
+                ..Sample::default()
+            };
+            s.totals[2] = i * 100;
+            db.insert(&s).unwrap();
+        }
+        let html = page(&db, "all", 10_100_000).unwrap();
+        assert!(
+            html.contains("<td data-metric=\"chat_messages_total\">900</td>"),
+            "{html}"
+        );
+        assert!(
+            html.contains("id=\"chart-messages\" data-points=\"10\""),
+            "{html}"
+        );
+        // 100 messages per 5 s.
+        assert!(html.contains("data-max=\"20\""), "{html}");
+        assert!(html.contains("<td data-code=\"4008\">1</td>"));
+        assert_eq!(
+            escape("<a href=\"x\">&'"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+        );
+    }
+}

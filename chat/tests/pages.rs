@@ -1,0 +1,265 @@
+//! The HTTP side of the chat server: the chat page's files, `/report` from the stored samples,
+//! `/logs`, and who may see them (`--jwt-secret`, `--admin-listen`). Real sockets on 127.0.0.1.
+
+mod util;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::{encode, EncodingKey, Header};
+use serde_json::{json, Value};
+use syncws::{Config, Error};
+use syncws_chat::Server;
+use util::*;
+
+/// One GET: status code and body.
+fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let mut tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n");
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("\r\n");
+    tcp.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer).unwrap();
+    let status = answer[9..12].parse().unwrap();
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The number in `<td data-metric="NAME">N</td>`.
+fn shown(html: &str, metric: &str) -> u64 {
+    let key = format!("data-metric=\"{metric}\">");
+    let at = html
+        .find(&key)
+        .unwrap_or_else(|| panic!("{metric} not on the page"))
+        + key.len();
+    html[at..].split('<').next().unwrap().parse().unwrap()
+}
+
+/// Ask for `/report` until `done` holds for it (a sample is taken every second here).
+fn report_until(addr: SocketAddr, done: impl Fn(&str) -> bool) -> String {
+    let start = Instant::now();
+    loop {
+        let (status, html) = get(addr, "/report?window=hour", &[]);
+        assert_eq!(status, 200, "{html}");
+        if done(&html) {
+            return html;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the report never got there: {html}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn the_chat_page_and_its_files_are_served_from_the_binary() {
+    let server = TestServer::start(&[]);
+    let addr = server.server.as_ref().unwrap().ws_addr.unwrap();
+    let (status, html) = get(addr, "/", &[]);
+    assert_eq!(status, 200);
+    assert!(html.contains("<script src=\"/chat.js\">"), "{html}");
+    for file in ["/chat.js", "/chat.css"] {
+        let (status, body) = get(addr, file, &[]);
+        assert_eq!(status, 200, "{file}");
+        assert!(!body.is_empty(), "{file}");
+    }
+    assert_eq!(get(addr, "/nope", &[]).0, 404);
+}
+
+#[test]
+fn the_report_matches_metrics_and_its_totals_continue_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = options(dir.path(), &["--stats-every", "1"]);
+    let server = Server::start(&opts).unwrap();
+    let addr = server.ws_addr.unwrap();
+    let url = format!("ws://{addr}/");
+    let mut a = Chat::connect(&url);
+    let mut b = Chat::connect(&url);
+    a.join("r");
+    b.join("r");
+    for i in 0..5 {
+        a.send(json!({"op": "say", "room": "r", "text": format!("m{i}")}));
+        b.msg("r");
+    }
+    let metrics = server.metrics().render();
+    let (messages, deliveries) = (
+        metric_in(&metrics, "chat_messages_total"),
+        metric_in(&metrics, "chat_deliveries_total"),
+    );
+    assert_eq!((messages, deliveries), (5, 10));
+    let html = report_until(addr, |h| {
+        h.contains("data-metric=\"chat_messages_total\"")
+            && shown(h, "chat_deliveries_total") == deliveries
+    });
+    for metric in [
+        "chat_connections_total",
+        "chat_messages_total",
+        "chat_deliveries_total",
+        "chat_bytes_in_total",
+        "chat_bytes_out_total",
+        "chat_matches_total",
+    ] {
+        assert_eq!(
+            shown(&html, metric),
+            metric_in(&metrics, metric),
+            "{metric}"
+        );
+    }
+    for chart in [
+        "connections",
+        "messages",
+        "bytes",
+        "latency",
+        "rss",
+        "cpu",
+        "threads",
+    ] {
+        assert!(html.contains(&format!("id=\"chart-{chart}\"")), "{chart}");
+    }
+    a.close();
+    b.close();
+    server.shutdown(Duration::from_secs(5));
+
+    // A new process (same data): /metrics starts again, the report's totals go on.
+    let server = Server::start(&opts).unwrap();
+    let addr = server.ws_addr.unwrap();
+    let mut c = Chat::connect(&format!("ws://{addr}/"));
+    c.send_raw("after the restart");
+    c.msg("lobby");
+    assert_eq!(
+        metric_in(&server.metrics().render(), "chat_messages_total"),
+        1
+    );
+    let html = report_until(addr, |h| {
+        h.contains("data-metric") && shown(h, "chat_messages_total") == 6
+    });
+    assert_eq!(shown(&html, "chat_connections_total"), 3);
+    c.close();
+    server.shutdown(Duration::from_secs(5));
+}
+
+#[test]
+fn the_logs_page_is_newest_first_filtered_and_paged() {
+    let server = TestServer::start(&[]);
+    let addr = server.server.as_ref().unwrap().ws_addr.unwrap();
+    let mut c = Chat::connect(&server.url);
+    for i in 0..30 {
+        c.send_raw(&format!("m{i}"));
+        c.msg("lobby");
+    }
+    server.server.as_ref().unwrap().flush_log();
+    let (status, body) = get(addr, "/logs?kind=msg&limit=10&format=json", &[]);
+    assert_eq!(status, 200);
+    let page: Value = serde_json::from_str(&body).unwrap();
+    let seqs: Vec<u64> = page["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["event"]["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, (21..=30).rev().collect::<Vec<_>>());
+    let older = page["older"].as_str().unwrap();
+    let (_, body) = get(
+        addr,
+        &format!("/logs?kind=msg&limit=10&format=json&before={older}"),
+        &[],
+    );
+    let page: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(page["lines"][0]["event"]["seq"], 20);
+    let (status, html) = get(addr, "/logs?kind=connect", &[]);
+    assert_eq!(status, 200);
+    assert!(html.contains("<td>connect</td>"), "{html}");
+    assert!(!html.contains("<td>msg</td>"), "filtered by kind");
+    c.close();
+}
+
+fn token(secret: &str, claims: Value) -> String {
+    encode(
+        &Header::default(),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+fn status_of(result: Result<syncws::ThreadedClient, Error>) -> u16 {
+    match result {
+        Err(Error::HandshakeRejected { status, .. }) => status.as_u16(),
+        Err(e) => panic!("not an HTTP refusal: {e}"),
+        Ok(_) => panic!("connected"),
+    }
+}
+
+#[test]
+fn tokens_guard_the_upgrade_and_the_operator_pages() {
+    let secret = "s3cret";
+    let server = TestServer::start(&["--jwt-secret", secret]);
+    let addr = server.server.as_ref().unwrap().ws_addr.unwrap();
+    let good = token(secret, json!({"sub": "ann", "exp": 4_000_000_000u64}));
+    let refused = |query: String| {
+        status_of(syncws::ThreadedClient::connect(
+            &format!("{}{query}", server.url),
+            &Config::default(),
+        ))
+    };
+    assert_eq!(refused(String::new()), 401, "no token");
+    for (why, bad) in [
+        ("wrong signature", token("other", json!({"sub": "ann"}))),
+        (
+            "expired",
+            token(secret, json!({"sub": "ann", "exp": 1_000})),
+        ),
+        ("no sub", token(secret, json!({"name": "ann"}))),
+        ("not a nick", token(secret, json!({"sub": " ann"}))),
+    ] {
+        assert_eq!(refused(format!("?token={bad}")), 401, "{why}");
+    }
+    // The token's subject is the nick, and it stays.
+    let mut c = Chat::connect(&format!("{}?token={good}&nick=mallory", server.url));
+    assert_eq!(c.welcome["nick"], "ann");
+    c.send(json!({"op": "hello", "nick": "mallory"}));
+    assert_eq!(c.expect("error")["code"], "nick_fixed");
+    // The header works too.
+    let config = Config::builder()
+        .header("Authorization", &format!("Bearer {good}"))
+        .build()
+        .unwrap();
+    let d = Chat::connect_with(&server.url, &config);
+    assert_eq!(d.welcome["nick"], "ann");
+    assert_eq!(server.metric("chat_connections_unauthorized_total"), 5);
+    // The operator's pages need it; the chat page and the probes do not.
+    assert_eq!(get(addr, "/report", &[]).0, 401);
+    assert_eq!(get(addr, "/logs", &[]).0, 401);
+    assert_eq!(get(addr, &format!("/report?token={good}"), &[]).0, 200);
+    let bearer = format!("Bearer {good}");
+    assert_eq!(get(addr, "/logs", &[("Authorization", &bearer)]).0, 200);
+    for open in ["/", "/chat.js", "/healthz", "/metrics"] {
+        assert_eq!(get(addr, open, &[]).0, 200, "{open}");
+    }
+    c.close();
+    d.close();
+}
+
+#[test]
+fn the_admin_port_serves_the_operator_pages_and_nothing_else() {
+    let server = TestServer::start(&["--admin-listen", "127.0.0.1:0"]);
+    let s = server.server.as_ref().unwrap();
+    let (chat, admin) = (s.ws_addr.unwrap(), s.admin_addr.unwrap());
+    assert_eq!(get(chat, "/report", &[]).0, 404);
+    assert_eq!(get(chat, "/logs", &[]).0, 404);
+    assert_eq!(get(admin, "/report", &[]).0, 200);
+    assert_eq!(get(admin, "/logs", &[]).0, 200);
+    assert_eq!(get(admin, "/metrics", &[]).0, 200);
+    assert_eq!(get(admin, "/", &[]).0, 404);
+    let refused = syncws::ThreadedClient::connect(&format!("ws://{admin}/"), &Config::default());
+    assert_eq!(status_of(refused), 404, "no chat on the admin port");
+}

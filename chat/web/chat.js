@@ -1,0 +1,1 @@
+// the chat page script
