@@ -73,6 +73,9 @@ pub fn read(dir: &Path, query: &Query) -> std::io::Result<(Vec<Line>, Option<Str
         .kind
         .as_ref()
         .map(|k| format!("\"kind\":{}", json!(k)));
+    let finder = needle
+        .as_ref()
+        .map(|n| memchr::memmem::Finder::new(n.as_bytes()));
     let mut lines = Vec::new();
     let mut scanned = 0u64;
     loop {
@@ -116,11 +119,11 @@ pub fn read(dir: &Path, query: &Query) -> std::io::Result<(Vec<Line>, Option<Str
                 if text.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
-                let wanted = needle
-                    .as_ref()
-                    .is_none_or(|n| text.windows(n.len()).any(|w| w == n.as_bytes()));
+                if finder.as_ref().is_some_and(|f| f.find(text).is_none()) {
+                    continue;
+                }
                 // A line still being written does not parse yet: left for the next look.
-                if let (true, Ok(event)) = (wanted, serde_json::from_slice::<Value>(text)) {
+                if let Ok(event) = serde_json::from_slice::<Value>(text) {
                     let id = format!("{}:{offset}", file_name(path));
                     lines.push(Line {
                         id: id.clone(),

@@ -55,7 +55,6 @@ pub fn page(db: &StatsDb, window: &str, now_ms: i64) -> rusqlite::Result<String>
     let from = length.map_or(0, |l| now_ms - l);
     let samples = db.range(from, POINTS)?;
     let last = db.last()?;
-    let count = db.count()?;
     let read_ms = started.elapsed().as_secs_f64() * 1000.0;
 
     let mut html = String::new();
@@ -81,10 +80,10 @@ pub fn page(db: &StatsDb, window: &str, now_ms: i64) -> rusqlite::Result<String>
     };
     let _ = write!(
         html,
-        "<p class=\"muted\" id=\"as-of\" data-ts=\"{}\">As of {} UTC ({} samples stored; this page read them in {:.1} ms). Totals include earlier runs of the server.</p>",
+        "<p class=\"muted\" id=\"as-of\" data-ts=\"{}\">As of {} UTC (charts from {} stored samples; read in {:.1} ms). Totals include earlier runs of the server.</p>",
         last.ts,
         clock(last.ts, true),
-        count,
+        samples.len(),
         read_ms
     );
     html.push_str("<h2>Totals</h2><table id=\"totals\"><tr>");

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{Connection, OptionalExtension};
 
 use crate::metrics::{process_cpu, process_status, quantile_us, Metrics};
 use crate::now_ms;
@@ -129,6 +129,15 @@ impl StatsDb {
         Ok(())
     }
 
+    /// Group the inserts that follow in one transaction (bulk loads), until [`StatsDb::commit`].
+    pub fn begin(&self) -> rusqlite::Result<()> {
+        self.conn.execute_batch("BEGIN")
+    }
+
+    pub fn commit(&self) -> rusqlite::Result<()> {
+        self.conn.execute_batch("COMMIT")
+    }
+
     /// The newest sample.
     pub fn last(&self) -> rusqlite::Result<Option<Sample>> {
         let sql = format!("{} ORDER BY ts DESC LIMIT 1", select());
@@ -136,32 +145,52 @@ impl StatsDb {
     }
 
     /// Samples since `from_ms`, oldest first, at most about `points` of them: when there are
-    /// more, one per time bucket (the bucket's last totals, its highest gauges and latencies),
-    /// so a chart of months costs what a chart of an hour does.
+    /// more, the first sample at or after the start of each of `points` equal slices of the
+    /// window, each found by a seek on the time key, so a chart of months costs what a chart of
+    /// an hour does. Totals (and so the rates between points) stay exact; a gauge's peak
+    /// between two points is not shown.
     pub fn range(&self, from_ms: i64, points: i64) -> rusqlite::Result<Vec<Sample>> {
-        let (first, last): (Option<i64>, Option<i64>) = self.conn.query_row(
-            "SELECT MIN(ts), MAX(ts) FROM samples WHERE ts >= ?1",
+        // Two queries: SQLite answers a lone MIN or MAX of the key with one seek, both in one
+        // query with a scan of the window.
+        let first: Option<i64> = self.conn.query_row(
+            "SELECT MIN(ts) FROM samples WHERE ts >= ?1",
             [from_ms],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            |r| r.get(0),
         )?;
+        let last: Option<i64> = self
+            .conn
+            .query_row("SELECT MAX(ts) FROM samples", [], |r| r.get(0))?;
         let (Some(first), Some(last)) = (first, last) else {
             return Ok(Vec::new());
         };
-        let bucket = ((last - first) / points.max(1)).max(1);
-        let totals: String = TOTALS.iter().map(|t| format!(", MAX({t})")).collect();
-        let sql = format!(
-            "SELECT MAX(ts), MAX(uptime_s), MAX(connections), MAX(threads), MAX(rss_bytes),
-                 MAX(cpu_pct), MAX(latency_p50_us), MAX(latency_p99_us), MAX(closes){totals}
-             FROM samples WHERE ts >= ?1 GROUP BY (ts - ?1) / ?2 ORDER BY 1"
-        );
-        let mut stmt = self.conn.prepare_cached(&sql)?;
-        let rows = stmt.query_map(params![first, bucket], row_to_sample)?;
-        rows.collect()
+        let step = ((last - first) / points.max(1)).max(1);
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!("{} WHERE ts >= ?1 ORDER BY ts LIMIT 1", select()))?;
+        let mut out: Vec<Sample> = Vec::new();
+        let mut at = first;
+        while at <= last {
+            let Some(s) = stmt.query_row([at], row_to_sample).optional()? else {
+                break;
+            };
+            at = (s.ts + 1).max(at + step);
+            out.push(s);
+        }
+        if out.last().is_some_and(|s| s.ts != last) {
+            if let Some(s) = stmt.query_row([last], row_to_sample).optional()? {
+                out.push(s);
+            }
+        }
+        Ok(out)
     }
 
-    pub fn count(&self) -> rusqlite::Result<u64> {
-        self.conn
-            .query_row("SELECT COUNT(*) FROM samples", [], |r| r.get(0))
+    /// Samples stored since `from_ms`.
+    pub fn count_since(&self, from_ms: i64) -> rusqlite::Result<u64> {
+        self.conn.query_row(
+            "SELECT COUNT(*) FROM samples WHERE ts >= ?1",
+            [from_ms],
+            |r| r.get(0),
+        )
     }
 }
 
@@ -332,7 +361,7 @@ mod tests {
             assert_eq!(last.total("messages_total"), 10 * run, "run {run}");
             assert_eq!(last.closes, [(4008, run)]);
         }
-        let n = StatsDb::open(&path).unwrap().count().unwrap();
+        let n = StatsDb::open(&path).unwrap().count_since(0).unwrap();
         assert!(n >= 4, "a sample at start and at stop, each run: {n}");
         let db = StatsDb::open(&dir.path().join("range.db")).unwrap();
         for i in 0..1000 {
