@@ -6,6 +6,7 @@
 //! cargo run --release -p syncws-chat --example chat_demo
 //! ```
 
+use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -68,10 +69,16 @@ fn main() {
 }
 
 fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    // The usual port when it is free, so the page's address is the one in the README.
+    let listen = if std::net::TcpListener::bind("127.0.0.1:8080").is_ok() {
+        "127.0.0.1:8080"
+    } else {
+        "127.0.0.1:0"
+    };
     let options = Options::parse_from([
         "chat-server",
         "--listen",
-        "127.0.0.1:0",
+        listen,
         "--tls-listen",
         "off",
         "--data-dir",
@@ -128,8 +135,21 @@ fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     for c in [ann, bob, cy] {
         let _ = c.inner.control_tx.close(1000, "bye");
     }
-    server.shutdown(Duration::from_secs(5));
     println!("\nall good: ordered delivery, recovery after reconnect, matchmaking.");
+    let page = format!("http://{}/", server.ws_addr.ok_or("no listener")?);
+    println!("\n4. the chat page: {page}   (the operator's pages: {page}report and {page}logs)");
+    // A person at a terminal gets the server to try the page with; a script (CI) does not wait.
+    if std::io::stdout().is_terminal() {
+        println!(
+            "   open it in a browser (two tabs chat with each other); Ctrl-C stops the server"
+        );
+        let mut signals = signal_hook::iterator::Signals::new([
+            signal_hook::consts::SIGINT,
+            signal_hook::consts::SIGTERM,
+        ])?;
+        signals.forever().next();
+    }
+    server.shutdown(Duration::from_secs(5));
     println!("run the real server with: cargo run --release -p syncws-chat");
     Ok(())
 }

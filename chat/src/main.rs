@@ -30,10 +30,13 @@ fn main() {
         }
     };
     if let Some(addr) = server.ws_addr {
-        println!("chat-server listening on ws://{addr}/ (HTTP: http://{addr}/metrics)");
+        println!("chat-server listening on ws://{addr}/ (the chat page: http://{addr}/; also /report, /logs, /metrics)");
     }
     if let Some(addr) = server.wss_addr {
-        println!("chat-server listening on wss://{addr}/ (HTTPS: https://{addr}/metrics)");
+        println!("chat-server listening on wss://{addr}/ (the chat page: https://{addr}/)");
+    }
+    if let Some(addr) = server.admin_addr {
+        println!("admin pages on http://{addr}/report, /logs, /metrics (no token)");
     }
     if let Some(files) = &server.tls_files {
         println!(
