@@ -151,6 +151,9 @@ impl ChatConn {
                     );
                 }
                 self.nick = nick.clone();
+                self.shared
+                    .log
+                    .record("hello", json!({"id": id, "nick": nick}));
                 self.to_hub(Request::Hello { id, nick });
                 self.welcome(ctx);
                 return;
