@@ -201,6 +201,7 @@ fn html(query: &Query, lines: &[Line], older: Option<String>) -> String {
         "start",
         "stop",
         "connect",
+        "hello",
         "disconnect",
         "join",
         "msg",
