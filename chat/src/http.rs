@@ -139,7 +139,15 @@ fn route(incoming: &Incoming, site: &Site) -> Response {
             Response::new("200 OK", content_type, body)
         }
         path => match site.web.asset(path) {
-            Some((content_type, body)) => Response::new("200 OK", content_type, body),
+            Some((content_type, body)) => {
+                let mut r = Response::new("200 OK", content_type, body);
+                // The chat page loads only its own files and talks only to its own origin
+                // (ws: and wss: included in 'self'); no inline script, no framing.
+                r.headers.push_str(
+                    "Content-Security-Policy: default-src 'self'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'\r\n",
+                );
+                r
+            }
             None => Response::text("404 Not Found", "no such page\n"),
         },
     }

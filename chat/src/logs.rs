@@ -189,7 +189,7 @@ fn html(query: &Query, lines: &[Line], older: Option<String>) -> String {
     let mut html = String::new();
     let _ = write!(
         html,
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>chat server logs</title>\
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><link rel=\"icon\" href=\"data:,\"><title>chat server logs</title>\
          <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\"><style>{STYLE}\
          td{{text-align:left;vertical-align:top}}td.f{{font-family:ui-monospace,monospace;font-size:12px;word-break:break-all}}tr.new{{background:#fffbe6}}</style></head><body>\
          <header><h1>Event log</h1><a href=\"/\">chat</a><a href=\"/report\">report</a><a href=\"/metrics\">metrics</a></header><main>\

@@ -60,7 +60,7 @@ pub fn page(db: &StatsDb, window: &str, now_ms: i64) -> rusqlite::Result<String>
     let mut html = String::new();
     let _ = write!(
         html,
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>chat server report</title>\
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><link rel=\"icon\" href=\"data:,\"><title>chat server report</title>\
          <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\"><style>{STYLE}</style></head><body>\
          <header><h1>Chat server report</h1><nav class=\"windows\">"
     );
@@ -134,10 +134,12 @@ pub fn page(db: &StatsDb, window: &str, now_ms: i64) -> rusqlite::Result<String>
     if last.closes.is_empty() {
         html.push_str("<tr><td colspan=\"3\" class=\"muted\">none yet</td></tr>");
     }
-    let _ = write!(
-        html,
-        "</table><h2>Over the {label}</h2><div class=\"charts\">"
-    );
+    let over = if length.is_some() {
+        format!("Over the {label}")
+    } else {
+        "Over the whole history".to_owned()
+    };
+    let _ = write!(html, "</table><h2>{over}</h2><div class=\"charts\">");
     let t: Vec<i64> = samples.iter().map(|s| s.ts).collect();
     let gauge = |f: &dyn Fn(&Sample) -> f64| samples.iter().map(f).collect::<Vec<f64>>();
     let rate = |metric: &str| rates(&samples, metric);
