@@ -466,6 +466,19 @@ test('screenshot of a conversation (1280x800, and a phone)', async (t) => {
   console.log(`       screenshots: ${file}, ${artifactPath('chat-phone.png')}`);
 });
 
+test('a rename shows in the other page\'s member list', async (t) => {
+  const server = await t.server();
+  const a = await openChat(t, server, 'ann');
+  const b = await openChat(t, server, 'bob');
+  await joinRoom(a, 'names');
+  await joinRoom(b, 'names');
+  await b.waitForSelector('#members li[data-nick="ann"]');
+  await a.fill('#nick', 'annie');
+  await a.click('#nick-save');
+  await b.waitForSelector('#members li[data-nick="annie"]');
+  assertEqual(await b.$$eval('#members li[data-nick="ann"]', (l) => l.length), 0, 'the old nick in bob\'s list');
+});
+
 // -------------------------------------------------------------------------------------------------
 // The operator's pages
 

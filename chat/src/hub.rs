@@ -320,8 +320,27 @@ impl State {
                 self.join(batch, id, LOBBY, None, None);
             }
             Request::Hello { id, nick } => {
-                if let Some(m) = self.members.get_mut(&id) {
-                    m.nick = nick;
+                let Some(m) = self.members.get_mut(&id) else {
+                    return;
+                };
+                let old = std::mem::replace(&mut m.nick, nick.clone());
+                if old == nick {
+                    return;
+                }
+                // Members of its rooms see the new name (not the lobby: everyone is there).
+                let rooms: Vec<String> = m.rooms.iter().filter(|r| *r != LOBBY).cloned().collect();
+                for room in rooms {
+                    let members = self
+                        .rooms
+                        .get(&room)
+                        .map(|r| r.members.clone())
+                        .unwrap_or_default();
+                    let renamed = frame(
+                        json!({"ev": "presence", "room": room, "state": "renamed", "nick": nick, "old": old}),
+                    );
+                    for m in members {
+                        self.out.push((m, Out::Frame(renamed.clone())));
+                    }
                 }
             }
             Request::Join {
@@ -331,12 +350,13 @@ impl State {
                 epoch,
             } => {
                 if let Err(r) = check_room(&room) {
-                    return self.refuse(id, r);
+                    return self.refuse(id, r.with_room(&room));
                 }
                 if room.starts_with(PAIR_PREFIX) && !self.is_member(id, &room) {
                     return self.refuse(
                         id,
-                        Refusal::new("private_room", "pair rooms are made by matchmaking"),
+                        Refusal::new("private_room", "pair rooms are made by matchmaking")
+                            .with_room(&room),
                     );
                 }
                 let in_rooms = self.members.get(&id).map_or(0, |m| m.rooms.len());
@@ -349,7 +369,8 @@ impl State {
                                 "at most {} rooms at once; leave one first",
                                 self.options.max_rooms
                             ),
-                        ),
+                        )
+                        .with_room(&room),
                     );
                 }
                 self.join(batch, id, &room, since, epoch.as_deref());

@@ -60,6 +60,8 @@ pub struct Refusal {
     pub code: &'static str,
     pub message: String,
     pub cid: Option<Value>,
+    /// The room a refused `join` (or other room op) named, so a client can tell which.
+    pub room: Option<String>,
 }
 
 impl Refusal {
@@ -68,7 +70,13 @@ impl Refusal {
             code,
             message: message.into(),
             cid: None,
+            room: None,
         }
+    }
+
+    pub fn with_room(mut self, room: &str) -> Self {
+        self.room = Some(room.to_owned());
+        self
     }
 
     pub fn with_cid(mut self, cid: Option<Value>) -> Self {
@@ -80,6 +88,9 @@ impl Refusal {
         let mut v = json!({"ev": "error", "code": self.code, "message": self.message});
         if let Some(cid) = &self.cid {
             v["cid"] = cid.clone();
+        }
+        if let Some(room) = &self.room {
+            v["room"] = Value::String(room.clone());
         }
         v.to_string()
     }

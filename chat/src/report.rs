@@ -123,7 +123,7 @@ pub fn page(db: &StatsDb, window: &str, now_ms: i64) -> rusqlite::Result<String>
         last.threads,
         duration(last.uptime_s)
     );
-    html.push_str("<h2>Disconnects by close code</h2><table id=\"closes\"><tr><th>code</th><th>meaning</th><th>connections</th></tr>");
+    html.push_str("<h2>Disconnects by close code</h2><p class=\"muted\">The code the client's Close frame carried (0: none, the connection was lost or never answered the server's Close).</p><table id=\"closes\"><tr><th>code</th><th>meaning</th><th>connections</th></tr>");
     for (code, n) in &last.closes {
         let _ = write!(
             html,

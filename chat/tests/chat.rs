@@ -572,3 +572,43 @@ fn connection_threads_run_as_batch_threads_unless_told_otherwise() {
         server.kill_9();
     }
 }
+
+#[test]
+fn a_rename_is_announced_to_its_rooms_and_a_refused_join_names_its_room() {
+    let server = TestServer::start(&[]);
+    let mut a = Chat::connect(&server.url);
+    let mut b = Chat::connect(&server.url);
+    a.join("r");
+    b.join("r");
+    let old = a.welcome["nick"].as_str().unwrap().to_owned();
+    a.send(json!({"op": "hello", "nick": "ann2"}));
+    let renamed = loop {
+        let p = b.expect("presence");
+        if p["state"] == "renamed" {
+            break p;
+        }
+    };
+    assert_eq!(
+        renamed,
+        json!({"ev": "presence", "room": "r", "state": "renamed", "nick": "ann2", "old": old})
+    );
+    b.send(json!({"op": "who", "room": "r"}));
+    let mut members: Vec<String> =
+        serde_json::from_value(b.expect("who")["members"].clone()).unwrap();
+    members.sort();
+    assert!(
+        members.contains(&"ann2".to_owned()) && !members.contains(&old),
+        "{members:?}"
+    );
+    for (room, code) in [("bad room!", "bad_room"), ("pair:x", "private_room")] {
+        a.send(json!({"op": "join", "room": room}));
+        let e = a.expect("error");
+        assert_eq!(
+            (e["code"].as_str(), e["room"].as_str()),
+            (Some(code), Some(room)),
+            "{e}"
+        );
+    }
+    a.close();
+    b.close();
+}

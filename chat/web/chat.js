@@ -753,6 +753,11 @@
       room.count = room.members.length;
       room.typing.delete(nick);
       addSystem(room, `${nick} left`);
+    } else if (ev.state === 'renamed' && typeof ev.old === 'string') {
+      const i = room.members.indexOf(ev.old);
+      if (i >= 0) room.members[i] = nick;
+      room.typing.delete(ev.old);
+      addSystem(room, `${ev.old} is now ${nick}`);
     }
     if (room.name === state.current) {
       renderMembers();
@@ -856,7 +861,10 @@
     const p = cid ? state.pending.get(cid) : null;
     if (p) failPending(p, `not sent: ${message}`);
     if (code === 'bad_room' || code === 'too_many_rooms' || code === 'private_room') {
-      const name = state.pendingJoins.shift();
+      // The server names the room it refused; older servers did not, and answered joins in order.
+      const name = typeof ev.room === 'string' ? ev.room : state.pendingJoins[0];
+      const i = state.pendingJoins.indexOf(name);
+      if (i >= 0) state.pendingJoins.splice(i, 1);
       if (name && roomOf(name) && !roomOf(name).joined) dropRoom(name);
     }
     notice(code, ERROR_TITLE[code] || 'Error', message || code);
