@@ -35,7 +35,7 @@ impl Auth {
     pub fn subject(&self, token: &str) -> Result<String, String> {
         decode::<Claims>(token, &self.key, &self.validation)
             .map(|t| t.claims.sub)
-            .map_err(|e| e.to_string())
+            .map_err(|e| format!("invalid token: {e}"))
     }
 
     /// The subject of the token `incoming` carries: `?token=` first, then the header.

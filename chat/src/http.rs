@@ -134,9 +134,10 @@ fn route(incoming: &Incoming, site: &Site) -> Response {
             }
         }
         "/logs" => {
-            let (content_type, body) =
+            let (ok, content_type, body) =
                 logs::answer(&site.log_dir, &logs::Query::parse(incoming.query()));
-            Response::new("200 OK", content_type, body)
+            let status = if ok { "200 OK" } else { "400 Bad Request" };
+            Response::new(status, content_type, body)
         }
         path => match site.web.asset(path) {
             Some((content_type, body)) => {

@@ -160,12 +160,25 @@ fn file_name(p: &Path) -> &str {
     p.file_name().and_then(|n| n.to_str()).unwrap_or_default()
 }
 
-/// The answer to `GET /logs`: content type and body.
-pub fn answer(dir: &Path, query: &Query) -> (&'static str, String) {
+/// The answer to `GET /logs`: whether the request made sense (a `before` that is no cursor
+/// does not), content type and body.
+pub fn answer(dir: &Path, query: &Query) -> (bool, &'static str, String) {
+    if query
+        .before
+        .as_deref()
+        .is_some_and(|c| parse_cursor(c).is_none())
+    {
+        return (
+            false,
+            "text/plain; charset=utf-8",
+            "before: not a cursor (FILE:OFFSET, as the older link gives)\n".into(),
+        );
+    }
     let (lines, older) = match read(dir, query) {
         Ok(r) => r,
         Err(e) => {
             return (
+                true,
                 "text/plain; charset=utf-8",
                 format!("cannot read the event log: {e}\n"),
             )
@@ -177,11 +190,12 @@ pub fn answer(dir: &Path, query: &Query) -> (&'static str, String) {
             .map(|l| json!({"id": l.id, "event": l.event}))
             .collect();
         return (
+            true,
             "application/json",
             json!({"lines": lines, "older": older}).to_string(),
         );
     }
-    ("text/html; charset=utf-8", html(query, &lines, older))
+    (true, "text/html; charset=utf-8", html(query, &lines, older))
 }
 
 fn html(query: &Query, lines: &[Line], older: Option<String>) -> String {
@@ -337,7 +351,8 @@ mod tests {
             (0..200).rev().filter(|n| n % 10 == 0).collect::<Vec<u64>>()
         );
         assert_eq!(older, None);
-        let (_, body) = answer(dir.path(), &Query::parse(Some("kind=join&limit=5")));
+        let (_, _, body) = answer(dir.path(), &Query::parse(Some("kind=join&limit=5")));
+        assert!(!answer(dir.path(), &Query::parse(Some("before=nonsense"))).0);
         assert!(body.contains("&lt;b&gt;x&lt;/b&gt;"), "{body}");
         assert!(!body.contains("<b>x</b>"));
     }
