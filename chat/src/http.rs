@@ -25,6 +25,8 @@ pub struct Site {
     pub auth: Option<Arc<Auth>>,
     /// What this listener serves.
     pub role: Role,
+    /// Cluster mode: Redis reachable (commands, subscriber); /healthz fails while one is not.
+    pub health: Vec<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,7 +89,17 @@ pub fn answer(incoming: Incoming, site: &Site) {
 fn route(incoming: &Incoming, site: &Site) -> Response {
     let path = incoming.path();
     match path {
-        "/healthz" => return Response::text("200 OK", "ok\n"),
+        "/healthz" => {
+            return if site
+                .health
+                .iter()
+                .all(|up| up.load(std::sync::atomic::Ordering::SeqCst))
+            {
+                Response::text("200 OK", "ok\n")
+            } else {
+                Response::text("503 Service Unavailable", "redis: unreachable\n")
+            }
+        }
         "/metrics" => {
             return Response::new("200 OK", "text/plain; version=0.0.4", site.metrics.render())
         }

@@ -20,11 +20,12 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use serde_json::{json, Value};
 use syncws::{Command, CommandSender, SharedFrame};
 
+use crate::cluster::Cluster;
 use crate::eventlog::EventLog;
 use crate::metrics::Metrics;
 use crate::now_ms;
 use crate::protocol::{check_room, Msg, Refusal, MAX_HISTORY_PAGE};
-use crate::store::{Batch, Recovery, Store};
+use crate::store::{Log, Recovery, Store};
 
 /// The room every connection starts in.
 pub const LOBBY: &str = "lobby";
@@ -95,6 +96,17 @@ pub enum Request {
     },
     Typing {
         id: u64,
+        room: String,
+    },
+    /// Cluster mode: a message of `room` published by some node (this one too), framed.
+    Remote {
+        room: String,
+        seq: u64,
+        frame: String,
+    },
+    /// Cluster mode: the subscription to `room` was (re)made; fill in what was published
+    /// before it.
+    Resync {
         room: String,
     },
     /// The connection ended (`code`: its close code, if any).
@@ -174,6 +186,7 @@ struct State {
 /// Start the hub thread.
 pub fn spawn(
     store: Store,
+    cluster: Option<Cluster>,
     metrics: Arc<Metrics>,
     log: EventLog,
     options: HubOptions,
@@ -181,17 +194,24 @@ pub fn spawn(
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("chat-hub".into())
-        .spawn(move || run(store, metrics, log, options, &rx))
+        .spawn(move || run(store, cluster, metrics, log, options, &rx))
 }
 
 fn run(
     mut store: Store,
+    mut cluster: Option<Cluster>,
     metrics: Arc<Metrics>,
     log: EventLog,
     options: HubOptions,
     rx: &Receiver<Request>,
 ) {
-    let rooms = match store.last_seqs() {
+    // Cluster mode: rooms and their seqs are Redis's; this node learns them as members join.
+    let local = if cluster.is_some() {
+        Ok(HashMap::new())
+    } else {
+        store.last_seqs()
+    };
+    let rooms = match local {
         Ok(seqs) => seqs
             .into_iter()
             .map(|(name, last_seq)| {
@@ -214,7 +234,9 @@ fn run(
         members: HashMap::new(),
         queue: VecDeque::new(),
         pairs_made: 0,
-        epoch: store.epoch().to_owned(),
+        epoch: cluster
+            .as_ref()
+            .map_or_else(|| store.epoch().to_owned(), |c| c.epoch().to_owned()),
         metrics,
         log,
         options,
@@ -251,6 +273,23 @@ fn run(
         let requests: Vec<Request> = std::iter::once(first)
             .chain(rx.try_iter().take(BATCH - 1))
             .collect();
+        if let Some(cluster) = cluster.as_mut() {
+            // Cluster mode: Redis numbers, stores and publishes; the frames come back through
+            // the subscription (Remote), to this node's members as to everyone's.
+            let mut batch = cluster.begin();
+            for request in requests {
+                if let Request::Shutdown(done) = request {
+                    state.close_all();
+                    shutdown = Some(done);
+                    continue;
+                }
+                state.handle(&mut batch, request);
+            }
+            let results = batch.commit();
+            state.refuse_unpublished(&results);
+            state.deliver();
+            continue;
+        }
         let committed = match store.begin() {
             Ok(mut batch) => {
                 for request in requests {
@@ -292,7 +331,7 @@ fn run(
 }
 
 impl State {
-    fn handle(&mut self, batch: &mut Batch<'_>, request: Request) {
+    fn handle(&mut self, batch: &mut dyn Log, request: Request) {
         match request {
             Request::Connect {
                 id,
@@ -491,13 +530,23 @@ impl State {
                 }
             }
             Request::Disconnect { id } => self.disconnect(id),
+            Request::Remote { room, seq, frame } => self.remote(batch, &room, seq, frame),
+            Request::Resync { room } => {
+                let frames = match self.rooms.get(&room) {
+                    Some(r) => batch.frames_after(&room, r.last_seq),
+                    None => Vec::new(),
+                };
+                for (seq, frame) in frames {
+                    self.remote(batch, &room, seq, frame);
+                }
+            }
             Request::Shutdown(_) => unreachable!("handled by the loop"),
         }
     }
 
     fn join(
         &mut self,
-        batch: &mut Batch<'_>,
+        batch: &mut dyn Log,
         id: u64,
         room: &str,
         since: Option<u64>,
@@ -513,6 +562,11 @@ impl State {
         let r = self.rooms.entry(room.to_owned()).or_default();
         if !rejoin {
             r.members.push(id);
+        }
+        // Cluster mode: a room new to this node starts at the cluster's last seq, and the
+        // node follows it from there.
+        if let Some(seq) = batch.open_room(room) {
+            r.last_seq = r.last_seq.max(seq);
         }
         let last = r.last_seq;
         Metrics::inc(&self.metrics.joins_total);
@@ -613,7 +667,7 @@ impl State {
 
     fn say(
         &mut self,
-        batch: &mut Batch<'_>,
+        batch: &mut dyn Log,
         id: u64,
         room: Option<String>,
         text: String,
@@ -673,6 +727,16 @@ impl State {
                 .with_cid(cid),
             );
         }
+        if batch.shared() {
+            // Numbered and delivered by Redis (Remote); told to the sender if not stored.
+            self.said.push((id, cid, at));
+            Metrics::inc(&self.metrics.messages_total);
+            self.log.record(
+                "msg",
+                json!({"id": id, "room": room, "bytes": msg.text.len()}),
+            );
+            return;
+        }
         r.last_seq = msg.seq;
         let recipients = r.members.clone();
         let frame = frame(msg.to_value());
@@ -685,6 +749,70 @@ impl State {
             "msg",
             json!({"id": id, "room": room, "seq": msg.seq, "bytes": msg.text.len()}),
         );
+    }
+
+    /// Cluster mode: a published message of `room`. Each seq is delivered once, in order: one
+    /// already handed out is skipped, and a gap (published while this node was not yet or no
+    /// longer subscribed) is filled from the room's log first.
+    fn remote(&mut self, batch: &mut dyn Log, room: &str, seq: u64, frame: String) {
+        let Some(r) = self.rooms.get(room) else {
+            return;
+        };
+        if seq <= r.last_seq {
+            return;
+        }
+        if seq > r.last_seq + 1 {
+            let last = r.last_seq;
+            for (s, f) in batch.frames_after(room, last) {
+                if s >= seq {
+                    break;
+                }
+                self.hand_out(room, s, f);
+            }
+        }
+        self.hand_out(room, seq, frame);
+    }
+
+    fn hand_out(&mut self, room: &str, seq: u64, frame: String) {
+        let Some(r) = self.rooms.get_mut(room) else {
+            return;
+        };
+        if seq <= r.last_seq {
+            return;
+        }
+        r.last_seq = seq;
+        let frame = SharedFrame::text(frame);
+        for m in r.members.clone() {
+            self.out.push((m, Out::Msg(frame.clone())));
+        }
+    }
+
+    /// Cluster mode: the batch's messages that Redis did not store reach no one; their
+    /// senders are told.
+    fn refuse_unpublished(&mut self, results: &[Result<u64, String>]) {
+        let said = std::mem::take(&mut self.said);
+        let now = Instant::now();
+        for ((id, cid, at), result) in said.into_iter().zip(results) {
+            match result {
+                Ok(_) => self
+                    .metrics
+                    .delivery_latency
+                    .observe(now.duration_since(at)),
+                Err(why) => {
+                    Metrics::inc(&self.metrics.store_errors_total);
+                    Metrics::dec(&self.metrics.messages_total);
+                    tracing::debug!(id, why, "redis: not published");
+                    self.refuse(
+                        id,
+                        Refusal::new(
+                            "unavailable",
+                            "the message could not be stored (Redis unreachable); nothing was sent",
+                        )
+                        .with_cid(cid),
+                    );
+                }
+            }
+        }
     }
 
     /// Take `id` out of `room` (not a pair room: see `end_pair`), telling every member (the
@@ -760,7 +888,7 @@ impl State {
     }
 
     /// Pair queued members in order, never two who were just paired with each other.
-    fn make_pairs(&mut self, batch: &mut Batch<'_>) {
+    fn make_pairs(&mut self, batch: &mut dyn Log) {
         let mut i = 0;
         while i < self.queue.len() {
             let a = self.queue[i];
@@ -781,7 +909,7 @@ impl State {
         // wait at once.
     }
 
-    fn pair(&mut self, batch: &mut Batch<'_>, a: u64, b: u64) {
+    fn pair(&mut self, batch: &mut dyn Log, a: u64, b: u64) {
         self.pairs_made += 1;
         // Unique across restarts: the time, and a counter for pairs made in one millisecond.
         let room = format!("{PAIR_PREFIX}{:x}-{}", now_ms(), self.pairs_made);

@@ -9,11 +9,13 @@
 //! - [`conn`]: one connection's handler (parsing, rate limit, `ping`, `hello`);
 //! - [`hub`]: the one thread that owns rooms, members, sequence numbers and matchmaking, and
 //!   writes the store in grouped commits before anything is delivered;
-//! - [`store`]: SQLite (WAL): rooms, last sequence numbers, history;
+//! - [`store`]: SQLite (WAL): rooms, last sequence numbers, history; [`cluster`]: the same
+//!   through Redis for several nodes (`--redis`);
 //! - [`protocol`]: the JSON frames; [`eventlog`]: JSON lines; [`metrics`]: counters;
 //!   [`devcert`]: the TLS identity.
 
 pub mod auth;
+pub mod cluster;
 pub mod conn;
 pub mod devcert;
 pub mod eventlog;

@@ -153,8 +153,21 @@ impl Server {
             .map_err(|e| format!("event log: {e}"))?;
         let metrics = Arc::new(Metrics::default());
         let (hub_tx, hub_rx) = bounded(65_536);
+        let cluster = match options.redis.as_deref() {
+            Some(url) => Some(crate::cluster::Cluster::start(
+                url,
+                options.history_max,
+                hub_tx.clone(),
+            )?),
+            None => None,
+        };
+        let health: Vec<Arc<AtomicBool>> = cluster
+            .as_ref()
+            .map(|c| vec![c.commands_up.clone(), c.subscriber_up.clone()])
+            .unwrap_or_default();
         let hub_thread = hub::spawn(
             store,
+            cluster,
             metrics.clone(),
             log.clone(),
             HubOptions {
@@ -231,6 +244,7 @@ impl Server {
                 log_dir: options.data_dir.join("log"),
                 auth: auth.clone(),
                 role,
+                health: health.clone(),
             })
         };
         let chat_site = site_for(http::Role::Chat {

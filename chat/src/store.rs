@@ -131,6 +131,60 @@ impl Store {
     }
 }
 
+/// Where the hub's batch writes messages and reads history: the embedded store's transaction
+/// ([`Batch`]), or Redis in cluster mode (`crate::cluster::ClusterBatch`).
+pub trait Log {
+    /// Store `msg`. Here its seq is already the room's next; in cluster mode the seq is given
+    /// by Redis when the batch is published, and `msg.seq` is ignored.
+    fn append(&mut self, msg: &Msg) -> Result<()>;
+    /// What `join{room, since}` replays, `last` being the room's last seq.
+    fn recover(&self, room: &str, since: u64, last: u64) -> Result<Recovery>;
+    /// The oldest seq of `room` still kept.
+    fn first_kept(&self, room: &str) -> Result<Option<u64>>;
+    /// Messages of `room` before `before`, at most `limit`, oldest first, and whether older
+    /// ones are kept.
+    fn page_before(
+        &self,
+        room: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<(Vec<Msg>, bool)>;
+    /// Whether the room's seq comes from elsewhere (cluster mode): messages are then numbered
+    /// and delivered by the log, not by the hub.
+    fn shared(&self) -> bool {
+        false
+    }
+    /// Cluster mode, a room this node had no members in: start following it and return its
+    /// last seq.
+    fn open_room(&mut self, _room: &str) -> Option<u64> {
+        None
+    }
+    /// Cluster mode: the framed messages of `room` after seq `after`, oldest first.
+    fn frames_after(&mut self, _room: &str, _after: u64) -> Vec<(u64, String)> {
+        Vec::new()
+    }
+}
+
+impl Log for Batch<'_> {
+    fn append(&mut self, msg: &Msg) -> Result<()> {
+        Batch::append(self, msg)
+    }
+    fn recover(&self, room: &str, since: u64, last: u64) -> Result<Recovery> {
+        Batch::recover(self, room, since, last)
+    }
+    fn first_kept(&self, room: &str) -> Result<Option<u64>> {
+        Batch::first_kept(self, room)
+    }
+    fn page_before(
+        &self,
+        room: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<(Vec<Msg>, bool)> {
+        Batch::page_before(self, room, before, limit)
+    }
+}
+
 /// Messages appended in one transaction.
 pub struct Batch<'a> {
     tx: rusqlite::Transaction<'a>,

@@ -1,0 +1,523 @@
+//! Cluster mode (`--redis redis://HOST:PORT`): rooms shared by several nodes through Redis.
+//!
+//! - **Order and numbering**: one Lua script per message increments the room's seq, appends
+//!   the framed message to the room's stream (ID `<seq>-1`, trimmed to about `--history-max`)
+//!   and publishes it, atomically. Redis runs scripts one at a time, so a room's seqs are
+//!   gap-free, never reused (with Redis's own persistence on), and published in seq order.
+//! - **Batching**: the hub sends a batch's messages as one pipeline (one round trip per batch,
+//!   not per message); nothing is acknowledged that the script did not store.
+//! - **Delivery**: every member, on this node too, gets a room's messages from the room's
+//!   channel, to which a node subscribes once (its subscriber thread), when its first member
+//!   joins. A seq that skips ahead (a subscription or connection just made) is filled from the
+//!   stream first, so nothing published while a node was not listening is lost.
+//! - **History and recovery**: the stream; `join{since}` works on whichever node a client
+//!   reconnects to, and `epoch` is Redis's (one per cluster).
+//!
+//! Not yet shared across nodes: presence (member lists are this node's) and matchmaking.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+use redis::{Commands, Connection, RedisResult, Script};
+
+use crate::hub::Request;
+use crate::protocol::Msg;
+use crate::store::{Log, Recovery, Result as StoreResult};
+
+const PUBLISH: &str = r"
+local seq = redis.call('INCR', KEYS[1])
+local frame = ARGV[1] .. seq .. ARGV[2]
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], seq .. '-1', 'f', frame)
+redis.call('PUBLISH', KEYS[3], frame)
+return seq
+";
+
+fn seq_key(room: &str) -> String {
+    format!("chat:room:{room}:seq")
+}
+fn log_key(room: &str) -> String {
+    format!("chat:room:{room}:log")
+}
+fn channel(room: &str) -> String {
+    format!("chat:room:{room}")
+}
+fn room_of_channel(channel: &str) -> Option<&str> {
+    channel.strip_prefix("chat:room:")
+}
+
+/// The seq in a framed message (`..."seq":N,...`; room names cannot hold that text).
+pub fn seq_of(frame: &str) -> Option<u64> {
+    let at = frame.find("\"seq\":")? + 6;
+    let digits: &str = &frame[at..];
+    let end = digits
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(digits.len());
+    digits[..end].parse().ok()
+}
+
+/// What the hub tells the subscriber thread.
+enum Order {
+    Subscribe(String),
+}
+
+/// The hub's side of cluster mode: its command connection and the subscriber's orders.
+pub struct Cluster {
+    client: redis::Client,
+    conn: Option<Connection>,
+    script: Script,
+    history_max: u64,
+    epoch: String,
+    orders: Sender<Order>,
+    subscribed: HashSet<String>,
+    /// Commands to Redis work (the hub's connection).
+    pub commands_up: Arc<AtomicBool>,
+    /// The subscriber is connected and subscribed.
+    pub subscriber_up: Arc<AtomicBool>,
+}
+
+impl Cluster {
+    /// Connect to Redis at `url` (failing now if it cannot be reached), read or make the
+    /// cluster's epoch, and start the subscriber thread, which hands what it receives to the
+    /// hub through `hub`.
+    pub fn start(
+        url: &str,
+        history_max: u64,
+        hub: Sender<Request>,
+    ) -> std::result::Result<Cluster, String> {
+        let client = redis::Client::open(url).map_err(|e| format!("redis {url}: {e}"))?;
+        let mut conn = client
+            .get_connection_with_timeout(Duration::from_secs(2))
+            .map_err(|e| format!("redis {url}: {e}"))?;
+        let fresh = format!("{:016x}", rand::random::<u64>());
+        let _: bool = conn
+            .set_nx("chat:epoch", &fresh)
+            .map_err(|e| format!("redis {url}: {e}"))?;
+        let epoch: String = conn
+            .get("chat:epoch")
+            .map_err(|e| format!("redis {url}: {e}"))?;
+        let (orders, orders_rx) = crossbeam_channel::unbounded();
+        let subscriber_up = Arc::new(AtomicBool::new(false));
+        let up = subscriber_up.clone();
+        let sub_client = client.clone();
+        std::thread::Builder::new()
+            .name("chat-redis-sub".into())
+            .spawn(move || subscriber(&sub_client, &orders_rx, &hub, &up))
+            .map_err(|e| e.to_string())?;
+        Ok(Cluster {
+            client,
+            conn: Some(conn),
+            script: Script::new(PUBLISH),
+            history_max: history_max.max(1),
+            epoch,
+            orders,
+            subscribed: HashSet::new(),
+            commands_up: Arc::new(AtomicBool::new(true)),
+            subscriber_up,
+        })
+    }
+
+    pub fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
+    pub fn begin(&mut self) -> ClusterBatch<'_> {
+        ClusterBatch {
+            cluster: self,
+            queued: Vec::new(),
+        }
+    }
+
+    /// Run `f` on the command connection, reconnecting once if it is gone or fails.
+    fn with_conn<T>(&mut self, f: impl Fn(&mut Connection) -> RedisResult<T>) -> RedisResult<T> {
+        for attempt in 0..2 {
+            if self.conn.is_none() {
+                match self
+                    .client
+                    .get_connection_with_timeout(Duration::from_millis(500))
+                {
+                    Ok(c) => self.conn = Some(c),
+                    Err(e) => {
+                        self.commands_up.store(false, Ordering::SeqCst);
+                        return Err(e);
+                    }
+                }
+            }
+            let conn = self.conn.as_mut().expect("connected above");
+            match f(conn) {
+                Ok(v) => {
+                    self.commands_up.store(true, Ordering::SeqCst);
+                    return Ok(v);
+                }
+                Err(e) if attempt == 0 && (e.is_io_error() || e.is_connection_dropped()) => {
+                    self.conn = None;
+                }
+                Err(e) => {
+                    if e.is_io_error() || e.is_connection_dropped() {
+                        self.conn = None;
+                        self.commands_up.store(false, Ordering::SeqCst);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        unreachable!("the second attempt returns")
+    }
+
+    fn frames(
+        &mut self,
+        room: &str,
+        after: u64,
+        count: Option<usize>,
+    ) -> RedisResult<Vec<(u64, String)>> {
+        let key = log_key(room);
+        let start = format!("{}-1", after + 1);
+        let entries: Vec<(String, Vec<(String, String)>)> = self.with_conn(|c| {
+            let mut cmd = redis::cmd("XRANGE");
+            cmd.arg(&key).arg(&start).arg("+");
+            if let Some(n) = count {
+                cmd.arg("COUNT").arg(n);
+            }
+            cmd.query(c)
+        })?;
+        Ok(entries.into_iter().filter_map(entry_frame).collect())
+    }
+}
+
+/// A stream entry `(ID, [("f", frame)])` as `(seq, frame)`.
+fn entry_frame((id, fields): (String, Vec<(String, String)>)) -> Option<(u64, String)> {
+    let seq = id.split('-').next()?.parse().ok()?;
+    let frame = fields.into_iter().find(|(k, _)| k == "f")?.1;
+    Some((seq, frame))
+}
+
+fn to_msg(frame: &str) -> Option<Msg> {
+    let v: serde_json::Value = serde_json::from_str(frame).ok()?;
+    Some(Msg {
+        room: v["room"].as_str()?.to_owned(),
+        seq: v["seq"].as_u64()?,
+        from: v["from"].as_str()?.to_owned(),
+        text: v["text"].as_str()?.to_owned(),
+        ts: v["ts"].as_i64()?,
+        cid: v.get("cid").cloned().filter(|c| !c.is_null()),
+    })
+}
+
+fn store_error(e: &redis::RedisError) -> rusqlite::Error {
+    rusqlite::Error::ToSqlConversionFailure(Box::new(std::io::Error::other(format!("redis: {e}"))))
+}
+
+/// One hub batch in cluster mode: messages queued by `append`, published by `commit`.
+pub struct ClusterBatch<'a> {
+    cluster: &'a mut Cluster,
+    queued: Vec<Msg>,
+}
+
+impl ClusterBatch<'_> {
+    /// Publish the queued messages in one pipeline: each one's seq, or why it was not stored
+    /// (then it reached no one).
+    pub fn commit(self) -> Vec<std::result::Result<u64, String>> {
+        if self.queued.is_empty() {
+            return Vec::new();
+        }
+        let history_max = self.cluster.history_max;
+        let script = self.cluster.script.clone();
+        let queued = &self.queued;
+        let published: RedisResult<Vec<u64>> = self.cluster.with_conn(|c| {
+            // Load the script once per connection; EVALSHA from then on.
+            let _: String = redis::cmd("SCRIPT").arg("LOAD").arg(PUBLISH).query(c)?;
+            let mut pipe = redis::pipe();
+            for m in queued {
+                let (prefix, suffix) = frame_parts(m);
+                pipe.cmd("EVALSHA")
+                    .arg(script.get_hash())
+                    .arg(3)
+                    .arg(seq_key(&m.room))
+                    .arg(log_key(&m.room))
+                    .arg(channel(&m.room))
+                    .arg(prefix)
+                    .arg(suffix)
+                    .arg(history_max);
+            }
+            pipe.query(c)
+        });
+        match published {
+            Ok(seqs) => seqs.into_iter().map(Ok).collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "redis: a batch was not published");
+                vec![Err(e.to_string()); self.queued.len()]
+            }
+        }
+    }
+}
+
+/// A `msg` frame around its seq: `prefix + seq + suffix`.
+fn frame_parts(m: &Msg) -> (String, String) {
+    let mut v = m.to_value();
+    let map = v.as_object_mut().expect("an object");
+    map.remove("seq");
+    map.remove("ev");
+    map.remove("room");
+    let rest = serde_json::Value::Object(std::mem::take(map)).to_string();
+    let prefix = format!(
+        "{{\"ev\":\"msg\",\"room\":{},\"seq\":",
+        serde_json::Value::String(m.room.clone())
+    );
+    // `rest` is `{...}`: its fields follow the seq.
+    let suffix = if rest == "{}" {
+        "}".to_owned()
+    } else {
+        format!(",{}", &rest[1..])
+    };
+    (prefix, suffix)
+}
+
+impl Log for ClusterBatch<'_> {
+    fn append(&mut self, msg: &Msg) -> StoreResult<()> {
+        self.queued.push(msg.clone());
+        Ok(())
+    }
+
+    fn recover(&self, room: &str, since: u64, last: u64) -> StoreResult<Recovery> {
+        if since >= last {
+            return Ok(Recovery::Complete(Vec::new()));
+        }
+        // `&self`: history reads go through a connection of their own making.
+        let mut conn = self
+            .cluster
+            .client
+            .get_connection_with_timeout(Duration::from_millis(500))
+            .map_err(|e| store_error(&e))?;
+        let first = first_kept_on(&mut conn, room).map_err(|e| store_error(&e))?;
+        match first {
+            Some(first) if first <= since + 1 => {
+                let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+                    .arg(log_key(room))
+                    .arg(format!("{}-1", since + 1))
+                    .arg(format!("{last}-1"))
+                    .query(&mut conn)
+                    .map_err(|e| store_error(&e))?;
+                let msgs = entries
+                    .into_iter()
+                    .filter_map(entry_frame)
+                    .filter_map(|(_, f)| to_msg(&f))
+                    .collect();
+                Ok(Recovery::Complete(msgs))
+            }
+            first_kept => Ok(Recovery::Gone { first_kept }),
+        }
+    }
+
+    fn first_kept(&self, room: &str) -> StoreResult<Option<u64>> {
+        let mut conn = self
+            .cluster
+            .client
+            .get_connection_with_timeout(Duration::from_millis(500))
+            .map_err(|e| store_error(&e))?;
+        first_kept_on(&mut conn, room).map_err(|e| store_error(&e))
+    }
+
+    fn page_before(
+        &self,
+        room: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> StoreResult<(Vec<Msg>, bool)> {
+        let mut conn = self
+            .cluster
+            .client
+            .get_connection_with_timeout(Duration::from_millis(500))
+            .map_err(|e| store_error(&e))?;
+        let end = match before {
+            Some(0) | Some(1) => return Ok((Vec::new(), false)),
+            Some(b) => format!("{}-1", b - 1),
+            None => "+".to_owned(),
+        };
+        let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
+            .arg(log_key(room))
+            .arg(end)
+            .arg("-")
+            .arg("COUNT")
+            .arg(limit + 1)
+            .query(&mut conn)
+            .map_err(|e| store_error(&e))?;
+        let mut msgs: Vec<Msg> = entries
+            .into_iter()
+            .filter_map(entry_frame)
+            .filter_map(|(_, f)| to_msg(&f))
+            .collect();
+        let more = msgs.len() > limit;
+        msgs.truncate(limit);
+        msgs.reverse();
+        Ok((msgs, more))
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn open_room(&mut self, room: &str) -> Option<u64> {
+        if self.cluster.subscribed.contains(room) {
+            return None;
+        }
+        let key = seq_key(room);
+        let last: u64 = match self.cluster.with_conn(|c| c.get::<_, Option<u64>>(&key)) {
+            Ok(v) => v.unwrap_or(0),
+            Err(e) => {
+                tracing::warn!(error = %e, room, "redis: cannot read a room's seq");
+                return None;
+            }
+        };
+        self.cluster.subscribed.insert(room.to_owned());
+        let _ = self.cluster.orders.send(Order::Subscribe(room.to_owned()));
+        Some(last)
+    }
+
+    fn frames_after(&mut self, room: &str, after: u64) -> Vec<(u64, String)> {
+        self.cluster.frames(room, after, None).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, room, "redis: cannot read the room's log");
+            Vec::new()
+        })
+    }
+}
+
+fn first_kept_on(conn: &mut Connection, room: &str) -> RedisResult<Option<u64>> {
+    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(log_key(room))
+        .arg("-")
+        .arg("+")
+        .arg("COUNT")
+        .arg(1)
+        .query(conn)?;
+    Ok(entries
+        .into_iter()
+        .next()
+        .and_then(entry_frame)
+        .map(|(s, _)| s))
+}
+
+/// The subscriber thread: one connection, subscribed once per room this node has members in.
+/// Each message goes to the hub as [`Request::Remote`]; after each (re)subscription the hub
+/// is told to fill in what was published meanwhile ([`Request::Resync`]).
+fn subscriber(
+    client: &redis::Client,
+    orders: &Receiver<Order>,
+    hub: &Sender<Request>,
+    up: &AtomicBool,
+) {
+    let mut rooms: HashSet<String> = HashSet::new();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let mut conn = match client.get_connection_with_timeout(Duration::from_secs(1)) {
+            Ok(c) => c,
+            Err(e) => {
+                up.store(false, Ordering::SeqCst);
+                tracing::warn!(error = %e, "redis subscriber: cannot connect; retrying");
+                // Orders keep coming meanwhile; take them so they are not lost.
+                match orders.recv_timeout(backoff) {
+                    Ok(Order::Subscribe(room)) => {
+                        rooms.insert(room);
+                    }
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+                    Err(_) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(100);
+        if conn
+            .set_read_timeout(Some(Duration::from_millis(20)))
+            .is_err()
+        {
+            continue;
+        }
+        let mut pubsub = conn.as_pubsub();
+        let mut ok = true;
+        for room in &rooms {
+            if pubsub.subscribe(channel(room)).is_err() {
+                ok = false;
+                break;
+            }
+        }
+        if !ok {
+            continue;
+        }
+        up.store(true, Ordering::SeqCst);
+        for room in &rooms {
+            let _ = hub.send(Request::Resync { room: room.clone() });
+        }
+        loop {
+            let mut failed = false;
+            loop {
+                match orders.try_recv() {
+                    Ok(Order::Subscribe(room)) => {
+                        if pubsub.subscribe(channel(&room)).is_err() {
+                            failed = true;
+                        }
+                        let _ = hub.send(Request::Resync { room: room.clone() });
+                        rooms.insert(room);
+                    }
+                    Err(crossbeam_channel::TryRecvError::Empty) => break,
+                    // The hub is gone: so is this node.
+                    Err(crossbeam_channel::TryRecvError::Disconnected) => return,
+                }
+            }
+            if failed {
+                break;
+            }
+            match pubsub.get_message() {
+                Ok(msg) => {
+                    let channel = msg.get_channel_name().to_owned();
+                    let Ok(frame) = msg.get_payload::<String>() else {
+                        continue;
+                    };
+                    let (Some(room), Some(seq)) = (room_of_channel(&channel), seq_of(&frame))
+                    else {
+                        continue;
+                    };
+                    if hub
+                        .send(Request::Remote {
+                            room: room.to_owned(),
+                            seq,
+                            frame,
+                        })
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                Err(e) if e.is_timeout() => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "redis subscriber: connection lost; reconnecting");
+                    up.store(false, Ordering::SeqCst);
+                    break;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_frame_is_built_around_its_seq_and_read_back() {
+        let m = Msg {
+            room: "r".into(),
+            seq: 0,
+            from: "ann".into(),
+            text: "hi \"there\"".into(),
+            ts: 5,
+            cid: Some(serde_json::json!("c1")),
+        };
+        let (prefix, suffix) = frame_parts(&m);
+        let frame = format!("{prefix}42{suffix}");
+        assert_eq!(seq_of(&frame), Some(42));
+        let back = to_msg(&frame).unwrap();
+        assert_eq!(back, Msg { seq: 42, ..m });
+    }
+}

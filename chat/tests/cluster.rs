@@ -1,0 +1,306 @@
+//! Cluster mode: several chat servers on one Redis (Debian's `redis-server`, started here on a
+//! free loopback port with its own directory). Needs redis-server, so these are run by
+//! `bash scripts/cluster-tests.sh` (which installs it), not by the plain `cargo test`.
+
+mod util;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use util::*;
+
+/// A redis-server of this test's own, with append-only persistence (a restart keeps seqs).
+struct Redis {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut redis = Redis {
+            child: None,
+            port,
+            dir: tempfile::tempdir().unwrap(),
+        };
+        redis.launch();
+        redis
+    }
+
+    fn launch(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect(
+                "redis-server (Debian package redis-server; scripts/cluster-tests.sh installs it)",
+            );
+        self.child = Some(child);
+        let start = Instant::now();
+        while !self.answers() {
+            assert!(start.elapsed() < DEADLINE, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn answers(&self) -> bool {
+        let Ok(mut tcp) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = tcp.set_read_timeout(Some(Duration::from_secs(1)));
+        let mut buf = [0u8; 16];
+        tcp.write_all(b"PING\r\n").is_ok()
+            && tcp
+                .read(&mut buf)
+                .is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn node(redis: &Redis) -> TestServer {
+    TestServer::start(&["--redis", &redis.url()])
+}
+
+fn addr(server: &TestServer) -> SocketAddr {
+    server.server.as_ref().unwrap().ws_addr.unwrap()
+}
+
+fn healthz(addr: SocketAddr) -> u16 {
+    let mut tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(DEADLINE)).unwrap();
+    tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer).unwrap();
+    answer[9..12].parse().unwrap()
+}
+
+fn wait_health(addr: SocketAddr, want: u16) {
+    let start = Instant::now();
+    while healthz(addr) != want {
+        assert!(start.elapsed() < DEADLINE, "/healthz never became {want}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `n` messages of `room` as (seq, text).
+fn take(c: &mut Chat, room: &str, n: usize) -> Vec<(u64, String)> {
+    (0..n)
+        .map(|_| {
+            let m = c.msg(room);
+            (
+                m["seq"].as_u64().unwrap(),
+                m["text"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+#[ignore = "needs redis-server: bash scripts/cluster-tests.sh"]
+fn messages_from_every_node_reach_every_member_once_in_one_order() {
+    let redis = Redis::start();
+    let (a, b) = (node(&redis), node(&redis));
+    let mut clients = vec![
+        Chat::connect(&a.url),
+        Chat::connect(&a.url),
+        Chat::connect(&b.url),
+        Chat::connect(&b.url),
+    ];
+    for c in &mut clients {
+        c.join("r");
+    }
+    // Two senders on different nodes, interleaved, without waiting for each other.
+    for i in 0..25 {
+        clients[0].send(json!({"op": "say", "room": "r", "text": format!("a{i}")}));
+        clients[2].send(json!({"op": "say", "room": "r", "text": format!("b{i}")}));
+    }
+    let seen: Vec<Vec<(u64, String)>> = clients.iter_mut().map(|c| take(c, "r", 50)).collect();
+    let seqs: Vec<u64> = seen[0].iter().map(|(s, _)| *s).collect();
+    assert_eq!(seqs, (1..=50).collect::<Vec<u64>>(), "gap-free from 1");
+    for other in &seen[1..] {
+        assert_eq!(
+            other, &seen[0],
+            "every member, on either node, the same order"
+        );
+    }
+    // Each sender's own messages in the order sent.
+    for prefix in ["a", "b"] {
+        let own: Vec<&str> = seen[0]
+            .iter()
+            .map(|(_, t)| t.as_str())
+            .filter(|t| t.starts_with(prefix))
+            .collect();
+        let sent: Vec<String> = (0..25).map(|i| format!("{prefix}{i}")).collect();
+        assert_eq!(own, sent);
+    }
+    for c in clients {
+        c.close();
+    }
+}
+
+#[test]
+#[ignore = "needs redis-server: bash scripts/cluster-tests.sh"]
+fn a_client_that_reconnects_to_another_node_recovers_what_it_missed() {
+    let redis = Redis::start();
+    let (a, b) = (node(&redis), node(&redis));
+    let mut sender = Chat::connect(&b.url);
+    sender.join("r");
+    let mut reader = Chat::connect(&a.url);
+    let joined = reader.join("r");
+    let epoch = joined["epoch"].clone();
+    for i in 1..=3 {
+        sender.send(json!({"op": "say", "room": "r", "text": format!("m{i}")}));
+    }
+    assert_eq!(take(&mut reader, "r", 3).last().unwrap().0, 3);
+    reader.close();
+    for i in 4..=6 {
+        sender.send(json!({"op": "say", "room": "r", "text": format!("m{i}")}));
+        sender.msg("r");
+    }
+    // Back, on the other node.
+    let mut reader = Chat::connect(&b.url);
+    reader.send(json!({"op": "join", "room": "r", "since": 3, "epoch": epoch}));
+    let joined = reader.expect("joined");
+    assert_eq!(
+        (joined["recovered"].as_bool(), joined["seq"].as_u64()),
+        (Some(true), Some(6)),
+        "{joined}"
+    );
+    let replay = reader.expect("history");
+    let texts: Vec<&str> = replay["msgs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, ["m4", "m5", "m6"]);
+    // And the live ones after it, once.
+    sender.send(json!({"op": "say", "room": "r", "text": "m7"}));
+    assert_eq!(take(&mut reader, "r", 1), [(7, "m7".to_owned())]);
+    reader.send(json!({"op": "history", "room": "r", "limit": 2}));
+    let page = reader.expect("history");
+    assert_eq!(
+        page["msgs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["seq"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [6, 7]
+    );
+    assert_eq!(page["more"], true);
+    sender.close();
+    reader.close();
+}
+
+#[test]
+#[ignore = "needs redis-server: bash scripts/cluster-tests.sh"]
+fn while_redis_is_down_nothing_is_acknowledged_and_the_nodes_recover_by_themselves() {
+    let mut redis = Redis::start();
+    let (a, b) = (node(&redis), node(&redis));
+    let mut ann = Chat::connect(&a.url);
+    let mut bob = Chat::connect(&b.url);
+    ann.join("r");
+    bob.join("r");
+    ann.send(json!({"op": "say", "room": "r", "text": "before", "cid": "c1"}));
+    assert_eq!(take(&mut bob, "r", 1), [(1, "before".to_owned())]);
+    assert_eq!(ann.msg("r")["cid"], "c1");
+
+    redis.stop();
+    wait_health(addr(&a), 503);
+    ann.send(json!({"op": "say", "room": "r", "text": "lost?", "cid": "c2"}));
+    let refused = ann.expect("error");
+    assert_eq!(
+        (refused["code"].as_str(), refused["cid"].as_str()),
+        (Some("unavailable"), Some("c2")),
+        "{refused}"
+    );
+    assert!(a.metric("chat_store_errors_total") >= 1);
+
+    redis.launch();
+    wait_health(addr(&a), 200);
+    wait_health(addr(&b), 200);
+    ann.send(json!({"op": "say", "room": "r", "text": "after", "cid": "c3"}));
+    // The refused one was never stored: the next seq is 2, on both nodes.
+    let got: Value = bob.msg("r");
+    assert_eq!(
+        (got["seq"].as_u64(), got["text"].as_str()),
+        (Some(2), Some("after")),
+        "{got}"
+    );
+    assert_eq!(ann.msg("r")["cid"], "c3");
+    ann.close();
+    bob.close();
+}
+
+#[test]
+#[ignore = "needs redis-server: bash scripts/cluster-tests.sh"]
+fn messages_published_while_a_node_was_not_listening_are_filled_in_from_the_log() {
+    let redis = Redis::start();
+    let (a, b) = (node(&redis), node(&redis));
+    let mut ann = Chat::connect(&a.url);
+    let mut bob = Chat::connect(&b.url);
+    ann.join("r");
+    bob.join("r");
+    ann.send(json!({"op": "say", "room": "r", "text": "m1"}));
+    assert_eq!(take(&mut bob, "r", 1)[0].0, 1);
+    // Cut every subscription (the nodes' command connections stay), and publish at once: the
+    // nodes hear nothing of these until they have resubscribed and read the log.
+    let mut tcp = TcpStream::connect(("127.0.0.1", redis.port)).unwrap();
+    tcp.write_all(b"CLIENT KILL TYPE pubsub\r\n").unwrap();
+    let mut answer = [0u8; 32];
+    let n = tcp.read(&mut answer).unwrap();
+    assert!(
+        answer[..n].starts_with(b":"),
+        "{:?}",
+        String::from_utf8_lossy(&answer[..n])
+    );
+    for i in 2..=6 {
+        ann.send(json!({"op": "say", "room": "r", "text": format!("m{i}")}));
+    }
+    let want: Vec<(u64, String)> = (2..=6).map(|i| (i, format!("m{i}"))).collect();
+    assert_eq!(take(&mut bob, "r", 5), want, "on the other node");
+    assert_eq!(
+        take(&mut ann, "r", 6)[1..],
+        want[..],
+        "on the sender's node, its own included"
+    );
+    ann.close();
+    bob.close();
+}
