@@ -35,11 +35,13 @@ redis.call('PUBLISH', KEYS[3], frame)
 return seq
 ";
 
+// `{room}` is a Redis Cluster hash tag: a room's keys live on one shard, so its script can
+// touch both (room names cannot hold braces).
 fn seq_key(room: &str) -> String {
-    format!("chat:room:{room}:seq")
+    format!("chat:room:{{{room}}}:seq")
 }
 fn log_key(room: &str) -> String {
-    format!("chat:room:{room}:log")
+    format!("chat:room:{{{room}}}:log")
 }
 fn channel(room: &str) -> String {
     format!("chat:room:{room}")

@@ -42,6 +42,10 @@ struct Args {
     /// A running server (ws://...) instead of one started here.
     #[arg(long)]
     url: Option<String>,
+    /// Several running nodes of one cluster (chat-server --redis), comma-separated: clients
+    /// are spread over them in turn (client i connects to node i mod N).
+    #[arg(long, value_delimiter = ',')]
+    nodes: Vec<String>,
     /// Its process id, to sample its CPU and memory from /proc.
     #[arg(long)]
     server_pid: Option<u32>,
@@ -81,8 +85,9 @@ fn main() -> ExitCode {
     let mut failed = false;
     for name in &names {
         // A fresh server per scenario, so each one's memory and history are its own.
-        let target = match &args.url {
-            Some(url) => Target::external(url, args.server_pid),
+        let external = args.url.clone().or_else(|| args.nodes.first().cloned());
+        let target = match &external {
+            Some(url) => Target::external(url, args.server_pid).with_nodes(&args.nodes),
             None => match Target::start(&args.server_flags) {
                 Ok(t) => t,
                 Err(e) => {

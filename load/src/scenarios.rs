@@ -29,6 +29,15 @@ pub struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    /// Client `i`'s URL: with `--nodes`, node `i mod N`; otherwise the one server's.
+    fn url_for(&self, i: usize, tls: bool) -> Result<String, BoxError> {
+        match self.target.nodes.len() {
+            0 => self.url(tls),
+            n if !tls => Ok(self.target.nodes[i % n].clone()),
+            _ => Err("--nodes takes ws:// URLs; this scenario needs wss://".into()),
+        }
+    }
+
     fn url(&self, tls: bool) -> Result<String, BoxError> {
         if tls {
             self.target
@@ -309,7 +318,6 @@ fn hist_of(durations: &[Duration]) -> hdrhistogram::Histogram<u64> {
 }
 
 fn broadcast(ctx: &Ctx<'_>, shape: Shape) -> Result<Outcome, BoxError> {
-    let url = ctx.url(shape.tls)?;
     let config = ctx.config(shape.tls)?;
     let start = Instant::now();
     let totals = Arc::new(Mutex::new(Totals::new(start)));
@@ -325,12 +333,17 @@ fn broadcast(ctx: &Ctx<'_>, shape: Shape) -> Result<Outcome, BoxError> {
         if let Some(r) = receiver.filter(|r| *r < shape.droppers) {
             let share = (r as u64 + 1) * shape.messages / (shape.droppers as u64 + 2);
             member.drop_after = Some(share.max(1));
-            member.comeback = Some((runner.handle.clone(), url.clone(), config.clone()));
+            // Back on the next node (with --nodes): recovery from another node's history.
+            member.comeback = Some((
+                runner.handle.clone(),
+                ctx.url_for(client + 1, shape.tls)?,
+                config.clone(),
+            ));
             // Away long enough to miss messages, which the rejoin must recover.
             member.away = shape.interval * 40;
         }
         let acks = member.ack_count.clone();
-        let sender = runner.add(&url, &config, member)?;
+        let sender = runner.add(&ctx.url_for(client, shape.tls)?, &config, member)?;
         if client < shape.senders {
             senders.push((client, sender, acks));
         }
@@ -621,7 +634,6 @@ fn pairs(ctx: &Ctx<'_>, name: &str, talk: Talk) -> Result<Outcome, BoxError> {
     };
     let n = ctx.clients.unwrap_or(default_n);
     let arrival = Duration::from_millis(5);
-    let url = ctx.url(false)?;
     let config = ctx.config(false)?;
     let start = Instant::now();
     let totals = Arc::new(Mutex::new(Totals::new(start)));
@@ -749,13 +761,19 @@ fn pairs(ctx: &Ctx<'_>, name: &str, talk: Talk) -> Result<Outcome, BoxError> {
                         if added % (100 / leavers_pct.max(&1)) == 0 {
                             // Mid-conversation: after a third of what its partner sends.
                             member.drop_after = Some((*messages as u64 / 3).max(1));
-                            member.comeback =
-                                Some((runner.handle.clone(), url.clone(), config.clone()));
+                            member.comeback = Some((
+                                runner.handle.clone(),
+                                ctx.url_for(added, false)?,
+                                config.clone(),
+                            ));
                             member.away = Duration::from_millis(300);
                             leavers += 1;
                         }
                     }
-                    senders.insert(added, runner.add(&url, &config, member)?);
+                    senders.insert(
+                        added,
+                        runner.add(&ctx.url_for(added, false)?, &config, member)?,
+                    );
                     added += 1;
                     next_arrival += arrival;
                 }
@@ -942,7 +960,7 @@ fn idle(ctx: &Ctx<'_>) -> Result<Outcome, BoxError> {
     let one = pid.and_then(|p| rss_and_threads(Some(p)));
     for client in 1..n {
         runner.add(
-            &url,
+            &ctx.url_for(client, false)?,
             &config,
             Member::new(client, Plan::Idle, &totals, &notes_tx),
         )?;

@@ -24,6 +24,8 @@ pub struct Target {
     pub pid: Option<u32>,
     /// The flags it was started with (for the report).
     pub flags: Vec<String>,
+    /// `--nodes`: every node's ws:// URL (clients are spread over them); empty: `ws` alone.
+    pub nodes: Vec<String>,
     child: Option<Child>,
     _dir: Option<tempfile::TempDir>,
 }
@@ -75,6 +77,7 @@ impl Target {
             cert_pem,
             pid: Some(child.id()),
             flags,
+            nodes: Vec::new(),
             child: Some(child),
             _dir: Some(dir),
         })
@@ -88,9 +91,18 @@ impl Target {
             cert_pem: None,
             pid,
             flags: Vec::new(),
+            nodes: Vec::new(),
             child: None,
             _dir: None,
         }
+    }
+
+    pub fn with_nodes(mut self, nodes: &[String]) -> Target {
+        self.nodes = nodes.to_vec();
+        if !nodes.is_empty() {
+            self.flags.push(format!("--nodes {}", nodes.join(",")));
+        }
+        self
     }
 }
 
