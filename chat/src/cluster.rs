@@ -13,7 +13,13 @@
 //! - **History and recovery**: the stream; `join{since}` works on whichever node a client
 //!   reconnects to, and `epoch` is Redis's (one per cluster).
 //!
-//! Not yet shared across nodes: presence (member lists are this node's) and matchmaking.
+//! - **Presence**: a hash per room (`NODE:ID` -> nick) that every node writes when its
+//!   connections join, leave or rename, and reads for `joined` and `who`; the change itself
+//!   goes out on the room's channel (`P<node> <frame>`), delivered by the other nodes. Each
+//!   node refreshes a key with a [`NODE_TTL`] every second; the first node to see another's
+//!   key gone removes that node's members (one script, so once) and announces them as left.
+//!
+//! Not yet shared across nodes: matchmaking (strangers are matched within a node).
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -43,6 +49,9 @@ fn seq_key(room: &str) -> String {
 fn log_key(room: &str) -> String {
     format!("chat:room:{{{room}}}:log")
 }
+fn members_key(room: &str) -> String {
+    format!("chat:room:{{{room}}}:members")
+}
 fn channel(room: &str) -> String {
     format!("chat:room:{room}")
 }
@@ -60,6 +69,55 @@ pub fn seq_of(frame: &str) -> Option<u64> {
     digits[..end].parse().ok()
 }
 
+/// How long a node counts as alive after its last heartbeat (one a second).
+pub const NODE_TTL: Duration = Duration::from_secs(5);
+
+/// Remove a dead node (ARGV[1]) from the cluster, once: its members leave every room it had
+/// members in, announced on each room's channel. Returns how many it removed.
+const REAP: &str = r"
+if redis.call('SREM', 'chat:nodes', ARGV[1]) == 0 then return 0 end
+local rooms = redis.call('SMEMBERS', 'chat:node:' .. ARGV[1] .. ':rooms')
+local prefix = ARGV[1] .. ':'
+local removed = 0
+for _, room in ipairs(rooms) do
+  local key = 'chat:room:{' .. room .. '}:members'
+  local fields = redis.call('HGETALL', key)
+  for i = 1, #fields, 2 do
+    if string.sub(fields[i], 1, #prefix) == prefix then
+      redis.call('HDEL', key, fields[i])
+      removed = removed + 1
+      if room ~= 'lobby' then
+        local frame = cjson.encode({ev = 'presence', room = room, state = 'left', nick = fields[i + 1]})
+        redis.call('PUBLISH', 'chat:room:' .. room, 'P- ' .. frame)
+      end
+    end
+  end
+end
+redis.call('DEL', 'chat:node:' .. ARGV[1] .. ':rooms')
+return removed
+";
+
+/// A presence change on this node, for the others.
+#[derive(Debug)]
+pub enum Presence {
+    Joined {
+        room: String,
+        id: u64,
+        nick: String,
+    },
+    Left {
+        room: String,
+        id: u64,
+        nick: String,
+    },
+    Renamed {
+        room: String,
+        id: u64,
+        nick: String,
+        old: String,
+    },
+}
+
 /// What the hub tells the subscriber thread.
 enum Order {
     Subscribe(String),
@@ -74,6 +132,8 @@ pub struct Cluster {
     epoch: String,
     orders: Sender<Order>,
     subscribed: HashSet<String>,
+    /// This node's name in Redis (random per start).
+    node: String,
     /// Commands to Redis work (the hub's connection).
     pub commands_up: Arc<AtomicBool>,
     /// The subscriber is connected and subscribed.
@@ -100,15 +160,17 @@ impl Cluster {
         let epoch: String = conn
             .get("chat:epoch")
             .map_err(|e| format!("redis {url}: {e}"))?;
+        let node = format!("{:012x}", rand::random::<u64>() >> 16);
         let (orders, orders_rx) = crossbeam_channel::unbounded();
         let subscriber_up = Arc::new(AtomicBool::new(false));
         let up = subscriber_up.clone();
         let sub_client = client.clone();
+        let me = node.clone();
         std::thread::Builder::new()
             .name("chat-redis-sub".into())
-            .spawn(move || subscriber(&sub_client, &orders_rx, &hub, &up))
+            .spawn(move || subscriber(&sub_client, &me, &orders_rx, &hub, &up))
             .map_err(|e| e.to_string())?;
-        Ok(Cluster {
+        let mut cluster = Cluster {
             client,
             conn: Some(conn),
             script: Script::new(PUBLISH),
@@ -116,13 +178,106 @@ impl Cluster {
             epoch,
             orders,
             subscribed: HashSet::new(),
+            node,
             commands_up: Arc::new(AtomicBool::new(true)),
             subscriber_up,
-        })
+        };
+        // Registered before it has members: a node that dies in its first second is still
+        // found and its members removed.
+        cluster.heartbeat();
+        Ok(cluster)
     }
 
     pub fn epoch(&self) -> &str {
         &self.epoch
+    }
+
+    /// Tell the other nodes what changed in this batch: the rooms' member hashes, and the
+    /// presence frames on the rooms' channels (not the lobby's: everyone is there).
+    pub fn share_presence(&mut self, ops: Vec<Presence>) {
+        let node = self.node.clone();
+        let done: RedisResult<()> = self.with_conn(|c| {
+            let mut pipe = redis::pipe();
+            for op in &ops {
+                let (room, frame) = match op {
+                    Presence::Joined { room, id, nick } => {
+                        pipe.hset(members_key(room), format!("{node}:{id}"), nick)
+                            .ignore()
+                            .sadd(format!("chat:node:{node}:rooms"), room)
+                            .ignore();
+                        (room, serde_json::json!({"ev": "presence", "room": room, "state": "joined", "nick": nick}))
+                    }
+                    Presence::Left { room, id, nick } => {
+                        pipe.hdel(members_key(room), format!("{node}:{id}")).ignore();
+                        (room, serde_json::json!({"ev": "presence", "room": room, "state": "left", "nick": nick}))
+                    }
+                    Presence::Renamed { room, id, nick, old } => {
+                        pipe.hset(members_key(room), format!("{node}:{id}"), nick).ignore();
+                        (room, serde_json::json!({"ev": "presence", "room": room, "state": "renamed", "nick": nick, "old": old}))
+                    }
+                };
+                if room != crate::hub::LOBBY {
+                    pipe.publish(channel(room), format!("P{node} {frame}")).ignore();
+                }
+            }
+            pipe.query(c)
+        });
+        if let Err(e) = done {
+            tracing::warn!(error = %e, "redis: presence not shared");
+        }
+    }
+
+    /// Once a second: say this node is alive, and remove nodes that are not.
+    pub fn heartbeat(&mut self) {
+        let node = self.node.clone();
+        let ttl = u64::try_from(NODE_TTL.as_millis()).unwrap_or(5000);
+        let others: RedisResult<Vec<String>> = self.with_conn(|c| {
+            redis::pipe()
+                .cmd("SET")
+                .arg(format!("chat:node:{node}"))
+                .arg(1)
+                .arg("PX")
+                .arg(ttl)
+                .ignore()
+                .sadd("chat:nodes", &node)
+                .ignore()
+                .smembers("chat:nodes")
+                .query::<(Vec<String>,)>(c)
+                .map(|(v,)| v)
+        });
+        let Ok(others) = others else { return };
+        for other in others.into_iter().filter(|n| *n != node) {
+            let alive: RedisResult<bool> =
+                self.with_conn(|c| c.exists(format!("chat:node:{other}")));
+            if alive == Ok(false) {
+                let removed: RedisResult<u64> =
+                    self.with_conn(|c| Script::new(REAP).arg(&other).invoke(c));
+                match removed {
+                    Ok(n) if n > 0 => tracing::info!(
+                        node = other,
+                        members = n,
+                        "redis: a dead node's members removed"
+                    ),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "redis: removing a dead node"),
+                }
+            }
+        }
+    }
+
+    /// Nicks in `room` on the other nodes.
+    fn remote_members(&mut self, room: &str) -> Vec<String> {
+        let key = members_key(room);
+        let all: RedisResult<Vec<(String, String)>> = self.with_conn(|c| c.hgetall(&key));
+        let mine = format!("{}:", self.node);
+        all.map(|fields| {
+            fields
+                .into_iter()
+                .filter(|(f, _)| !f.starts_with(&mine))
+                .map(|(_, nick)| nick)
+                .collect()
+        })
+        .unwrap_or_default()
     }
 
     pub fn begin(&mut self) -> ClusterBatch<'_> {
@@ -377,6 +532,14 @@ impl Log for ClusterBatch<'_> {
         Some(last)
     }
 
+    fn remote_members(&mut self, room: &str) -> Vec<String> {
+        if room == crate::hub::LOBBY {
+            // Everyone is in the lobby: its `joined` gives a count, not a list.
+            return Vec::new();
+        }
+        self.cluster.remote_members(room)
+    }
+
     fn frames_after(&mut self, room: &str, after: u64) -> Vec<(u64, String)> {
         self.cluster.frames(room, after, None).unwrap_or_else(|e| {
             tracing::warn!(error = %e, room, "redis: cannot read the room's log");
@@ -405,6 +568,7 @@ fn first_kept_on(conn: &mut Connection, room: &str) -> RedisResult<Option<u64>> 
 /// is told to fill in what was published meanwhile ([`Request::Resync`]).
 fn subscriber(
     client: &redis::Client,
+    me: &str,
     orders: &Receiver<Order>,
     hub: &Sender<Request>,
     up: &AtomicBool,
@@ -476,6 +640,25 @@ fn subscriber(
                     let Ok(frame) = msg.get_payload::<String>() else {
                         continue;
                     };
+                    // Presence: `P<node> <frame>`; this node's own were delivered here already.
+                    if let Some(rest) = frame.strip_prefix('P') {
+                        let (Some(room), Some((from, event))) =
+                            (room_of_channel(&channel), rest.split_once(' '))
+                        else {
+                            continue;
+                        };
+                        if from != me
+                            && hub
+                                .send(Request::RemoteEvent {
+                                    room: room.to_owned(),
+                                    frame: event.to_owned(),
+                                })
+                                .is_err()
+                        {
+                            return;
+                        }
+                        continue;
+                    }
                     let (Some(room), Some(seq)) = (room_of_channel(&channel), seq_of(&frame))
                     else {
                         continue;

@@ -20,7 +20,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use serde_json::{json, Value};
 use syncws::{Command, CommandSender, SharedFrame};
 
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, Presence};
 use crate::eventlog::EventLog;
 use crate::metrics::Metrics;
 use crate::now_ms;
@@ -104,6 +104,12 @@ pub enum Request {
         seq: u64,
         frame: String,
     },
+    /// Cluster mode: presence in `room` on another node (joined, left, renamed, or a dead
+    /// node's members removed), framed.
+    RemoteEvent {
+        room: String,
+        frame: String,
+    },
     /// Cluster mode: the subscription to `room` was (re)made; fill in what was published
     /// before it.
     Resync {
@@ -151,6 +157,10 @@ struct Member {
 
 #[derive(Default)]
 struct Room {
+    /// Cluster mode: this node's subscription to the room is not confirmed yet; what is
+    /// handed out for the room waits here (in order) until it is, so a member that was told
+    /// `joined` misses nothing published on other nodes.
+    held: Option<Vec<(u64, Out)>>,
     last_seq: u64,
     /// In the order they joined.
     members: Vec<u64>,
@@ -166,6 +176,8 @@ enum Out {
 
 /// Rooms, members and the queue: everything but the store, which the batch borrows.
 struct State {
+    /// Cluster mode: presence changes of this batch, for the other nodes (see `cluster`).
+    presence: Option<Vec<Presence>>,
     rooms: HashMap<String, Room>,
     members: HashMap<u64, Member>,
     queue: VecDeque<u64>,
@@ -230,6 +242,7 @@ fn run(
         }
     };
     let mut state = State {
+        presence: cluster.as_ref().map(|_| Vec::new()),
         rooms,
         members: HashMap::new(),
         queue: VecDeque::new(),
@@ -264,6 +277,9 @@ fn run(
         };
         if Instant::now() >= next_sweep {
             state.sweep_idle();
+            if let Some(cluster) = cluster.as_mut() {
+                cluster.heartbeat();
+            }
             next_sweep = Instant::now() + Duration::from_secs(1);
         }
         let Some(first) = first else {
@@ -287,6 +303,9 @@ fn run(
             }
             let results = batch.commit();
             state.refuse_unpublished(&results);
+            if let Some(ops) = state.presence.as_mut().filter(|o| !o.is_empty()) {
+                cluster.share_presence(std::mem::take(ops));
+            }
             state.deliver();
             continue;
         }
@@ -365,6 +384,16 @@ impl State {
                 let old = std::mem::replace(&mut m.nick, nick.clone());
                 if old == nick {
                     return;
+                }
+                if let Some(ops) = self.presence.as_mut() {
+                    for room in &m.rooms {
+                        ops.push(Presence::Renamed {
+                            room: room.clone(),
+                            id,
+                            nick: nick.clone(),
+                            old: old.clone(),
+                        });
+                    }
                 }
                 // Members of its rooms see the new name (not the lobby: everyone is there).
                 let rooms: Vec<String> = m.rooms.iter().filter(|r| *r != LOBBY).cloned().collect();
@@ -474,7 +503,8 @@ impl State {
                 if room.starts_with(PAIR_PREFIX) && !self.is_member(id, &room) {
                     return self.refuse(id, not_member(&room));
                 }
-                let members = self.nicks(&room);
+                let mut members = self.nicks(&room);
+                members.extend(batch.remote_members(&room));
                 self.send(id, json!({"ev": "who", "room": room, "members": members}));
             }
             Request::Match { id } => {
@@ -531,7 +561,21 @@ impl State {
             }
             Request::Disconnect { id } => self.disconnect(id),
             Request::Remote { room, seq, frame } => self.remote(batch, &room, seq, frame),
+            Request::RemoteEvent { room, frame } => {
+                if let Some(r) = self.rooms.get(&room) {
+                    let frame = SharedFrame::text(frame);
+                    let out_start = self.out.len();
+                    for m in r.members.clone() {
+                        self.out.push((m, Out::Frame(frame.clone())));
+                    }
+                    self.hold_if_awaited(&room, out_start);
+                }
+            }
             Request::Resync { room } => {
+                // Subscribed: what waited goes out, then what was published meanwhile.
+                if let Some(held) = self.rooms.get_mut(&room).and_then(|r| r.held.take()) {
+                    self.out.extend(held);
+                }
                 let frames = match self.rooms.get(&room) {
                     Some(r) => batch.frames_after(&room, r.last_seq),
                     None => Vec::new(),
@@ -562,12 +606,21 @@ impl State {
         let r = self.rooms.entry(room.to_owned()).or_default();
         if !rejoin {
             r.members.push(id);
+            if let Some(ops) = self.presence.as_mut() {
+                ops.push(Presence::Joined {
+                    room: room.to_owned(),
+                    id,
+                    nick: nick.clone(),
+                });
+            }
         }
         // Cluster mode: a room new to this node starts at the cluster's last seq, and the
         // node follows it from there.
         if let Some(seq) = batch.open_room(room) {
             r.last_seq = r.last_seq.max(seq);
+            r.held = Some(Vec::new());
         }
+        let out_start = self.out.len();
         let last = r.last_seq;
         Metrics::inc(&self.metrics.joins_total);
         // What to replay: everything after `since`, or nothing and `recovered: false`.
@@ -603,7 +656,8 @@ impl State {
                 self.rooms.get(room).map_or(0, |r| r.members.len()),
             )
         } else {
-            let m = self.nicks(room);
+            let mut m = self.nicks(room);
+            m.extend(batch.remote_members(room));
             let n = m.len();
             (m, n)
         };
@@ -616,6 +670,7 @@ impl State {
         }
         self.send(id, joined);
         self.replay(id, room, &replay);
+        self.hold_if_awaited(room, out_start);
         // No presence in the lobby: everyone is there, and announcing each arrival to every
         // member would cost n^2 frames when many connect at once (who{lobby} still answers).
         if !rejoin && room != LOBBY {
@@ -782,8 +837,18 @@ impl State {
         }
         r.last_seq = seq;
         let frame = SharedFrame::text(frame);
+        let out_start = self.out.len();
         for m in r.members.clone() {
             self.out.push((m, Out::Msg(frame.clone())));
+        }
+        self.hold_if_awaited(room, out_start);
+    }
+
+    /// Cluster mode: frames pushed since `out_start` for a room whose subscription is not
+    /// confirmed yet wait in the room instead.
+    fn hold_if_awaited(&mut self, room: &str, out_start: usize) {
+        if let Some(held) = self.rooms.get_mut(room).and_then(|r| r.held.as_mut()) {
+            held.extend(self.out.drain(out_start..));
         }
     }
 
@@ -826,6 +891,13 @@ impl State {
             frame(json!({"ev": "presence", "room": room, "state": "left", "nick": nick}));
         let members = r.members.clone();
         r.members.retain(|m| *m != id);
+        if let Some(ops) = self.presence.as_mut() {
+            ops.push(Presence::Left {
+                room: room.to_owned(),
+                id,
+                nick: nick.clone(),
+            });
+        }
         self.forget_if_unused(room);
         for m in members {
             self.out.push((m, Out::Frame(presence.clone())));
@@ -951,6 +1023,13 @@ impl State {
             let nick = self.nick(id);
             if let Some(r) = self.rooms.get_mut(&room) {
                 r.members.retain(|m| *m != id);
+                if let Some(ops) = self.presence.as_mut() {
+                    ops.push(Presence::Left {
+                        room: room.clone(),
+                        id,
+                        nick: nick.clone(),
+                    });
+                }
                 if room == LOBBY {
                     continue;
                 }

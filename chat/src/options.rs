@@ -102,8 +102,8 @@ pub struct Options {
     /// Seconds between two samples of the server's counters for `/report` (in stats.db).
     #[arg(long, default_value_t = 5)]
     pub stats_every: u64,
-    /// Cluster mode: share rooms, their seqs, history and messages with every node on this
-    /// Redis (redis://HOST:PORT[/DB]). Presence and matchmaking stay per node for now.
+    /// Cluster mode: share rooms, their seqs, history, messages and presence with every node
+    /// on this Redis (redis://HOST:PORT[/DB]). Matchmaking stays per node for now.
     #[arg(long)]
     pub redis: Option<String>,
 }

@@ -267,7 +267,8 @@ fn sample_loop(
         last_cpu: process_cpu().unwrap_or_default(),
         last_at: Instant::now(),
         last_latency: metrics.delivery_latency.counts(),
-        last_ts: 0,
+        // Never at or before the last sample of an earlier run (the time is the key).
+        last_ts: base.ts,
     };
     loop {
         let sample = taker.take(metrics, base);

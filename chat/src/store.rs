@@ -159,6 +159,10 @@ pub trait Log {
     fn open_room(&mut self, _room: &str) -> Option<u64> {
         None
     }
+    /// Cluster mode: the nicks in `room` on other nodes.
+    fn remote_members(&mut self, _room: &str) -> Vec<String> {
+        Vec::new()
+    }
     /// Cluster mode: the framed messages of `room` after seq `after`, oldest first.
     fn frames_after(&mut self, _room: &str, _after: u64) -> Vec<(u64, String)> {
         Vec::new()

@@ -304,3 +304,95 @@ fn messages_published_while_a_node_was_not_listening_are_filled_in_from_the_log(
     ann.close();
     bob.close();
 }
+
+/// The next `presence` event of `room`.
+fn presence(c: &mut Chat, room: &str) -> Value {
+    loop {
+        let p = c.expect("presence");
+        if p["room"] == room {
+            return p;
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs redis-server: bash scripts/cluster-tests.sh"]
+fn presence_spans_the_nodes() {
+    let redis = Redis::start();
+    let (a, b) = (node(&redis), node(&redis));
+    let mut ann = Chat::connect(&format!("{}?nick=ann", a.url));
+    ann.join("r");
+    let mut bob = Chat::connect(&format!("{}?nick=bob", b.url));
+    let joined = bob.join("r");
+    assert_eq!(joined["members"], json!(["bob", "ann"]), "{joined}");
+    assert_eq!(joined["count"], 2);
+    let p = presence(&mut ann, "r");
+    assert_eq!(
+        (p["state"].as_str(), p["nick"].as_str()),
+        (Some("joined"), Some("bob"))
+    );
+    bob.send(json!({"op": "hello", "nick": "bobby"}));
+    let p = presence(&mut ann, "r");
+    assert_eq!(
+        (p["state"].as_str(), p["nick"].as_str(), p["old"].as_str()),
+        (Some("renamed"), Some("bobby"), Some("bob"))
+    );
+    ann.send(json!({"op": "who", "room": "r"}));
+    assert_eq!(ann.expect("who")["members"], json!(["ann", "bobby"]));
+    bob.send(json!({"op": "leave", "room": "r"}));
+    let p = presence(&mut ann, "r");
+    assert_eq!(
+        (p["state"].as_str(), p["nick"].as_str()),
+        (Some("left"), Some("bobby"))
+    );
+    ann.send(json!({"op": "who", "room": "r"}));
+    assert_eq!(ann.expect("who")["members"], json!(["ann"]));
+    ann.close();
+    bob.close();
+}
+
+#[test]
+#[ignore = "needs redis-server: bash scripts/cluster-tests.sh"]
+fn a_node_killed_with_kill_9_leaves_presence_and_its_clients_recover_on_another() {
+    let redis = Redis::start();
+    let a = node(&redis);
+    let (_keep, dir) = data_dir();
+    let b = Binary::start(&dir, &["--redis", &redis.url()]);
+    let mut ann = Chat::connect(&format!("{}?nick=ann", a.url));
+    ann.join("r");
+    let mut bob = Chat::connect(&format!("{}?nick=bob", b.url));
+    let epoch = bob.join("r")["epoch"].clone();
+    assert_eq!(presence(&mut ann, "r")["nick"], "bob");
+    bob.send(json!({"op": "say", "room": "r", "text": "m1"}));
+    assert_eq!(take(&mut ann, "r", 1)[0].0, 1);
+    assert_eq!(take(&mut bob, "r", 1)[0].0, 1);
+    let killed = Instant::now();
+    b.kill_9();
+    assert_eq!(bob.closed(), None, "killed: no close frame");
+    ann.send(json!({"op": "say", "room": "r", "text": "m2"}));
+    // Within the node timeout (5 s) and a heartbeat, bob is gone from the room everywhere.
+    let p = presence(&mut ann, "r");
+    assert_eq!(
+        (p["state"].as_str(), p["nick"].as_str()),
+        (Some("left"), Some("bob"))
+    );
+    assert!(
+        killed.elapsed() < cluster_ttl() + Duration::from_secs(3),
+        "{:?}",
+        killed.elapsed()
+    );
+    ann.send(json!({"op": "who", "room": "r"}));
+    assert_eq!(ann.expect("who")["members"], json!(["ann"]));
+    // Bob comes back on the surviving node and recovers what he missed.
+    let mut bob = Chat::connect(&format!("{}?nick=bob", a.url));
+    bob.send(json!({"op": "join", "room": "r", "since": 1, "epoch": epoch}));
+    assert_eq!(bob.expect("joined")["recovered"], true);
+    let replay = bob.expect("history");
+    assert_eq!(replay["msgs"][0]["text"], "m2");
+    ann.close();
+    bob.close();
+}
+
+fn cluster_ttl() -> Duration {
+    syncws_chat::cluster::NODE_TTL
+}
