@@ -29,8 +29,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender};
 use redis::{Commands, Connection, RedisResult, Script};
 
-use crate::hub::Request;
-use crate::protocol::Msg;
+use crate::protocol::{Msg, LOBBY};
 use crate::store::{Log, Recovery, Result as StoreResult};
 
 const PUBLISH: &str = r"
@@ -118,6 +117,26 @@ pub enum Presence {
     },
 }
 
+/// What the subscriber thread hears, for the hub.
+#[derive(Debug)]
+pub enum Heard {
+    /// A message of `room` published by some node (this one too), framed, with its seq.
+    Message {
+        room: String,
+        seq: u64,
+        frame: String,
+    },
+    /// Presence in `room` on another node (joined, left, renamed, or a dead node's members
+    /// removed), framed.
+    Event { room: String, frame: String },
+    /// The subscription to `room` was (re)made: what was published before it is to be filled
+    /// in from the room's log.
+    Subscribed { room: String },
+}
+
+/// Where the subscriber hands what it hears; false once the hub is gone.
+pub type Hear = Box<dyn Fn(Heard) -> bool + Send>;
+
 /// What the hub tells the subscriber thread.
 enum Order {
     Subscribe(String),
@@ -144,11 +163,7 @@ impl Cluster {
     /// Connect to Redis at `url` (failing now if it cannot be reached), read or make the
     /// cluster's epoch, and start the subscriber thread, which hands what it receives to the
     /// hub through `hub`.
-    pub fn start(
-        url: &str,
-        history_max: u64,
-        hub: Sender<Request>,
-    ) -> std::result::Result<Cluster, String> {
+    pub fn start(url: &str, history_max: u64, hub: Hear) -> std::result::Result<Cluster, String> {
         let client = redis::Client::open(url).map_err(|e| format!("redis {url}: {e}"))?;
         let mut conn = client
             .get_connection_with_timeout(Duration::from_secs(2))
@@ -216,7 +231,7 @@ impl Cluster {
                         (room, serde_json::json!({"ev": "presence", "room": room, "state": "renamed", "nick": nick, "old": old}))
                     }
                 };
-                if room != crate::hub::LOBBY {
+                if room != LOBBY {
                     pipe.publish(channel(room), format!("P{node} {frame}")).ignore();
                 }
             }
@@ -437,24 +452,17 @@ impl Log for ClusterBatch<'_> {
         Ok(())
     }
 
-    fn recover(&self, room: &str, since: u64, last: u64) -> StoreResult<Recovery> {
+    fn recover(&mut self, room: &str, since: u64, last: u64) -> StoreResult<Recovery> {
         if since >= last {
             return Ok(Recovery::Complete(Vec::new()));
         }
-        // `&self`: history reads go through a connection of their own making.
-        let mut conn = self
-            .cluster
-            .client
-            .get_connection_with_timeout(Duration::from_millis(500))
-            .map_err(|e| store_error(&e))?;
-        let first = first_kept_on(&mut conn, room).map_err(|e| store_error(&e))?;
-        match first {
+        match self.first_kept(room)? {
             Some(first) if first <= since + 1 => {
-                let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
-                    .arg(log_key(room))
-                    .arg(format!("{}-1", since + 1))
-                    .arg(format!("{last}-1"))
-                    .query(&mut conn)
+                let (from, to) = (format!("{}-1", since + 1), format!("{last}-1"));
+                let key = log_key(room);
+                let entries: Vec<(String, Vec<(String, String)>)> = self
+                    .cluster
+                    .with_conn(|c| redis::cmd("XRANGE").arg(&key).arg(&from).arg(&to).query(c))
                     .map_err(|e| store_error(&e))?;
                 let msgs = entries
                     .into_iter()
@@ -467,38 +475,35 @@ impl Log for ClusterBatch<'_> {
         }
     }
 
-    fn first_kept(&self, room: &str) -> StoreResult<Option<u64>> {
-        let mut conn = self
-            .cluster
-            .client
-            .get_connection_with_timeout(Duration::from_millis(500))
-            .map_err(|e| store_error(&e))?;
-        first_kept_on(&mut conn, room).map_err(|e| store_error(&e))
+    fn first_kept(&mut self, room: &str) -> StoreResult<Option<u64>> {
+        self.cluster
+            .with_conn(|c| first_kept_on(c, room))
+            .map_err(|e| store_error(&e))
     }
 
     fn page_before(
-        &self,
+        &mut self,
         room: &str,
         before: Option<u64>,
         limit: usize,
     ) -> StoreResult<(Vec<Msg>, bool)> {
-        let mut conn = self
-            .cluster
-            .client
-            .get_connection_with_timeout(Duration::from_millis(500))
-            .map_err(|e| store_error(&e))?;
         let end = match before {
-            Some(0) | Some(1) => return Ok((Vec::new(), false)),
+            Some(0 | 1) => return Ok((Vec::new(), false)),
             Some(b) => format!("{}-1", b - 1),
             None => "+".to_owned(),
         };
-        let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
-            .arg(log_key(room))
-            .arg(end)
-            .arg("-")
-            .arg("COUNT")
-            .arg(limit + 1)
-            .query(&mut conn)
+        let key = log_key(room);
+        let entries: Vec<(String, Vec<(String, String)>)> = self
+            .cluster
+            .with_conn(|c| {
+                redis::cmd("XREVRANGE")
+                    .arg(&key)
+                    .arg(&end)
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(limit + 1)
+                    .query(c)
+            })
             .map_err(|e| store_error(&e))?;
         let mut msgs: Vec<Msg> = entries
             .into_iter()
@@ -533,7 +538,7 @@ impl Log for ClusterBatch<'_> {
     }
 
     fn remote_members(&mut self, room: &str) -> Vec<String> {
-        if room == crate::hub::LOBBY {
+        if room == LOBBY {
             // Everyone is in the lobby: its `joined` gives a count, not a list.
             return Vec::new();
         }
@@ -564,13 +569,13 @@ fn first_kept_on(conn: &mut Connection, room: &str) -> RedisResult<Option<u64>> 
 }
 
 /// The subscriber thread: one connection, subscribed once per room this node has members in.
-/// Each message goes to the hub as [`Request::Remote`]; after each (re)subscription the hub
-/// is told to fill in what was published meanwhile ([`Request::Resync`]).
+/// Each message goes to the hub as [`Heard::Message`]; after each (re)subscription the hub is
+/// told to fill in what was published meanwhile ([`Heard::Subscribed`]).
 fn subscriber(
     client: &redis::Client,
     me: &str,
     orders: &Receiver<Order>,
-    hub: &Sender<Request>,
+    hub: &Hear,
     up: &AtomicBool,
 ) {
     let mut rooms: HashSet<String> = HashSet::new();
@@ -613,7 +618,7 @@ fn subscriber(
         }
         up.store(true, Ordering::SeqCst);
         for room in &rooms {
-            let _ = hub.send(Request::Resync { room: room.clone() });
+            let _ = hub(Heard::Subscribed { room: room.clone() });
         }
         loop {
             let mut failed = false;
@@ -623,7 +628,7 @@ fn subscriber(
                         if pubsub.subscribe(channel(&room)).is_err() {
                             failed = true;
                         }
-                        let _ = hub.send(Request::Resync { room: room.clone() });
+                        let _ = hub(Heard::Subscribed { room: room.clone() });
                         rooms.insert(room);
                     }
                     Err(crossbeam_channel::TryRecvError::Empty) => break,
@@ -648,12 +653,10 @@ fn subscriber(
                             continue;
                         };
                         if from != me
-                            && hub
-                                .send(Request::RemoteEvent {
-                                    room: room.to_owned(),
-                                    frame: event.to_owned(),
-                                })
-                                .is_err()
+                            && !hub(Heard::Event {
+                                room: room.to_owned(),
+                                frame: event.to_owned(),
+                            })
                         {
                             return;
                         }
@@ -663,14 +666,11 @@ fn subscriber(
                     else {
                         continue;
                     };
-                    if hub
-                        .send(Request::Remote {
-                            room: room.to_owned(),
-                            seq,
-                            frame,
-                        })
-                        .is_err()
-                    {
+                    if !hub(Heard::Message {
+                        room: room.to_owned(),
+                        seq,
+                        frame,
+                    }) {
                         return;
                     }
                 }

@@ -20,15 +20,14 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use serde_json::{json, Value};
 use syncws::{Command, CommandSender, SharedFrame};
 
-use crate::cluster::{Cluster, Presence};
+use crate::cluster::{Cluster, Heard, Presence};
 use crate::eventlog::EventLog;
 use crate::metrics::Metrics;
 use crate::now_ms;
 use crate::protocol::{check_room, Msg, Refusal, MAX_HISTORY_PAGE};
 use crate::store::{Log, Recovery, Store};
 
-/// The room every connection starts in.
-pub const LOBBY: &str = "lobby";
+pub use crate::protocol::LOBBY;
 /// Close code for a connection that fell behind by a whole outbox.
 pub const SLOW_CONSUMER: u16 = 4008;
 /// Rooms made by matchmaking start with this; clients cannot join them by name.
@@ -98,23 +97,8 @@ pub enum Request {
         id: u64,
         room: String,
     },
-    /// Cluster mode: a message of `room` published by some node (this one too), framed.
-    Remote {
-        room: String,
-        seq: u64,
-        frame: String,
-    },
-    /// Cluster mode: presence in `room` on another node (joined, left, renamed, or a dead
-    /// node's members removed), framed.
-    RemoteEvent {
-        room: String,
-        frame: String,
-    },
-    /// Cluster mode: the subscription to `room` was (re)made; fill in what was published
-    /// before it.
-    Resync {
-        room: String,
-    },
+    /// Cluster mode: what the node's subscriber heard from Redis.
+    Heard(Heard),
     /// The connection ended (`code`: its close code, if any).
     Disconnect {
         id: u64,
@@ -560,8 +544,10 @@ impl State {
                 }
             }
             Request::Disconnect { id } => self.disconnect(id),
-            Request::Remote { room, seq, frame } => self.remote(batch, &room, seq, frame),
-            Request::RemoteEvent { room, frame } => {
+            Request::Heard(Heard::Message { room, seq, frame }) => {
+                self.remote(batch, &room, seq, frame)
+            }
+            Request::Heard(Heard::Event { room, frame }) => {
                 if let Some(r) = self.rooms.get(&room) {
                     let frame = SharedFrame::text(frame);
                     let out_start = self.out.len();
@@ -571,7 +557,7 @@ impl State {
                     self.hold_if_awaited(&room, out_start);
                 }
             }
-            Request::Resync { room } => {
+            Request::Heard(Heard::Subscribed { room }) => {
                 // Subscribed: what waited goes out, then what was published meanwhile.
                 if let Some(held) = self.rooms.get_mut(&room).and_then(|r| r.held.take()) {
                     self.out.extend(held);

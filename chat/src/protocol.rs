@@ -54,6 +54,9 @@ pub enum Op {
     Ping,
 }
 
+/// The room every connection starts in.
+pub const LOBBY: &str = "lobby";
+
 /// Why a frame was not understood: the `error` event's code and message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {

@@ -154,11 +154,14 @@ impl Server {
         let metrics = Arc::new(Metrics::default());
         let (hub_tx, hub_rx) = bounded(65_536);
         let cluster = match options.redis.as_deref() {
-            Some(url) => Some(crate::cluster::Cluster::start(
-                url,
-                options.history_max,
-                hub_tx.clone(),
-            )?),
+            Some(url) => {
+                let hub = hub_tx.clone();
+                Some(crate::cluster::Cluster::start(
+                    url,
+                    options.history_max,
+                    Box::new(move |heard| hub.send(Request::Heard(heard)).is_ok()),
+                )?)
+            }
             None => None,
         };
         let health: Vec<Arc<AtomicBool>> = cluster

@@ -138,13 +138,13 @@ pub trait Log {
     /// by Redis when the batch is published, and `msg.seq` is ignored.
     fn append(&mut self, msg: &Msg) -> Result<()>;
     /// What `join{room, since}` replays, `last` being the room's last seq.
-    fn recover(&self, room: &str, since: u64, last: u64) -> Result<Recovery>;
+    fn recover(&mut self, room: &str, since: u64, last: u64) -> Result<Recovery>;
     /// The oldest seq of `room` still kept.
-    fn first_kept(&self, room: &str) -> Result<Option<u64>>;
+    fn first_kept(&mut self, room: &str) -> Result<Option<u64>>;
     /// Messages of `room` before `before`, at most `limit`, oldest first, and whether older
     /// ones are kept.
     fn page_before(
-        &self,
+        &mut self,
         room: &str,
         before: Option<u64>,
         limit: usize,
@@ -173,14 +173,14 @@ impl Log for Batch<'_> {
     fn append(&mut self, msg: &Msg) -> Result<()> {
         Batch::append(self, msg)
     }
-    fn recover(&self, room: &str, since: u64, last: u64) -> Result<Recovery> {
+    fn recover(&mut self, room: &str, since: u64, last: u64) -> Result<Recovery> {
         Batch::recover(self, room, since, last)
     }
-    fn first_kept(&self, room: &str) -> Result<Option<u64>> {
+    fn first_kept(&mut self, room: &str) -> Result<Option<u64>> {
         Batch::first_kept(self, room)
     }
     fn page_before(
-        &self,
+        &mut self,
         room: &str,
         before: Option<u64>,
         limit: usize,
