@@ -147,6 +147,7 @@ pub struct Cluster {
     client: redis::Client,
     conn: Option<Connection>,
     script: Script,
+    reap: Script,
     history_max: u64,
     epoch: String,
     orders: Sender<Order>,
@@ -189,6 +190,7 @@ impl Cluster {
             client,
             conn: Some(conn),
             script: Script::new(PUBLISH),
+            reap: Script::new(REAP),
             history_max: history_max.max(1),
             epoch,
             orders,
@@ -265,8 +267,8 @@ impl Cluster {
             let alive: RedisResult<bool> =
                 self.with_conn(|c| c.exists(format!("chat:node:{other}")));
             if alive == Ok(false) {
-                let removed: RedisResult<u64> =
-                    self.with_conn(|c| Script::new(REAP).arg(&other).invoke(c));
+                let reap = self.reap.clone();
+                let removed: RedisResult<u64> = self.with_conn(|c| reap.arg(&other).invoke(c));
                 match removed {
                     Ok(n) if n > 0 => tracing::info!(
                         node = other,
@@ -398,9 +400,10 @@ impl ClusterBatch<'_> {
         let script = self.cluster.script.clone();
         let queued = &self.queued;
         let published: RedisResult<Vec<u64>> = self.cluster.with_conn(|c| {
-            // Load the script once per connection; EVALSHA from then on.
-            let _: String = redis::cmd("SCRIPT").arg("LOAD").arg(PUBLISH).query(c)?;
+            // SCRIPT LOAD leads the same pipeline (no round trip of its own), so EVALSHA finds
+            // the script on a new connection or after a Redis restart.
             let mut pipe = redis::pipe();
+            pipe.cmd("SCRIPT").arg("LOAD").arg(PUBLISH).ignore();
             for m in queued {
                 let (prefix, suffix) = frame_parts(m);
                 pipe.cmd("EVALSHA")

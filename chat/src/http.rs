@@ -70,6 +70,19 @@ pub fn answer(incoming: Incoming, site: &Site) {
     } else {
         Response::text("405 Method Not Allowed", "only GET and HEAD\n")
     };
+    send(incoming, &response, head_only);
+}
+
+/// Refuse an upgrade with `status` (e.g. "503 Service Unavailable"), extra header lines (each
+/// ending in CRLF) and a plain-text `body`.
+pub fn refuse(incoming: Incoming, status: &'static str, headers: &str, body: &str) {
+    let mut response = Response::text(status, body);
+    response.headers.push_str(headers);
+    send(incoming, &response, false);
+}
+
+/// Write `response` and close: the one place an HTTP answer is put on the wire.
+fn send(incoming: Incoming, response: &Response, head_only: bool) {
     let mut http = incoming.into_http();
     let mut bytes = format!(
         "HTTP/1.1 {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n{}Connection: close\r\n\r\n",

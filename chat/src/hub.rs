@@ -277,14 +277,7 @@ fn run(
             // Cluster mode: Redis numbers, stores and publishes; the frames come back through
             // the subscription (Remote), to this node's members as to everyone's.
             let mut batch = cluster.begin();
-            for request in requests {
-                if let Request::Shutdown(done) = request {
-                    state.close_all();
-                    shutdown = Some(done);
-                    continue;
-                }
-                state.handle(&mut batch, request);
-            }
+            state.handle_all(&mut batch, requests, &mut shutdown);
             let results = batch.commit();
             state.refuse_unpublished(&results);
             if let Some(ops) = state.presence.as_mut().filter(|o| !o.is_empty()) {
@@ -295,14 +288,7 @@ fn run(
         }
         let committed = match store.begin() {
             Ok(mut batch) => {
-                for request in requests {
-                    if let Request::Shutdown(done) = request {
-                        state.close_all();
-                        shutdown = Some(done);
-                        continue;
-                    }
-                    state.handle(&mut batch, request);
-                }
+                state.handle_all(&mut batch, requests, &mut shutdown);
                 batch.commit(now_ms())
             }
             Err(e) => {
@@ -334,6 +320,24 @@ fn run(
 }
 
 impl State {
+    /// Carry out a batch's requests in order; a shutdown closes everyone and is answered
+    /// once they are gone.
+    fn handle_all(
+        &mut self,
+        batch: &mut dyn Log,
+        requests: Vec<Request>,
+        shutdown: &mut Option<Sender<()>>,
+    ) {
+        for request in requests {
+            if let Request::Shutdown(done) = request {
+                self.close_all();
+                *shutdown = Some(done);
+                continue;
+            }
+            self.handle(batch, request);
+        }
+    }
+
     fn handle(&mut self, batch: &mut dyn Log, request: Request) {
         match request {
             Request::Connect {

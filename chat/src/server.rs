@@ -1,7 +1,6 @@
 //! Listeners, the accept loops, one thread per connection, and the shutdown.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -491,14 +490,12 @@ fn refuse_busy(incoming: Incoming, ctx: &Context) {
         "refused",
         json!({"peer": incoming.peer_addr().to_string(), "why": "connection limit"}),
     );
-    let mut http = incoming.into_http();
-    let body = "too many connections; try again later\n";
-    let _ = write!(
-        http,
-        "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
+    http::refuse(
+        incoming,
+        "503 Service Unavailable",
+        "Retry-After: 5\r\n",
+        "too many connections; try again later\n",
     );
-    let _ = http.close();
 }
 
 fn refuse_unauthorized(incoming: Incoming, ctx: &Context, why: &str) {
@@ -507,14 +504,12 @@ fn refuse_unauthorized(incoming: Incoming, ctx: &Context, why: &str) {
         "unauthorized",
         json!({"peer": incoming.peer_addr().to_string(), "why": why}),
     );
-    let mut http = incoming.into_http();
-    let body = format!("{why}\n");
-    let _ = write!(
-        http,
-        "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
+    http::refuse(
+        incoming,
+        "401 Unauthorized",
+        "WWW-Authenticate: Bearer\r\n",
+        &format!("{why}\n"),
     );
-    let _ = http.close();
 }
 
 fn upgrade_chat(incoming: Incoming, ctx: &Context) {
