@@ -19,9 +19,18 @@
 //!   node refreshes a key with a [`NODE_TTL`] every second; the first node to see another's
 //!   key gone removes that node's members (one script, so once) and announces them as left.
 //!
-//! Not yet shared across nodes: matchmaking (strangers are matched within a node).
+//! - **Matchmaking**: one queue for the cluster (a Redis list). A stranger asking for a match
+//!   runs a script that takes the first fitting stranger waiting on any node, or queues the
+//!   asker; a pair made with another node's member is put in that node's inbox (a list, so a
+//!   node that was not listening still finds it) with a nudge on the node's channel. A pair
+//!   ends across nodes with `L<node>` on the pair room's channel.
+//! - **Following rooms**: a node subscribes to a room when its first member there joins and
+//!   unsubscribes when its last leaves.
+//!
+//! Keys a script touches beyond its declared ones (a dead node's rooms, another node's
+//! inbox) make this a single-instance (or primary/replica) design, not Redis Cluster's.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,7 +38,8 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender};
 use redis::{Commands, Connection, RedisResult, Script};
 
-use crate::protocol::{Msg, LOBBY};
+use crate::matchmaking::{Matched, Matchmaker, Peer, Seeker, Sought};
+use crate::protocol::{Msg, LOBBY, PAIR_PREFIX};
 use crate::store::{Log, Recovery, Result as StoreResult};
 
 const PUBLISH: &str = r"
@@ -51,6 +61,13 @@ fn log_key(room: &str) -> String {
 fn members_key(room: &str) -> String {
     format!("chat:room:{{{room}}}:members")
 }
+/// Set when a pair room ends (for an hour): a node that subscribes to the room after its
+/// partner's `L<node>` went out still learns of it.
+fn ended_key(room: &str) -> String {
+    format!("chat:room:{{{room}}}:ended")
+}
+/// How long an ended pair room is remembered, in seconds.
+const ENDED_TTL: u64 = 3600;
 fn channel(room: &str) -> String {
     format!("chat:room:{room}")
 }
@@ -68,11 +85,42 @@ pub fn seq_of(frame: &str) -> Option<u64> {
     digits[..end].parse().ok()
 }
 
+/// Strangers waiting for a match, on every node: `NODE:ID|LAST_PEER|NICK`, oldest first.
+const QUEUE: &str = "chat:match:queue";
+/// Members of the lobby per node (`NODE` -> count), refreshed by each node's heartbeat.
+const LOBBY_COUNTS: &str = "chat:lobby:counts";
+
+/// Match the seeker (ARGV: 1 its key, 2 its last partner's key or '', 3 its nick, 4 the pair
+/// room to make, 5 its node) with the first fitting stranger waiting, or queue it. Returns
+/// `{partner key, partner nick}`, or `{'', position}`. A partner on another node is put in
+/// that node's inbox (`room|id|seeker key|seeker nick`), and the node nudged.
+const MATCH: &str = r"
+local waiting = redis.call('LRANGE', KEYS[1], 0, 199)
+for i, e in ipairs(waiting) do
+  local key, last, nick = string.match(e, '^([^|]*)|([^|]*)|(.*)$')
+  if key == ARGV[1] then return {'', tostring(i)} end
+  if key and key ~= ARGV[2] and last ~= ARGV[1] then
+    redis.call('LREM', KEYS[1], 1, e)
+    local node, id = string.match(key, '^([^:]*):(.*)$')
+    if node ~= ARGV[5] then
+      redis.call('RPUSH', 'chat:node:' .. node .. ':matches',
+        ARGV[4] .. '|' .. id .. '|' .. ARGV[1] .. '|' .. ARGV[3])
+      redis.call('PUBLISH', 'chat:node:' .. node, 'M')
+    end
+    return {key, nick}
+  end
+end
+redis.call('RPUSH', KEYS[1], ARGV[1] .. '|' .. ARGV[2] .. '|' .. ARGV[3])
+return {'', tostring(redis.call('LLEN', KEYS[1]))}
+";
+
 /// How long a node counts as alive after its last heartbeat (one a second).
 pub const NODE_TTL: Duration = Duration::from_secs(5);
 
 /// Remove a dead node (ARGV[1]) from the cluster, once: its members leave every room it had
-/// members in, announced on each room's channel. Returns how many it removed.
+/// members in, announced on each room's channel (a pair room's partner is told its partner
+/// left), its strangers leave the queue, and the partners of pairs it never took up are told
+/// too. Returns how many members it removed.
 const REAP: &str = r"
 if redis.call('SREM', 'chat:nodes', ARGV[1]) == 0 then return 0 end
 local rooms = redis.call('SMEMBERS', 'chat:node:' .. ARGV[1] .. ':rooms')
@@ -85,7 +133,10 @@ for _, room in ipairs(rooms) do
     if string.sub(fields[i], 1, #prefix) == prefix then
       redis.call('HDEL', key, fields[i])
       removed = removed + 1
-      if room ~= 'lobby' then
+      if string.sub(room, 1, 5) == 'pair:' then
+        redis.call('SET', 'chat:room:{' .. room .. '}:ended', 1, 'EX', 3600)
+        redis.call('PUBLISH', 'chat:room:' .. room, 'L-')
+      elseif room ~= 'lobby' then
         local frame = cjson.encode({ev = 'presence', room = room, state = 'left', nick = fields[i + 1]})
         redis.call('PUBLISH', 'chat:room:' .. room, 'P- ' .. frame)
       end
@@ -93,6 +144,17 @@ for _, room in ipairs(rooms) do
   end
 end
 redis.call('DEL', 'chat:node:' .. ARGV[1] .. ':rooms')
+for _, e in ipairs(redis.call('LRANGE', 'chat:match:queue', 0, -1)) do
+  if string.sub(e, 1, #prefix) == prefix then redis.call('LREM', 'chat:match:queue', 0, e) end
+end
+local inbox = 'chat:node:' .. ARGV[1] .. ':matches'
+for _, e in ipairs(redis.call('LRANGE', inbox, 0, -1)) do
+  local room = string.match(e, '^([^|]*)')
+  redis.call('SET', 'chat:room:{' .. room .. '}:ended', 1, 'EX', 3600)
+  redis.call('PUBLISH', 'chat:room:' .. room, 'L-')
+end
+redis.call('DEL', inbox)
+redis.call('HDEL', 'chat:lobby:counts', ARGV[1])
 return removed
 ";
 
@@ -115,6 +177,14 @@ pub enum Presence {
         nick: String,
         old: String,
     },
+    /// Member `id` left the matchmaking queue (unmatched or gone).
+    Unqueued {
+        id: u64,
+    },
+    /// This node's side of a pair with another node's member ended.
+    PairEnded {
+        room: String,
+    },
 }
 
 /// What the subscriber thread hears, for the hub.
@@ -132,6 +202,10 @@ pub enum Heard {
     /// The subscription to `room` was (re)made: what was published before it is to be filled
     /// in from the room's log.
     Subscribed { room: String },
+    /// The partner on another node left the pair `room` (or its node died).
+    PeerLeft { room: String },
+    /// Another node paired some of this node's members: see [`Matchmaker::matched`].
+    Matched,
 }
 
 /// Where the subscriber hands what it hears; false once the hub is gone.
@@ -140,6 +214,7 @@ pub type Hear = Box<dyn Fn(Heard) -> bool + Send>;
 /// What the hub tells the subscriber thread.
 enum Order {
     Subscribe(String),
+    Unsubscribe(String),
 }
 
 /// The hub's side of cluster mode: its command connection and the subscriber's orders.
@@ -148,6 +223,11 @@ pub struct Cluster {
     conn: Option<Connection>,
     script: Script,
     reap: Script,
+    matcher: Script,
+    /// This node's members waiting in the shared queue, and their entries there.
+    queued: HashMap<u64, String>,
+    /// Members of the lobby on the other nodes, as of the last heartbeat.
+    lobby_elsewhere: usize,
     history_max: u64,
     epoch: String,
     orders: Sender<Order>,
@@ -191,6 +271,9 @@ impl Cluster {
             conn: Some(conn),
             script: Script::new(PUBLISH),
             reap: Script::new(REAP),
+            matcher: Script::new(MATCH),
+            queued: HashMap::new(),
+            lobby_elsewhere: 0,
             history_max: history_max.max(1),
             epoch,
             orders,
@@ -201,7 +284,7 @@ impl Cluster {
         };
         // Registered before it has members: a node that dies in its first second is still
         // found and its members removed.
-        cluster.heartbeat();
+        cluster.heartbeat(0);
         Ok(cluster)
     }
 
@@ -209,12 +292,27 @@ impl Cluster {
         &self.epoch
     }
 
+    /// This node's name in Redis.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
     /// Tell the other nodes what changed in this batch: the rooms' member hashes, and the
-    /// presence frames on the rooms' channels (not the lobby's: everyone is there).
+    /// presence frames on the rooms' channels (not the lobby's: everyone is there; not a pair
+    /// room's departures: the partner is told `peer_left` instead), the queue, ended pairs.
     pub fn share_presence(&mut self, ops: Vec<Presence>) {
         let node = self.node.clone();
+        let mut unqueued = Vec::new();
+        for op in &ops {
+            if let Presence::Unqueued { id } = op {
+                unqueued.extend(self.queued.remove(id));
+            }
+        }
         let done: RedisResult<()> = self.with_conn(|c| {
             let mut pipe = redis::pipe();
+            for entry in &unqueued {
+                pipe.lrem(QUEUE, 1, entry).ignore();
+            }
             for op in &ops {
                 let (room, frame) = match op {
                     Presence::Joined { room, id, nick } => {
@@ -226,12 +324,24 @@ impl Cluster {
                     }
                     Presence::Left { room, id, nick } => {
                         pipe.hdel(members_key(room), format!("{node}:{id}")).ignore();
+                        if room.starts_with(PAIR_PREFIX) {
+                            continue;
+                        }
                         (room, serde_json::json!({"ev": "presence", "room": room, "state": "left", "nick": nick}))
                     }
                     Presence::Renamed { room, id, nick, old } => {
                         pipe.hset(members_key(room), format!("{node}:{id}"), nick).ignore();
                         (room, serde_json::json!({"ev": "presence", "room": room, "state": "renamed", "nick": nick, "old": old}))
                     }
+                    Presence::PairEnded { room } => {
+                        // Set first: a node subscribing after the publish still sees it.
+                        pipe.set_ex(ended_key(room), 1, ENDED_TTL)
+                            .ignore()
+                            .publish(channel(room), format!("L{node}"))
+                            .ignore();
+                        continue;
+                    }
+                    Presence::Unqueued { .. } => continue,
                 };
                 if room != LOBBY {
                     pipe.publish(channel(room), format!("P{node} {frame}")).ignore();
@@ -244,11 +354,33 @@ impl Cluster {
         }
     }
 
-    /// Once a second: say this node is alive, and remove nodes that are not.
-    pub fn heartbeat(&mut self) {
+    /// Stop following `rooms`, which have no members on this node any more.
+    pub fn unfollow(&mut self, rooms: &[String]) {
+        if rooms.is_empty() {
+            return;
+        }
+        for room in rooms {
+            self.subscribed.remove(room);
+            let _ = self.orders.send(Order::Unsubscribe(room.clone()));
+        }
+        let key = format!("chat:node:{}:rooms", self.node);
+        let done: RedisResult<()> = self.with_conn(|c| c.srem(&key, rooms));
+        if let Err(e) = done {
+            tracing::warn!(error = %e, "redis: rooms left not recorded");
+        }
+    }
+
+    /// Members of the lobby on the other nodes, as of the last heartbeat (a second old at most).
+    pub fn lobby_elsewhere(&self) -> usize {
+        self.lobby_elsewhere
+    }
+
+    /// Once a second: say this node is alive and how many are in its lobby, learn the other
+    /// nodes' lobbies, and remove nodes that are not alive.
+    pub fn heartbeat(&mut self, lobby: usize) {
         let node = self.node.clone();
         let ttl = u64::try_from(NODE_TTL.as_millis()).unwrap_or(5000);
-        let others: RedisResult<Vec<String>> = self.with_conn(|c| {
+        let beat: RedisResult<(Vec<String>, HashMap<String, usize>)> = self.with_conn(|c| {
             redis::pipe()
                 .cmd("SET")
                 .arg(format!("chat:node:{node}"))
@@ -258,11 +390,18 @@ impl Cluster {
                 .ignore()
                 .sadd("chat:nodes", &node)
                 .ignore()
+                .hset(LOBBY_COUNTS, &node, lobby)
+                .ignore()
                 .smembers("chat:nodes")
-                .query::<(Vec<String>,)>(c)
-                .map(|(v,)| v)
+                .hgetall(LOBBY_COUNTS)
+                .query(c)
         });
-        let Ok(others) = others else { return };
+        let Ok((others, counts)) = beat else { return };
+        self.lobby_elsewhere = counts
+            .iter()
+            .filter(|(n, _)| **n != node)
+            .map(|(_, c)| c)
+            .sum();
         for other in others.into_iter().filter(|n| *n != node) {
             let alive: RedisResult<bool> =
                 self.with_conn(|c| c.exists(format!("chat:node:{other}")));
@@ -357,6 +496,90 @@ impl Cluster {
             cmd.query(c)
         })?;
         Ok(entries.into_iter().filter_map(entry_frame).collect())
+    }
+}
+
+impl Matchmaker for Cluster {
+    fn seek(&mut self, who: &Seeker) -> Result<Sought, String> {
+        let key = self.key(who.id);
+        let last = who.last_peer.clone().unwrap_or_default();
+        let matcher = self.matcher.clone();
+        let node = self.node.clone();
+        let (peer, nick): (String, String) = self
+            .with_conn(|c| {
+                matcher
+                    .key(QUEUE)
+                    .arg(&key)
+                    .arg(&last)
+                    .arg(&who.nick)
+                    .arg(&who.room)
+                    .arg(&node)
+                    .invoke(c)
+            })
+            .map_err(|e| e.to_string())?;
+        if peer.is_empty() {
+            self.queued
+                .insert(who.id, format!("{key}|{last}|{}", who.nick));
+            return Ok(Sought::Queued(nick.parse().unwrap_or(1)));
+        }
+        let local = peer
+            .strip_prefix(&format!("{node}:"))
+            .and_then(|id| id.parse().ok());
+        if let Some(id) = local {
+            self.queued.remove(&id);
+        }
+        Ok(Sought::Paired(Peer {
+            key: peer,
+            nick,
+            local,
+        }))
+    }
+
+    fn position(&mut self, id: u64) -> Option<usize> {
+        let entry = self.queued.get(&id)?.clone();
+        let at: Option<usize> = self
+            .with_conn(|c| redis::cmd("LPOS").arg(QUEUE).arg(&entry).query(c))
+            .ok()?;
+        at.map(|i| i + 1)
+    }
+
+    fn matched(&mut self) -> Vec<Matched> {
+        let inbox = format!("chat:node:{}:matches", self.node);
+        let taken: RedisResult<(Vec<String>,)> = self.with_conn(|c| {
+            redis::pipe()
+                .atomic()
+                .lrange(&inbox, 0, -1)
+                .del(&inbox)
+                .ignore()
+                .query(c)
+        });
+        let entries = match taken {
+            Ok((entries,)) => entries,
+            Err(e) => {
+                tracing::warn!(error = %e, "redis: cannot read this node's matches");
+                return Vec::new();
+            }
+        };
+        let matched: Vec<Matched> = entries
+            .iter()
+            .filter_map(|e| {
+                let mut parts = e.splitn(4, '|');
+                Some(Matched {
+                    room: parts.next()?.to_owned(),
+                    id: parts.next()?.parse().ok()?,
+                    peer_key: parts.next()?.to_owned(),
+                    peer_nick: parts.next()?.to_owned(),
+                })
+            })
+            .collect();
+        for m in &matched {
+            self.queued.remove(&m.id);
+        }
+        matched
+    }
+
+    fn key(&self, id: u64) -> String {
+        format!("{}:{id}", self.node)
     }
 }
 
@@ -524,9 +747,6 @@ impl Log for ClusterBatch<'_> {
     }
 
     fn open_room(&mut self, room: &str) -> Option<u64> {
-        if self.cluster.subscribed.contains(room) {
-            return None;
-        }
         let key = seq_key(room);
         let last: u64 = match self.cluster.with_conn(|c| c.get::<_, Option<u64>>(&key)) {
             Ok(v) => v.unwrap_or(0),
@@ -541,11 +761,20 @@ impl Log for ClusterBatch<'_> {
     }
 
     fn remote_members(&mut self, room: &str) -> Vec<String> {
-        if room == LOBBY {
-            // Everyone is in the lobby: its `joined` gives a count, not a list.
-            return Vec::new();
-        }
         self.cluster.remote_members(room)
+    }
+
+    fn lobby_elsewhere(&self) -> usize {
+        self.cluster.lobby_elsewhere
+    }
+
+    fn pair_ended(&mut self, room: &str) -> bool {
+        let key = ended_key(room);
+        self.cluster.with_conn(|c| c.exists(&key)).unwrap_or(false)
+    }
+
+    fn matchmaker(&mut self) -> Option<&mut dyn Matchmaker> {
+        Some(&mut *self.cluster)
     }
 
     fn frames_after(&mut self, room: &str, after: u64) -> Vec<(u64, String)> {
@@ -571,9 +800,10 @@ fn first_kept_on(conn: &mut Connection, room: &str) -> RedisResult<Option<u64>> 
         .map(|(s, _)| s))
 }
 
-/// The subscriber thread: one connection, subscribed once per room this node has members in.
-/// Each message goes to the hub as [`Heard::Message`]; after each (re)subscription the hub is
-/// told to fill in what was published meanwhile ([`Heard::Subscribed`]).
+/// The subscriber thread: one connection, subscribed once per room this node has members in,
+/// and to the node's own channel (nudges that another node paired its members). Each message
+/// goes to the hub as [`Heard::Message`]; after each (re)subscription the hub is told to fill
+/// in what was published meanwhile ([`Heard::Subscribed`]) and to look in its inbox.
 fn subscriber(
     client: &redis::Client,
     me: &str,
@@ -582,6 +812,7 @@ fn subscriber(
     up: &AtomicBool,
 ) {
     let mut rooms: HashSet<String> = HashSet::new();
+    let mine = format!("chat:node:{me}");
     let mut backoff = Duration::from_millis(100);
     loop {
         let mut conn = match client.get_connection_with_timeout(Duration::from_secs(1)) {
@@ -591,9 +822,7 @@ fn subscriber(
                 tracing::warn!(error = %e, "redis subscriber: cannot connect; retrying");
                 // Orders keep coming meanwhile; take them so they are not lost.
                 match orders.recv_timeout(backoff) {
-                    Ok(Order::Subscribe(room)) => {
-                        rooms.insert(room);
-                    }
+                    Ok(order) => follow(&mut rooms, order),
                     Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
                     Err(_) => {}
                 }
@@ -609,20 +838,18 @@ fn subscriber(
             continue;
         }
         let mut pubsub = conn.as_pubsub();
-        let mut ok = true;
-        for room in &rooms {
-            if pubsub.subscribe(channel(room)).is_err() {
-                ok = false;
-                break;
-            }
-        }
-        if !ok {
+        let subscribed = pubsub.subscribe(&mine).is_ok()
+            && rooms
+                .iter()
+                .all(|room| pubsub.subscribe(channel(room)).is_ok());
+        if !subscribed {
             continue;
         }
         up.store(true, Ordering::SeqCst);
         for room in &rooms {
             let _ = hub(Heard::Subscribed { room: room.clone() });
         }
+        let _ = hub(Heard::Matched);
         loop {
             let mut failed = false;
             loop {
@@ -633,6 +860,12 @@ fn subscriber(
                         }
                         let _ = hub(Heard::Subscribed { room: room.clone() });
                         rooms.insert(room);
+                    }
+                    Ok(Order::Unsubscribe(room)) => {
+                        if pubsub.unsubscribe(channel(&room)).is_err() {
+                            failed = true;
+                        }
+                        rooms.remove(&room);
                     }
                     Err(crossbeam_channel::TryRecvError::Empty) => break,
                     // The hub is gone: so is this node.
@@ -645,35 +878,15 @@ fn subscriber(
             match pubsub.get_message() {
                 Ok(msg) => {
                     let channel = msg.get_channel_name().to_owned();
-                    let Ok(frame) = msg.get_payload::<String>() else {
+                    let Ok(payload) = msg.get_payload::<String>() else {
                         continue;
                     };
-                    // Presence: `P<node> <frame>`; this node's own were delivered here already.
-                    if let Some(rest) = frame.strip_prefix('P') {
-                        let (Some(room), Some((from, event))) =
-                            (room_of_channel(&channel), rest.split_once(' '))
-                        else {
-                            continue;
-                        };
-                        if from != me
-                            && !hub(Heard::Event {
-                                room: room.to_owned(),
-                                frame: event.to_owned(),
-                            })
-                        {
-                            return;
-                        }
-                        continue;
-                    }
-                    let (Some(room), Some(seq)) = (room_of_channel(&channel), seq_of(&frame))
-                    else {
-                        continue;
+                    let heard = if channel == mine {
+                        Some(Heard::Matched)
+                    } else {
+                        room_of_channel(&channel).and_then(|room| hearing(me, room, payload))
                     };
-                    if !hub(Heard::Message {
-                        room: room.to_owned(),
-                        seq,
-                        frame,
-                    }) {
+                    if heard.is_some_and(|h| !hub(h)) {
                         return;
                     }
                 }
@@ -686,6 +899,41 @@ fn subscriber(
             }
         }
     }
+}
+
+/// Apply an order to the rooms followed while not connected.
+fn follow(rooms: &mut HashSet<String>, order: Order) {
+    match order {
+        Order::Subscribe(room) => {
+            rooms.insert(room);
+        }
+        Order::Unsubscribe(room) => {
+            rooms.remove(&room);
+        }
+    }
+}
+
+/// What a payload on `room`'s channel means for this node (`me`): a message (`{...}`),
+/// another node's presence (`P<node> <frame>`; this node's own were delivered here already),
+/// or the end of a pair by the partner's node (`L<node>`).
+fn hearing(me: &str, room: &str, payload: String) -> Option<Heard> {
+    let room = room.to_owned();
+    if let Some(rest) = payload.strip_prefix('P') {
+        let (from, event) = rest.split_once(' ')?;
+        return (from != me).then(|| Heard::Event {
+            room,
+            frame: event.to_owned(),
+        });
+    }
+    if let Some(from) = payload.strip_prefix('L') {
+        return (from != me).then_some(Heard::PeerLeft { room });
+    }
+    let seq = seq_of(&payload)?;
+    Some(Heard::Message {
+        room,
+        seq,
+        frame: payload,
+    })
 }
 
 #[cfg(test)]

@@ -22,16 +22,15 @@ use syncws::{Command, CommandSender, SharedFrame};
 
 use crate::cluster::{Cluster, Heard, Presence};
 use crate::eventlog::EventLog;
+use crate::matchmaking::{Matched, Peer, Seeker, Sought};
 use crate::metrics::Metrics;
 use crate::now_ms;
-use crate::protocol::{check_room, Msg, Refusal, MAX_HISTORY_PAGE};
+use crate::protocol::{check_room, Msg, Refusal, MAX_HISTORY_PAGE, PAIR_PREFIX};
 use crate::store::{Log, Recovery, Store};
 
 pub use crate::protocol::LOBBY;
 /// Close code for a connection that fell behind by a whole outbox.
 pub const SLOW_CONSUMER: u16 = 4008;
-/// Rooms made by matchmaking start with this; clients cannot join them by name.
-const PAIR_PREFIX: &str = "pair:";
 /// Requests carried out per transaction, at most.
 const BATCH: usize = 4096;
 /// Messages replayed per `history` frame on a recovering join.
@@ -128,8 +127,10 @@ struct Member {
     /// Frames its command channel had no room for yet, oldest first, and their bytes.
     backlog: VecDeque<(SharedFrame, bool)>,
     backlog_bytes: usize,
-    /// The partner of its last pair, not to be matched with it again at once.
+    /// The partner of its last pair, not to be matched with it again at once (cluster mode:
+    /// `last_peer_key`, its `NODE:ID`).
     last_peer: Option<u64>,
+    last_peer_key: Option<String>,
     /// Rooms in the order joined; the last is the current room.
     rooms: Vec<String>,
     pair: Option<String>,
@@ -166,6 +167,10 @@ struct State {
     members: HashMap<u64, Member>,
     queue: VecDeque<u64>,
     pairs_made: u64,
+    /// Makes pair room names unique across nodes (cluster mode: `-NODE`).
+    pair_tag: String,
+    /// Cluster mode: rooms whose last member here left in this batch, to stop following.
+    unfollow: Vec<String>,
     epoch: String,
     metrics: Arc<Metrics>,
     log: EventLog,
@@ -231,6 +236,10 @@ fn run(
         members: HashMap::new(),
         queue: VecDeque::new(),
         pairs_made: 0,
+        pair_tag: cluster
+            .as_ref()
+            .map_or_else(String::new, |c| format!("-{}", c.node())),
+        unfollow: Vec::new(),
         epoch: cluster
             .as_ref()
             .map_or_else(|| store.epoch().to_owned(), |c| c.epoch().to_owned()),
@@ -262,7 +271,7 @@ fn run(
         if Instant::now() >= next_sweep {
             state.sweep_idle();
             if let Some(cluster) = cluster.as_mut() {
-                cluster.heartbeat();
+                cluster.heartbeat(state.rooms.get(LOBBY).map_or(0, |r| r.members.len()));
             }
             next_sweep = Instant::now() + Duration::from_secs(1);
         }
@@ -283,6 +292,12 @@ fn run(
             if let Some(ops) = state.presence.as_mut().filter(|o| !o.is_empty()) {
                 cluster.share_presence(std::mem::take(ops));
             }
+            // Rooms left by their last member here, unless one joined again since.
+            let unused: Vec<String> = std::mem::take(&mut state.unfollow)
+                .into_iter()
+                .filter(|room| state.rooms.get(room).is_none_or(|r| r.members.is_empty()))
+                .collect();
+            cluster.unfollow(&unused);
             state.deliver();
             continue;
         }
@@ -336,6 +351,8 @@ impl State {
             }
             self.handle(batch, request);
         }
+        // Strangers put back in the queue by a partner's leaving are matched again now.
+        self.make_pairs(batch);
     }
 
     fn handle(&mut self, batch: &mut dyn Log, request: Request) {
@@ -356,6 +373,7 @@ impl State {
                         backlog: VecDeque::new(),
                         backlog_bytes: 0,
                         last_peer: None,
+                        last_peer_key: None,
                         rooms: Vec::new(),
                         pair: None,
                         queued: false,
@@ -511,6 +529,8 @@ impl State {
                 }
                 if !m.queued {
                     self.enqueue(id);
+                } else if let Some(pos) = batch.matchmaker().and_then(|q| q.position(id)) {
+                    self.send(id, json!({"ev": "queued", "pos": pos}));
                 } else {
                     self.tell_position(id);
                 }
@@ -523,12 +543,7 @@ impl State {
             }
             Request::Unmatch { id } => {
                 self.end_pair(id, true);
-                if let Some(m) = self.members.get_mut(&id) {
-                    if m.queued {
-                        m.queued = false;
-                        self.queue.retain(|q| *q != id);
-                    }
-                }
+                self.unqueue(id);
                 self.send(id, json!({"ev": "unmatched"}));
             }
             Request::Typing { id, room } => {
@@ -567,11 +582,31 @@ impl State {
                     self.out.extend(held);
                 }
                 let frames = match self.rooms.get(&room) {
-                    Some(r) => batch.frames_after(&room, r.last_seq),
-                    None => Vec::new(),
+                    Some(r) if !r.members.is_empty() => batch.frames_after(&room, r.last_seq),
+                    _ => Vec::new(),
                 };
                 for (seq, frame) in frames {
                     self.remote(batch, &room, seq, frame);
+                }
+                // A pair whose other side ended before this node listened: `L<node>` was
+                // missed, the mark in Redis was not.
+                let waiting_pair = room.starts_with(PAIR_PREFIX)
+                    && self.rooms.get(&room).is_some_and(|r| !r.members.is_empty());
+                if waiting_pair && batch.pair_ended(&room) {
+                    self.handle(batch, Request::Heard(Heard::PeerLeft { room }));
+                }
+            }
+            Request::Heard(Heard::PeerLeft { room }) => {
+                let partners = self.rooms.get_mut(&room).map_or_else(Vec::new, |r| {
+                    r.ended = true;
+                    std::mem::take(&mut r.members)
+                });
+                self.release_partners(&room, partners);
+            }
+            Request::Heard(Heard::Matched) => {
+                let matched = batch.matchmaker().map(|q| q.matched()).unwrap_or_default();
+                for m in matched {
+                    self.matched_elsewhere(batch, m);
                 }
             }
             Request::Shutdown(_) => unreachable!("handled by the loop"),
@@ -594,6 +629,7 @@ impl State {
         member.rooms.push(room.to_owned());
         let nick = member.nick.clone();
         let r = self.rooms.entry(room.to_owned()).or_default();
+        let first_here = r.members.is_empty();
         if !rejoin {
             r.members.push(id);
             if let Some(ops) = self.presence.as_mut() {
@@ -604,9 +640,9 @@ impl State {
                 });
             }
         }
-        // Cluster mode: a room new to this node starts at the cluster's last seq, and the
-        // node follows it from there.
-        if let Some(seq) = batch.open_room(room) {
+        // Cluster mode: a room with no members here until now starts at the cluster's last
+        // seq, and the node follows it from there.
+        if let Some(seq) = first_here.then(|| batch.open_room(room)).flatten() {
             r.last_seq = r.last_seq.max(seq);
             r.held = Some(Vec::new());
         }
@@ -643,7 +679,7 @@ impl State {
         let (members, count) = if room == LOBBY {
             (
                 Vec::new(),
-                self.rooms.get(room).map_or(0, |r| r.members.len()),
+                self.rooms.get(room).map_or(0, |r| r.members.len()) + batch.lobby_elsewhere(),
             )
         } else {
             let mut m = self.nicks(room);
@@ -898,7 +934,8 @@ impl State {
     }
 
     /// `id` leaves its pair, if it has one: the partner is told `peer_left`, leaves the room,
-    /// and goes back in the queue. `tell_self`: `id` gets the room's `presence left` too.
+    /// and goes back in the queue (cluster mode: the partner's node is told if it is another).
+    /// `tell_self`: `id` gets the room's `presence left` too.
     fn end_pair(&mut self, id: u64, tell_self: bool) {
         let Some(room) = self.members.get_mut(&id).and_then(|m| m.pair.take()) else {
             return;
@@ -912,24 +949,63 @@ impl State {
         r.ended = true;
         let partners: Vec<u64> = r.members.iter().copied().filter(|m| *m != id).collect();
         r.members.clear();
+        let nick = self.nick(id);
         if tell_self {
-            let nick = self.nick(id);
             self.send(
                 id,
                 json!({"ev": "presence", "room": room, "state": "left", "nick": nick}),
             );
         }
+        if let Some(ops) = self.presence.as_mut() {
+            ops.push(Presence::Left {
+                room: room.clone(),
+                id,
+                nick,
+            });
+            if partners.is_empty() {
+                ops.push(Presence::PairEnded { room: room.clone() });
+            }
+        }
+        self.log.record("unpair", json!({"id": id, "room": room}));
+        self.release_partners(&room, partners);
+    }
+
+    /// The partners left behind in the ended pair `room`: told `peer_left`, out of the room,
+    /// back in the queue.
+    fn release_partners(&mut self, room: &str, partners: Vec<u64>) {
         for p in partners {
             self.send(p, json!({"ev": "peer_left", "room": room}));
+            let nick = self.nick(p);
             if let Some(m) = self.members.get_mut(&p) {
                 m.pair = None;
-                m.rooms.retain(|r| *r != room);
+                m.rooms.retain(|r| r != room);
+            }
+            if let Some(ops) = self.presence.as_mut() {
+                ops.push(Presence::Left {
+                    room: room.to_owned(),
+                    id: p,
+                    nick,
+                });
             }
             if self.members.get(&p).is_some_and(|m| !m.closing) {
                 self.enqueue(p);
             }
         }
-        self.log.record("unpair", json!({"id": id, "room": room}));
+        if self.presence.is_some() {
+            self.unfollow.push(room.to_owned());
+        }
+    }
+
+    /// `id` stops waiting for a stranger.
+    fn unqueue(&mut self, id: u64) {
+        let Some(m) = self.members.get_mut(&id).filter(|m| m.queued) else {
+            return;
+        };
+        m.queued = false;
+        self.queue.retain(|q| *q != id);
+        if let Some(ops) = self.presence.as_mut() {
+            ops.push(Presence::Unqueued { id });
+        }
     }
 
     fn enqueue(&mut self, id: u64) {
@@ -940,7 +1016,10 @@ impl State {
             m.queued = true;
             self.queue.push_back(id);
         }
-        self.tell_position(id);
+        // Cluster mode: the position is known once the shared queue has it (`make_pairs`).
+        if self.presence.is_none() {
+            self.tell_position(id);
+        }
     }
 
     fn tell_position(&mut self, id: u64) {
@@ -951,6 +1030,9 @@ impl State {
 
     /// Pair queued members in order, never two who were just paired with each other.
     fn make_pairs(&mut self, batch: &mut dyn Log) {
+        if batch.matchmaker().is_some() {
+            return self.make_pairs_shared(batch);
+        }
         let mut i = 0;
         while i < self.queue.len() {
             let a = self.queue[i];
@@ -964,29 +1046,83 @@ impl State {
             };
             self.queue.remove(j);
             self.queue.remove(i);
-            self.pair(batch, a, b);
+            let room = self.pair_room();
+            self.pair(batch, a, b, room);
         }
         // Positions are told on entering the queue (and on asking again with `match`), not on
         // every move: telling the whole queue each time would cost n^2 frames when thousands
         // wait at once.
     }
 
-    fn pair(&mut self, batch: &mut dyn Log, a: u64, b: u64) {
+    /// Cluster mode: each member waiting here is paired through the shared queue with the
+    /// first fitting stranger on any node, or waits there.
+    fn make_pairs_shared(&mut self, batch: &mut dyn Log) {
+        while let Some(id) = self.queue.pop_front() {
+            let Some(m) = self.members.get(&id).filter(|m| m.queued && !m.closing) else {
+                continue;
+            };
+            let who = Seeker {
+                id,
+                nick: m.nick.clone(),
+                last_peer: m.last_peer_key.clone(),
+                room: self.pair_room(),
+            };
+            let Some(queue) = batch.matchmaker() else {
+                return;
+            };
+            match queue.seek(&who) {
+                Ok(Sought::Queued(pos)) => self.send(id, json!({"ev": "queued", "pos": pos})),
+                Ok(Sought::Paired(Peer { local: Some(b), .. })) => {
+                    self.pair(batch, id, b, who.room)
+                }
+                Ok(Sought::Paired(peer)) => {
+                    self.pair_across(batch, id, &who.room, &peer.key, &peer.nick);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "redis: matchmaking");
+                    if let Some(m) = self.members.get_mut(&id) {
+                        m.queued = false;
+                    }
+                    self.refuse(
+                        id,
+                        Refusal::new(
+                            "unavailable",
+                            "matchmaking is out of reach (Redis unreachable); ask again",
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    /// A new pair room's name, unique across restarts (the time, and a counter for pairs made
+    /// in one millisecond) and across nodes.
+    fn pair_room(&mut self) -> String {
         self.pairs_made += 1;
-        // Unique across restarts: the time, and a counter for pairs made in one millisecond.
-        let room = format!("{PAIR_PREFIX}{:x}-{}", now_ms(), self.pairs_made);
+        format!(
+            "{PAIR_PREFIX}{:x}-{}{}",
+            now_ms(),
+            self.pairs_made,
+            self.pair_tag
+        )
+    }
+
+    fn pair(&mut self, batch: &mut dyn Log, a: u64, b: u64, room: String) {
         for (id, peer) in [(a, b), (b, a)] {
+            let key = batch.matchmaker().map(|q| q.key(peer));
             if let Some(m) = self.members.get_mut(&id) {
                 m.queued = false;
                 m.pair = Some(room.clone());
                 m.last_peer = Some(peer);
+                m.last_peer_key = key;
             }
         }
         self.join(batch, a, &room, None, None);
         self.join(batch, b, &room, None, None);
         for (me, peer) in [(a, b), (b, a)] {
             let peer_nick = self.nick(peer);
-            self.send(
+            self.send_in(
+                &room,
                 me,
                 json!({"ev": "matched", "room": room, "peer": peer_nick}),
             );
@@ -996,14 +1132,60 @@ impl State {
             .record("match", json!({"room": room, "ids": [a, b]}));
     }
 
+    /// Cluster mode: `id` is paired in `room` with a member of another node. Each side joins
+    /// the room on its own node's time, so the partner may have written already: `id` gets the
+    /// room from its start (`joined{recovered: true}` and the replay).
+    fn pair_across(
+        &mut self,
+        batch: &mut dyn Log,
+        id: u64,
+        room: &str,
+        peer_key: &str,
+        peer_nick: &str,
+    ) {
+        let Some(m) = self.members.get_mut(&id) else {
+            return;
+        };
+        m.queued = false;
+        m.pair = Some(room.to_owned());
+        m.last_peer = None;
+        m.last_peer_key = Some(peer_key.to_owned());
+        self.join(batch, id, room, Some(0), None);
+        self.send_in(
+            room,
+            id,
+            json!({"ev": "matched", "room": room, "peer": peer_nick}),
+        );
+        Metrics::inc(&self.metrics.matches_total);
+        self.log.record(
+            "match",
+            json!({"room": room, "ids": [id], "peer": peer_key}),
+        );
+    }
+
+    /// Cluster mode: another node paired this node's member `m.id`. If it is still waiting it
+    /// joins the pair; if not (gone, unmatched, paired meanwhile) the partner is told it left.
+    fn matched_elsewhere(&mut self, batch: &mut dyn Log, m: Matched) {
+        let waiting = self
+            .members
+            .get(&m.id)
+            .is_some_and(|member| member.queued && member.pair.is_none() && !member.closing);
+        if !waiting {
+            if let Some(ops) = self.presence.as_mut() {
+                ops.push(Presence::PairEnded { room: m.room });
+            }
+            return;
+        }
+        self.queue.retain(|q| *q != m.id);
+        self.pair_across(batch, m.id, &m.room, &m.peer_key, &m.peer_nick);
+    }
+
     fn disconnect(&mut self, id: u64) {
         if !self.members.contains_key(&id) {
             return;
         }
         self.end_pair(id, false);
-        if self.members.get(&id).is_some_and(|m| m.queued) {
-            self.queue.retain(|q| *q != id);
-        }
+        self.unqueue(id);
         let rooms = self
             .members
             .get(&id)
@@ -1177,11 +1359,14 @@ impl State {
     /// A room nobody is in and nobody ever wrote to holds nothing worth keeping: joining
     /// random names must not grow the server's memory.
     fn forget_if_unused(&mut self, room: &str) {
-        if self
-            .rooms
-            .get(room)
-            .is_some_and(|r| r.members.is_empty() && r.last_seq == 0)
-        {
+        let Some(r) = self.rooms.get(room).filter(|r| r.members.is_empty()) else {
+            return;
+        };
+        if self.presence.is_some() {
+            // Cluster mode: the room lives in Redis; this node stops following it.
+            self.unfollow.push(room.to_owned());
+            self.rooms.remove(room);
+        } else if r.last_seq == 0 {
             self.rooms.remove(room);
         }
     }
@@ -1208,6 +1393,14 @@ impl State {
 
     fn send(&mut self, id: u64, event: Value) {
         self.out.push((id, Out::Frame(frame(event))));
+    }
+
+    /// `send`, in `room`'s order: held with the room's frames while its subscription is not
+    /// confirmed (cluster mode), so it does not overtake the `joined` before it.
+    fn send_in(&mut self, room: &str, id: u64, event: Value) {
+        let out_start = self.out.len();
+        self.send(id, event);
+        self.hold_if_awaited(room, out_start);
     }
 
     fn refuse(&mut self, id: u64, refusal: Refusal) {

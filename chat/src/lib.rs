@@ -22,6 +22,7 @@ pub mod eventlog;
 pub mod http;
 pub mod hub;
 pub mod logs;
+pub mod matchmaking;
 pub mod metrics;
 pub mod options;
 pub mod protocol;

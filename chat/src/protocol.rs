@@ -56,6 +56,8 @@ pub enum Op {
 
 /// The room every connection starts in.
 pub const LOBBY: &str = "lobby";
+/// Rooms made by matchmaking start with this; clients cannot join them by name.
+pub const PAIR_PREFIX: &str = "pair:";
 
 /// Why a frame was not understood: the `error` event's code and message.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -12,6 +12,7 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
 
+use crate::matchmaking::Matchmaker;
 use crate::protocol::Msg;
 
 pub type Result<T> = rusqlite::Result<T>;
@@ -166,6 +167,18 @@ pub trait Log {
     /// Cluster mode: the framed messages of `room` after seq `after`, oldest first.
     fn frames_after(&mut self, _room: &str, _after: u64) -> Vec<(u64, String)> {
         Vec::new()
+    }
+    /// Cluster mode: members of the lobby on other nodes.
+    fn lobby_elsewhere(&self) -> usize {
+        0
+    }
+    /// Cluster mode: whether the pair `room` was ended by the partner's node.
+    fn pair_ended(&mut self, _room: &str) -> bool {
+        false
+    }
+    /// Cluster mode: the queue of strangers the nodes share. None: the hub pairs its own.
+    fn matchmaker(&mut self) -> Option<&mut dyn Matchmaker> {
+        None
     }
 }
 

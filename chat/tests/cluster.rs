@@ -135,24 +135,26 @@ fn take(c: &mut Chat, room: &str, n: usize) -> Vec<(u64, String)> {
 #[ignore = "needs redis-server: bash scripts/cluster-tests.sh"]
 fn messages_from_every_node_reach_every_member_once_in_one_order() {
     let redis = Redis::start();
-    let (a, b) = (node(&redis), node(&redis));
+    let (a, b, c) = (node(&redis), node(&redis), node(&redis));
     let mut clients = vec![
         Chat::connect(&a.url),
         Chat::connect(&a.url),
         Chat::connect(&b.url),
         Chat::connect(&b.url),
+        Chat::connect(&c.url),
     ];
     for c in &mut clients {
         c.join("r");
     }
-    // Two senders on different nodes, interleaved, without waiting for each other.
+    // Three senders on three nodes, interleaved, without waiting for each other.
     for i in 0..25 {
         clients[0].send(json!({"op": "say", "room": "r", "text": format!("a{i}")}));
         clients[2].send(json!({"op": "say", "room": "r", "text": format!("b{i}")}));
+        clients[4].send(json!({"op": "say", "room": "r", "text": format!("c{i}")}));
     }
-    let seen: Vec<Vec<(u64, String)>> = clients.iter_mut().map(|c| take(c, "r", 50)).collect();
+    let seen: Vec<Vec<(u64, String)>> = clients.iter_mut().map(|c| take(c, "r", 75)).collect();
     let seqs: Vec<u64> = seen[0].iter().map(|(s, _)| *s).collect();
-    assert_eq!(seqs, (1..=50).collect::<Vec<u64>>(), "gap-free from 1");
+    assert_eq!(seqs, (1..=75).collect::<Vec<u64>>(), "gap-free from 1");
     for other in &seen[1..] {
         assert_eq!(
             other, &seen[0],
@@ -160,7 +162,7 @@ fn messages_from_every_node_reach_every_member_once_in_one_order() {
         );
     }
     // Each sender's own messages in the order sent.
-    for prefix in ["a", "b"] {
+    for prefix in ["a", "b", "c"] {
         let own: Vec<&str> = seen[0]
             .iter()
             .map(|(_, t)| t.as_str())
@@ -252,6 +254,9 @@ fn while_redis_is_down_nothing_is_acknowledged_and_the_nodes_recover_by_themselv
         "{refused}"
     );
     assert!(a.metric("chat_store_errors_total") >= 1);
+    // Nor is anyone queued for a stranger where no other node could see it.
+    ann.send(json!({"op": "match"}));
+    assert_eq!(ann.expect("error")["code"], "unavailable");
 
     redis.launch();
     wait_health(addr(&a), 200);
@@ -395,4 +400,162 @@ fn a_node_killed_with_kill_9_leaves_presence_and_its_clients_recover_on_another(
 
 fn cluster_ttl() -> Duration {
     syncws_chat::cluster::NODE_TTL
+}
+
+/// A command to the test's Redis.
+fn redis_query<T: redis::FromRedisValue>(redis: &Redis, cmd: &mut redis::Cmd) -> T {
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    cmd.query(&mut conn).unwrap()
+}
+
+/// Poll `probe` until it gives `want` (state that other processes change on their own time).
+fn wait_for<T: PartialEq + std::fmt::Debug>(what: &str, want: T, mut probe: impl FnMut() -> T) {
+    let start = Instant::now();
+    loop {
+        let got = probe();
+        if got == want {
+            return;
+        }
+        assert!(start.elapsed() < DEADLINE, "{what}: {got:?}, not {want:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `nick`'s `matched` event: (room, peer).
+fn matched(c: &mut Chat) -> (String, String) {
+    let m = c.expect("matched");
+    (
+        m["room"].as_str().unwrap().to_owned(),
+        m["peer"].as_str().unwrap().to_owned(),
+    )
+}
+
+#[test]
+#[ignore = "needs redis-server: bash scripts/cluster-tests.sh"]
+fn strangers_on_different_nodes_are_matched_and_a_partner_leaving_requeues_the_other() {
+    let redis = Redis::start();
+    let (a, b, c) = (node(&redis), node(&redis), node(&redis));
+    let mut ann = Chat::connect(&format!("{}?nick=ann", a.url));
+    let mut bob = Chat::connect(&format!("{}?nick=bob", b.url));
+    ann.send(json!({"op": "match"}));
+    assert_eq!(ann.expect("queued")["pos"], 1);
+    bob.send(json!({"op": "match"}));
+    let (room, peer) = matched(&mut bob);
+    assert_eq!(peer, "ann");
+    assert_eq!(matched(&mut ann), (room.clone(), "bob".to_owned()));
+    // They talk, both ways, across the nodes, in one order.
+    bob.send(json!({"op": "say", "room": room, "text": "hi ann"}));
+    ann.send(json!({"op": "say", "room": room, "text": "hi bob"}));
+    let seen_by_ann = take(&mut ann, &room, 2);
+    assert_eq!(take(&mut bob, &room, 2), seen_by_ann);
+    let mut texts: Vec<&str> = seen_by_ann.iter().map(|(_, t)| t.as_str()).collect();
+    texts.sort_unstable();
+    assert_eq!(texts, ["hi ann", "hi bob"]);
+    // Nobody else can join their room by name.
+    let mut eve = Chat::connect(&format!("{}?nick=eve", c.url));
+    eve.send(json!({"op": "join", "room": room}));
+    assert_eq!(eve.expect("error")["code"], "private_room");
+
+    // Ann asks for the next stranger: bob, on the other node, is told and queued again, and
+    // the two are not matched with each other at once.
+    ann.send(json!({"op": "next"}));
+    assert_eq!(ann.expect("queued")["pos"], 1);
+    assert_eq!(bob.expect("peer_left")["room"], room.as_str());
+    assert_eq!(bob.expect("queued")["pos"], 2, "behind ann, not with her");
+    bob.send(json!({"op": "say", "room": room, "text": "still there?"}));
+    assert_eq!(bob.expect("error")["code"], "peer_left");
+    // A third node's stranger gets the first in the queue.
+    let mut cy = Chat::connect(&format!("{}?nick=cy", c.url));
+    cy.send(json!({"op": "match"}));
+    assert_eq!(matched(&mut cy).1, "ann");
+    assert_eq!(matched(&mut ann).1, "cy");
+    eve.send(json!({"op": "match"}));
+    assert_eq!(matched(&mut eve).1, "bob");
+    assert_eq!(matched(&mut bob).1, "eve");
+
+    // A stranger who leaves the queue is no longer in it, on any node.
+    let mut dan = Chat::connect(&format!("{}?nick=dan", a.url));
+    dan.send(json!({"op": "match"}));
+    assert_eq!(dan.expect("queued")["pos"], 1);
+    assert_eq!(
+        redis_query::<u64>(&redis, redis::cmd("LLEN").arg("chat:match:queue")),
+        1
+    );
+    dan.close();
+    wait_for("queue length after dan left", 0u64, || {
+        redis_query(&redis, redis::cmd("LLEN").arg("chat:match:queue"))
+    });
+    for c in [ann, bob, cy, eve] {
+        c.close();
+    }
+}
+
+#[test]
+#[ignore = "needs redis-server: bash scripts/cluster-tests.sh"]
+fn a_partner_whose_node_is_killed_is_reported_gone_and_the_survivor_requeued() {
+    let redis = Redis::start();
+    let a = node(&redis);
+    let (_keep, dir) = data_dir();
+    let b = Binary::start(&dir, &["--redis", &redis.url()]);
+    let mut ann = Chat::connect(&format!("{}?nick=ann", a.url));
+    let mut bob = Chat::connect(&format!("{}?nick=bob", b.url));
+    bob.send(json!({"op": "match"}));
+    bob.expect("queued");
+    ann.send(json!({"op": "match"}));
+    let (room, _) = matched(&mut ann);
+    matched(&mut bob);
+    let killed = Instant::now();
+    b.kill_9();
+    assert_eq!(ann.expect("peer_left")["room"], room.as_str());
+    assert!(
+        killed.elapsed() < cluster_ttl() + Duration::from_secs(3),
+        "{:?}",
+        killed.elapsed()
+    );
+    assert_eq!(ann.expect("queued")["pos"], 1);
+    ann.close();
+}
+
+#[test]
+#[ignore = "needs redis-server: bash scripts/cluster-tests.sh"]
+fn a_node_follows_a_room_only_while_it_has_members_there() {
+    let redis = Redis::start();
+    let (a, b) = (node(&redis), node(&redis));
+    let subscribers = || -> u64 {
+        let (_, n): (String, u64) = redis_query(
+            &redis,
+            redis::cmd("PUBSUB").arg("NUMSUB").arg("chat:room:r"),
+        );
+        n
+    };
+    let mut ann = Chat::connect(&format!("{}?nick=ann", a.url));
+    let mut bob = Chat::connect(&format!("{}?nick=bob", b.url));
+    ann.join("r");
+    bob.join("r");
+    assert_eq!(subscribers(), 2, "one subscription per node");
+    let mut bea = Chat::connect(&format!("{}?nick=bea", b.url));
+    bea.join("r");
+    assert_eq!(subscribers(), 2, "not one per connection");
+    bob.send(json!({"op": "leave", "room": "r"}));
+    bob.expect("presence");
+    bea.close();
+    wait_for("subscribers after b's last member left", 1, subscribers);
+    // Back again: the node follows the room anew and misses nothing.
+    ann.send(json!({"op": "say", "room": "r", "text": "while b was away"}));
+    ann.msg("r");
+    bob.send(json!({"op": "join", "room": "r", "since": 0}));
+    assert_eq!(bob.expect("joined")["seq"], 1);
+    ann.send(json!({"op": "say", "room": "r", "text": "back"}));
+    assert_eq!(take(&mut bob, "r", 1), [(2, "back".to_owned())]);
+    assert_eq!(subscribers(), 2);
+    // The lobby's size counts every node (as of the last heartbeat, a second old at most).
+    wait_for("lobby size seen on a", 3, || {
+        let probe = Chat::connect(&a.url);
+        let n = probe.lobby["count"].as_u64().unwrap();
+        probe.close();
+        n
+    });
+    ann.close();
+    bob.close();
 }

@@ -250,6 +250,8 @@ struct In<'a> {
     epoch: Option<Cow<'a, str>>,
     #[serde(default)]
     ts: Option<i64>,
+    #[serde(default)]
+    recovered: bool,
 }
 
 #[derive(Deserialize)]
@@ -388,9 +390,12 @@ impl Handler for Member {
                     if let Some(epoch) = ev.epoch {
                         self.epoch = Some(epoch.into_owned());
                     }
-                    // A fresh join starts counting from the room's current seq.
+                    // A fresh join starts counting from the room's current seq, unless a
+                    // replay from the start follows (a pair made by another node of a
+                    // cluster: the partner may have written before this side joined).
                     if let (false, Some(seq)) = (self.last_seq.contains_key(&**room), ev.seq) {
-                        self.last_seq.insert(room.to_string(), seq);
+                        let from = if ev.recovered { 0 } else { seq };
+                        self.last_seq.insert(room.to_string(), from);
                     }
                     // Every connection is put in the lobby first; only the planned rooms count.
                     if matches!(&self.plan, Plan::Join(rooms) if rooms.iter().any(|r| r == &**room))
