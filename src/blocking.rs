@@ -35,7 +35,7 @@ use crate::{Config, Error, Handler, Handshake, WaitStrategy};
 /// ```
 #[derive(Debug)]
 pub struct BlockingClient {
-    driver: Driver,
+    driver: Box<Driver>,
     handle: CommandSender,
 }
 

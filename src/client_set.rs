@@ -37,7 +37,7 @@ const LONGEST_WAIT: Duration = Duration::from_secs(3600);
 /// One connection of the set.
 #[derive(Debug)]
 struct Member<H> {
-    driver: Driver,
+    driver: Box<Driver>,
     handler: H,
     shared: Arc<Shared>,
     /// The earliest deadline this member has in the timer heap.

@@ -82,7 +82,8 @@ pub(crate) struct Driver {
     pub(crate) session: Session,
     pub(crate) waiter: Waiter,
     pub(crate) read_timeout: Option<Duration>,
-    redial: Option<Redial>,
+    /// Boxed: a Config is 600 bytes, and most drivers never redial.
+    redial: Option<Box<Redial>>,
     /// Between connections: the attempt under way.
     reconnecting: Option<Reconnecting>,
     /// The session has not been announced (`Dispatch::activated`) yet.
@@ -108,7 +109,7 @@ impl Driver {
         strategy: WaitStrategy,
         config: &Config,
         nudge: Option<crossbeam_channel::Sender<()>>,
-    ) -> io::Result<(Self, CommandSender, Arc<Shared>)> {
+    ) -> io::Result<(Box<Self>, CommandSender, Arc<Shared>)> {
         let (waiter, waker) = Waiter::new(strategy, true)?;
         let shared = Shared::new(waker, nudge);
         let (driver, sender) = Driver::with_inbox(session, waiter, config, shared.clone());
@@ -116,16 +117,19 @@ impl Driver {
     }
 
     /// The one place a driver is put together: `session` takes commands through a new
-    /// channel woken by `shared`, and starts as a connection to announce.
+    /// channel woken by `shared`, and starts as a connection to announce. Boxed (about 2 KiB):
+    /// front-ends move their driver around (into a thread, into a set, out of a server's
+    /// upgrade), and a copy in every frame it passes through costs stack that a long-lived
+    /// thread keeps in its RSS.
     fn with_inbox(
         mut session: Session,
         waiter: Waiter,
         config: &Config,
         shared: Arc<Shared>,
-    ) -> (Self, CommandSender) {
+    ) -> (Box<Self>, CommandSender) {
         let (sender, inbox) = Inbox::channel(config.control_capacity(), shared);
         session.set_inbox(inbox);
-        let driver = Driver {
+        let driver = Box::new(Driver {
             session,
             waiter,
             read_timeout: config.read_timeout(),
@@ -137,7 +141,7 @@ impl Driver {
             last_input: Instant::now(),
             rearm: true,
             socket_epoch: 0,
-        };
+        });
         (driver, sender)
     }
 
@@ -150,14 +154,14 @@ impl Driver {
         url: &str,
         config: &Config,
         shared: Arc<Shared>,
-    ) -> (Self, CommandSender) {
+    ) -> (Box<Self>, CommandSender) {
         // The set waits for all its drivers; this one's own waiter is never used.
         let (mut driver, sender) =
             Driver::with_inbox(Session::detached(config), Waiter::Spin, config, shared);
-        driver.redial = Some(Redial {
+        driver.redial = Some(Box::new(Redial {
             url: url.to_owned(),
             config: config.clone(),
-        });
+        }));
         driver.reconnecting = Some(Reconnecting {
             policy: config.reconnect().cloned().unwrap_or_default(),
             attempt: 1,
@@ -205,12 +209,12 @@ impl Driver {
 
     /// Reconnect to `url` when a connection ends without the user asking, if the config has a
     /// policy.
-    pub(crate) fn redial_to(mut self, url: &str, config: &Config) -> Self {
+    pub(crate) fn redial_to(mut self: Box<Self>, url: &str, config: &Config) -> Box<Self> {
         if config.reconnect().is_some() {
-            self.redial = Some(Redial {
+            self.redial = Some(Box::new(Redial {
                 url: url.to_owned(),
                 config: config.clone(),
-            });
+            }));
         }
         self
     }

@@ -40,7 +40,7 @@ use crate::{Config, Error, Handler, Handshake};
 /// ```
 #[derive(Debug)]
 pub struct NonBlockingClient {
-    driver: Driver,
+    driver: Box<Driver>,
     handle: CommandSender,
 }
 

@@ -459,31 +459,44 @@ fn batch_policy() {
     }
 }
 
-/// One accepted socket: TLS and the request head, then the route.
+/// One accepted socket: TLS and the request head, then the route. Each step is a function of
+/// its own, never inlined, so this frame stays small under every one of them (see
+/// `upgrade_chat`).
 fn serve(tcp: TcpStream, ctx: &Context) {
-    let incoming = match ServerConnection::read_request(tcp, ctx.tls.as_ref(), &ctx.chat_config) {
-        Ok(i) => i,
-        Err(e) => {
-            Metrics::inc(&ctx.shared.metrics.handshake_failures_total);
-            tracing::debug!(error = %e, "before the upgrade");
-            ctx.shared
-                .log
-                .record("handshake_failed", json!({"error": e.to_string()}));
-            return;
-        }
+    let Some(incoming) = read_request(tcp, ctx) else {
+        return;
     };
     let upgrade = incoming.is_upgrade();
     let admin = ctx.site.role == http::Role::Admin;
     match (incoming.path(), upgrade && !admin) {
         ("/", true) => upgrade_chat(incoming, ctx),
         ("/echo", true) => upgrade_echo(incoming, ctx),
-        _ => {
-            Metrics::inc(&ctx.shared.metrics.http_requests_total);
-            http::answer(incoming, &ctx.site);
+        _ => answer_http(incoming, ctx),
+    }
+}
+
+#[inline(never)]
+fn read_request(tcp: TcpStream, ctx: &Context) -> Option<Box<Incoming>> {
+    match ServerConnection::read_request(tcp, ctx.tls.as_ref(), &ctx.chat_config) {
+        Ok(i) => Some(Box::new(i)),
+        Err(e) => {
+            Metrics::inc(&ctx.shared.metrics.handshake_failures_total);
+            tracing::debug!(error = %e, "before the upgrade");
+            ctx.shared
+                .log
+                .record("handshake_failed", json!({"error": e.to_string()}));
+            None
         }
     }
 }
 
+#[inline(never)]
+fn answer_http(incoming: Box<Incoming>, ctx: &Context) {
+    Metrics::inc(&ctx.shared.metrics.http_requests_total);
+    http::answer(*incoming, &ctx.site);
+}
+
+#[inline(never)]
 fn refuse_busy(incoming: Incoming, ctx: &Context) {
     Metrics::inc(&ctx.shared.metrics.connections_refused_total);
     ctx.shared.log.record(
@@ -498,6 +511,7 @@ fn refuse_busy(incoming: Incoming, ctx: &Context) {
     );
 }
 
+#[inline(never)]
 fn refuse_unauthorized(incoming: Incoming, ctx: &Context, why: &str) {
     Metrics::inc(&ctx.shared.metrics.connections_unauthorized_total);
     ctx.shared.log.record(
@@ -512,7 +526,29 @@ fn refuse_unauthorized(incoming: Incoming, ctx: &Context, why: &str) {
     );
 }
 
-fn upgrade_chat(incoming: Incoming, ctx: &Context) {
+/// A chat connection: admitted and upgraded (`admit_chat`), then run (`run_chat`). Two
+/// functions that are never inlined here, so the deepest call chain a connection thread ever
+/// runs (the upgrade, down into the driver's set-up) does not sit under the frame that runs
+/// the chat: every page of stack a connection once touched stays in its RSS for its life.
+#[inline(never)]
+fn upgrade_chat(incoming: Box<Incoming>, ctx: &Context) {
+    if let Some(admitted) = admit_chat(incoming, ctx) {
+        run_chat(admitted, ctx);
+    }
+}
+
+/// An upgraded chat connection and what it was admitted with.
+struct Admitted<'a> {
+    conn: ServerConnection,
+    nick: Option<String>,
+    /// The nick came from a token and cannot be changed.
+    fixed: bool,
+    peer: std::net::SocketAddr,
+    _slot: Slot<'a>,
+}
+
+#[inline(never)]
+fn admit_chat<'a>(incoming: Box<Incoming>, ctx: &'a Context) -> Option<Admitted<'a>> {
     let peer = incoming.peer_addr();
     // `?nick=ann`: named from the start (a bad nick is ignored; `hello` can set one later).
     let nick = incoming.query().and_then(|q| {
@@ -529,20 +565,41 @@ fn upgrade_chat(incoming: Incoming, ctx: &Context) {
                 .map_err(|_| "the token's sub is not a valid nick".to_owned())
         }) {
             Ok(sub) => (Some(sub), true),
-            Err(why) => return refuse_unauthorized(incoming, ctx, &why),
+            Err(why) => {
+                refuse_unauthorized(*incoming, ctx, &why);
+                return None;
+            }
         },
     };
-    let Some(_slot) = ctx.slot(peer.ip()) else {
-        return refuse_busy(incoming, ctx);
+    let Some(slot) = ctx.slot(peer.ip()) else {
+        refuse_busy(*incoming, ctx);
+        return None;
     };
-    let conn = match incoming.accept(Accept::new()) {
-        Ok(c) => c,
+    match (*incoming).accept(Accept::new()) {
+        Ok(conn) => Some(Admitted {
+            conn,
+            nick,
+            fixed,
+            peer,
+            _slot: slot,
+        }),
         Err(e) => {
             Metrics::inc(&ctx.shared.metrics.handshake_failures_total);
             tracing::debug!(error = %e, "upgrade failed");
-            return;
+            None
         }
-    };
+    }
+}
+
+#[inline(never)]
+fn run_chat(admitted: Admitted<'_>, ctx: &Context) {
+    let Admitted {
+        conn,
+        nick,
+        fixed,
+        peer,
+        _slot,
+    } = admitted;
     let id = ctx.next_id.fetch_add(1, Ordering::Relaxed);
     let metrics = &ctx.shared.metrics;
     Metrics::inc(&metrics.connections);
@@ -567,13 +624,14 @@ fn upgrade_chat(incoming: Incoming, ctx: &Context) {
 
 /// The plain echo for conformance runs (Autobahn's fuzzingclient): every text and binary
 /// message back as it came, compressed when the client offers permessage-deflate.
-fn upgrade_echo(incoming: Incoming, ctx: &Context) {
+#[inline(never)]
+fn upgrade_echo(incoming: Box<Incoming>, ctx: &Context) {
     let Some(_slot) = ctx.slot(incoming.peer_addr().ip()) else {
-        return refuse_busy(incoming, ctx);
+        return refuse_busy(*incoming, ctx);
     };
     // The echo needs its own limits (large messages, compression): the request head was read
     // under the chat's, which are the same for the head.
-    let incoming = incoming.with_config(&ctx.echo_config);
+    let incoming = (*incoming).with_config(&ctx.echo_config);
     match incoming.accept(Accept::new()) {
         Ok(conn) => conn.run(&mut Echo),
         Err(e) => tracing::debug!(error = %e, "echo upgrade failed"),
