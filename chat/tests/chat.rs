@@ -207,15 +207,15 @@ fn kill_9_and_restart_keep_every_delivered_message_and_never_reuse_a_seq() {
     c.send(json!({"op": "say", "room": "lobby", "text": "after"}));
     assert_eq!(c.msg("lobby")["seq"], 21);
     // A graceful stop: SIGTERM, 1001 to every client, exit 0.
-    let mut child = server.child;
+    let mut server = server;
     let status = std::process::Command::new("kill")
         .arg("-TERM")
-        .arg(child.id().to_string())
+        .arg(server.child.id().to_string())
         .status()
         .unwrap();
     assert!(status.success());
     assert_eq!(c.closed(), Some(1001));
-    assert!(child.wait().unwrap().success());
+    assert!(server.child.wait().unwrap().success());
 }
 
 #[test]

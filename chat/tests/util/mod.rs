@@ -123,6 +123,16 @@ impl Binary {
     }
 }
 
+/// A test that fails half-way leaves no server behind.
+impl Drop for Binary {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// A protocol client.
 pub struct Chat {
     pub client: ThreadedClient,
