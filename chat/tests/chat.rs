@@ -278,6 +278,27 @@ fn strangers_are_matched_and_a_partner_leaving_requeues_the_other() {
     assert_eq!(server.metric("chat_matches_total"), 2);
 }
 
+#[test]
+fn a_partner_left_alone_is_matched_at_once_with_a_stranger_already_waiting() {
+    let server = TestServer::start(&[]);
+    let mut a = Chat::connect(&format!("{}?nick=ann", server.url));
+    let mut b = Chat::connect(&format!("{}?nick=bob", server.url));
+    let mut c = Chat::connect(&format!("{}?nick=cy", server.url));
+    a.send(json!({"op": "match"}));
+    a.expect("queued");
+    b.send(json!({"op": "match"}));
+    assert_eq!(b.expect("matched")["peer"], "ann");
+    a.expect("matched");
+    c.send(json!({"op": "match"}));
+    assert_eq!(c.expect("queued")["pos"], 1);
+    // Ann goes: Bob is put back in the queue behind Cy, and the two are paired then, not at
+    // the next `match` someone else happens to send.
+    a.close();
+    b.expect("peer_left");
+    assert_eq!(b.expect("matched")["peer"], "cy");
+    assert_eq!(c.expect("matched")["peer"], "bob");
+}
+
 /// A raw client: upgraded, joined to `room`, then it never reads again.
 fn stalled_client(url: &str, room: &str) -> tungstenite::WebSocket<TcpStream> {
     let addr = url.trim_start_matches("ws://").trim_end_matches('/');
