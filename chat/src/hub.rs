@@ -134,6 +134,9 @@ struct Member {
     /// Rooms in the order joined; the last is the current room.
     rooms: Vec<String>,
     pair: Option<String>,
+    /// Its last pair room that ended: a message to it is refused with `peer_left` (the room
+    /// itself is gone from the hub).
+    ended_pair: Option<String>,
     queued: bool,
     /// Closed by the hub (slow consumer, idle, shutdown): nothing more is sent to it.
     closing: bool,
@@ -149,8 +152,6 @@ struct Room {
     last_seq: u64,
     /// In the order they joined.
     members: Vec<u64>,
-    /// A matchmaking pair whose partner left: refuses messages.
-    ended: bool,
 }
 
 enum Out {
@@ -215,6 +216,8 @@ fn run(
     let rooms = match local {
         Ok(seqs) => seqs
             .into_iter()
+            // A pair room cannot be joined again: its seq is never needed.
+            .filter(|(name, _)| !name.starts_with(PAIR_PREFIX))
             .map(|(name, last_seq)| {
                 (
                     name,
@@ -376,6 +379,7 @@ impl State {
                         last_peer_key: None,
                         rooms: Vec::new(),
                         pair: None,
+                        ended_pair: None,
                         queued: false,
                         closing: false,
                         last_active,
@@ -597,10 +601,7 @@ impl State {
                 }
             }
             Request::Heard(Heard::PeerLeft { room }) => {
-                let partners = self.rooms.get_mut(&room).map_or_else(Vec::new, |r| {
-                    r.ended = true;
-                    std::mem::take(&mut r.members)
-                });
+                let partners = self.close_pair_room(&room);
                 self.release_partners(&room, partners);
             }
             Request::Heard(Heard::Matched) => {
@@ -767,7 +768,7 @@ impl State {
                 )
             }
         };
-        if self.rooms.get(&room).is_some_and(|r| r.ended) {
+        if member.ended_pair.as_deref() == Some(room.as_str()) {
             return self.refuse(
                 id,
                 Refusal::new(
@@ -942,13 +943,16 @@ impl State {
         };
         if let Some(m) = self.members.get_mut(&id) {
             m.rooms.retain(|r| *r != room);
+            m.ended_pair = Some(room.clone());
         }
-        let Some(r) = self.rooms.get_mut(&room) else {
+        if !self.rooms.contains_key(&room) {
             return;
-        };
-        r.ended = true;
-        let partners: Vec<u64> = r.members.iter().copied().filter(|m| *m != id).collect();
-        r.members.clear();
+        }
+        let partners: Vec<u64> = self
+            .close_pair_room(&room)
+            .into_iter()
+            .filter(|m| *m != id)
+            .collect();
         let nick = self.nick(id);
         if tell_self {
             self.send(
@@ -979,6 +983,7 @@ impl State {
             if let Some(m) = self.members.get_mut(&p) {
                 m.pair = None;
                 m.rooms.retain(|r| r != room);
+                m.ended_pair = Some(room.to_owned());
             }
             if let Some(ops) = self.presence.as_mut() {
                 ops.push(Presence::Left {
@@ -994,6 +999,17 @@ impl State {
         if self.presence.is_some() {
             self.unfollow.push(room.to_owned());
         }
+    }
+
+    /// An ended pair room leaves the hub (nobody can join it again, so its seq is never needed
+    /// here; on one node its history stays in the store): what waited for its subscription
+    /// goes out first. Returns its members.
+    fn close_pair_room(&mut self, room: &str) -> Vec<u64> {
+        let Some(r) = self.rooms.remove(room) else {
+            return Vec::new();
+        };
+        self.out.extend(r.held.into_iter().flatten());
+        r.members
     }
 
     /// `id` stops waiting for a stranger.
@@ -1253,6 +1269,9 @@ impl State {
     /// backlog; once the backlog and the connection's outbox together pass `outbox_bytes`, the
     /// connection is a slow consumer: closed with 4008, counted, logged, and its backlog dropped.
     fn deliver(&mut self) {
+        self.metrics
+            .rooms
+            .store(self.rooms.len() as u64, Ordering::Relaxed);
         // Stored: from here on each message of the batch is handed out.
         let now = Instant::now();
         for (_, _, at) in self.said.drain(..) {

@@ -68,6 +68,7 @@ macro_rules! counters {
 
 counters! {
     connections: "gauge", "WebSocket connections open now.";
+    rooms: "gauge", "Rooms the hub holds (cluster mode: those with members on this node).";
     connections_total: "counter", "WebSocket connections accepted.";
     connections_refused_total: "counter", "Upgrades refused by the connection limits (HTTP 503).";
     connections_unauthorized_total: "counter", "Upgrades refused for a missing or bad token (HTTP 401, --jwt-secret).";

@@ -297,6 +297,12 @@ fn a_partner_left_alone_is_matched_at_once_with_a_stranger_already_waiting() {
     b.expect("peer_left");
     assert_eq!(b.expect("matched")["peer"], "cy");
     assert_eq!(c.expect("matched")["peer"], "bob");
+    // An ended pair's room is not kept: the lobby and the one live pair.
+    assert_eq!(server.metric("chat_rooms"), 2);
+    b.send(json!({"op": "next"}));
+    c.expect("peer_left");
+    b.expect("queued");
+    assert_eq!(server.metric("chat_rooms"), 1, "only the lobby");
 }
 
 /// A raw client: upgraded, joined to `room`, then it never reads again.
