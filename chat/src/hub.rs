@@ -542,7 +542,16 @@ impl State {
             }
             Request::Next { id } => {
                 self.end_pair(id, true);
+                let waiting = self.members.get(&id).is_some_and(|m| m.queued);
                 self.enqueue(id);
+                // Cluster mode: one already waiting in the shared queue is told where.
+                if let Some(pos) = batch
+                    .matchmaker()
+                    .filter(|_| waiting)
+                    .and_then(|q| q.position(id))
+                {
+                    self.send(id, json!({"ev": "queued", "pos": pos}));
+                }
                 self.make_pairs(batch);
             }
             Request::Unmatch { id } => {

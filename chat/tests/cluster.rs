@@ -478,6 +478,9 @@ fn strangers_on_different_nodes_are_matched_and_a_partner_leaving_requeues_the_o
     let mut dan = Chat::connect(&format!("{}?nick=dan", a.url));
     dan.send(json!({"op": "match"}));
     assert_eq!(dan.expect("queued")["pos"], 1);
+    // `next` while waiting (nobody to leave) answers with the place in the queue.
+    dan.send(json!({"op": "next"}));
+    assert_eq!(dan.expect("queued")["pos"], 1);
     assert_eq!(
         redis_query::<u64>(&redis, redis::cmd("LLEN").arg("chat:match:queue")),
         1
