@@ -158,9 +158,9 @@ redis.call('HDEL', 'chat:lobby:counts', ARGV[1])
 return removed
 ";
 
-/// A presence change on this node, for the others.
+/// A change on this node the other nodes must learn of: presence, the shared queue, pairs.
 #[derive(Debug)]
-pub enum Presence {
+pub enum Change {
     Joined {
         room: String,
         id: u64,
@@ -183,6 +183,10 @@ pub enum Presence {
     },
     /// This node's side of a pair with another node's member ended.
     PairEnded {
+        room: String,
+    },
+    /// This node has no members in `room` any more: it stops following it.
+    Unfollowed {
         room: String,
     },
 }
@@ -231,7 +235,6 @@ pub struct Cluster {
     history_max: u64,
     epoch: String,
     orders: Sender<Order>,
-    subscribed: HashSet<String>,
     /// This node's name in Redis (random per start).
     node: String,
     /// Commands to Redis work (the hub's connection).
@@ -277,7 +280,6 @@ impl Cluster {
             history_max: history_max.max(1),
             epoch,
             orders,
-            subscribed: HashSet::new(),
             node,
             commands_up: Arc::new(AtomicBool::new(true)),
             subscriber_up,
@@ -297,15 +299,20 @@ impl Cluster {
         &self.node
     }
 
-    /// Tell the other nodes what changed in this batch: the rooms' member hashes, and the
-    /// presence frames on the rooms' channels (not the lobby's: everyone is there; not a pair
-    /// room's departures: the partner is told `peer_left` instead), the queue, ended pairs.
-    pub fn share_presence(&mut self, ops: Vec<Presence>) {
+    /// Tell the other nodes what changed in this batch, in one pipeline: the rooms' member
+    /// hashes, and the presence frames on the rooms' channels (not the lobby's: everyone is
+    /// there; not a pair room's departures: the partner is told `peer_left` instead), the
+    /// queue, ended pairs, rooms no longer followed.
+    pub fn share(&mut self, ops: Vec<Change>) {
         let node = self.node.clone();
         let mut unqueued = Vec::new();
         for op in &ops {
-            if let Presence::Unqueued { id } = op {
-                unqueued.extend(self.queued.remove(id));
+            match op {
+                Change::Unqueued { id } => unqueued.extend(self.queued.remove(id)),
+                Change::Unfollowed { room } => {
+                    let _ = self.orders.send(Order::Unsubscribe(room.clone()));
+                }
+                _ => {}
             }
         }
         let done: RedisResult<()> = self.with_conn(|c| {
@@ -315,25 +322,25 @@ impl Cluster {
             }
             for op in &ops {
                 let (room, frame) = match op {
-                    Presence::Joined { room, id, nick } => {
+                    Change::Joined { room, id, nick } => {
                         pipe.hset(members_key(room), format!("{node}:{id}"), nick)
                             .ignore()
                             .sadd(format!("chat:node:{node}:rooms"), room)
                             .ignore();
                         (room, serde_json::json!({"ev": "presence", "room": room, "state": "joined", "nick": nick}))
                     }
-                    Presence::Left { room, id, nick } => {
+                    Change::Left { room, id, nick } => {
                         pipe.hdel(members_key(room), format!("{node}:{id}")).ignore();
                         if room.starts_with(PAIR_PREFIX) {
                             continue;
                         }
                         (room, serde_json::json!({"ev": "presence", "room": room, "state": "left", "nick": nick}))
                     }
-                    Presence::Renamed { room, id, nick, old } => {
+                    Change::Renamed { room, id, nick, old } => {
                         pipe.hset(members_key(room), format!("{node}:{id}"), nick).ignore();
                         (room, serde_json::json!({"ev": "presence", "room": room, "state": "renamed", "nick": nick, "old": old}))
                     }
-                    Presence::PairEnded { room } => {
+                    Change::PairEnded { room } => {
                         // Set first: a node subscribing after the publish still sees it.
                         pipe.set_ex(ended_key(room), 1, ENDED_TTL)
                             .ignore()
@@ -341,7 +348,11 @@ impl Cluster {
                             .ignore();
                         continue;
                     }
-                    Presence::Unqueued { .. } => continue,
+                    Change::Unfollowed { room } => {
+                        pipe.srem(format!("chat:node:{node}:rooms"), room).ignore();
+                        continue;
+                    }
+                    Change::Unqueued { .. } => continue,
                 };
                 if room != LOBBY {
                     pipe.publish(channel(room), format!("P{node} {frame}")).ignore();
@@ -352,27 +363,6 @@ impl Cluster {
         if let Err(e) = done {
             tracing::warn!(error = %e, "redis: presence not shared");
         }
-    }
-
-    /// Stop following `rooms`, which have no members on this node any more.
-    pub fn unfollow(&mut self, rooms: &[String]) {
-        if rooms.is_empty() {
-            return;
-        }
-        for room in rooms {
-            self.subscribed.remove(room);
-            let _ = self.orders.send(Order::Unsubscribe(room.clone()));
-        }
-        let key = format!("chat:node:{}:rooms", self.node);
-        let done: RedisResult<()> = self.with_conn(|c| c.srem(&key, rooms));
-        if let Err(e) = done {
-            tracing::warn!(error = %e, "redis: rooms left not recorded");
-        }
-    }
-
-    /// Members of the lobby on the other nodes, as of the last heartbeat (a second old at most).
-    pub fn lobby_elsewhere(&self) -> usize {
-        self.lobby_elsewhere
     }
 
     /// Once a second: say this node is alive and how many are in its lobby, learn the other
@@ -755,7 +745,6 @@ impl Log for ClusterBatch<'_> {
                 return None;
             }
         };
-        self.cluster.subscribed.insert(room.to_owned());
         let _ = self.cluster.orders.send(Order::Subscribe(room.to_owned()));
         Some(last)
     }

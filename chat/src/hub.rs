@@ -20,7 +20,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use serde_json::{json, Value};
 use syncws::{Command, CommandSender, SharedFrame};
 
-use crate::cluster::{Cluster, Heard, Presence};
+use crate::cluster::{Change, Cluster, Heard};
 use crate::eventlog::EventLog;
 use crate::matchmaking::{Matched, Peer, Seeker, Sought};
 use crate::metrics::Metrics;
@@ -162,8 +162,9 @@ enum Out {
 
 /// Rooms, members and the queue: everything but the store, which the batch borrows.
 struct State {
-    /// Cluster mode: presence changes of this batch, for the other nodes (see `cluster`).
-    presence: Option<Vec<Presence>>,
+    /// Cluster mode: this batch's changes for the other nodes (see `cluster`); None on one
+    /// node.
+    changes: Option<Vec<Change>>,
     rooms: HashMap<String, Room>,
     members: HashMap<u64, Member>,
     queue: VecDeque<u64>,
@@ -234,7 +235,7 @@ fn run(
         }
     };
     let mut state = State {
-        presence: cluster.as_ref().map(|_| Vec::new()),
+        changes: cluster.as_ref().map(|_| Vec::new()),
         rooms,
         members: HashMap::new(),
         queue: VecDeque::new(),
@@ -292,15 +293,10 @@ fn run(
             state.handle_all(&mut batch, requests, &mut shutdown);
             let results = batch.commit();
             state.refuse_unpublished(&results);
-            if let Some(ops) = state.presence.as_mut().filter(|o| !o.is_empty()) {
-                cluster.share_presence(std::mem::take(ops));
+            state.unfollow_unused();
+            if let Some(changes) = state.changes.as_mut().filter(|c| !c.is_empty()) {
+                cluster.share(std::mem::take(changes));
             }
-            // Rooms left by their last member here, unless one joined again since.
-            let unused: Vec<String> = std::mem::take(&mut state.unfollow)
-                .into_iter()
-                .filter(|room| state.rooms.get(room).is_none_or(|r| r.members.is_empty()))
-                .collect();
-            cluster.unfollow(&unused);
             state.deliver();
             continue;
         }
@@ -395,19 +391,17 @@ impl State {
                 if old == nick {
                     return;
                 }
-                if let Some(ops) = self.presence.as_mut() {
-                    for room in &m.rooms {
-                        ops.push(Presence::Renamed {
-                            room: room.clone(),
-                            id,
-                            nick: nick.clone(),
-                            old: old.clone(),
-                        });
-                    }
+                let in_rooms = m.rooms.clone();
+                for room in &in_rooms {
+                    self.share(Change::Renamed {
+                        room: room.clone(),
+                        id,
+                        nick: nick.clone(),
+                        old: old.clone(),
+                    });
                 }
                 // Members of its rooms see the new name (not the lobby: everyone is there).
-                let rooms: Vec<String> = m.rooms.iter().filter(|r| *r != LOBBY).cloned().collect();
-                for room in rooms {
+                for room in in_rooms.into_iter().filter(|r| r != LOBBY) {
                     let members = self
                         .rooms
                         .get(&room)
@@ -531,28 +525,11 @@ impl State {
                         ),
                     );
                 }
-                if !m.queued {
-                    self.enqueue(id);
-                } else if let Some(pos) = batch.matchmaker().and_then(|q| q.position(id)) {
-                    self.send(id, json!({"ev": "queued", "pos": pos}));
-                } else {
-                    self.tell_position(id);
-                }
-                self.make_pairs(batch);
+                self.seek_stranger(batch, id);
             }
             Request::Next { id } => {
                 self.end_pair(id, true);
-                let waiting = self.members.get(&id).is_some_and(|m| m.queued);
-                self.enqueue(id);
-                // Cluster mode: one already waiting in the shared queue is told where.
-                if let Some(pos) = batch
-                    .matchmaker()
-                    .filter(|_| waiting)
-                    .and_then(|q| q.position(id))
-                {
-                    self.send(id, json!({"ev": "queued", "pos": pos}));
-                }
-                self.make_pairs(batch);
+                self.seek_stranger(batch, id);
             }
             Request::Unmatch { id } => {
                 self.end_pair(id, true);
@@ -606,13 +583,10 @@ impl State {
                 let waiting_pair = room.starts_with(PAIR_PREFIX)
                     && self.rooms.get(&room).is_some_and(|r| !r.members.is_empty());
                 if waiting_pair && batch.pair_ended(&room) {
-                    self.handle(batch, Request::Heard(Heard::PeerLeft { room }));
+                    self.partner_left(&room);
                 }
             }
-            Request::Heard(Heard::PeerLeft { room }) => {
-                let partners = self.close_pair_room(&room);
-                self.release_partners(&room, partners);
-            }
+            Request::Heard(Heard::PeerLeft { room }) => self.partner_left(&room),
             Request::Heard(Heard::Matched) => {
                 let matched = batch.matchmaker().map(|q| q.matched()).unwrap_or_default();
                 for m in matched {
@@ -642,13 +616,6 @@ impl State {
         let first_here = r.members.is_empty();
         if !rejoin {
             r.members.push(id);
-            if let Some(ops) = self.presence.as_mut() {
-                ops.push(Presence::Joined {
-                    room: room.to_owned(),
-                    id,
-                    nick: nick.clone(),
-                });
-            }
         }
         // Cluster mode: a room with no members here until now starts at the cluster's last
         // seq, and the node follows it from there.
@@ -658,6 +625,13 @@ impl State {
         }
         let out_start = self.out.len();
         let last = r.last_seq;
+        if !rejoin {
+            self.share(Change::Joined {
+                room: room.to_owned(),
+                id,
+                nick: nick.clone(),
+            });
+        }
         Metrics::inc(&self.metrics.joins_total);
         // What to replay: everything after `since`, or nothing and `recovered: false`.
         let (recovered, replay, first_kept) = match since {
@@ -927,13 +901,11 @@ impl State {
             frame(json!({"ev": "presence", "room": room, "state": "left", "nick": nick}));
         let members = r.members.clone();
         r.members.retain(|m| *m != id);
-        if let Some(ops) = self.presence.as_mut() {
-            ops.push(Presence::Left {
-                room: room.to_owned(),
-                id,
-                nick: nick.clone(),
-            });
-        }
+        self.share(Change::Left {
+            room: room.to_owned(),
+            id,
+            nick: nick.clone(),
+        });
         self.forget_if_unused(room);
         for m in members {
             self.out.push((m, Out::Frame(presence.clone())));
@@ -969,15 +941,14 @@ impl State {
                 json!({"ev": "presence", "room": room, "state": "left", "nick": nick}),
             );
         }
-        if let Some(ops) = self.presence.as_mut() {
-            ops.push(Presence::Left {
-                room: room.clone(),
-                id,
-                nick,
-            });
-            if partners.is_empty() {
-                ops.push(Presence::PairEnded { room: room.clone() });
-            }
+        self.share(Change::Left {
+            room: room.clone(),
+            id,
+            nick,
+        });
+        if partners.is_empty() {
+            // The partner is on another node (cluster mode), or already gone.
+            self.share(Change::PairEnded { room: room.clone() });
         }
         self.log.record("unpair", json!({"id": id, "room": room}));
         self.release_partners(&room, partners);
@@ -994,18 +965,16 @@ impl State {
                 m.rooms.retain(|r| r != room);
                 m.ended_pair = Some(room.to_owned());
             }
-            if let Some(ops) = self.presence.as_mut() {
-                ops.push(Presence::Left {
-                    room: room.to_owned(),
-                    id: p,
-                    nick,
-                });
-            }
+            self.share(Change::Left {
+                room: room.to_owned(),
+                id: p,
+                nick,
+            });
             if self.members.get(&p).is_some_and(|m| !m.closing) {
                 self.enqueue(p);
             }
         }
-        if self.presence.is_some() {
+        if self.clustered() {
             self.unfollow.push(room.to_owned());
         }
     }
@@ -1028,9 +997,7 @@ impl State {
         };
         m.queued = false;
         self.queue.retain(|q| *q != id);
-        if let Some(ops) = self.presence.as_mut() {
-            ops.push(Presence::Unqueued { id });
-        }
+        self.share(Change::Unqueued { id });
     }
 
     fn enqueue(&mut self, id: u64) {
@@ -1042,7 +1009,7 @@ impl State {
             self.queue.push_back(id);
         }
         // Cluster mode: the position is known once the shared queue has it (`make_pairs`).
-        if self.presence.is_none() {
+        if !self.clustered() {
             self.tell_position(id);
         }
     }
@@ -1051,6 +1018,28 @@ impl State {
         if let Some(pos) = self.queue.iter().position(|q| *q == id) {
             self.send(id, json!({"ev": "queued", "pos": pos + 1}));
         }
+    }
+
+    /// `id` asks for a stranger (`match`, or `next` once out of its pair): it is queued, or
+    /// told its place if it waits already (in the shared queue, cluster mode); then the queue
+    /// is paired.
+    fn seek_stranger(&mut self, batch: &mut dyn Log, id: u64) {
+        if !self.members.get(&id).is_some_and(|m| m.queued) {
+            self.enqueue(id);
+        } else if let Some(queue) = batch.matchmaker() {
+            if let Some(pos) = queue.position(id) {
+                self.send(id, json!({"ev": "queued", "pos": pos}));
+            }
+        } else {
+            self.tell_position(id);
+        }
+        self.make_pairs(batch);
+    }
+
+    /// Cluster mode: the partner on another node left the pair `room` (or its node died).
+    fn partner_left(&mut self, room: &str) {
+        let partners = self.close_pair_room(room);
+        self.release_partners(room, partners);
     }
 
     /// Pair queued members in order, never two who were just paired with each other.
@@ -1196,10 +1185,7 @@ impl State {
             .get(&m.id)
             .is_some_and(|member| member.queued && member.pair.is_none() && !member.closing);
         if !waiting {
-            if let Some(ops) = self.presence.as_mut() {
-                ops.push(Presence::PairEnded { room: m.room });
-            }
-            return;
+            return self.share(Change::PairEnded { room: m.room });
         }
         self.queue.retain(|q| *q != m.id);
         self.pair_across(batch, m.id, &m.room, &m.peer_key, &m.peer_nick);
@@ -1218,25 +1204,29 @@ impl State {
             .unwrap_or_default();
         for room in rooms {
             let nick = self.nick(id);
-            if let Some(r) = self.rooms.get_mut(&room) {
-                r.members.retain(|m| *m != id);
-                if let Some(ops) = self.presence.as_mut() {
-                    ops.push(Presence::Left {
-                        room: room.clone(),
-                        id,
-                        nick: nick.clone(),
-                    });
-                }
-                if room == LOBBY {
-                    continue;
-                }
-                let r_members = r.members.clone();
-                self.forget_if_unused(&room);
-                let presence =
-                    frame(json!({"ev": "presence", "room": room, "state": "left", "nick": nick}));
-                for m in r_members {
-                    self.out.push((m, Out::Frame(presence.clone())));
-                }
+            let Some(r) = self.rooms.get_mut(&room) else {
+                continue;
+            };
+            r.members.retain(|m| *m != id);
+            // Nobody is told of a departure from the lobby: everyone is there.
+            let told = if room == LOBBY {
+                Vec::new()
+            } else {
+                r.members.clone()
+            };
+            self.share(Change::Left {
+                room: room.clone(),
+                id,
+                nick: nick.clone(),
+            });
+            if room == LOBBY {
+                continue;
+            }
+            self.forget_if_unused(&room);
+            let presence =
+                frame(json!({"ev": "presence", "room": room, "state": "left", "nick": nick}));
+            for m in told {
+                self.out.push((m, Out::Frame(presence.clone())));
             }
         }
         self.members.remove(&id);
@@ -1390,7 +1380,7 @@ impl State {
         let Some(r) = self.rooms.get(room).filter(|r| r.members.is_empty()) else {
             return;
         };
-        if self.presence.is_some() {
+        if self.clustered() {
             // Cluster mode: the room lives in Redis; this node stops following it.
             self.unfollow.push(room.to_owned());
             self.rooms.remove(room);
@@ -1421,6 +1411,30 @@ impl State {
 
     fn send(&mut self, id: u64, event: Value) {
         self.out.push((id, Out::Frame(frame(event))));
+    }
+
+    /// Cluster mode: the rooms whose last member here left in this batch are no longer
+    /// followed, unless one joined again since.
+    fn unfollow_unused(&mut self) {
+        let mut rooms = std::mem::take(&mut self.unfollow);
+        rooms.sort_unstable();
+        rooms.dedup();
+        for room in rooms {
+            if self.rooms.get(&room).is_none_or(|r| r.members.is_empty()) {
+                self.share(Change::Unfollowed { room });
+            }
+        }
+    }
+
+    /// Cluster mode: note a change for the other nodes (shared after the batch).
+    fn share(&mut self, change: Change) {
+        if let Some(changes) = self.changes.as_mut() {
+            changes.push(change);
+        }
+    }
+
+    fn clustered(&self) -> bool {
+        self.changes.is_some()
     }
 
     /// `send`, in `room`'s order: held with the room's frames while its subscription is not

@@ -160,7 +160,7 @@
     livenessTimer: 0,
     idleClosed: false,
     nextMinDelay: 0,
-    match: { state: 'idle', pos: 0, room: null, peer: null, partnerLeft: false, resume: false },
+    match: matchState('idle'),
     bucket: { tokens: 20, at: performance.now() },
     outq: [],
     outTimer: 0,
@@ -822,7 +822,7 @@
     addToOrder(name);
     room.peer = String(ev.peer);
     room.ended = false;
-    state.match = { state: 'matched', pos: 0, room: name, peer: room.peer, partnerLeft: false, resume: false };
+    state.match = matchState('matched', name, room.peer);
     addSystem(room, `You are now talking with ${room.peer}. Say hi!`);
     switchTo(name);
     renderMatch();
@@ -1268,8 +1268,13 @@
   // ---------------------------------------------------------------------------------------------
   // Matchmaking
 
+  /** The matchmaking panel's state: 'idle', 'searching' or 'matched' (in `room`, with `peer`). */
+  function matchState(phase, room = null, peer = null) {
+    return { state: phase, pos: 0, room, peer, partnerLeft: false, resume: false };
+  }
+
   function startMatch() {
-    state.match = { state: 'searching', pos: 0, room: null, peer: null, partnerLeft: false, resume: false };
+    state.match = matchState('searching');
     if (state.connected) sendFrame({ op: 'match' });
     else {
       state.match.resume = true;
@@ -1279,22 +1284,22 @@
     publish();
   }
 
-  function nextMatch() {
+  /** Leave the current pair (if any) with `op`: 'next' searches again, 'unmatch' stops. */
+  function leaveMatch(op) {
     const name = state.match.room;
-    state.match = { state: 'searching', pos: 0, room: null, peer: null, partnerLeft: false, resume: false };
-    if (state.connected) sendFrame({ op: 'next' });
+    state.match = matchState(op === 'next' ? 'searching' : 'idle');
+    if (state.connected) sendFrame({ op });
     if (name) dropRoom(name);
     renderMatch();
     publish();
   }
 
+  function nextMatch() {
+    leaveMatch('next');
+  }
+
   function unmatch() {
-    const name = state.match.room;
-    state.match = { state: 'idle', pos: 0, room: null, peer: null, partnerLeft: false, resume: false };
-    if (state.connected) sendFrame({ op: 'unmatch' });
-    if (name) dropRoom(name);
-    renderMatch();
-    publish();
+    leaveMatch('unmatch');
   }
 
   // ---------------------------------------------------------------------------------------------
