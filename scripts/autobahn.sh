@@ -281,7 +281,9 @@ sys.exit(run())
 run_server() {
     local out=$WORK/chat-server.out log=$WORK/chat-server.log port=
     CHAT_DATA=$(mktemp -d "$WORK/chat-data.XXXXXX")
+    # /echo is off unless asked for; Autobahn's cases go up to 16 MiB messages.
     "$RELEASE/chat-server" --listen 127.0.0.1:0 --tls-listen off --data-dir "$CHAT_DATA" \
+        --echo --echo-max-message 16777216 \
         >"$out" 2>"$log" &
     CHAT_PID=$!
     # Port 0: the port it got is in its first line.

@@ -42,7 +42,7 @@ for n in 1 2; do
     port=$(free_port)
     target/release/chat-server --redis "redis://127.0.0.1:$redis_port/" --listen "127.0.0.1:$port" \
         --tls-listen off --data-dir "$dir/node$n" --rate 1000000000 --burst 1000000000 \
-        --rate-abuse 4294967295 --max-connections 30000 --max-per-ip 30000 \
+        --rate-abuse 4294967295 --max-connections 30000 --max-per-ip 30000 --max-handshakes 30000 \
         >"$dir/node$n.log" 2>&1 &
     pids+=($!)
     wait_port "$port"

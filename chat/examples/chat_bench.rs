@@ -53,6 +53,9 @@ fn broadcast(receivers: usize, messages: usize, size: usize) -> Result<(), BoxEr
         "1000000",
         "--burst",
         "1000000",
+        // Every client of a benchmark comes from 127.0.0.1.
+        "--max-per-ip",
+        "1000000",
         "--data-dir",
         dir.to_str().ok_or("path")?,
     ]);
@@ -146,6 +149,11 @@ fn idle(connections: usize) -> Result<(), BoxError> {
             "127.0.0.1:0",
             "--tls-listen",
             "off",
+            // Every client of a benchmark comes from 127.0.0.1, all at once.
+            "--max-per-ip",
+            "1000000",
+            "--max-handshakes",
+            "100000",
             "--data-dir",
         ])
         .arg(&dir)

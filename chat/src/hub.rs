@@ -120,6 +120,18 @@ pub struct HubOptions {
     pub replay_bytes: usize,
 }
 
+impl HubOptions {
+    /// The hub's part of the server's flags.
+    pub fn from_options(options: &crate::Options) -> HubOptions {
+        HubOptions {
+            idle_timeout: crate::Options::opt_secs(options.idle_timeout),
+            outbox_bytes: options.outbox_bytes,
+            max_rooms: options.max_rooms.max(1),
+            replay_bytes: (options.outbox_bytes / 4).max(4096),
+        }
+    }
+}
+
 struct Member {
     nick: String,
     tx: CommandSender,
@@ -363,6 +375,14 @@ impl State {
                 metrics,
                 last_active,
             } => {
+                if self.members.contains_key(&id) {
+                    // Ids are unique in the process; a second member under one id would get the
+                    // first one's rooms and frames. Refuse it, loudly, and keep the first.
+                    tracing::error!(id, "a connection id already in use: the new one is closed");
+                    self.log.record("duplicate_id", json!({"id": id}));
+                    let _ = tx.close(1011, "internal error: duplicate connection id");
+                    return;
+                }
                 self.members.insert(
                     id,
                     Member {

@@ -21,6 +21,7 @@ pub mod devcert;
 pub mod eventlog;
 pub mod http;
 pub mod hub;
+pub mod limits;
 pub mod logs;
 pub mod matchmaking;
 pub mod metrics;

@@ -70,9 +70,10 @@ counters! {
     connections: "gauge", "WebSocket connections open now.";
     rooms: "gauge", "Rooms the hub holds (cluster mode: those with members on this node).";
     connections_total: "counter", "WebSocket connections accepted.";
-    connections_refused_total: "counter", "Upgrades refused by the connection limits (HTTP 503).";
+    connections_refused_total: "counter", "Sockets and upgrades refused by the connection limits (HTTP 503).";
     connections_unauthorized_total: "counter", "Upgrades refused for a missing or bad token (HTTP 401, --jwt-secret).";
     handshake_failures_total: "counter", "Connections that failed before the upgrade (timeout, bad request, TLS).";
+    first_byte_timeouts_total: "counter", "Sockets closed for saying nothing within --first-byte-timeout.";
     messages_total: "counter", "Chat messages stored and broadcast.";
     deliveries_total: "counter", "Chat messages handed to recipients' connections.";
     bytes_in_total: "counter", "Payload bytes received from clients.";

@@ -43,12 +43,22 @@ pub struct Options {
     /// Rate-limited messages in a row after which the connection is closed with 1008.
     #[arg(long, default_value_t = 200)]
     pub rate_abuse: u32,
-    /// WebSocket connections open at once, overall (more: HTTP 503 before the upgrade).
+    /// WebSocket connections open at once, all listeners together (more: HTTP 503 before the
+    /// upgrade). Lowered to what the file descriptor limit holds, if it is lower.
     #[arg(long, default_value_t = 10_000)]
     pub max_connections: usize,
-    /// WebSocket connections open at once from one IP address.
-    #[arg(long, default_value_t = 10_000)]
+    /// Sockets open at once from one client address (an IPv6 client: its /64), upgraded or
+    /// not, all listeners together; more are refused when accepted (503, no thread). Behind a
+    /// reverse proxy on the same host every client has the proxy's address: raise this.
+    #[arg(long, default_value_t = 64)]
     pub max_per_ip: usize,
+    /// Sockets in their handshake (TLS, the HTTP request, plain HTTP requests) at once, all
+    /// listeners together; more are refused when accepted (503, no thread).
+    #[arg(long, default_value_t = 256)]
+    pub max_handshakes: usize,
+    /// Seconds an accepted socket may stay silent before its first byte (then it is closed).
+    #[arg(long, default_value_t = 3.0)]
+    pub first_byte_timeout: f64,
     /// Seconds a client has for TLS and its HTTP request.
     #[arg(long, default_value_t = 10)]
     pub handshake_timeout: u64,
@@ -102,6 +112,17 @@ pub struct Options {
     /// Seconds between two samples of the server's counters for `/report` (in stats.db).
     #[arg(long, default_value_t = 5)]
     pub stats_every: u64,
+    /// Serve `/echo` (every message back as it came; for conformance runs such as Autobahn's
+    /// fuzzing client): the chat's token, heartbeat and idle timeout apply, with its own few
+    /// slots (`--echo-max-connections`) and message size (`--echo-max-message`).
+    #[arg(long)]
+    pub echo: bool,
+    /// Largest message on `/echo`, in bytes (Autobahn's cases need 16 MiB).
+    #[arg(long, default_value_t = 1 << 20)]
+    pub echo_max_message: usize,
+    /// `/echo` connections open at once.
+    #[arg(long, default_value_t = 8)]
+    pub echo_max_connections: usize,
     /// Cluster mode: share rooms, their seqs, history, messages and presence with every node
     /// on this Redis (redis://HOST:PORT[/DB]). Matchmaking stays per node for now.
     #[arg(long)]
@@ -114,7 +135,7 @@ impl Options {
         Options::parse_from(["chat-server"])
     }
 
-    pub(crate) fn opt_secs(secs: u64) -> Option<Duration> {
+    pub fn opt_secs(secs: u64) -> Option<Duration> {
         (secs > 0).then(|| Duration::from_secs(secs))
     }
 }

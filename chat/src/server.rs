@@ -1,8 +1,8 @@
 //! Listeners, the accept loops, one thread per connection, and the shutdown.
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::io::Write as _;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -17,12 +17,13 @@ use crate::devcert::{self, BoxError, TlsFiles};
 use crate::eventlog::EventLog;
 use crate::http;
 use crate::hub::{self, HubOptions, Request};
+use crate::limits::{Kind, Limits, Refused, Slot};
 use crate::metrics::Metrics;
 use crate::options::Options;
 use crate::store::{Retention, Store};
 
-/// Largest message on the `/echo` endpoint (Autobahn's cases go up to 16 MiB).
-const ECHO_MAX_MESSAGE: usize = 32 << 20;
+/// Sockets the admin port takes at once (its own pool).
+const ADMIN_SOCKETS: usize = 16;
 
 /// A running server.
 pub struct Server {
@@ -45,28 +46,35 @@ pub struct Server {
     sampler: Option<crate::stats::Sampler>,
 }
 
-/// What the accept loops and connection threads share.
+/// What every listener's accept loop and connection threads share: one id counter and one
+/// set of limits for the whole server, so no two connections anywhere share an id and two
+/// listeners never double a limit.
 struct Context {
     chat_config: Config,
-    echo_config: Config,
+    /// `--echo`: the echo's settings; None: `/echo` is not served.
+    echo_config: Option<Config>,
     shared: Arc<Shared>,
-    limits: Mutex<Counts>,
-    max_connections: usize,
-    max_per_ip: usize,
     next_id: AtomicU64,
     stack: usize,
     batch_threads: bool,
-    site: Arc<http::Site>,
     auth: Option<Arc<Auth>>,
-    tls: Option<native_tls::TlsAcceptor>,
     live: Arc<Live>,
+    /// How long an accepted socket may stay silent before its first byte.
+    first_byte: Duration,
+    /// Refusals at the accept loop, logged at most once a second (a flood must not fill the
+    /// event log): when the last was logged, and how many were not.
+    refusals_logged_ms: AtomicI64,
+    refusals_unlogged: AtomicU64,
 }
 
-/// WebSocket connections open now, overall and per IP.
-#[derive(Default)]
-struct Counts {
-    total: usize,
-    per_ip: HashMap<IpAddr, usize>,
+/// One listener: what it serves, over what, under which limits (the chat listeners share
+/// theirs; the admin port has its own, so a flood on the chat ports never locks the operator
+/// out).
+struct Listener {
+    ctx: Arc<Context>,
+    tls: Option<native_tls::TlsAcceptor>,
+    site: Arc<http::Site>,
+    limits: Arc<Limits>,
 }
 
 /// Connection threads still running (shutdown waits for them).
@@ -99,38 +107,6 @@ impl Drop for LiveGuard {
     fn drop(&mut self) {
         *self.0.threads.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
         self.0.changed.notify_all();
-    }
-}
-
-/// A slot under the connection limits, given back on drop.
-struct Slot<'a> {
-    ctx: &'a Context,
-    ip: IpAddr,
-}
-
-impl Drop for Slot<'_> {
-    fn drop(&mut self) {
-        let mut counts = self.ctx.limits.lock().unwrap_or_else(|e| e.into_inner());
-        counts.total -= 1;
-        if let Some(n) = counts.per_ip.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                counts.per_ip.remove(&self.ip);
-            }
-        }
-    }
-}
-
-impl Context {
-    fn slot(&self, ip: IpAddr) -> Option<Slot<'_>> {
-        let mut counts = self.limits.lock().unwrap_or_else(|e| e.into_inner());
-        let from_ip = counts.per_ip.get(&ip).copied().unwrap_or(0);
-        if counts.total >= self.max_connections || from_ip >= self.max_per_ip {
-            return None;
-        }
-        counts.total += 1;
-        *counts.per_ip.entry(ip).or_insert(0) += 1;
-        Some(Slot { ctx: self, ip })
     }
 }
 
@@ -172,12 +148,7 @@ impl Server {
             cluster,
             metrics.clone(),
             log.clone(),
-            HubOptions {
-                idle_timeout: Options::opt_secs(options.idle_timeout),
-                outbox_bytes: options.outbox_bytes,
-                max_rooms: options.max_rooms.max(1),
-                replay_bytes: (options.outbox_bytes / 4).max(4096),
-            },
+            HubOptions::from_options(options),
             hub_rx,
         )?;
 
@@ -206,13 +177,26 @@ impl Server {
             .ping_interval(Options::opt_secs(options.ping_interval))
             .pong_timeout(Duration::from_secs(options.pong_timeout.max(1)))
             .build()?;
-        let echo_config = Config::server_builder()
-            .max_message_size(Some(ECHO_MAX_MESSAGE))
-            .max_frame_size(Some(ECHO_MAX_MESSAGE))
-            .max_queued_bytes(2 * ECHO_MAX_MESSAGE)
-            .handshake_timeout(handshake)
-            .deflate(Some(DeflateConfig::new()))
-            .build()?;
+        // `/echo` (for conformance runs) only with `--echo`: the same token as chat, the same
+        // heartbeat, an idle close, and its own few slots, so it is never a way around the
+        // chat's limits.
+        let echo_config = if options.echo {
+            let max = options.echo_max_message.max(125);
+            Some(
+                Config::server_builder()
+                    .max_message_size(Some(max))
+                    .max_frame_size(Some(max))
+                    .max_queued_bytes(2 * max)
+                    .handshake_timeout(handshake)
+                    .ping_interval(Options::opt_secs(options.ping_interval))
+                    .pong_timeout(Duration::from_secs(options.pong_timeout.max(1)))
+                    .read_timeout(Options::opt_secs(options.idle_timeout))
+                    .deflate(Some(DeflateConfig::new()))
+                    .build()?,
+            )
+        } else {
+            None
+        };
         let limits = json!({
             "max_message": options.max_message,
             "rate": options.rate,
@@ -252,66 +236,93 @@ impl Server {
         let chat_site = site_for(http::Role::Chat {
             operator_pages: admin.is_none(),
         });
-        let ctx_for = |tls: Option<native_tls::TlsAcceptor>, site: Arc<http::Site>| {
-            Arc::new(Context {
-                chat_config: chat_config.clone(),
-                echo_config: echo_config.clone(),
-                shared: Arc::new(Shared {
-                    hub: hub_tx.clone(),
-                    metrics: metrics.clone(),
-                    log: log.clone(),
-                    limits: limits.clone(),
-                    rate: options.rate,
-                    burst: options.burst.max(1.0),
-                    rate_abuse: options.rate_abuse.max(1),
-                }),
-                limits: Mutex::new(Counts::default()),
-                // Beyond what the descriptor limit holds, a connection would fail half-open
-                // (a reset); answering 503 there is the honest refusal.
-                max_connections: options.max_connections.min(fd_capacity()),
-                max_per_ip: options.max_per_ip,
-                next_id: AtomicU64::new(1),
-                stack: options.thread_stack_kib.max(64) << 10,
-                batch_threads: !options.no_batch_threads,
-                site,
-                auth: auth.clone(),
-                tls,
-                live: live.clone(),
-            })
+        // Every socket needs two descriptors once upgraded (the socket and its waker): beyond
+        // what the descriptor limit holds a connection would fail half-open (a reset), so the
+        // limits stay inside it and refuse with a 503 instead.
+        let max_handshakes = options.max_handshakes.max(1);
+        let echo_slots = if options.echo {
+            options.echo_max_connections
+        } else {
+            0
         };
+        let max_chat = options
+            .max_connections
+            .min(fd_capacity().saturating_sub(max_handshakes + echo_slots));
+        let chat_limits = Limits::new(options.max_per_ip, max_handshakes, max_chat, echo_slots);
+        let ctx = Arc::new(Context {
+            chat_config,
+            echo_config,
+            shared: Arc::new(Shared {
+                hub: hub_tx.clone(),
+                metrics: metrics.clone(),
+                log: log.clone(),
+                limits: limits.clone(),
+                rate: options.rate,
+                burst: options.burst.max(1.0),
+                rate_abuse: options.rate_abuse.max(1),
+            }),
+            next_id: AtomicU64::new(1),
+            stack: options.thread_stack_kib.max(64) << 10,
+            batch_threads: !options.no_batch_threads,
+            auth: auth.clone(),
+            live: live.clone(),
+            first_byte: Duration::from_millis(
+                (options.first_byte_timeout.max(0.001) * 1000.0) as u64,
+            ),
+            refusals_logged_ms: AtomicI64::new(0),
+            refusals_unlogged: AtomicU64::new(0),
+        });
         let stopping = Arc::new(AtomicBool::new(false));
         let mut accept_threads = Vec::new();
         let mut bind = |addr: &str,
                         tls: Option<native_tls::TlsAcceptor>,
-                        site: Arc<http::Site>|
+                        site: Arc<http::Site>,
+                        limits: Arc<Limits>|
          -> Result<Option<SocketAddr>, BoxError> {
             if matches!(addr, "off" | "") {
                 return Ok(None);
             }
             let listener = listen(addr).map_err(|e| format!("listen on {addr}: {e}"))?;
             let local = listener.local_addr()?;
-            let ctx = ctx_for(tls, site);
+            let served = Arc::new(Listener {
+                ctx: ctx.clone(),
+                tls,
+                site,
+                limits,
+            });
             let stopping = stopping.clone();
             accept_threads.push(
                 std::thread::Builder::new()
                     .name("chat-accept".into())
-                    .spawn(move || accept_loop(&listener, &ctx, &stopping))?,
+                    .spawn(move || accept_loop(&listener, &served, &stopping))?,
             );
             Ok(Some(local))
         };
-        let ws_addr = bind(&options.listen, None, chat_site.clone())?;
-        let wss_addr = bind(&options.tls_listen, tls, chat_site.clone())?;
+        let ws_addr = bind(
+            &options.listen,
+            None,
+            chat_site.clone(),
+            chat_limits.clone(),
+        )?;
+        let wss_addr = bind(&options.tls_listen, tls, chat_site.clone(), chat_limits)?;
         let admin_addr = match admin {
-            Some(addr) => bind(addr, None, site_for(http::Role::Admin))?,
+            // The operator's own few slots: a flood on the chat ports cannot lock them out.
+            Some(addr) => bind(
+                addr,
+                None,
+                site_for(http::Role::Admin),
+                Limits::new(ADMIN_SOCKETS, ADMIN_SOCKETS, 0, 0),
+            )?,
             None => None,
         };
         let fd_limit = open_files_limit();
         tracing::info!(
             fd_limit,
-            connections_allowed = options.max_connections.min(fd_capacity()),
-            "limits: {} connections overall, {} per IP; the file descriptor limit allows {}",
+            connections_allowed = max_chat,
+            "limits: {} WebSocket connections overall, {} sockets per client address, {} in their handshake at once; the file descriptor limit allows {}",
             options.max_connections,
             options.max_per_ip,
+            max_handshakes,
             fd_capacity()
         );
         log.record(
@@ -402,7 +413,7 @@ fn open_files_limit() -> usize {
         .unwrap_or(1024)
 }
 
-fn accept_loop(listener: &TcpListener, ctx: &Arc<Context>, stopping: &AtomicBool) {
+fn accept_loop(listener: &TcpListener, served: &Arc<Listener>, stopping: &AtomicBool) {
     for tcp in listener.incoming() {
         if stopping.load(Ordering::SeqCst) {
             return;
@@ -416,21 +427,68 @@ fn accept_loop(listener: &TcpListener, ctx: &Arc<Context>, stopping: &AtomicBool
                 continue;
             }
         };
-        let ctx2 = ctx.clone();
+        let Ok(peer) = tcp.peer_addr() else {
+            continue;
+        };
+        // Admission first: a socket a limit refuses costs no thread.
+        let slot = match served.limits.accept(peer.ip()) {
+            Ok(slot) => slot,
+            Err(why) => {
+                refuse_at_accept(tcp, peer, served, why);
+                continue;
+            }
+        };
+        let ctx = &served.ctx;
         let guard = ctx.live.enter();
+        let served2 = served.clone();
         let spawned = std::thread::Builder::new()
             .name("chat-conn".into())
             .stack_size(ctx.stack)
             .spawn(move || {
                 let _guard = guard;
-                if ctx2.batch_threads {
+                if served2.ctx.batch_threads {
                     batch_policy();
                 }
-                serve(tcp, &ctx2);
+                serve(tcp, slot, &served2);
             });
         if let Err(e) = spawned {
             tracing::warn!(error = %e, "cannot start a connection thread");
         }
+    }
+}
+
+/// A socket refused by the limits before anything was spent on it: a 503 on a plain listener
+/// (one small write that a fresh socket's buffer always takes; a TLS client would not read
+/// it), then the close. Counted always; logged at most once a second, with how many were not.
+fn refuse_at_accept(mut tcp: TcpStream, peer: SocketAddr, served: &Listener, why: Refused) {
+    let ctx = &served.ctx;
+    Metrics::inc(&ctx.shared.metrics.connections_refused_total);
+    if served.tls.is_none() && tcp.set_nonblocking(true).is_ok() {
+        let body = format!("{}; try again later\n", why.why());
+        let _ = tcp.write_all(
+            format!(
+                "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        );
+    }
+    let now = crate::now_ms();
+    let last = ctx.refusals_logged_ms.load(Ordering::Relaxed);
+    if now - last >= 1000
+        && ctx
+            .refusals_logged_ms
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        let unlogged = ctx.refusals_unlogged.swap(0, Ordering::Relaxed);
+        tracing::info!(peer = %peer, why = why.why(), unlogged, "connection refused");
+        ctx.shared.log.record(
+            "refused",
+            json!({"peer": peer.to_string(), "why": why.why(), "also_refused": unlogged}),
+        );
+    } else {
+        ctx.refusals_unlogged.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -459,25 +517,47 @@ fn batch_policy() {
     }
 }
 
-/// One accepted socket: TLS and the request head, then the route. Each step is a function of
-/// its own, never inlined, so this frame stays small under every one of them (see
-/// `upgrade_chat`).
-fn serve(tcp: TcpStream, ctx: &Context) {
-    let Some(incoming) = read_request(tcp, ctx) else {
+/// One accepted socket: its first byte, TLS and the request head, then the route. Each step
+/// is a function of its own, never inlined, so this frame stays small under every one of them
+/// (see `upgrade_chat`).
+fn serve(tcp: TcpStream, slot: Slot, served: &Listener) {
+    if !first_byte(&tcp, served) {
+        return;
+    }
+    let Some(incoming) = read_request(tcp, served) else {
         return;
     };
     let upgrade = incoming.is_upgrade();
-    let admin = ctx.site.role == http::Role::Admin;
+    let admin = served.site.role == http::Role::Admin;
+    let echo = served.ctx.echo_config.is_some();
     match (incoming.path(), upgrade && !admin) {
-        ("/", true) => upgrade_chat(incoming, ctx),
-        ("/echo", true) => upgrade_echo(incoming, ctx),
-        _ => answer_http(incoming, ctx),
+        ("/", true) => upgrade_chat(incoming, slot, served),
+        ("/echo", true) if echo => upgrade_echo(incoming, slot, served),
+        _ => answer_http(incoming, served),
     }
 }
 
+/// Wait, briefly, for the client's first byte (`--first-byte-timeout`, shorter than the
+/// handshake's): a socket that says nothing gives its thread and its slot back soon.
 #[inline(never)]
-fn read_request(tcp: TcpStream, ctx: &Context) -> Option<Box<Incoming>> {
-    match ServerConnection::read_request(tcp, ctx.tls.as_ref(), &ctx.chat_config) {
+fn first_byte(tcp: &TcpStream, served: &Listener) -> bool {
+    let ctx = &served.ctx;
+    let mut byte = [0u8; 1];
+    let said = tcp.set_read_timeout(Some(ctx.first_byte)).is_ok()
+        && matches!(tcp.peek(&mut byte), Ok(n) if n > 0)
+        && tcp.set_read_timeout(None).is_ok();
+    if !said {
+        Metrics::inc(&ctx.shared.metrics.handshake_failures_total);
+        Metrics::inc(&ctx.shared.metrics.first_byte_timeouts_total);
+        tracing::debug!("no first byte in time");
+    }
+    said
+}
+
+#[inline(never)]
+fn read_request(tcp: TcpStream, served: &Listener) -> Option<Box<Incoming>> {
+    let ctx = &served.ctx;
+    match ServerConnection::read_request(tcp, served.tls.as_ref(), &ctx.chat_config) {
         Ok(i) => Some(Box::new(i)),
         Err(e) => {
             Metrics::inc(&ctx.shared.metrics.handshake_failures_total);
@@ -491,23 +571,23 @@ fn read_request(tcp: TcpStream, ctx: &Context) -> Option<Box<Incoming>> {
 }
 
 #[inline(never)]
-fn answer_http(incoming: Box<Incoming>, ctx: &Context) {
-    Metrics::inc(&ctx.shared.metrics.http_requests_total);
-    http::answer(*incoming, &ctx.site);
+fn answer_http(incoming: Box<Incoming>, served: &Listener) {
+    Metrics::inc(&served.ctx.shared.metrics.http_requests_total);
+    http::answer(*incoming, &served.site);
 }
 
 #[inline(never)]
-fn refuse_busy(incoming: Incoming, ctx: &Context) {
+fn refuse_busy(incoming: Incoming, ctx: &Context, why: Refused) {
     Metrics::inc(&ctx.shared.metrics.connections_refused_total);
     ctx.shared.log.record(
         "refused",
-        json!({"peer": incoming.peer_addr().to_string(), "why": "connection limit"}),
+        json!({"peer": incoming.peer_addr().to_string(), "why": why.why()}),
     );
     http::refuse(
         incoming,
         "503 Service Unavailable",
         "Retry-After: 5\r\n",
-        "too many connections; try again later\n",
+        &format!("{}; try again later\n", why.why()),
     );
 }
 
@@ -531,24 +611,43 @@ fn refuse_unauthorized(incoming: Incoming, ctx: &Context, why: &str) {
 /// runs (the upgrade, down into the driver's set-up) does not sit under the frame that runs
 /// the chat: every page of stack a connection once touched stays in its RSS for its life.
 #[inline(never)]
-fn upgrade_chat(incoming: Box<Incoming>, ctx: &Context) {
-    if let Some(admitted) = admit_chat(incoming, ctx) {
-        run_chat(admitted, ctx);
+fn upgrade_chat(incoming: Box<Incoming>, slot: Slot, served: &Listener) {
+    if let Some(admitted) = admit_chat(incoming, slot, served) {
+        run_chat(admitted, served);
     }
 }
 
 /// An upgraded chat connection and what it was admitted with.
-struct Admitted<'a> {
+struct Admitted {
     conn: ServerConnection,
     nick: Option<String>,
     /// The nick came from a token and cannot be changed.
     fixed: bool,
     peer: std::net::SocketAddr,
-    _slot: Slot<'a>,
+    _slot: Slot,
+}
+
+/// The token's subject when `--jwt-secret` is set (None: no token needed), or the 401 sent.
+fn authorize(incoming: Incoming, ctx: &Context) -> Result<(Incoming, Option<String>), ()> {
+    let Some(auth) = &ctx.auth else {
+        return Ok((incoming, None));
+    };
+    match auth.check(&incoming).and_then(|sub| {
+        crate::protocol::check_nick(&sub)
+            .map(|()| sub)
+            .map_err(|_| "the token's sub is not a valid nick".to_owned())
+    }) {
+        Ok(sub) => Ok((incoming, Some(sub))),
+        Err(why) => {
+            refuse_unauthorized(incoming, ctx, &why);
+            Err(())
+        }
+    }
 }
 
 #[inline(never)]
-fn admit_chat<'a>(incoming: Box<Incoming>, ctx: &'a Context) -> Option<Admitted<'a>> {
+fn admit_chat(incoming: Box<Incoming>, mut slot: Slot, served: &Listener) -> Option<Admitted> {
+    let ctx = &served.ctx;
     let peer = incoming.peer_addr();
     // `?nick=ann`: named from the start (a bad nick is ignored; `hello` can set one later).
     let nick = incoming.query().and_then(|q| {
@@ -557,25 +656,14 @@ fn admit_chat<'a>(incoming: Box<Incoming>, ctx: &'a Context) -> Option<Admitted<
             .map(|(_, v)| v.into_owned())
             .filter(|n| crate::protocol::check_nick(n).is_ok())
     });
-    let (nick, fixed) = match &ctx.auth {
-        None => (nick, false),
-        Some(auth) => match auth.check(&incoming).and_then(|sub| {
-            crate::protocol::check_nick(&sub)
-                .map(|()| sub)
-                .map_err(|_| "the token's sub is not a valid nick".to_owned())
-        }) {
-            Ok(sub) => (Some(sub), true),
-            Err(why) => {
-                refuse_unauthorized(*incoming, ctx, &why);
-                return None;
-            }
-        },
-    };
-    let Some(slot) = ctx.slot(peer.ip()) else {
-        refuse_busy(*incoming, ctx);
+    let (incoming, subject) = authorize(*incoming, ctx).ok()?;
+    let fixed = subject.is_some();
+    let nick = subject.or(nick);
+    if let Err(why) = slot.upgrade(Kind::Chat) {
+        refuse_busy(incoming, ctx, why);
         return None;
-    };
-    match (*incoming).accept(Accept::new()) {
+    }
+    match incoming.accept(Accept::new()) {
         Ok(conn) => Some(Admitted {
             conn,
             nick,
@@ -592,7 +680,8 @@ fn admit_chat<'a>(incoming: Box<Incoming>, ctx: &'a Context) -> Option<Admitted<
 }
 
 #[inline(never)]
-fn run_chat(admitted: Admitted<'_>, ctx: &Context) {
+fn run_chat(admitted: Admitted, served: &Listener) {
+    let ctx = &served.ctx;
     let Admitted {
         conn,
         nick,
@@ -606,7 +695,7 @@ fn run_chat(admitted: Admitted<'_>, ctx: &Context) {
     Metrics::inc(&metrics.connections_total);
     ctx.shared.log.record(
         "connect",
-        json!({"id": id, "peer": peer.to_string(), "tls": ctx.tls.is_some()}),
+        json!({"id": id, "peer": peer.to_string(), "tls": served.tls.is_some()}),
     );
     let mut chat = ChatConn::new(
         id,
@@ -622,16 +711,24 @@ fn run_chat(admitted: Admitted<'_>, ctx: &Context) {
     conn.run(&mut chat);
 }
 
-/// The plain echo for conformance runs (Autobahn's fuzzingclient): every text and binary
-/// message back as it came, compressed when the client offers permessage-deflate.
+/// The plain echo for conformance runs (Autobahn's fuzzingclient), with `--echo`: every text
+/// and binary message back as it came, compressed when the client offers permessage-deflate.
+/// It takes the chat's token and one of the echo's own few slots, and is closed when idle.
 #[inline(never)]
-fn upgrade_echo(incoming: Box<Incoming>, ctx: &Context) {
-    let Some(_slot) = ctx.slot(incoming.peer_addr().ip()) else {
-        return refuse_busy(*incoming, ctx);
+fn upgrade_echo(incoming: Box<Incoming>, mut slot: Slot, served: &Listener) {
+    let ctx = &served.ctx;
+    let Some(config) = &ctx.echo_config else {
+        return answer_http(incoming, served);
     };
+    let Ok((incoming, _)) = authorize(*incoming, ctx) else {
+        return;
+    };
+    if let Err(why) = slot.upgrade(Kind::Echo) {
+        return refuse_busy(incoming, ctx, why);
+    }
     // The echo needs its own limits (large messages, compression): the request head was read
     // under the chat's, which are the same for the head.
-    let incoming = (*incoming).with_config(&ctx.echo_config);
+    let incoming = incoming.with_config(config);
     match incoming.accept(Accept::new()) {
         Ok(conn) => conn.run(&mut Echo),
         Err(e) => tracing::debug!(error = %e, "echo upgrade failed"),
@@ -646,6 +743,9 @@ impl syncws::Handler for Echo {
     }
     fn on_binary_message(&mut self, ctx: &mut syncws::Context<'_>, data: &[u8]) {
         let _ = ctx.send_binary(data);
+    }
+    fn on_idle(&mut self, ctx: &mut syncws::Context<'_>) {
+        let _ = ctx.close(1000, "idle timeout");
     }
 }
 

@@ -31,7 +31,8 @@ pub struct Target {
 }
 
 /// Limits of the server we start: per-connection rate limits off (a load generator is one
-/// client sending for many users), room for 10,000 connections and more.
+/// client sending for many users), room for 10,000 connections and more, all from 127.0.0.1 and
+/// arriving at once.
 const OUR_FLAGS: &[&str] = &[
     "--rate",
     "1000000000",
@@ -42,6 +43,8 @@ const OUR_FLAGS: &[&str] = &[
     "--max-connections",
     "30000",
     "--max-per-ip",
+    "30000",
+    "--max-handshakes",
     "30000",
 ];
 
