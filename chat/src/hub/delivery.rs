@@ -1,0 +1,121 @@
+//! Delivery: a batch's frames handed to the connections after the commit, the per-member
+//! backlog and the slow-consumer close; the idle sweep and the shutdown's close.
+
+use super::*;
+
+impl State {
+    pub(super) fn backlogged(&self) -> bool {
+        !self.backlogged.is_empty()
+    }
+
+    /// Hand this batch's frames to their connections, in order, after what earlier batches
+    /// left waiting for them. A frame the connection's channel has no room for waits in its
+    /// backlog; once the backlog and the connection's outbox together pass `outbox_bytes`, the
+    /// connection is a slow consumer: closed with 4008, counted, logged, and its backlog dropped.
+    pub(super) fn deliver(&mut self) {
+        self.metrics
+            .rooms
+            .store(self.rooms.len() as u64, Ordering::Relaxed);
+        // Stored: from here on each message of the batch is handed out.
+        let now = Instant::now();
+        for (_, _, at) in self.said.drain(..) {
+            self.metrics
+                .delivery_latency
+                .observe(now.duration_since(at));
+        }
+        let limit = self.options.outbox_bytes;
+        for (id, out) in std::mem::take(&mut self.out) {
+            let Some(member) = self.members.get_mut(&id) else {
+                continue;
+            };
+            if member.closing {
+                continue;
+            }
+            let item = match out {
+                Out::Msg(f) => (f, true),
+                Out::Frame(f) => (f, false),
+            };
+            member.backlog_bytes += item.0.len();
+            member.backlog.push_back(item);
+            self.backlogged.insert(id);
+        }
+        let mut slow = Vec::new();
+        let ids = std::mem::take(&mut self.backlogged);
+        for id in ids {
+            let Some(member) = self.members.get_mut(&id) else {
+                continue;
+            };
+            if member.backlog.is_empty() {
+                continue;
+            }
+            if member.closing {
+                member.backlog.clear();
+                member.backlog_bytes = 0;
+                continue;
+            }
+            while let Some((frame, is_msg)) = member.backlog.pop_front() {
+                let len = frame.len();
+                match member.tx.try_send(Command::SendShared(frame)) {
+                    Ok(()) => {
+                        member.backlog_bytes -= len;
+                        if is_msg {
+                            Metrics::inc(&self.metrics.deliveries_total);
+                            Metrics::add(&self.metrics.bytes_out_total, len as u64);
+                        }
+                    }
+                    Err(TrySendError::Full(Command::SendShared(frame))) => {
+                        member.backlog.push_front((frame, is_msg));
+                        break;
+                    }
+                    // The connection is ending; its Disconnect is on the way.
+                    Err(_) => {
+                        member.closing = true;
+                        break;
+                    }
+                }
+            }
+            let queued = usize::try_from(member.metrics.queued_bytes()).unwrap_or(usize::MAX);
+            if !member.backlog.is_empty() {
+                if member.backlog_bytes.saturating_add(queued) > limit {
+                    slow.push(id);
+                } else {
+                    self.backlogged.insert(id);
+                }
+            }
+        }
+        for id in slow {
+            let Some(member) = self.members.get_mut(&id) else {
+                continue;
+            };
+            member.closing = true;
+            member.backlog.clear();
+            member.backlog_bytes = 0;
+            let _ = member.tx.close(SLOW_CONSUMER, "slow consumer");
+            Metrics::inc(&self.metrics.slow_consumer_closes_total);
+            tracing::info!(id, "slow consumer: closed with 4008");
+            self.log.record("slow_consumer", json!({"id": id}));
+        }
+    }
+
+    pub(super) fn sweep_idle(&mut self) {
+        let Some(idle) = self.options.idle_timeout else {
+            return;
+        };
+        let cutoff = now_ms() - i64::try_from(idle.as_millis()).unwrap_or(i64::MAX);
+        for (id, m) in &mut self.members {
+            if !m.closing && m.last_active.load(Ordering::Relaxed) < cutoff {
+                m.closing = true;
+                let _ = m.tx.close(1000, "idle timeout");
+                Metrics::inc(&self.metrics.idle_closes_total);
+                self.log.record("idle_close", json!({"id": id}));
+            }
+        }
+    }
+
+    pub(super) fn close_all(&mut self) {
+        for m in self.members.values_mut() {
+            m.closing = true;
+            let _ = m.tx.close(1001, "server shutting down");
+        }
+    }
+}
