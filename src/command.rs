@@ -1,6 +1,7 @@
 //! Commands from other threads: the sender half users hold, the inbox a session drains.
 //!
-//! Sends travel in order through a channel bounded by `control_capacity`. The channel itself is
+//! Sends travel in order through a channel bounded by `control_capacity` commands and
+//! `control_bytes` of payload. The channel itself is
 //! crossbeam's unbounded (list) flavour, whose memory comes in small blocks as commands arrive
 //! and goes as they are taken, and the bound is a count kept under the gate: a bounded (array)
 //! channel would allocate and touch every slot up front, 48 KiB per connection at the default
@@ -92,8 +93,10 @@ pub(crate) struct Shared {
     /// OS poll (while its application is behind on events).
     nudge: Option<Sender<()>>,
     gate: Mutex<Gate>,
-    /// Commands in the channel (the bound is checked against it under the gate).
+    /// Commands in the channel, and their payload bytes (the bounds are checked against them
+    /// under the gate).
     queued: AtomicUsize,
+    queued_bytes: AtomicUsize,
     /// Senders waiting for room, on `room`, with the gate.
     waiting: AtomicUsize,
     room: Condvar,
@@ -111,6 +114,7 @@ impl Shared {
             nudge,
             gate: Mutex::new(Gate::default()),
             queued: AtomicUsize::new(0),
+            queued_bytes: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
             room: Condvar::new(),
         })
@@ -130,6 +134,7 @@ impl Shared {
             nudge: None,
             gate: Mutex::new(Gate::default()),
             queued: AtomicUsize::new(0),
+            queued_bytes: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
             room: Condvar::new(),
         })
@@ -142,9 +147,10 @@ impl Shared {
         }
     }
 
-    /// The connection took `n` commands off the channel: room for as many senders.
-    fn taken(&self, n: usize) {
-        self.queued.fetch_sub(n, Ordering::SeqCst);
+    /// The connection took a command of `bytes` off the channel: room for a sender.
+    fn taken(&self, bytes: usize) {
+        self.queued_bytes.fetch_sub(bytes, Ordering::SeqCst);
+        self.queued.fetch_sub(1, Ordering::SeqCst);
         // A sender counts itself as waiting before it looks at `queued` (under the gate), so
         // either it sees the room made here, or we see it waiting and wake it, after it has
         // released the gate in its wait.
@@ -234,6 +240,7 @@ pub struct CommandSender {
     tx: Sender<Command>,
     shared: Arc<Shared>,
     capacity: usize,
+    byte_capacity: usize,
 }
 
 impl CommandSender {
@@ -292,7 +299,7 @@ impl CommandSender {
             if gate.ended || gate.stopping {
                 break Some(SendTimeoutError::Disconnected);
             }
-            if self.shared.queued.load(Ordering::SeqCst) < self.capacity {
+            if self.has_room(&send) {
                 break None;
             }
             gate = match deadline {
@@ -341,9 +348,26 @@ impl CommandSender {
         })
     }
 
+    /// Whether the channel has room for `send` (with the gate held): under both bounds, or
+    /// empty (one command always fits, however large).
+    fn has_room(&self, send: &Command) -> bool {
+        let queued = self.shared.queued.load(Ordering::SeqCst);
+        let bytes = self.shared.queued_bytes.load(Ordering::SeqCst);
+        queued == 0
+            || (queued < self.capacity
+                && bytes.saturating_add(send.payload_len()) <= self.byte_capacity)
+    }
+
+    /// Payload bytes of the commands waiting in the channel (not yet taken by the connection).
+    pub fn queued_bytes(&self) -> usize {
+        self.shared.queued_bytes.load(Ordering::Relaxed)
+    }
+
     /// Put a send in the channel, with the gate held and room checked.
     fn push(&self, send: Command, gate: MutexGuard<'_, Gate>) -> Result<(), Command> {
+        let bytes = send.payload_len();
         self.tx.send(send).map_err(|e| e.into_inner())?;
+        self.shared.queued_bytes.fetch_add(bytes, Ordering::SeqCst);
         self.shared.queued.fetch_add(1, Ordering::SeqCst);
         drop(gate);
         self.shared.notify();
@@ -362,7 +386,7 @@ impl CommandSender {
         if gate.ended || gate.stopping {
             return Offer::Refused(send);
         }
-        if self.shared.queued.load(Ordering::SeqCst) >= self.capacity {
+        if !self.has_room(&send) {
             return Offer::Full(send);
         }
         match self.push(send, gate) {
@@ -412,6 +436,19 @@ impl CommandSender {
     }
 }
 
+impl Command {
+    /// The bytes this command holds while it waits in the channel.
+    fn payload_len(&self) -> usize {
+        match self {
+            Command::SendText(t) => t.len(),
+            Command::SendBinary(b) | Command::SendPing(b) | Command::SendPong(b) => b.len(),
+            Command::SendShared(f) => f.len(),
+            Command::Close(_, reason) => reason.len(),
+            Command::ForceQuit => 0,
+        }
+    }
+}
+
 enum Offer {
     Taken,
     Full(Command),
@@ -430,13 +467,18 @@ pub(crate) struct Inbox {
 }
 
 impl Inbox {
-    pub(crate) fn channel(capacity: usize, shared: Arc<Shared>) -> (CommandSender, Inbox) {
+    pub(crate) fn channel(
+        capacity: usize,
+        byte_capacity: usize,
+        shared: Arc<Shared>,
+    ) -> (CommandSender, Inbox) {
         let (tx, rx) = crossbeam_channel::unbounded();
         (
             CommandSender {
                 tx,
                 shared: shared.clone(),
                 capacity,
+                byte_capacity,
             },
             Inbox {
                 rx,
@@ -451,7 +493,7 @@ impl Inbox {
             return Some(held);
         }
         let command = self.rx.try_recv().ok()?;
-        self.shared.taken(1);
+        self.shared.taken(command.payload_len());
         Some(command)
     }
 
@@ -543,7 +585,7 @@ mod tests {
     }
 
     fn channel(capacity: usize) -> (CommandSender, Inbox) {
-        Inbox::channel(capacity, Shared::new(None, None))
+        Inbox::channel(capacity, usize::MAX, Shared::new(None, None))
     }
 
     fn text(n: usize) -> Command {
@@ -583,6 +625,41 @@ mod tests {
         }
         sender.force_quit().unwrap();
         assert_eq!(inbox.take_stop(), Some(Stop::ForceQuit));
+    }
+
+    #[test]
+    fn the_channel_is_bounded_in_bytes_too_and_always_takes_one_command() {
+        let (sender, mut inbox) = Inbox::channel(100, 10, Shared::new(None, None));
+        // One command always fits into an empty channel, however large.
+        sender
+            .try_send(Command::SendText("x".repeat(50).into()))
+            .unwrap();
+        assert_eq!(sender.queued_bytes(), 50);
+        assert!(matches!(
+            sender.try_send(text(1)),
+            Err(TrySendError::Full(_))
+        ));
+        assert!(inbox.next().is_some());
+        assert_eq!(sender.queued_bytes(), 0);
+        // Small ones up to the byte bound, whatever the count bound.
+        for n in 0..5 {
+            sender
+                .try_send(Command::SendText("ab".into()))
+                .unwrap_or_else(|_| panic!("{n}"));
+        }
+        assert!(matches!(
+            sender.try_send(text(1)),
+            Err(TrySendError::Full(_))
+        ));
+        // A blocked sender goes on once bytes are taken.
+        let blocked = sender.clone();
+        let t = std::thread::spawn(move || blocked.send(text(7)));
+        until_waiting(&sender);
+        assert!(inbox.next().is_some());
+        t.join().unwrap().unwrap();
+        assert_eq!(sender.queued_bytes(), 4 * 2 + 1);
+        // Stops carry no payload and never wait.
+        sender.close(1000, "").unwrap();
     }
 
     #[test]

@@ -98,6 +98,8 @@ pub struct Limits {
     pub max_queued_bytes: usize,
     /// Capacity of the command channel.
     pub control_capacity: usize,
+    /// Payload bytes the command channel holds at most (None: `max_queued_bytes`).
+    pub control_bytes: Option<usize>,
     /// Capacity of a threaded client's `event_rx`.
     pub event_capacity: usize,
 }
@@ -172,6 +174,7 @@ impl Default for Config {
                 write_buffer_size: 64 << 10,
                 max_queued_bytes: 128 << 20,
                 control_capacity: 1024,
+                control_bytes: None,
                 event_capacity: 1024,
             },
             socket: SocketOptions {
@@ -294,6 +297,13 @@ impl Config {
     /// Capacity of the command channel (`control_tx` and client handles).
     pub fn control_capacity(&self) -> usize {
         self.limits.control_capacity
+    }
+    /// Payload bytes the command channel holds at most, besides its
+    /// [`control_capacity`](Self::control_capacity).
+    pub fn control_bytes(&self) -> usize {
+        self.limits
+            .control_bytes
+            .unwrap_or(self.limits.max_queued_bytes)
     }
     /// Capacity of [`ThreadedClient`](crate::ThreadedClient)'s `event_rx`.
     pub fn event_capacity(&self) -> usize {
@@ -577,6 +587,17 @@ impl ConfigBuilder {
     /// makes `send` block and `try_send` fail. Defaults to 1024.
     pub fn control_capacity(mut self, capacity: usize) -> Self {
         self.config.limits.control_capacity = capacity;
+        self
+    }
+    /// Payload bytes the command channel holds at most, whatever the number of commands: a
+    /// send that would pass it waits (`send`) or is `Full` (`try_send`), as one that would pass
+    /// [`control_capacity`](Self::control_capacity) does, so large messages meet the same
+    /// backpressure as small ones. One command is always taken into an empty channel, however
+    /// large. Stops (`Close`, `ForceQuit`) carry no payload. Defaults to
+    /// [`max_queued_bytes`](Self::max_queued_bytes): what waits in the channel is bounded as
+    /// what waits in the outbox is.
+    pub fn control_bytes(mut self, bytes: usize) -> Self {
+        self.config.limits.control_bytes = Some(bytes);
         self
     }
     /// Capacity of [`ThreadedClient`](crate::ThreadedClient)'s `event_rx`; when full, the worker

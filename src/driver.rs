@@ -127,7 +127,8 @@ impl Driver {
         config: &Config,
         shared: Arc<Shared>,
     ) -> (Box<Self>, CommandSender) {
-        let (sender, inbox) = Inbox::channel(config.control_capacity(), shared);
+        let (sender, inbox) =
+            Inbox::channel(config.control_capacity(), config.control_bytes(), shared);
         session.set_inbox(inbox);
         let driver = Box::new(Driver {
             session,

@@ -1269,7 +1269,7 @@ mod tests {
     fn commands_left_when_a_client_ends_are_reported_not_dropped() {
         let mut s = session(&Config::default(), vec![], usize::MAX);
         let (sender, inbox) =
-            crate::command::Inbox::channel(8, crate::command::Shared::new(None, None));
+            crate::command::Inbox::channel(8, usize::MAX, crate::command::Shared::new(None, None));
         s.set_inbox(inbox);
         sender.send_text("a").unwrap();
         sender.send_binary(vec![1]).unwrap();

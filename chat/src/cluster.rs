@@ -42,10 +42,13 @@ use crate::matchmaking::{Matched, Matchmaker, Peer, Seeker, Sought};
 use crate::protocol::{Msg, LOBBY, PAIR_PREFIX};
 use crate::store::{Log, Recovery, Result as StoreResult};
 
+/// Number, store and publish one message (ARGV: 1 and 2 the frame around its seq, 3 the
+/// stream's length, 4 the sender's cid as JSON or ''). The cid is kept beside the frame, for
+/// its sender's history; the published frame, which every member gets, does not carry it.
 const PUBLISH: &str = r"
 local seq = redis.call('INCR', KEYS[1])
 local frame = ARGV[1] .. seq .. ARGV[2]
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], seq .. '-1', 'f', frame)
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], seq .. '-1', 'f', frame, 'c', ARGV[4])
 redis.call('PUBLISH', KEYS[3], frame)
 return seq
 ";
@@ -485,7 +488,11 @@ impl Cluster {
             }
             cmd.query(c)
         })?;
-        Ok(entries.into_iter().filter_map(entry_frame).collect())
+        Ok(entries
+            .into_iter()
+            .filter_map(entry_frame)
+            .map(|(seq, frame, _)| (seq, frame))
+            .collect())
     }
 }
 
@@ -573,14 +580,24 @@ impl Matchmaker for Cluster {
     }
 }
 
-/// A stream entry `(ID, [("f", frame)])` as `(seq, frame)`.
-fn entry_frame((id, fields): (String, Vec<(String, String)>)) -> Option<(u64, String)> {
+/// A stream entry `(ID, [("f", frame), ("c", cid)])` as `(seq, frame, cid)`.
+fn entry_frame(
+    (id, fields): (String, Vec<(String, String)>),
+) -> Option<(u64, String, Option<serde_json::Value>)> {
     let seq = id.split('-').next()?.parse().ok()?;
-    let frame = fields.into_iter().find(|(k, _)| k == "f")?.1;
-    Some((seq, frame))
+    let mut frame = None;
+    let mut cid = None;
+    for (k, v) in fields {
+        match k.as_str() {
+            "f" => frame = Some(v),
+            "c" if !v.is_empty() => cid = serde_json::from_str(&v).ok(),
+            _ => {}
+        }
+    }
+    Some((seq, frame?, cid))
 }
 
-fn to_msg(frame: &str) -> Option<Msg> {
+fn to_msg(frame: &str, cid: Option<serde_json::Value>) -> Option<Msg> {
     let v: serde_json::Value = serde_json::from_str(frame).ok()?;
     Some(Msg {
         room: v["room"].as_str()?.to_owned(),
@@ -588,8 +605,29 @@ fn to_msg(frame: &str) -> Option<Msg> {
         from: v["from"].as_str()?.to_owned(),
         text: v["text"].as_str()?.to_owned(),
         ts: v["ts"].as_i64()?,
-        cid: v.get("cid").cloned().filter(|c| !c.is_null()),
+        cid,
     })
+}
+
+/// Stream entries as messages, in their order, while their text stays within `max_bytes` (at
+/// least one); whether any was left out.
+fn msgs_within(
+    entries: impl Iterator<Item = (String, Vec<(String, String)>)>,
+    max_bytes: usize,
+) -> (Vec<Msg>, bool) {
+    let mut msgs = Vec::new();
+    let mut bytes = 0usize;
+    for (_, frame, cid) in entries.filter_map(entry_frame) {
+        let Some(msg) = to_msg(&frame, cid) else {
+            continue;
+        };
+        if !msgs.is_empty() && bytes + msg.text.len() > max_bytes {
+            return (msgs, true);
+        }
+        bytes += msg.text.len();
+        msgs.push(msg);
+    }
+    (msgs, false)
 }
 
 fn store_error(e: &redis::RedisError) -> rusqlite::Error {
@@ -619,6 +657,7 @@ impl ClusterBatch<'_> {
             pipe.cmd("SCRIPT").arg("LOAD").arg(PUBLISH).ignore();
             for m in queued {
                 let (prefix, suffix) = frame_parts(m);
+                let cid = m.cid.as_ref().map(ToString::to_string).unwrap_or_default();
                 pipe.cmd("EVALSHA")
                     .arg(script.get_hash())
                     .arg(3)
@@ -627,7 +666,8 @@ impl ClusterBatch<'_> {
                     .arg(channel(&m.room))
                     .arg(prefix)
                     .arg(suffix)
-                    .arg(history_max);
+                    .arg(history_max)
+                    .arg(cid);
             }
             pipe.query(c)
         });
@@ -641,9 +681,9 @@ impl ClusterBatch<'_> {
     }
 }
 
-/// A `msg` frame around its seq: `prefix + seq + suffix`.
+/// A `msg` frame around its seq: `prefix + seq + suffix` (without the sender's cid).
 fn frame_parts(m: &Msg) -> (String, String) {
-    let mut v = m.to_value();
+    let mut v = m.to_value(false);
     let map = v.as_object_mut().expect("an object");
     map.remove("seq");
     map.remove("ev");
@@ -668,7 +708,13 @@ impl Log for ClusterBatch<'_> {
         Ok(())
     }
 
-    fn recover(&mut self, room: &str, since: u64, last: u64) -> StoreResult<Recovery> {
+    fn recover(
+        &mut self,
+        room: &str,
+        since: u64,
+        last: u64,
+        max_bytes: usize,
+    ) -> StoreResult<Recovery> {
         if since >= last {
             return Ok(Recovery::Complete(Vec::new()));
         }
@@ -680,12 +726,12 @@ impl Log for ClusterBatch<'_> {
                     .cluster
                     .with_conn(|c| redis::cmd("XRANGE").arg(&key).arg(&from).arg(&to).query(c))
                     .map_err(|e| store_error(&e))?;
-                let msgs = entries
-                    .into_iter()
-                    .filter_map(entry_frame)
-                    .filter_map(|(_, f)| to_msg(&f))
-                    .collect();
-                Ok(Recovery::Complete(msgs))
+                match msgs_within(entries.into_iter(), max_bytes) {
+                    (msgs, false) => Ok(Recovery::Complete(msgs)),
+                    (_, true) => Ok(Recovery::TooMuch {
+                        first_kept: Some(first),
+                    }),
+                }
             }
             first_kept => Ok(Recovery::Gone { first_kept }),
         }
@@ -702,6 +748,7 @@ impl Log for ClusterBatch<'_> {
         room: &str,
         before: Option<u64>,
         limit: usize,
+        max_bytes: usize,
     ) -> StoreResult<(Vec<Msg>, bool)> {
         let end = match before {
             Some(0 | 1) => return Ok((Vec::new(), false)),
@@ -721,12 +768,10 @@ impl Log for ClusterBatch<'_> {
                     .query(c)
             })
             .map_err(|e| store_error(&e))?;
-        let mut msgs: Vec<Msg> = entries
-            .into_iter()
-            .filter_map(entry_frame)
-            .filter_map(|(_, f)| to_msg(&f))
-            .collect();
-        let more = msgs.len() > limit;
+        let fetched = entries.len();
+        // Newest first, within the budget; then oldest first.
+        let (mut msgs, cut) = msgs_within(entries.into_iter(), max_bytes);
+        let more = cut || fetched > limit;
         msgs.truncate(limit);
         msgs.reverse();
         Ok((msgs, more))
@@ -736,17 +781,15 @@ impl Log for ClusterBatch<'_> {
         true
     }
 
-    fn open_room(&mut self, room: &str) -> Option<u64> {
+    fn open_room(&mut self, room: &str) -> StoreResult<u64> {
         let key = seq_key(room);
-        let last: u64 = match self.cluster.with_conn(|c| c.get::<_, Option<u64>>(&key)) {
-            Ok(v) => v.unwrap_or(0),
-            Err(e) => {
-                tracing::warn!(error = %e, room, "redis: cannot read a room's seq");
-                return None;
-            }
-        };
+        let last = self
+            .cluster
+            .with_conn(|c| c.get::<_, Option<u64>>(&key))
+            .map_err(|e| store_error(&e))?
+            .unwrap_or(0);
         let _ = self.cluster.orders.send(Order::Subscribe(room.to_owned()));
-        Some(last)
+        Ok(last)
     }
 
     fn remote_members(&mut self, room: &str) -> Vec<String> {
@@ -786,7 +829,7 @@ fn first_kept_on(conn: &mut Connection, room: &str) -> RedisResult<Option<u64>> 
         .into_iter()
         .next()
         .and_then(entry_frame)
-        .map(|(s, _)| s))
+        .map(|(s, _, _)| s))
 }
 
 /// The subscriber thread: one connection, subscribed once per room this node has members in,
@@ -942,7 +985,11 @@ mod tests {
         let (prefix, suffix) = frame_parts(&m);
         let frame = format!("{prefix}42{suffix}");
         assert_eq!(seq_of(&frame), Some(42));
-        let back = to_msg(&frame).unwrap();
+        assert!(
+            !frame.contains("c1"),
+            "members never see the sender's cid: {frame}"
+        );
+        let back = to_msg(&frame, m.cid.clone()).unwrap();
         assert_eq!(back, Msg { seq: 42, ..m });
     }
 }

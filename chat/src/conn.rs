@@ -14,10 +14,14 @@ use crate::eventlog::EventLog;
 use crate::hub::Request;
 use crate::metrics::Metrics;
 use crate::now_ms;
-use crate::protocol::{self, check_nick, check_room, Frame, Op, Refusal};
+use crate::protocol::{self, check_nick, check_room, check_text, Frame, Op, Refusal};
 
 /// Close code for sustained rate-limit abuse.
 pub const POLICY_VIOLATION: u16 = 1008;
+/// Close code for data the protocol does not take (binary frames, after a warning).
+pub const UNSUPPORTED_DATA: u16 = 1003;
+/// The binary frame that closes the connection (the ones before get an error).
+const BINARY_CLOSE: u32 = 3;
 
 /// What every connection shares.
 pub struct Shared {
@@ -50,13 +54,14 @@ impl Bucket {
         }
     }
 
-    /// Take a token if there is one.
-    pub fn take(&mut self, now: Instant) -> bool {
+    /// Take `cost` tokens if there are that many (a cost above the burst needs a full bucket).
+    pub fn take(&mut self, now: Instant, cost: f64) -> bool {
         let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
         self.at = now;
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        let cost = cost.min(self.burst);
+        if self.tokens >= cost {
+            self.tokens -= cost;
             true
         } else {
             false
@@ -76,6 +81,8 @@ pub struct ChatConn {
     bucket: Bucket,
     /// Rate-limited messages in a row.
     strikes: u32,
+    /// Binary frames received (the chat protocol has none).
+    binary: u32,
     last_active: Arc<AtomicI64>,
     registered: bool,
     close_code: Option<u16>,
@@ -102,6 +109,7 @@ impl ChatConn {
             conn_metrics,
             bucket,
             strikes: 0,
+            binary: 0,
             last_active: Arc::new(AtomicI64::new(now_ms())),
             registered: false,
             close_code: None,
@@ -115,11 +123,12 @@ impl ChatConn {
         self
     }
 
-    fn welcome(&self, ctx: &mut Context<'_>) {
-        let _ = ctx.send_text(
-            &json!({"ev": "welcome", "id": self.id, "nick": self.nick, "limits": self.shared.limits})
-                .to_string(),
-        );
+    fn welcome(&self, ctx: &mut Context<'_>, cid: Option<Value>) {
+        let mut welcome = json!({"ev": "welcome", "id": self.id, "nick": self.nick, "limits": self.shared.limits});
+        if let Some(cid) = cid {
+            welcome["cid"] = cid;
+        }
+        let _ = ctx.send_text(&welcome.to_string());
     }
 
     fn refuse(&self, ctx: &mut Context<'_>, refusal: &Refusal) {
@@ -133,21 +142,61 @@ impl ChatConn {
         let _ = self.shared.hub.send(request);
     }
 
-    fn op(&mut self, ctx: &mut Context<'_>, op: Op) {
+    /// Charge `cost` tokens of the rate limit: true if there were enough. If not, the frame
+    /// is refused (with its `cid`), and sustained abuse closes the connection with 1008.
+    fn charge(&mut self, ctx: &mut Context<'_>, cost: f64, cid: Option<Value>) -> bool {
+        if self.bucket.take(Instant::now(), cost) {
+            self.strikes = 0;
+            return true;
+        }
+        self.strikes += 1;
+        Metrics::inc(&self.shared.metrics.rate_limited_total);
+        if self.strikes >= self.shared.rate_abuse {
+            Metrics::inc(&self.shared.metrics.rate_limit_closes_total);
+            self.shared.log.record(
+                "rate_limit_close",
+                json!({"id": self.id, "peer": self.peer}),
+            );
+            self.ended_by = Some("rate_abuse");
+            let _ = ctx.close(POLICY_VIOLATION, "rate limit exceeded");
+            return false;
+        }
+        if self.strikes == 1 {
+            self.shared
+                .log
+                .record("rate_limited", json!({"id": self.id, "peer": self.peer}));
+        }
+        let refusal = Refusal::new(
+            "rate_limited",
+            format!(
+                "more than {} messages a second (expensive requests count for more); this one was not carried out",
+                self.shared.rate
+            ),
+        )
+        .with_cid(cid);
+        self.refuse(ctx, &refusal);
+        false
+    }
+
+    fn op(&mut self, ctx: &mut Context<'_>, op: Op, cid: Option<Value>) {
         let id = self.id;
-        let request = match op {
+        match op {
             Op::Ping => {
-                let _ = ctx.send_text(r#"{"ev":"pong"}"#);
+                let mut pong = json!({"ev": "pong"});
+                if let Some(cid) = cid {
+                    pong["cid"] = cid;
+                }
+                let _ = ctx.send_text(&pong.to_string());
                 return;
             }
             Op::Hello { nick } => {
                 if let Err(r) = check_nick(&nick) {
-                    return self.refuse(ctx, &r);
+                    return self.refuse(ctx, &r.with_cid(cid));
                 }
                 if self.nick_fixed && nick != self.nick {
                     return self.refuse(
                         ctx,
-                        &Refusal::new("nick_fixed", "your nick is set by your token"),
+                        &Refusal::new("nick_fixed", "your nick is set by your token").with_cid(cid),
                     );
                 }
                 self.nick = nick.clone();
@@ -155,46 +204,22 @@ impl ChatConn {
                     .log
                     .record("hello", json!({"id": id, "nick": nick}));
                 self.to_hub(Request::Hello { id, nick });
-                self.welcome(ctx);
+                self.welcome(ctx, cid);
                 return;
             }
-            Op::Join { room, since, epoch } => Request::Join {
-                id,
-                room,
-                since,
-                epoch,
-            },
-            Op::Leave { room } => Request::Leave { id, room },
-            Op::Say { room, text, cid } => {
-                if let Err(r) = check_room(&room) {
-                    return self.refuse(ctx, &r.with_cid(cid));
-                }
-                Request::Say {
-                    id,
-                    room: Some(room),
-                    text,
-                    cid,
-                    at: std::time::Instant::now(),
+            Op::Say { ref room, ref text } => {
+                if let Err(r) = check_room(room).and_then(|()| check_text(text)) {
+                    return self.refuse(ctx, &r.with_room(room).with_cid(cid));
                 }
             }
-            Op::History {
-                room,
-                before,
-                limit,
-            } => Request::History {
-                id,
-                room,
-                before,
-                limit,
-            },
-            Op::Rooms => Request::Rooms { id },
-            Op::Who { room } => Request::Who { id, room },
-            Op::Match => Request::Match { id },
-            Op::Next => Request::Next { id },
-            Op::Unmatch => Request::Unmatch { id },
-            Op::Typing { room } => Request::Typing { id, room },
-        };
-        self.to_hub(request);
+            _ => {}
+        }
+        self.to_hub(Request::Op {
+            id,
+            op,
+            cid,
+            at: Instant::now(),
+        });
     }
 }
 
@@ -214,7 +239,7 @@ impl Handler for ChatConn {
             return;
         }
         self.registered = true;
-        self.welcome(ctx);
+        self.welcome(ctx, None);
     }
 
     fn on_text_message(&mut self, ctx: &mut Context<'_>, text: &str) {
@@ -225,60 +250,58 @@ impl Handler for ChatConn {
         self.last_active.store(now_ms(), Ordering::Relaxed);
         Metrics::add(&self.shared.metrics.bytes_in_total, text.len() as u64);
         let frame = protocol::parse(text);
-        if !self.bucket.take(Instant::now()) {
-            self.strikes += 1;
-            Metrics::inc(&self.shared.metrics.rate_limited_total);
-            if self.strikes >= self.shared.rate_abuse {
-                Metrics::inc(&self.shared.metrics.rate_limit_closes_total);
-                self.shared.log.record(
-                    "rate_limit_close",
-                    json!({"id": self.id, "peer": self.peer}),
-                );
-                self.ended_by = Some("rate_abuse");
-                let _ = ctx.close(POLICY_VIOLATION, "rate limit exceeded");
-                return;
-            }
-            let cid = match &frame {
-                Ok(Frame::Op(Op::Say { cid, .. })) => cid.clone(),
-                Err(r) => r.cid.clone(),
-                _ => None,
-            };
-            let refusal = Refusal::new(
-                "rate_limited",
-                format!(
-                    "more than {} messages a second; this one was not delivered",
-                    self.shared.rate
-                ),
-            )
-            .with_cid(cid);
-            if self.strikes == 1 {
-                self.shared
-                    .log
-                    .record("rate_limited", json!({"id": self.id, "peer": self.peer}));
-            }
-            return self.refuse(ctx, &refusal);
+        let (cost, cid) = match &frame {
+            Ok(Frame::Op { op, cid }) => (op.cost(), cid.clone()),
+            Ok(Frame::Plain(_)) => (1.0, None),
+            Err(r) => (1.0, r.cid.clone()),
+        };
+        if !self.charge(ctx, cost, cid) {
+            return;
         }
-        self.strikes = 0;
         match frame {
-            Ok(Frame::Plain(text)) => self.to_hub(Request::Say {
-                id: self.id,
-                room: None,
-                text,
-                cid: None,
-                at: std::time::Instant::now(),
-            }),
-            Ok(Frame::Op(op)) => self.op(ctx, op),
+            Ok(Frame::Plain(text)) => match check_text(&text) {
+                Ok(()) => self.to_hub(Request::Plain {
+                    id: self.id,
+                    text,
+                    at: Instant::now(),
+                }),
+                Err(r) => self.refuse(ctx, &r),
+            },
+            Ok(Frame::Op { op, cid }) => self.op(ctx, op, cid),
             Err(refusal) => self.refuse(ctx, &refusal),
         }
     }
 
     fn on_binary_message(&mut self, ctx: &mut Context<'_>, _data: &[u8]) {
+        if self.ended_by.is_some() {
+            return;
+        }
         self.last_active.store(now_ms(), Ordering::Relaxed);
+        self.binary += 1;
+        // Binary frames pay the rate limit as text does, and the third closes: each would
+        // otherwise earn an error frame fifteen times its size, and keep the connection from
+        // idling out.
+        if !self.charge(ctx, 1.0, None) {
+            return;
+        }
+        if self.binary >= BINARY_CLOSE {
+            self.ended_by = Some("binary");
+            self.shared
+                .log
+                .record("binary_close", json!({"id": self.id, "peer": self.peer}));
+            let _ = ctx.close(
+                UNSUPPORTED_DATA,
+                "binary frames are not part of the chat protocol",
+            );
+            return;
+        }
         self.refuse(
             ctx,
             &Refusal::new(
                 "binary_unsupported",
-                "the chat protocol is JSON text frames",
+                format!(
+                    "the chat protocol is JSON text frames; binary frame {BINARY_CLOSE} closes the connection (1003)"
+                ),
             ),
         );
     }
@@ -297,6 +320,22 @@ impl Handler for ChatConn {
             Error::Timeout(TimeoutKind::Pong) => {
                 Metrics::inc(&self.shared.metrics.dead_peers_total);
                 self.ended_by = Some("dead_peer");
+            }
+            // A frame larger than the whole queue: it could never be sent. The server's limits
+            // rule this out (every answer is cut to a fraction of the queue); if it happens,
+            // it is a bug, and it is said loudly.
+            Error::QueueFull { len, limit } => {
+                Metrics::inc(&self.shared.metrics.frames_too_large_total);
+                tracing::error!(
+                    id = self.id,
+                    len,
+                    limit,
+                    "a frame larger than the connection's queue was not sent"
+                );
+                self.shared.log.record(
+                    "frame_too_large",
+                    json!({"id": self.id, "bytes": len, "limit": limit}),
+                );
             }
             _ => {}
         }
@@ -326,9 +365,15 @@ mod tests {
     fn the_bucket_allows_a_burst_then_the_rate() {
         let t0 = Instant::now();
         let mut b = Bucket::new(10.0, 3.0);
-        assert!(b.take(t0) && b.take(t0) && b.take(t0));
-        assert!(!b.take(t0));
-        assert!(b.take(t0 + Duration::from_millis(100)));
-        assert!(!b.take(t0 + Duration::from_millis(100)));
+        assert!(b.take(t0, 1.0) && b.take(t0, 1.0) && b.take(t0, 1.0));
+        assert!(!b.take(t0, 1.0));
+        assert!(b.take(t0 + Duration::from_millis(100), 1.0));
+        assert!(!b.take(t0 + Duration::from_millis(100), 1.0));
+        // Costly requests take more; one costing more than the burst needs a full bucket.
+        let mut b = Bucket::new(10.0, 3.0);
+        assert!(b.take(t0, 5.0));
+        assert!(!b.take(t0, 1.0));
+        assert!(!b.take(t0 + Duration::from_millis(200), 5.0));
+        assert!(b.take(t0 + Duration::from_millis(300), 2.0));
     }
 }

@@ -82,6 +82,7 @@ counters! {
     rate_limited_total: "counter", "Messages refused by the per-connection rate limit.";
     rate_limit_closes_total: "counter", "Connections closed with 1008 for sustained rate-limit abuse.";
     too_big_closes_total: "counter", "Connections closed with 1009: a message over the size limit.";
+    frames_too_large_total: "counter", "Frames never sent: larger than the connection's whole queue (a bug if not 0).";
     protocol_errors_total: "counter", "Frames answered with an error event (bad JSON, unknown op, bad field).";
     idle_closes_total: "counter", "Connections closed after the idle timeout.";
     dead_peers_total: "counter", "Connections ended by the heartbeat: no pong in time.";

@@ -8,10 +8,17 @@ use serde_json::{json, Value};
 pub const MAX_ROOM_NAME: usize = 64;
 /// Nicknames: 1 to 32 characters, no control characters.
 pub const MAX_NICK: usize = 32;
-/// The largest history page a client can ask for.
+/// The largest history page a client can ask for (a page is also cut at a size in bytes).
 pub const MAX_HISTORY_PAGE: usize = 200;
+/// A history page's length when the client does not say.
+pub const DEFAULT_HISTORY_PAGE: usize = 50;
+/// The longest `cid` a client may attach to an op, as JSON.
+pub const MAX_CID: usize = 128;
+/// Members listed in `joined` and `who` at most (`count` gives them all).
+pub const MAX_LISTED: usize = 1000;
 
-/// What a client asks for.
+/// What a client asks for. Any op may carry a `cid` (a string or number the client chooses):
+/// the answer to it, or the error, carries the same `cid`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Op {
@@ -31,8 +38,6 @@ pub enum Op {
     Say {
         room: String,
         text: String,
-        #[serde(default)]
-        cid: Option<Value>,
     },
     History {
         room: String,
@@ -52,6 +57,26 @@ pub enum Op {
         room: String,
     },
     Ping,
+}
+
+impl Op {
+    /// Tokens of the connection's rate limit this op costs: about what it makes the server do.
+    /// A message, a join or a ping costs one; answers read from the store or built from every
+    /// room or member cost more, so no client can buy many expensive answers at the price of
+    /// messages.
+    pub fn cost(&self) -> f64 {
+        match self {
+            Op::History { limit, .. } => {
+                let limit = limit
+                    .unwrap_or(DEFAULT_HISTORY_PAGE)
+                    .clamp(1, MAX_HISTORY_PAGE);
+                1.0 + (limit as f64 / 25.0).ceil()
+            }
+            Op::Join { since: Some(_), .. } | Op::Rooms => 5.0,
+            Op::Who { .. } => 2.0,
+            _ => 1.0,
+        }
+    }
 }
 
 /// The room every connection starts in.
@@ -101,11 +126,11 @@ impl Refusal {
     }
 }
 
-/// A text frame as the client meant it: a protocol message, or plain text to say in the
-/// current room.
+/// A text frame as the client meant it: a protocol message (and its `cid`), or plain text to
+/// say in the current room.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
-    Op(Op),
+    Op { op: Op, cid: Option<Value> },
     Plain(String),
 }
 
@@ -115,27 +140,58 @@ pub fn parse(text: &str) -> Result<Frame, Refusal> {
     if !text.trim_start().starts_with('{') {
         return Ok(Frame::Plain(text.to_owned()));
     }
-    let value: Value = serde_json::from_str(text)
+    let mut value: Value = serde_json::from_str(text)
         .map_err(|e| Refusal::new("bad_json", format!("not a JSON object: {e}")))?;
-    let cid = value.get("cid").cloned();
-    let op = match value.get("op") {
+    let Some(object) = value.as_object_mut() else {
+        return Err(Refusal::new("bad_json", "not a JSON object"));
+    };
+    let cid = object.remove("cid");
+    if let Some(c) = &cid {
+        if !(c.is_string() || c.is_number()) || c.to_string().len() > MAX_CID {
+            return Err(Refusal::new(
+                "bad_request",
+                format!("`cid` must be a string or a number of at most {MAX_CID} bytes"),
+            ));
+        }
+    }
+    let op = match object.get("op") {
         Some(Value::String(op)) => op.clone(),
         Some(_) => return Err(Refusal::new("bad_request", "`op` must be a string").with_cid(cid)),
         None => return Err(Refusal::new("bad_request", "missing `op`").with_cid(cid)),
     };
-    serde_json::from_value::<Op>(value)
-        .map(Frame::Op)
-        .map_err(|e| {
+    match serde_json::from_value::<Op>(value) {
+        Ok(op) => Ok(Frame::Op { op, cid }),
+        Err(e) => {
             let known = [
                 "hello", "join", "leave", "say", "history", "rooms", "who", "match", "next",
                 "unmatch", "typing", "ping",
             ];
-            if known.contains(&op.as_str()) {
+            Err(if known.contains(&op.as_str()) {
                 Refusal::new("bad_request", format!("{op}: {e}")).with_cid(cid)
             } else {
                 Refusal::new("unknown_op", format!("unknown op `{op}`")).with_cid(cid)
-            }
-        })
+            })
+        }
+    }
+}
+
+/// Whether `text` may be said: not empty, and no control characters but tab and line breaks
+/// (they would be sent as six-byte `\u00XX` escapes to every member: a 64 KiB message of them
+/// would cost 390 KB per recipient).
+pub fn check_text(text: &str) -> Result<(), Refusal> {
+    if text.is_empty() {
+        return Err(Refusal::new("bad_request", "empty message"));
+    }
+    if text
+        .chars()
+        .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
+    {
+        return Err(Refusal::new(
+            "bad_text",
+            "control characters other than tab and line breaks are not allowed",
+        ));
+    }
+    Ok(())
 }
 
 /// Whether `room` is a name a client may use. Pair rooms (`pair:...`) are made by matchmaking
@@ -182,19 +238,20 @@ pub struct Msg {
 }
 
 impl Msg {
-    pub fn to_value(&self) -> Value {
+    /// The `msg` event; with the `cid` only for its sender (others never see a client's cids).
+    pub fn to_value(&self, with_cid: bool) -> Value {
         let mut v = json!({
             "ev": "msg", "room": self.room, "seq": self.seq, "from": self.from,
             "text": self.text, "ts": self.ts,
         });
-        if let Some(cid) = &self.cid {
+        if let (true, Some(cid)) = (with_cid, &self.cid) {
             v["cid"] = cid.clone();
         }
         v
     }
 
-    pub fn to_json(&self) -> String {
-        self.to_value().to_string()
+    pub fn to_json(&self, with_cid: bool) -> String {
+        self.to_value(with_cid).to_string()
     }
 }
 
@@ -205,18 +262,27 @@ mod tests {
     #[test]
     fn ops_parse_and_plain_text_is_a_say() {
         assert_eq!(
-            parse(r#"{"op":"join","room":"a","since":3}"#).unwrap(),
-            Frame::Op(Op::Join {
-                room: "a".into(),
-                since: Some(3),
-                epoch: None
-            })
+            parse(r#"{"op":"join","room":"a","since":3,"cid":"j1"}"#).unwrap(),
+            Frame::Op {
+                op: Op::Join {
+                    room: "a".into(),
+                    since: Some(3),
+                    epoch: None
+                },
+                cid: Some(json!("j1"))
+            }
         );
         assert_eq!(
             parse(" hi there").unwrap(),
             Frame::Plain(" hi there".into())
         );
-        assert_eq!(parse(r#"{"op":"rooms"}"#).unwrap(), Frame::Op(Op::Rooms));
+        assert_eq!(
+            parse(r#"{"op":"rooms"}"#).unwrap(),
+            Frame::Op {
+                op: Op::Rooms,
+                cid: None
+            }
+        );
     }
 
     #[test]
@@ -230,6 +296,34 @@ mod tests {
         );
         assert_eq!(parse(r#"{"room":"a"}"#).unwrap_err().code, "bad_request");
         assert_eq!(parse(r#"{"op":5}"#).unwrap_err().code, "bad_request");
+        assert_eq!(
+            parse("[1]").unwrap(),
+            Frame::Plain("[1]".into()),
+            "not an object: text"
+        );
+        let long = format!(r#"{{"op":"rooms","cid":"{}"}}"#, "x".repeat(200));
+        assert_eq!(parse(&long).unwrap_err().code, "bad_request");
+        assert_eq!(
+            parse(r#"{"op":"rooms","cid":{"a":1}}"#).unwrap_err().code,
+            "bad_request"
+        );
+    }
+
+    #[test]
+    fn text_rules_and_costs() {
+        assert!(check_text("hi\tthere\r\n").is_ok());
+        assert_eq!(check_text("").unwrap_err().code, "bad_request");
+        assert_eq!(check_text("a\u{1}b").unwrap_err().code, "bad_text");
+        let history = |limit| Op::History {
+            room: "r".into(),
+            before: None,
+            limit,
+        };
+        assert_eq!(history(None).cost(), 3.0);
+        assert_eq!(history(Some(200)).cost(), 9.0);
+        assert_eq!(history(Some(100_000)).cost(), 9.0);
+        assert_eq!(Op::Rooms.cost(), 5.0);
+        assert_eq!(Op::Ping.cost(), 1.0);
     }
 
     #[test]

@@ -113,6 +113,15 @@ impl Drop for LiveGuard {
 impl Server {
     /// Open the store and the log, bind the listeners and start serving.
     pub fn start(options: &Options) -> Result<Server, BoxError> {
+        // A message is framed as JSON, which may double its text (quotes, backslashes): every
+        // frame must fit a connection's queue, or it could never be delivered to anyone.
+        if options.outbox_bytes < 4 * options.max_message {
+            return Err(format!(
+                "--outbox-bytes ({}) must be at least 4 x --max-message ({}): a message's frame must fit a connection's queue",
+                options.outbox_bytes, options.max_message
+            )
+            .into());
+        }
         std::fs::create_dir_all(&options.data_dir)
             .map_err(|e| format!("data directory {}: {e}", options.data_dir.display()))?;
         let store = Store::open(

@@ -35,7 +35,13 @@ pub struct Store {
     /// (ms since the epoch): once a second, not on every commit.
     aging: HashSet<String>,
     next_age_prune_ms: i64,
+    /// Where `age_out` goes on in the rooms table (the last room it visited; "" from the start).
+    age_cursor: String,
 }
+
+/// Rooms `age_out` visits per call (once a second): a table of a million rooms is gone
+/// through in under three hours, a seek each.
+const AGE_OUT_ROOMS: usize = 100;
 
 /// How often rooms written to are pruned by age, in ms.
 const AGE_PRUNE_EVERY_MS: i64 = 1_000;
@@ -47,6 +53,9 @@ pub enum Recovery {
     Complete(Vec<Msg>),
     /// Part of the range is no longer kept: the first seq still there (`None`: nothing kept).
     Gone { first_kept: Option<u64> },
+    /// Everything is kept, but more text than one replay may carry: the client pages history
+    /// instead (`first_kept` as for `Gone`).
+    TooMuch { first_kept: Option<u64> },
 }
 
 impl Store {
@@ -93,6 +102,7 @@ impl Store {
             retention,
             aging: HashSet::new(),
             next_age_prune_ms: 0,
+            age_cursor: String::new(),
         })
     }
 
@@ -102,11 +112,9 @@ impl Store {
         &self.epoch
     }
 
-    /// Every room's last sequence number.
-    pub fn last_seqs(&self) -> Result<HashMap<String, u64>> {
-        let mut stmt = self.conn.prepare("SELECT room, last_seq FROM rooms")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?)))?;
-        rows.collect()
+    /// A room's last sequence number (0 for a room never written to).
+    pub fn last_seq(&self, room: &str) -> Result<u64> {
+        last_seq(&self.conn, room)
     }
 
     /// Start a transaction: appends within it are committed together.
@@ -120,45 +128,77 @@ impl Store {
         })
     }
 
-    /// Messages of `room` before `before` (all when `None`), at most `limit`, oldest first,
-    /// and whether older ones are kept.
+    /// Prune by age the history of the next few rooms of the table, whether or not anyone
+    /// writes to them, so `--history-hours` holds in quiet rooms too (rooms written to are
+    /// pruned at their commits as well).
+    pub fn age_out(&mut self, now_ms: i64) -> Result<()> {
+        let max_age_ms = i64::try_from(self.retention.max_age.as_millis()).unwrap_or(i64::MAX);
+        let cutoff = now_ms.saturating_sub(max_age_ms);
+        let tx = self.conn.transaction()?;
+        let rooms: Vec<String> = {
+            let mut stmt =
+                tx.prepare_cached("SELECT room FROM rooms WHERE room > ?1 ORDER BY room LIMIT ?2")?;
+            let rows =
+                stmt.query_map(params![self.age_cursor, AGE_OUT_ROOMS as u64], |r| r.get(0))?;
+            rows.collect::<Result<_>>()?
+        };
+        for room in &rooms {
+            prune_by_age(&tx, room, cutoff)?;
+        }
+        tx.commit()?;
+        self.age_cursor = if rooms.len() < AGE_OUT_ROOMS {
+            String::new()
+        } else {
+            rooms.last().cloned().unwrap_or_default()
+        };
+        Ok(())
+    }
+
+    /// Messages of `room` before `before` (all when `None`), at most `limit` and about
+    /// `max_bytes` of text, oldest first, and whether older ones are kept.
     pub fn page_before(
         &self,
         room: &str,
         before: Option<u64>,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<(Vec<Msg>, bool)> {
-        page_before(&self.conn, room, before, limit)
+        page_before(&self.conn, room, before, limit, max_bytes)
     }
 }
 
 /// Where the hub's batch writes messages and reads history: the embedded store's transaction
-/// ([`Batch`]), or Redis in cluster mode (`crate::cluster::ClusterBatch`).
+/// ([`Batch`]), Redis in cluster mode (`crate::cluster::ClusterBatch`), or nothing when the
+/// store cannot even start a transaction ([`Unavailable`]).
 pub trait Log {
     /// Store `msg`. Here its seq is already the room's next; in cluster mode the seq is given
     /// by Redis when the batch is published, and `msg.seq` is ignored.
     fn append(&mut self, msg: &Msg) -> Result<()>;
-    /// What `join{room, since}` replays, `last` being the room's last seq.
-    fn recover(&mut self, room: &str, since: u64, last: u64) -> Result<Recovery>;
+    /// What `join{room, since}` replays, `last` being the room's last seq: everything after
+    /// `since` if it is kept and comes to at most `max_bytes` of text.
+    fn recover(&mut self, room: &str, since: u64, last: u64, max_bytes: usize) -> Result<Recovery>;
     /// The oldest seq of `room` still kept.
     fn first_kept(&mut self, room: &str) -> Result<Option<u64>>;
-    /// Messages of `room` before `before`, at most `limit`, oldest first, and whether older
-    /// ones are kept.
+    /// Messages of `room` before `before`, at most `limit` and about `max_bytes` of text,
+    /// oldest first, and whether older ones are kept.
     fn page_before(
         &mut self,
         room: &str,
         before: Option<u64>,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<(Vec<Msg>, bool)>;
+    /// A room this node has no members in is joined: its last seq (cluster mode: the node
+    /// starts following it).
+    fn open_room(&mut self, room: &str) -> Result<u64>;
+    /// An ended pair's room: nobody can join it again, so its history goes.
+    fn drop_room(&mut self, _room: &str) -> Result<()> {
+        Ok(())
+    }
     /// Whether the room's seq comes from elsewhere (cluster mode): messages are then numbered
     /// and delivered by the log, not by the hub.
     fn shared(&self) -> bool {
         false
-    }
-    /// Cluster mode, a room this node had no members in: start following it and return its
-    /// last seq.
-    fn open_room(&mut self, _room: &str) -> Option<u64> {
-        None
     }
     /// Cluster mode: the nicks in `room` on other nodes.
     fn remote_members(&mut self, _room: &str) -> Vec<String> {
@@ -186,8 +226,8 @@ impl Log for Batch<'_> {
     fn append(&mut self, msg: &Msg) -> Result<()> {
         Batch::append(self, msg)
     }
-    fn recover(&mut self, room: &str, since: u64, last: u64) -> Result<Recovery> {
-        Batch::recover(self, room, since, last)
+    fn recover(&mut self, room: &str, since: u64, last: u64, max_bytes: usize) -> Result<Recovery> {
+        Batch::recover(self, room, since, last, max_bytes)
     }
     fn first_kept(&mut self, room: &str) -> Result<Option<u64>> {
         Batch::first_kept(self, room)
@@ -197,8 +237,62 @@ impl Log for Batch<'_> {
         room: &str,
         before: Option<u64>,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<(Vec<Msg>, bool)> {
-        Batch::page_before(self, room, before, limit)
+        page_before(&self.tx, room, before, limit, max_bytes)
+    }
+    fn open_room(&mut self, room: &str) -> Result<u64> {
+        // Written in this batch already (and left since): its seq is not in the table yet.
+        match self.touched.get(room) {
+            Some(last) => Ok(*last),
+            None => last_seq(&self.tx, room),
+        }
+    }
+    fn drop_room(&mut self, room: &str) -> Result<()> {
+        self.touched.remove(room);
+        self.aging.remove(room);
+        self.tx
+            .prepare_cached("DELETE FROM messages WHERE room = ?1")?
+            .execute([room])?;
+        self.tx
+            .prepare_cached("DELETE FROM rooms WHERE room = ?1")?
+            .execute([room])?;
+        Ok(())
+    }
+}
+
+/// The store when it cannot start a transaction: every read and write fails, so each request
+/// is answered (`unavailable`) instead of dropped, and connections still come and go.
+pub struct Unavailable;
+
+/// The error `Unavailable` gives.
+fn unavailable() -> rusqlite::Error {
+    rusqlite::Error::ToSqlConversionFailure(Box::new(std::io::Error::other(
+        "the store is unavailable",
+    )))
+}
+
+impl Log for Unavailable {
+    fn append(&mut self, _msg: &Msg) -> Result<()> {
+        Err(unavailable())
+    }
+    fn recover(&mut self, _: &str, _: u64, _: u64, _: usize) -> Result<Recovery> {
+        Err(unavailable())
+    }
+    fn first_kept(&mut self, _room: &str) -> Result<Option<u64>> {
+        Err(unavailable())
+    }
+    fn page_before(
+        &mut self,
+        _: &str,
+        _: Option<u64>,
+        _: usize,
+        _: usize,
+    ) -> Result<(Vec<Msg>, bool)> {
+        Err(unavailable())
+    }
+    fn open_room(&mut self, _room: &str) -> Result<u64> {
+        Err(unavailable())
     }
 }
 
@@ -231,8 +325,9 @@ impl Batch<'_> {
     }
 
     /// What `join{room, since}` replays, `last` being the room's last seq: all of
-    /// `since+1..=last`, or `Gone` when part of it was pruned.
-    pub fn recover(&self, room: &str, since: u64, last: u64) -> Result<Recovery> {
+    /// `since+1..=last`; `Gone` when part of it was pruned; `TooMuch` past `max_bytes` of text
+    /// (read no further than that).
+    pub fn recover(&self, room: &str, since: u64, last: u64, max_bytes: usize) -> Result<Recovery> {
         if since >= last {
             return Ok(Recovery::Complete(Vec::new()));
         }
@@ -243,8 +338,18 @@ impl Batch<'_> {
                     "SELECT room, seq, sender, text, ts, cid FROM messages
                      WHERE room = ?1 AND seq > ?2 ORDER BY seq",
                 )?;
-                let rows = stmt.query_map(params![room, since], row_to_msg)?;
-                Ok(Recovery::Complete(rows.collect::<Result<_>>()?))
+                let mut rows = stmt.query_map(params![room, since], row_to_msg)?;
+                let mut msgs = Vec::new();
+                let mut bytes = 0usize;
+                for msg in rows.by_ref() {
+                    let msg = msg?;
+                    bytes += msg.text.len();
+                    if bytes > max_bytes {
+                        return Ok(Recovery::TooMuch { first_kept });
+                    }
+                    msgs.push(msg);
+                }
+                Ok(Recovery::Complete(msgs))
             }
             first_kept => Ok(Recovery::Gone { first_kept }),
         }
@@ -253,16 +358,6 @@ impl Batch<'_> {
     /// The oldest seq of `room` still kept.
     pub fn first_kept(&self, room: &str) -> Result<Option<u64>> {
         first_kept(&self.tx, room)
-    }
-
-    /// See [`Store::page_before`].
-    pub fn page_before(
-        &self,
-        room: &str,
-        before: Option<u64>,
-        limit: usize,
-    ) -> Result<(Vec<Msg>, bool)> {
-        page_before(&self.tx, room, before, limit)
     }
 
     /// Move the last seq of each room written to (once per room, not per message), prune
@@ -321,11 +416,20 @@ fn first_kept(conn: &Connection, room: &str) -> Result<Option<u64>> {
         .query_row([room], |r| r.get(0))
 }
 
+fn last_seq(conn: &Connection, room: &str) -> Result<u64> {
+    Ok(conn
+        .prepare_cached("SELECT last_seq FROM rooms WHERE room = ?1")?
+        .query_row([room], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0))
+}
+
 fn page_before(
     conn: &Connection,
     room: &str,
     before: Option<u64>,
     limit: usize,
+    max_bytes: usize,
 ) -> Result<(Vec<Msg>, bool)> {
     let before = before.unwrap_or(i64::MAX as u64).min(i64::MAX as u64);
     let mut stmt = conn.prepare_cached(
@@ -333,9 +437,20 @@ fn page_before(
          WHERE room = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3",
     )?;
     let rows = stmt.query_map(params![room, before, limit as u64 + 1], row_to_msg)?;
-    let mut msgs: Vec<Msg> = rows.collect::<Result<_>>()?;
-    let more = msgs.len() > limit;
-    msgs.truncate(limit);
+    // Newest first, until `limit` or `max_bytes` (at least one); one more row says whether
+    // older ones are kept.
+    let mut msgs = Vec::new();
+    let mut bytes = 0usize;
+    let mut more = false;
+    for msg in rows {
+        let msg = msg?;
+        if msgs.len() == limit || (!msgs.is_empty() && bytes + msg.text.len() > max_bytes) {
+            more = true;
+            break;
+        }
+        bytes += msg.text.len();
+        msgs.push(msg);
+    }
     msgs.reverse();
     Ok((msgs, more))
 }
@@ -390,23 +505,31 @@ mod tests {
         }
         let mut store = Store::open(&path, retention(3), false).unwrap();
         assert_eq!(store.epoch(), epoch);
-        assert_eq!(store.last_seqs().unwrap()["a"], 5);
-        let (page, more) = store.page_before("a", None, 10).unwrap();
+        assert_eq!(store.last_seq("a").unwrap(), 5);
+        assert_eq!(store.last_seq("never").unwrap(), 0);
+        let (page, more) = store.page_before("a", None, 10, 1 << 20).unwrap();
         assert_eq!(page.iter().map(|m| m.seq).collect::<Vec<_>>(), [3, 4, 5]);
         assert!(!more);
         assert_eq!(page[0].cid, Some(serde_json::json!({"n": 3})));
         let b = store.begin().unwrap();
         assert_eq!(
-            b.recover("a", 1, 5).unwrap(),
+            b.recover("a", 1, 5, 1 << 20).unwrap(),
             Recovery::Gone {
                 first_kept: Some(3)
             }
         );
-        match b.recover("a", 2, 5).unwrap() {
+        match b.recover("a", 2, 5, 1 << 20).unwrap() {
             Recovery::Complete(m) => assert_eq!(m.len(), 3),
             other => panic!("{other:?}"),
         }
-        assert_eq!(b.recover("a", 5, 5).unwrap(), Recovery::Complete(vec![]));
+        // "m3" "m4" "m5": 6 bytes of text; 5 is too little for one replay.
+        assert_eq!(
+            b.recover("a", 2, 5, 5).unwrap(),
+            Recovery::TooMuch {
+                first_kept: Some(3)
+            }
+        );
+        assert_eq!(b.recover("a", 5, 5, 0).unwrap(), Recovery::Complete(vec![]));
     }
 
     #[test]
@@ -418,14 +541,44 @@ mod tests {
             b.append(&msg("r", seq, 0)).unwrap();
         }
         b.commit(1_000).unwrap();
-        let (page, more) = store.page_before("r", Some(8), 3).unwrap();
+        let (page, more) = store.page_before("r", Some(8), 3, 1 << 20).unwrap();
         assert_eq!(page.iter().map(|m| m.seq).collect::<Vec<_>>(), [5, 6, 7]);
         assert!(more);
+        // A byte budget cuts a page short (but never below one message).
+        let (page, more) = store.page_before("r", Some(8), 3, 4).unwrap();
+        assert_eq!(page.iter().map(|m| m.seq).collect::<Vec<_>>(), [6, 7]);
+        assert!(more);
+        let (page, _) = store.page_before("r", None, 3, 0).unwrap();
+        assert_eq!(page.iter().map(|m| m.seq).collect::<Vec<_>>(), [10]);
         // An hour and more later, a new message prunes the old ones.
         let mut b = store.begin().unwrap();
         b.append(&msg("r", 11, 4_000_000)).unwrap();
         b.commit(4_000_000).unwrap();
-        let (page, _) = store.page_before("r", None, 50).unwrap();
+        let (page, _) = store.page_before("r", None, 50, 1 << 20).unwrap();
         assert_eq!(page.iter().map(|m| m.seq).collect::<Vec<_>>(), [11]);
+    }
+
+    #[test]
+    fn quiet_rooms_age_out_and_ended_rooms_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("c.db"), retention(100), false).unwrap();
+        let mut b = store.begin().unwrap();
+        for room in ["quiet", "pair:x"] {
+            b.append(&msg(room, 1, 0)).unwrap();
+        }
+        b.commit(0).unwrap();
+        // Nobody writes to "quiet" again: an hour and more later it is pruned all the same,
+        // and its seq stays.
+        store.age_out(4_000_000).unwrap();
+        assert!(store
+            .page_before("quiet", None, 10, 1 << 20)
+            .unwrap()
+            .0
+            .is_empty());
+        assert_eq!(store.last_seq("quiet").unwrap(), 1);
+        let mut b = store.begin().unwrap();
+        b.drop_room("pair:x").unwrap();
+        b.commit(0).unwrap();
+        assert_eq!(store.last_seq("pair:x").unwrap(), 0);
     }
 }

@@ -639,3 +639,75 @@ fn a_rename_is_announced_to_its_rooms_and_a_refused_join_names_its_room() {
     a.close();
     b.close();
 }
+
+#[test]
+fn rooms_nobody_is_in_leave_memory_and_come_back_with_their_seq() {
+    let server = TestServer::start(&[]);
+    let mut c = Chat::connect(&server.url);
+    for n in 0..50 {
+        let room = format!("r{n}");
+        c.join(&room);
+        c.send(json!({"op": "say", "room": room, "text": "once"}));
+        c.msg(&room);
+        c.send(json!({"op": "leave", "room": room}));
+        c.expect("presence");
+    }
+    // Each sends its frames before the hub publishes the gauge: ask once more to be after.
+    c.send(json!({"op": "rooms"}));
+    c.expect("rooms");
+    assert_eq!(server.metric("chat_rooms"), 1, "only the lobby is held");
+    let joined = c.join("r7");
+    assert_eq!(joined["seq"], 1, "loaded from the store");
+    c.send(json!({"op": "say", "room": "r7", "text": "twice"}));
+    assert_eq!(c.msg("r7")["seq"], 2, "its seq goes on, never reused");
+    c.close();
+}
+
+#[test]
+fn history_hours_ages_out_quiet_rooms_too() {
+    let (_keep, dir) = data_dir();
+    // A room written to once, two hours ago, and never since.
+    {
+        let mut store = syncws_chat::store::Store::open(
+            &dir.join("chat.db"),
+            syncws_chat::store::Retention {
+                max_messages: 1000,
+                max_age: Duration::from_secs(100 * 3600),
+            },
+            false,
+        )
+        .unwrap();
+        let mut b = store.begin().unwrap();
+        b.append(&syncws_chat::protocol::Msg {
+            room: "quiet".into(),
+            seq: 1,
+            from: "ann".into(),
+            text: "old".into(),
+            ts: syncws_chat::now_ms() - 2 * 3600 * 1000,
+            cid: None,
+        })
+        .unwrap();
+        b.commit(syncws_chat::now_ms()).unwrap();
+    }
+    let server = syncws_chat::Server::start(&options(&dir, &["--history-hours", "1"])).unwrap();
+    let mut c = Chat::connect(&format!("ws://{}/", server.ws_addr.unwrap()));
+    // The sweep visits every room within seconds; nobody writes to this one.
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        c.send(json!({"op": "history", "room": "quiet"}));
+        if c.expect("history")["msgs"].as_array().unwrap().is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the old message is still kept"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Its seq is kept: the next message is 2.
+    c.join("quiet");
+    c.send(json!({"op": "say", "room": "quiet", "text": "new"}));
+    assert_eq!(c.msg("quiet")["seq"], 2);
+    c.close();
+    server.shutdown(Duration::from_secs(5));
+}

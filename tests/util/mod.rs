@@ -351,6 +351,9 @@ pub enum Rec {
 pub trait Actions {
     fn text(&mut self, s: &str) -> Result<(), String>;
     fn binary(&mut self, b: &[u8]) -> Result<(), String>;
+    /// As `binary`, but never waiting for room: a hook's send (which never waits), or a
+    /// command sender's `try_send`.
+    fn try_binary(&mut self, b: &[u8]) -> Result<(), String>;
     fn ping(&mut self, b: &[u8]) -> Result<(), String>;
     fn close(&mut self, code: u16, reason: &str) -> Result<(), String>;
     fn quit(&mut self);
@@ -362,6 +365,9 @@ impl Actions for Context<'_> {
     }
     fn binary(&mut self, b: &[u8]) -> Result<(), String> {
         self.send_binary(b).map_err(|e| e.to_string())
+    }
+    fn try_binary(&mut self, b: &[u8]) -> Result<(), String> {
+        self.binary(b)
     }
     fn ping(&mut self, b: &[u8]) -> Result<(), String> {
         self.send_ping(b).map_err(|e| e.to_string())
@@ -380,6 +386,10 @@ impl Actions for CommandSender {
     }
     fn binary(&mut self, b: &[u8]) -> Result<(), String> {
         self.send_binary(b.to_vec()).map_err(|e| e.to_string())
+    }
+    fn try_binary(&mut self, b: &[u8]) -> Result<(), String> {
+        self.try_send(Command::SendBinary(b.to_vec().into()))
+            .map_err(|e| e.to_string())
     }
     fn ping(&mut self, b: &[u8]) -> Result<(), String> {
         self.send(Command::SendPing(b.to_vec().into()))

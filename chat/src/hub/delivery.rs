@@ -10,19 +10,13 @@ impl State {
 
     /// Hand this batch's frames to their connections, in order, after what earlier batches
     /// left waiting for them. A frame the connection's channel has no room for waits in its
-    /// backlog; once the backlog and the connection's outbox together pass `outbox_bytes`, the
-    /// connection is a slow consumer: closed with 4008, counted, logged, and its backlog dropped.
+    /// backlog; once what waits for the connection (the backlog, its command channel and its
+    /// outbox, all counted in bytes) passes `outbox_bytes`, it is a slow consumer: closed with
+    /// 4008, counted, logged, and its backlog dropped.
     pub(super) fn deliver(&mut self) {
         self.metrics
             .rooms
             .store(self.rooms.len() as u64, Ordering::Relaxed);
-        // Stored: from here on each message of the batch is handed out.
-        let now = Instant::now();
-        for (_, _, at) in self.said.drain(..) {
-            self.metrics
-                .delivery_latency
-                .observe(now.duration_since(at));
-        }
         let limit = self.options.outbox_bytes;
         for (id, out) in std::mem::take(&mut self.out) {
             let Some(member) = self.members.get_mut(&id) else {
@@ -33,7 +27,7 @@ impl State {
             }
             let item = match out {
                 Out::Msg(f) => (f, true),
-                Out::Frame(f) => (f, false),
+                Out::Frame(f) | Out::Read(f) => (f, false),
             };
             member.backlog_bytes += item.0.len();
             member.backlog.push_back(item);
@@ -74,7 +68,9 @@ impl State {
                     }
                 }
             }
-            let queued = usize::try_from(member.metrics.queued_bytes()).unwrap_or(usize::MAX);
+            let queued = usize::try_from(member.metrics.queued_bytes())
+                .unwrap_or(usize::MAX)
+                .saturating_add(member.tx.queued_bytes());
             if !member.backlog.is_empty() {
                 if member.backlog_bytes.saturating_add(queued) > limit {
                     slow.push(id);

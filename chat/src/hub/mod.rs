@@ -31,14 +31,19 @@ use crate::eventlog::EventLog;
 use crate::matchmaking::{Matched, Peer, Seeker, Sought};
 use crate::metrics::Metrics;
 use crate::now_ms;
-use crate::protocol::{check_room, Msg, Refusal, MAX_HISTORY_PAGE, PAIR_PREFIX};
-use crate::store::{Log, Recovery, Store};
+use crate::protocol::{
+    check_room, Msg, Op, Refusal, DEFAULT_HISTORY_PAGE, MAX_HISTORY_PAGE, MAX_LISTED, PAIR_PREFIX,
+};
+use crate::store::{self, Log, Recovery, Store};
 
 pub use crate::protocol::LOBBY;
 /// Close code for a connection that fell behind by a whole outbox.
 pub const SLOW_CONSUMER: u16 = 4008;
 /// Requests carried out per transaction, at most.
 const BATCH: usize = 4096;
+/// Bytes of answers built per transaction, at most: a batch ends early past it (its frames all
+/// wait in memory until the commit), so expensive requests cannot pile up in one batch.
+const BATCH_BYTES: usize = 8 << 20;
 /// Messages replayed per `history` frame on a recovering join.
 const REPLAY_PAGE: usize = 100;
 
@@ -57,54 +62,23 @@ pub enum Request {
         id: u64,
         nick: String,
     },
-    Join {
+    /// A client's op (not `hello` or `ping`, which its connection answers), with its `cid`.
+    Op {
         id: u64,
-        room: String,
-        since: Option<u64>,
-        epoch: Option<String>,
-    },
-    Leave {
-        id: u64,
-        room: String,
-    },
-    /// `room: None`: the connection's current room (a plain-text frame).
-    Say {
-        id: u64,
-        room: Option<String>,
-        text: String,
+        op: Op,
         cid: Option<Value>,
-        /// When its connection read it: delivery latency is measured from here.
+        /// When its connection read it: a message's delivery latency is measured from here.
         at: Instant,
     },
-    History {
+    /// A plain-text frame: said in the connection's current room.
+    Plain {
         id: u64,
-        room: String,
-        before: Option<u64>,
-        limit: Option<usize>,
-    },
-    Rooms {
-        id: u64,
-    },
-    Who {
-        id: u64,
-        room: String,
-    },
-    Match {
-        id: u64,
-    },
-    Next {
-        id: u64,
-    },
-    Unmatch {
-        id: u64,
-    },
-    Typing {
-        id: u64,
-        room: String,
+        text: String,
+        at: Instant,
     },
     /// Cluster mode: what the node's subscriber heard from Redis.
     Heard(Heard),
-    /// The connection ended (`code`: its close code, if any).
+    /// The connection ended.
     Disconnect {
         id: u64,
     },
@@ -117,12 +91,17 @@ pub enum Request {
 #[derive(Debug, Clone)]
 pub struct HubOptions {
     pub idle_timeout: Option<Duration>,
-    /// Bytes that may wait for one connection (its outbox plus what the hub holds for it)
-    /// before it is closed as a slow consumer.
+    /// Bytes that may wait for one connection (its outbox, its command channel and what the
+    /// hub holds for it) before it is closed as a slow consumer.
     pub outbox_bytes: usize,
     /// Rooms one connection may be in at once (matchmaking's pair room included).
     pub max_rooms: usize,
-    /// Largest replay frame, in bytes (a quarter of a connection's outbox).
+    /// Largest answer frame built for one request, in bytes (a quarter of a connection's
+    /// outbox): a history page or a replay frame stops there (at least one message each).
+    pub reply_bytes: usize,
+    /// Largest replay of a recovering join, in text bytes (half an outbox): a member that
+    /// missed more is told `recovered: false` and pages history itself, as it would after a
+    /// longer absence, instead of being closed as a slow consumer by its own replay.
     pub replay_bytes: usize,
 }
 
@@ -133,7 +112,8 @@ impl HubOptions {
             idle_timeout: crate::Options::opt_secs(options.idle_timeout),
             outbox_bytes: options.outbox_bytes,
             max_rooms: options.max_rooms.max(1),
-            replay_bytes: (options.outbox_bytes / 4).max(4096),
+            reply_bytes: (options.outbox_bytes / 4).max(4096),
+            replay_bytes: (options.outbox_bytes / 2).max(8192),
         }
     }
 }
@@ -149,13 +129,22 @@ struct Member {
     /// `last_peer_key`, its `NODE:ID`).
     last_peer: Option<u64>,
     last_peer_key: Option<String>,
-    /// Rooms in the order joined; the last is the current room.
+    /// Rooms in the order joined.
     rooms: Vec<String>,
+    /// Where its plain text goes: the room it last joined, or the pair it asked for. Only its
+    /// own acts move it; a room it left, or a pair that ended, is not replaced by another
+    /// (plain text meant for one person must never reach others).
+    current: Option<String>,
     pair: Option<String>,
     /// Its last pair room that ended: a message to it is refused with `peer_left` (the room
     /// itself is gone from the hub).
     ended_pair: Option<String>,
     queued: bool,
+    /// It asked for a stranger (`match`, `next`): the pair found becomes its current room. A
+    /// member put back in the queue because its partner left did not.
+    asked: bool,
+    /// The `cid` of that request, for its first answer (`queued` or `matched`).
+    seek_cid: Option<Value>,
     /// Closed by the hub (slow consumer, idle, shutdown): nothing more is sent to it.
     closing: bool,
     last_active: Arc<AtomicI64>,
@@ -175,7 +164,27 @@ struct Room {
 enum Out {
     /// A chat message (counted as a delivery; dropped if the commit fails).
     Msg(SharedFrame),
+    /// An answer read from the batch's transaction (`joined`, a replay, a history page): it
+    /// may show what the batch wrote, so it is dropped if the commit fails (and the request
+    /// answered again, see `Reread`).
+    Read(SharedFrame),
     Frame(SharedFrame),
+}
+
+/// A request whose answer read the batch's transaction: if the commit fails, its `Read`
+/// frames are dropped and it is answered again from what is committed.
+enum Reread {
+    Join {
+        id: u64,
+        room: String,
+        since: Option<u64>,
+        cid: Option<Value>,
+    },
+    History {
+        id: u64,
+        room: String,
+        cid: Option<Value>,
+    },
 }
 
 /// Rooms, members and the queue: everything but the store, which the batch borrows.
@@ -183,6 +192,8 @@ struct State {
     /// Cluster mode: this batch's changes for the other nodes (see `cluster`); None on one
     /// node.
     changes: Option<Vec<Change>>,
+    /// Rooms with members here (and, on one node, the lobby always): a room nobody is in
+    /// leaves memory, and is loaded again when someone joins.
     rooms: HashMap<String, Room>,
     members: HashMap<u64, Member>,
     queue: VecDeque<u64>,
@@ -195,10 +206,21 @@ struct State {
     metrics: Arc<Metrics>,
     log: EventLog,
     options: HubOptions,
-    /// Frames to hand out after the commit, in order.
+    /// Frames to hand out after the commit, in order, and the bytes built for them.
     out: Vec<(u64, Out)>,
-    /// Senders of this batch's messages, told if the commit fails, and when each was read.
-    said: Vec<(u64, Option<Value>, Instant)>,
+    out_bytes: usize,
+    /// Senders of this batch's messages, with the room, told if the commit fails, and when
+    /// each was read.
+    said: Vec<(u64, String, Option<Value>, Instant)>,
+    /// Cluster mode: per room, messages of this node's members that Redis stored and that
+    /// have not come back through the subscription yet: (seq, sender, cid). The sender's copy
+    /// alone carries the cid.
+    own_acks: HashMap<String, Vec<(u64, u64, Value)>>,
+    /// Rooms this batch wrote to, with their last seq before it (restored if the commit
+    /// fails: the seqs it handed out were never shown to anyone).
+    seqs_before: HashMap<String, u64>,
+    /// Requests answered from the batch's transaction.
+    reads: Vec<Reread>,
     /// Members whose backlog is not empty: `deliver` visits these, not every member (with
     /// thousands of connections, a scan of all of them per batch was most of the hub's time).
     backlogged: std::collections::BTreeSet<u64>,
@@ -226,32 +248,22 @@ fn run(
     options: HubOptions,
     rx: &Receiver<Request>,
 ) {
-    // Cluster mode: rooms and their seqs are Redis's; this node learns them as members join.
-    let local = if cluster.is_some() {
-        Ok(HashMap::new())
-    } else {
-        store.last_seqs()
-    };
-    let rooms = match local {
-        Ok(seqs) => seqs
-            .into_iter()
-            // A pair room cannot be joined again: its seq is never needed.
-            .filter(|(name, _)| !name.starts_with(PAIR_PREFIX))
-            .map(|(name, last_seq)| {
-                (
-                    name,
-                    Room {
-                        last_seq,
-                        ..Room::default()
-                    },
-                )
-            })
-            .collect(),
-        Err(e) => {
-            tracing::error!(error = %e, "store: cannot read the rooms");
-            HashMap::new()
-        }
-    };
+    // Rooms are loaded as members join. The lobby, which everyone joins, is loaded now (one
+    // node; in cluster mode its seq is Redis's and comes with its first member).
+    let mut rooms = HashMap::new();
+    if cluster.is_none() {
+        let last_seq = store.last_seq(LOBBY).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "store: cannot read the lobby's seq");
+            0
+        });
+        rooms.insert(
+            LOBBY.to_owned(),
+            Room {
+                last_seq,
+                ..Room::default()
+            },
+        );
+    }
     let mut state = State {
         changes: cluster.as_ref().map(|_| Vec::new()),
         rooms,
@@ -269,7 +281,11 @@ fn run(
         log,
         options,
         out: Vec::new(),
+        out_bytes: 0,
         said: Vec::new(),
+        own_acks: HashMap::new(),
+        seqs_before: HashMap::new(),
+        reads: Vec::new(),
         backlogged: std::collections::BTreeSet::new(),
     };
     let mut shutdown: Option<Sender<()>> = None;
@@ -292,8 +308,16 @@ fn run(
         };
         if Instant::now() >= next_sweep {
             state.sweep_idle();
-            if let Some(cluster) = cluster.as_mut() {
-                cluster.heartbeat(state.rooms.get(LOBBY).map_or(0, |r| r.members.len()));
+            match cluster.as_mut() {
+                Some(cluster) => {
+                    cluster.heartbeat(state.rooms.get(LOBBY).map_or(0, |r| r.members.len()))
+                }
+                // History ages out in quiet rooms too, a few rooms a second.
+                None => {
+                    if let Err(e) = store.age_out(now_ms()) {
+                        tracing::warn!(error = %e, "store: aging history out");
+                    }
+                }
             }
             next_sweep = Instant::now() + Duration::from_secs(1);
         }
@@ -301,14 +325,11 @@ fn run(
             state.deliver();
             continue;
         };
-        let requests: Vec<Request> = std::iter::once(first)
-            .chain(rx.try_iter().take(BATCH - 1))
-            .collect();
         if let Some(cluster) = cluster.as_mut() {
             // Cluster mode: Redis numbers, stores and publishes; the frames come back through
             // the subscription (Remote), to this node's members as to everyone's.
             let mut batch = cluster.begin();
-            state.handle_all(&mut batch, requests, &mut shutdown);
+            state.take_batch(&mut batch, first, rx, &mut shutdown);
             let results = batch.commit();
             state.refuse_unpublished(&results);
             state.unfollow_unused();
@@ -318,29 +339,29 @@ fn run(
             state.deliver();
             continue;
         }
-        let committed = match store.begin() {
+        match store.begin() {
             Ok(mut batch) => {
-                state.handle_all(&mut batch, requests, &mut shutdown);
-                batch.commit(now_ms())
-            }
-            Err(e) => {
-                for request in requests {
-                    if let Request::Shutdown(done) = request {
-                        state.close_all();
-                        shutdown = Some(done);
-                    } else if let Request::Disconnect { id } = request {
-                        state.disconnect_without_store(id);
+                state.take_batch(&mut batch, first, rx, &mut shutdown);
+                match batch.commit(now_ms()) {
+                    Ok(()) => {
+                        Metrics::inc(&state.metrics.commits_total);
+                        state.committed();
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "store: commit failed; this batch's messages are refused");
+                        Metrics::inc(&state.metrics.store_errors_total);
+                        state.refuse_batch();
                     }
                 }
-                Err(e)
             }
-        };
-        match committed {
-            Ok(()) => Metrics::inc(&state.metrics.commits_total),
             Err(e) => {
-                tracing::error!(error = %e, "store: commit failed; this batch's messages are refused");
+                // No transaction at all: every request is still answered (a message is
+                // refused, a join gets no replay), and connections come and go as usual.
+                tracing::error!(error = %e, "store: cannot start a transaction; this batch is answered without it");
                 Metrics::inc(&state.metrics.store_errors_total);
-                state.refuse_batch(&store);
+                let mut none = store::Unavailable;
+                state.take_batch(&mut none, first, rx, &mut shutdown);
+                state.committed();
             }
         }
         state.deliver();
@@ -352,21 +373,31 @@ fn run(
 }
 
 impl State {
-    /// Carry out a batch's requests in order; a shutdown closes everyone and is answered
-    /// once they are gone.
-    fn handle_all(
+    /// Carry out `first` and whatever else waits, in order, up to `BATCH` requests or
+    /// `BATCH_BYTES` of answers; a shutdown closes everyone and is answered once they are
+    /// gone.
+    fn take_batch(
         &mut self,
         batch: &mut dyn Log,
-        requests: Vec<Request>,
+        first: Request,
+        rx: &Receiver<Request>,
         shutdown: &mut Option<Sender<()>>,
     ) {
-        for request in requests {
+        self.out_bytes = 0;
+        let mut next = Some(first);
+        let mut taken = 0;
+        while let Some(request) = next {
             if let Request::Shutdown(done) = request {
                 self.close_all();
                 *shutdown = Some(done);
-                continue;
+            } else {
+                self.handle(batch, request);
             }
-            self.handle(batch, request);
+            taken += 1;
+            if taken >= BATCH || self.out_bytes >= BATCH_BYTES {
+                break;
+            }
+            next = rx.try_recv().ok();
         }
         // Strangers put back in the queue by a partner's leaving are matched again now.
         self.make_pairs(batch);
@@ -400,185 +431,22 @@ impl State {
                         last_peer: None,
                         last_peer_key: None,
                         rooms: Vec::new(),
+                        current: Some(LOBBY.to_owned()),
                         pair: None,
                         ended_pair: None,
                         queued: false,
+                        asked: false,
+                        seek_cid: None,
                         closing: false,
                         last_active,
                     },
                 );
-                self.join(batch, id, LOBBY, None, None);
+                self.join(batch, id, LOBBY, None, None, None);
             }
-            Request::Hello { id, nick } => {
-                let Some(m) = self.members.get_mut(&id) else {
-                    return;
-                };
-                let old = std::mem::replace(&mut m.nick, nick.clone());
-                if old == nick {
-                    return;
-                }
-                let in_rooms = m.rooms.clone();
-                for room in &in_rooms {
-                    self.share(Change::Renamed {
-                        room: room.clone(),
-                        id,
-                        nick: nick.clone(),
-                        old: old.clone(),
-                    });
-                }
-                // Members of its rooms see the new name (not the lobby: everyone is there).
-                for room in in_rooms.into_iter().filter(|r| r != LOBBY) {
-                    let members = self
-                        .rooms
-                        .get(&room)
-                        .map(|r| r.members.clone())
-                        .unwrap_or_default();
-                    let renamed = frame(
-                        json!({"ev": "presence", "room": room, "state": "renamed", "nick": nick, "old": old}),
-                    );
-                    for m in members {
-                        self.out.push((m, Out::Frame(renamed.clone())));
-                    }
-                }
-            }
-            Request::Join {
-                id,
-                room,
-                since,
-                epoch,
-            } => {
-                if let Err(r) = check_room(&room) {
-                    return self.refuse(id, r.with_room(&room));
-                }
-                if room.starts_with(PAIR_PREFIX) && !self.is_member(id, &room) {
-                    return self.refuse(
-                        id,
-                        Refusal::new("private_room", "pair rooms are made by matchmaking")
-                            .with_room(&room),
-                    );
-                }
-                let in_rooms = self.members.get(&id).map_or(0, |m| m.rooms.len());
-                if in_rooms >= self.options.max_rooms && !self.is_member(id, &room) {
-                    return self.refuse(
-                        id,
-                        Refusal::new(
-                            "too_many_rooms",
-                            format!(
-                                "at most {} rooms at once; leave one first",
-                                self.options.max_rooms
-                            ),
-                        )
-                        .with_room(&room),
-                    );
-                }
-                self.join(batch, id, &room, since, epoch.as_deref());
-            }
-            Request::Leave { id, room } => {
-                if !self.is_member(id, &room) {
-                    return self.refuse(id, not_member(&room));
-                }
-                if room.starts_with(PAIR_PREFIX) {
-                    self.end_pair(id, true);
-                } else {
-                    self.leave(id, &room);
-                }
-            }
-            Request::Say {
-                id,
-                room,
-                text,
-                cid,
-                at,
-            } => self.say(batch, id, room, text, cid, at),
-            Request::History {
-                id,
-                room,
-                before,
-                limit,
-            } => {
-                if room.starts_with(PAIR_PREFIX) && !self.is_member(id, &room) {
-                    return self.refuse(id, not_member(&room));
-                }
-                let limit = limit.unwrap_or(50).clamp(1, MAX_HISTORY_PAGE);
-                match batch.page_before(&room, before, limit) {
-                    Ok((msgs, more)) => {
-                        let msgs: Vec<Value> = msgs.iter().map(Msg::to_value).collect();
-                        self.send(
-                            id,
-                            json!({"ev": "history", "room": room, "msgs": msgs, "more": more}),
-                        );
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "store: history");
-                        Metrics::inc(&self.metrics.store_errors_total);
-                        self.refuse(id, Refusal::new("store_failed", "history is unavailable"));
-                    }
-                }
-            }
-            Request::Rooms { id } => {
-                let mut rooms: Vec<(&String, &Room)> = self
-                    .rooms
-                    .iter()
-                    .filter(|(name, _)| !name.starts_with(PAIR_PREFIX))
-                    .collect();
-                rooms.sort_by(|a, b| b.1.members.len().cmp(&a.1.members.len()).then(a.0.cmp(b.0)));
-                let list: Vec<Value> = rooms
-                    .iter()
-                    .take(1000)
-                    .map(|(name, r)| json!({"room": name, "members": r.members.len(), "seq": r.last_seq}))
-                    .collect();
-                self.send(id, json!({"ev": "rooms", "rooms": list}));
-            }
-            Request::Who { id, room } => {
-                if room.starts_with(PAIR_PREFIX) && !self.is_member(id, &room) {
-                    return self.refuse(id, not_member(&room));
-                }
-                let mut members = self.nicks(&room);
-                members.extend(batch.remote_members(&room));
-                self.send(id, json!({"ev": "who", "room": room, "members": members}));
-            }
-            Request::Match { id } => {
-                let Some(m) = self.members.get(&id) else {
-                    return;
-                };
-                if let Some(room) = &m.pair {
-                    let room = room.clone();
-                    return self.refuse(
-                        id,
-                        Refusal::new(
-                            "already_matched",
-                            format!("you are matched in {room}; send next or unmatch"),
-                        ),
-                    );
-                }
-                self.seek_stranger(batch, id);
-            }
-            Request::Next { id } => {
-                self.end_pair(id, true);
-                self.seek_stranger(batch, id);
-            }
-            Request::Unmatch { id } => {
-                self.end_pair(id, true);
-                self.unqueue(id);
-                self.send(id, json!({"ev": "unmatched"}));
-            }
-            Request::Typing { id, room } => {
-                if !self.is_member(id, &room) {
-                    return self.refuse(id, not_member(&room));
-                }
-                let nick = self.nick(id);
-                let frame = frame(json!({"ev": "typing", "room": room, "nick": nick}));
-                let others: Vec<u64> = self.rooms[&room]
-                    .members
-                    .iter()
-                    .copied()
-                    .filter(|m| *m != id)
-                    .collect();
-                for m in others {
-                    self.out.push((m, Out::Frame(frame.clone())));
-                }
-            }
-            Request::Disconnect { id } => self.disconnect(id),
+            Request::Hello { id, nick } => self.rename(id, nick),
+            Request::Op { id, op, cid, at } => self.op(batch, id, op, cid, at),
+            Request::Plain { id, text, at } => self.say_here(batch, id, text, at),
+            Request::Disconnect { id } => self.disconnect(batch, id),
             Request::Heard(Heard::Message { room, seq, frame }) => {
                 self.remote(batch, &room, seq, frame)
             }
@@ -609,10 +477,10 @@ impl State {
                 let waiting_pair = room.starts_with(PAIR_PREFIX)
                     && self.rooms.get(&room).is_some_and(|r| !r.members.is_empty());
                 if waiting_pair && batch.pair_ended(&room) {
-                    self.partner_left(&room);
+                    self.partner_left(batch, &room);
                 }
             }
-            Request::Heard(Heard::PeerLeft { room }) => self.partner_left(&room),
+            Request::Heard(Heard::PeerLeft { room }) => self.partner_left(batch, &room),
             Request::Heard(Heard::Matched) => {
                 let matched = batch.matchmaker().map(|q| q.matched()).unwrap_or_default();
                 for m in matched {
@@ -621,6 +489,168 @@ impl State {
             }
             Request::Shutdown(_) => unreachable!("handled by the loop"),
         }
+    }
+
+    /// A client's op; every answer and error carries its `cid`.
+    fn op(&mut self, batch: &mut dyn Log, id: u64, op: Op, cid: Option<Value>, at: Instant) {
+        if !self.members.contains_key(&id) {
+            return;
+        }
+        match op {
+            Op::Join { room, since, epoch } => {
+                let refusal = if let Err(r) = check_room(&room) {
+                    Some(r)
+                } else if room.starts_with(PAIR_PREFIX) && !self.is_member(id, &room) {
+                    Some(Refusal::new(
+                        "private_room",
+                        "pair rooms are made by matchmaking",
+                    ))
+                } else if !self.is_member(id, &room) && self.rooms_full(id) {
+                    Some(self.too_many_rooms())
+                } else {
+                    None
+                };
+                if let Some(r) = refusal {
+                    return self.refuse(id, r.with_room(&room).with_cid(cid));
+                }
+                if self.join(batch, id, &room, since, epoch.as_deref(), cid) {
+                    if let Some(m) = self.members.get_mut(&id) {
+                        m.current = Some(room);
+                    }
+                }
+            }
+            Op::Leave { room } => {
+                if !self.is_member(id, &room) {
+                    return self.refuse(id, not_member(&room).with_cid(cid));
+                }
+                if room.starts_with(PAIR_PREFIX) {
+                    self.end_pair(batch, id, true, cid);
+                } else {
+                    self.leave(id, &room, cid);
+                }
+            }
+            Op::Say { room, text } => self.say(batch, id, room, text, cid, at),
+            Op::History {
+                room,
+                before,
+                limit,
+            } => self.history(batch, id, room, before, limit, cid),
+            Op::Rooms => self.list_rooms(batch, id, cid),
+            Op::Who { room } => {
+                if room.starts_with(PAIR_PREFIX) && !self.is_member(id, &room) {
+                    return self.refuse(id, not_member(&room).with_cid(cid));
+                }
+                let mut members = self.nicks(&room);
+                members.extend(batch.remote_members(&room));
+                let count = members.len();
+                members.truncate(MAX_LISTED);
+                self.reply(
+                    id,
+                    cid,
+                    json!({"ev": "who", "room": room, "members": members, "count": count}),
+                );
+            }
+            Op::Match => {
+                if let Some(room) = self.members.get(&id).and_then(|m| m.pair.clone()) {
+                    return self.refuse(
+                        id,
+                        Refusal::new(
+                            "already_matched",
+                            format!("you are matched in {room}; send next or unmatch"),
+                        )
+                        .with_cid(cid),
+                    );
+                }
+                self.seek_stranger(batch, id, cid);
+            }
+            Op::Next => {
+                self.end_pair(batch, id, true, None);
+                self.seek_stranger(batch, id, cid);
+            }
+            Op::Unmatch => {
+                self.end_pair(batch, id, true, None);
+                self.unqueue(id);
+                self.reply(id, cid, json!({"ev": "unmatched"}));
+            }
+            Op::Typing { room } => {
+                if !self.is_member(id, &room) {
+                    return self.refuse(id, not_member(&room).with_cid(cid));
+                }
+                if room == LOBBY {
+                    // Everyone is in the lobby: a typing indicator there would go to every
+                    // connection, many times a second per typist.
+                    return self.refuse(
+                        id,
+                        Refusal::new("bad_request", "no typing indicator in the lobby")
+                            .with_room(&room)
+                            .with_cid(cid),
+                    );
+                }
+                let nick = self.nick(id);
+                let frame = frame(json!({"ev": "typing", "room": room, "nick": nick}));
+                let others: Vec<u64> = self.rooms[&room]
+                    .members
+                    .iter()
+                    .copied()
+                    .filter(|m| *m != id)
+                    .collect();
+                for m in others {
+                    self.out.push((m, Out::Frame(frame.clone())));
+                }
+            }
+            // Answered by the connection itself.
+            Op::Hello { .. } | Op::Ping => {}
+        }
+    }
+
+    /// A new nick for member `id`, announced in its rooms (not the lobby: everyone is there).
+    fn rename(&mut self, id: u64, nick: String) {
+        let Some(m) = self.members.get_mut(&id) else {
+            return;
+        };
+        let old = std::mem::replace(&mut m.nick, nick.clone());
+        if old == nick {
+            return;
+        }
+        let in_rooms = m.rooms.clone();
+        for room in &in_rooms {
+            self.share(Change::Renamed {
+                room: room.clone(),
+                id,
+                nick: nick.clone(),
+                old: old.clone(),
+            });
+        }
+        for room in in_rooms.into_iter().filter(|r| r != LOBBY) {
+            let members = self
+                .rooms
+                .get(&room)
+                .map(|r| r.members.clone())
+                .unwrap_or_default();
+            let renamed = frame(
+                json!({"ev": "presence", "room": room, "state": "renamed", "nick": nick, "old": old}),
+            );
+            for m in members {
+                self.out.push((m, Out::Frame(renamed.clone())));
+            }
+        }
+    }
+
+    /// Whether member `id` is in as many rooms as it may be.
+    fn rooms_full(&self, id: u64) -> bool {
+        self.members
+            .get(&id)
+            .is_some_and(|m| m.rooms.len() >= self.options.max_rooms)
+    }
+
+    fn too_many_rooms(&self) -> Refusal {
+        Refusal::new(
+            "too_many_rooms",
+            format!(
+                "at most {} rooms at once; leave one first",
+                self.options.max_rooms
+            ),
+        )
     }
 
     fn is_member(&self, id: u64, room: &str) -> bool {
@@ -644,7 +674,17 @@ impl State {
     }
 
     fn send(&mut self, id: u64, event: Value) {
-        self.out.push((id, Out::Frame(frame(event))));
+        let frame = frame(event);
+        self.out_bytes += frame.len();
+        self.out.push((id, Out::Frame(frame)));
+    }
+
+    /// `send`, with the `cid` of the request it answers.
+    fn reply(&mut self, id: u64, cid: Option<Value>, mut event: Value) {
+        if let Some(cid) = cid {
+            event["cid"] = cid;
+        }
+        self.send(id, event);
     }
 
     /// Cluster mode: note a change for the other nodes (shared after the batch).
@@ -658,18 +698,25 @@ impl State {
         self.changes.is_some()
     }
 
-    /// `send`, in `room`'s order: held with the room's frames while its subscription is not
-    /// confirmed (cluster mode), so it does not overtake the `joined` before it.
-    fn send_in(&mut self, room: &str, id: u64, event: Value) {
-        let out_start = self.out.len();
-        self.send(id, event);
-        self.hold_if_awaited(room, out_start);
-    }
-
     fn refuse(&mut self, id: u64, refusal: Refusal) {
         Metrics::inc(&self.metrics.protocol_errors_total);
-        self.out
-            .push((id, Out::Frame(SharedFrame::text(refusal.to_json()))));
+        let frame = SharedFrame::text(refusal.to_json());
+        self.out_bytes += frame.len();
+        self.out.push((id, Out::Frame(frame)));
+    }
+
+    /// The store could not do what a request needed: said, with the request's `cid`.
+    fn unavailable(&mut self, id: u64, what: &str, room: &str, cid: Option<Value>) {
+        Metrics::inc(&self.metrics.store_errors_total);
+        self.refuse(
+            id,
+            Refusal::new(
+                "unavailable",
+                format!("{what} is unavailable right now (the store failed); try again"),
+            )
+            .with_room(room)
+            .with_cid(cid),
+        );
     }
 }
 
@@ -678,5 +725,5 @@ fn frame(event: Value) -> SharedFrame {
 }
 
 fn not_member(room: &str) -> Refusal {
-    Refusal::new("not_member", format!("join {room} first"))
+    Refusal::new("not_member", format!("join {room} first")).with_room(room)
 }

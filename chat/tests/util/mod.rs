@@ -252,3 +252,13 @@ pub fn data_dir() -> (tempfile::TempDir, PathBuf) {
     let path = dir.path().to_owned();
     (dir, path)
 }
+
+/// Wait until `done` holds (for what a client cannot be told directly: a counter the server
+/// moves after the socket is gone), looking every few milliseconds, for at most `DEADLINE`.
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < DEADLINE, "never happened: {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
