@@ -10,7 +10,6 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
-use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, TcpKeepalive, Type};
@@ -24,6 +23,7 @@ use crate::proxy::env::for_target;
 use crate::proxy::tunnel::{self, Exchange};
 use crate::proxy::{Proxy, Target};
 use crate::stream::{Stream, Transport};
+use crate::sys::{AsFd, BorrowedSocket};
 use crate::tcp::TcpConn;
 use crate::tls::{self, TlsHandshake, TlsProgress};
 use crate::{Config, Handshake};
@@ -218,7 +218,7 @@ impl Dial {
     }
 
     /// The socket to wait on after [`Progress::Pending`] (which always has one).
-    pub(crate) fn fd(&self) -> Option<BorrowedFd<'_>> {
+    pub(crate) fn fd(&self) -> Option<BorrowedSocket<'_>> {
         match &self.state {
             State::Connecting { socket, .. } => Some(socket.as_fd()),
             State::Tunnel { conn, .. } | State::TlsStart(conn) => Some(conn.tcp().as_fd()),
