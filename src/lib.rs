@@ -199,6 +199,7 @@ mod incoming;
 mod io_outcome;
 mod linger;
 mod metrics;
+mod native_tls_failure;
 mod nonblocking;
 mod outbox;
 mod proxy;
