@@ -21,51 +21,60 @@ use std::time::Duration;
 
 use rustix::event::{Nsecs, Timespec};
 
+// Each backend's cfg, written once: these wrap the items of a backend (here and in poll.rs).
+
+/// Items of the Linux backend (Linux and Android, unless `--cfg syncws_portable`).
+macro_rules! linux_backend {
+    ($($item:item)*) => {$(
+        #[cfg(all(any(target_os = "linux", target_os = "android"), not(syncws_portable)))]
+        $item
+    )*};
+}
+
+/// Items of every other backend: the portable Unix one and Windows (they share `poll_set`).
+macro_rules! poll_backends {
+    ($($item:item)*) => {$(
+        #[cfg(not(all(any(target_os = "linux", target_os = "android"), not(syncws_portable))))]
+        $item
+    )*};
+}
+
+/// Items of the portable Unix backend (every Unix but Linux and Android, and those too under
+/// `--cfg syncws_portable`).
+macro_rules! unix_backend {
+    ($($item:item)*) => {$(
+        #[cfg(all(
+            unix,
+            not(all(any(target_os = "linux", target_os = "android"), not(syncws_portable)))
+        ))]
+        $item
+    )*};
+}
+
 mod poll;
 pub(crate) use poll::wait;
 
-#[cfg(all(any(target_os = "linux", target_os = "android"), not(syncws_portable)))]
-mod epoll_set;
-#[cfg(all(any(target_os = "linux", target_os = "android"), not(syncws_portable)))]
-mod eventfd;
-#[cfg(all(any(target_os = "linux", target_os = "android"), not(syncws_portable)))]
-pub(crate) use {
-    epoll_set::{Events, SetPoller, Watch},
-    eventfd::Waker,
-};
+linux_backend! {
+    mod epoll_set;
+    mod eventfd;
+    pub(crate) use epoll_set::{Events, SetPoller, Watch};
+    pub(crate) use eventfd::Waker;
+}
 
-#[cfg(all(
-    unix,
-    any(not(any(target_os = "linux", target_os = "android")), syncws_portable)
-))]
-mod pipe;
-#[cfg(all(
-    unix,
-    any(not(any(target_os = "linux", target_os = "android")), syncws_portable)
-))]
-pub(crate) use pipe::Waker;
+unix_backend! {
+    mod pipe;
+    pub(crate) use pipe::Waker;
+}
 
 #[cfg(windows)]
 mod socket_pair;
 #[cfg(windows)]
 pub(crate) use socket_pair::Waker;
 
-#[cfg(any(
-    windows,
-    all(
-        unix,
-        any(not(any(target_os = "linux", target_os = "android")), syncws_portable)
-    )
-))]
-mod poll_set;
-#[cfg(any(
-    windows,
-    all(
-        unix,
-        any(not(any(target_os = "linux", target_os = "android")), syncws_portable)
-    )
-))]
-pub(crate) use poll_set::{Events, SetPoller, Watch};
+poll_backends! {
+    mod poll_set;
+    pub(crate) use poll_set::{Events, SetPoller, Watch};
+}
 
 #[cfg(not(any(unix, windows)))]
 compile_error!("syncws waits for sockets with poll(2) or WSAPoll: it needs Unix or Windows");

@@ -10,20 +10,24 @@ use rustix::io::Errno;
 
 use super::{timespec, BorrowedSocket, Interest, Waker, Woke};
 
-/// What a reader asks of the socket. Linux also reports the peer's FIN on its own
-/// (`POLLRDHUP`), which turns off the drained-read hint at once; elsewhere the FIN shows as
-/// readable and the read that follows finds the end of the stream, which the wait's
-/// `Activity` already leads to.
-#[cfg(all(any(target_os = "linux", target_os = "android"), not(syncws_portable)))]
-const READ: PollFlags = PollFlags::IN.union(PollFlags::RDHUP);
-#[cfg(not(all(any(target_os = "linux", target_os = "android"), not(syncws_portable))))]
-const READ: PollFlags = PollFlags::IN;
+linux_backend! {
+    /// What a reader asks of the socket. Linux also reports the peer's FIN on its own
+    /// (`POLLRDHUP`), which turns off the drained-read hint at once; elsewhere the FIN shows as
+    /// readable and the read that follows finds the end of the stream, which the wait's
+    /// `Activity` already leads to.
+    const READ: PollFlags = PollFlags::IN.union(PollFlags::RDHUP);
+    /// What says the peer has gone or the socket failed.
+    const PEER_CLOSED: PollFlags = PollFlags::HUP
+        .union(PollFlags::ERR)
+        .union(PollFlags::RDHUP);
+}
 
-/// What says the peer has gone or the socket failed.
-#[cfg(all(any(target_os = "linux", target_os = "android"), not(syncws_portable)))]
-const PEER_CLOSED: PollFlags = PollFlags::HUP.union(PollFlags::ERR).union(PollFlags::RDHUP);
-#[cfg(not(all(any(target_os = "linux", target_os = "android"), not(syncws_portable))))]
-const PEER_CLOSED: PollFlags = PollFlags::HUP.union(PollFlags::ERR);
+poll_backends! {
+    /// What a reader asks of the socket (no `POLLRDHUP` here: the FIN shows as readable).
+    const READ: PollFlags = PollFlags::IN;
+    /// What says the peer has gone or the socket failed.
+    const PEER_CLOSED: PollFlags = PollFlags::HUP.union(PollFlags::ERR);
+}
 
 /// The poll flags for `interest`.
 pub(super) fn flags(interest: Interest) -> PollFlags {
