@@ -1,37 +1,31 @@
 //! Many connections on one thread: the fourth front-end. Each connection is a [`Driver`], the
 //! same core as in the other modes; this file only decides which drivers to pass and when to
-//! wait: one epoll instance for every socket (edge-triggered, registered once per socket), one
-//! eventfd for every command sender, and one timer heap for every deadline.
+//! wait: one OS wait for every socket (`sys::SetPoller`: epoll, edge-triggered, on Linux; a
+//! level-triggered poll elsewhere, told what each member waits for), one waker for every
+//! command sender, and one timer heap for every deadline.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::fmt;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use rustix::buffer::spare_capacity;
-use rustix::event::{epoll, Timespec};
-use rustix::io::Errno;
 use tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::command::{CommandSender, Shared, Stop};
 use crate::dial::parse_url;
 use crate::driver::{Driver, Step};
 use crate::handler::{Callbacks, ConnId};
+use crate::sys::{Events, Interest, SetPoller, Watch, WAKER_KEY};
 use crate::wait::Woke;
 use crate::waker::SetWaker;
 use crate::{Config, Error, Handler};
 
-/// The epoll key of the set's own eventfd (connection ids count up from 0).
-const WAKER_KEY: u64 = u64::MAX;
-/// Events taken from the OS per wait.
-const EVENTS_PER_WAIT: usize = 1024;
-/// The longest single OS wait (epoll takes milliseconds in an `int`); a later deadline is
-/// simply waited for again.
+/// The longest single OS wait (epoll and poll take milliseconds in an `int`); a later deadline
+/// is simply waited for again.
 const LONGEST_WAIT: Duration = Duration::from_secs(3600);
 
 /// One connection of the set.
@@ -42,8 +36,8 @@ struct Member<H> {
     shared: Arc<Shared>,
     /// The earliest deadline this member has in the timer heap.
     timer: Option<Instant>,
-    /// The socket registered with epoll (descriptor and the driver's socket epoch).
-    registered: Option<(RawFd, u64)>,
+    /// What the set's OS wait knows of this member's socket (see `sys::SetPoller::watch`).
+    watch: Watch,
     /// On the run list for the next round.
     queued: bool,
     /// The last pass said `Wait`: what ends the wait goes to `Driver::woke`.
@@ -84,7 +78,7 @@ impl Core {
             handler,
             shared,
             timer: None,
-            registered: None,
+            watch: Watch::default(),
             queued: false,
             waiting: false,
             delivered: false,
@@ -108,9 +102,9 @@ impl Core {
 /// first connect is one attempt, as `connect` is elsewhere: if it fails, `on_error` then
 /// `on_quit`), permessage-deflate, proxies, both TLS backends, metrics.
 ///
-/// The set waits in one OS poll for all its sockets (epoll, edge-triggered) and one eventfd
-/// for all its command senders, so a connection costs its socket and nothing else in
-/// descriptors. Every connection's deadlines are kept in one timer heap.
+/// The set waits in one OS poll for all its sockets (epoll, edge-triggered, on Linux; `poll`
+/// elsewhere, `WSAPoll` on Windows) and one waker for all its command senders, so a
+/// connection costs its socket and nothing else in descriptors. Every connection's deadlines are kept in one timer heap.
 /// [`Config::wait_strategy`] does not apply here.
 ///
 /// Connections are added with [`add`](Self::add) before or between runs, and with a
@@ -147,7 +141,7 @@ pub struct ClientSet<H> {
     core: Arc<Core>,
     tx: Sender<SetCommand<H>>,
     rx: Receiver<SetCommand<H>>,
-    epoll: OwnedFd,
+    poller: SetPoller,
     members: HashMap<u64, Member<H>>,
     /// Members to pass in the next round.
     run: Vec<u64>,
@@ -165,21 +159,15 @@ impl<H> fmt::Debug for ClientSet<H> {
 }
 
 impl<H: Handler> ClientSet<H> {
-    /// An empty set: an epoll instance and an eventfd, nothing else until connections are
-    /// added.
+    /// An empty set: its OS wait (an epoll instance, on Linux) and its waker, nothing else until
+    /// connections are added.
     ///
     /// # Errors
     ///
     /// When the OS refuses either descriptor (the process is out of them).
     pub fn new() -> io::Result<Self> {
-        let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
         let waker = Arc::new(SetWaker::new()?);
-        epoll::add(
-            &epoll,
-            waker.waker().as_fd(),
-            epoll::EventData::new_u64(WAKER_KEY),
-            epoll::EventFlags::IN,
-        )?;
+        let poller = SetPoller::new(waker.waker())?;
         let (tx, rx) = crossbeam_channel::unbounded();
         Ok(ClientSet {
             core: Arc::new(Core {
@@ -188,7 +176,7 @@ impl<H: Handler> ClientSet<H> {
             }),
             tx,
             rx,
-            epoll,
+            poller,
             members: HashMap::new(),
             run: Vec::new(),
             timers: BinaryHeap::new(),
@@ -248,7 +236,7 @@ impl<H: Handler> ClientSet<H> {
         let _enter = span.enter();
         // Here, not in the set: an epoll event holds a pointer-sized union, which would make
         // the set impossible to move to another thread.
-        let mut events = Vec::with_capacity(EVENTS_PER_WAIT);
+        let mut events = Events::new();
         loop {
             self.take_commands();
             self.take_woken();
@@ -268,7 +256,7 @@ impl<H: Handler> ClientSet<H> {
                 return;
             }
             if let Err(e) = self.wait(&mut events) {
-                // Only a broken epoll or eventfd gets here: nothing could be waited for again.
+                // Only a broken OS wait or waker gets here: nothing could be waited for again.
                 tracing::error!(error = %e, "client set: waiting failed; dropping every connection");
                 self.fail_all(e);
             }
@@ -374,46 +362,47 @@ impl<H: Handler> ClientSet<H> {
             } => {
                 member.waiting = true;
                 member.delivered = delivered;
-                self.arrange(id, false, deadline);
+                let interest = Interest {
+                    read: true,
+                    write: member.driver.session.write_blocked(),
+                };
+                self.arrange(id, interest, false, deadline);
             }
             Step::Paused { deadline } => {
-                // Not for a `Handler`, which always takes messages; waits like `Wait`.
+                // Not for a `Handler`, which always takes messages; waits like `Wait`, without
+                // reading.
                 member.waiting = true;
                 member.delivered = false;
-                self.arrange(id, false, deadline);
+                let interest = Interest {
+                    read: false,
+                    write: member.driver.session.write_blocked(),
+                };
+                self.arrange(id, interest, false, deadline);
             }
             Step::Reconnecting { dialing, deadline } => {
-                self.arrange(id, dialing.is_some(), deadline);
+                let interest = dialing.map(Interest::from).unwrap_or_default();
+                self.arrange(id, interest, dialing.is_some(), deadline);
             }
         }
     }
 
-    /// After a pass that waits: the socket registered (again, when `dialing`: a dial may have
-    /// moved to another socket), the deadline in the heap, and the member parked, unless a
-    /// command came meanwhile.
-    fn arrange(&mut self, id: u64, dialing: bool, deadline: Option<Instant>) {
+    /// After a pass that waits: the socket watched for `interest` (registered again when
+    /// `dialing`: a dial may have moved to another socket), the deadline in the heap, and the
+    /// member parked, unless a command came meanwhile.
+    fn arrange(&mut self, id: u64, interest: Interest, dialing: bool, deadline: Option<Instant>) {
         let Some(member) = self.members.get_mut(&id) else {
             return;
         };
-        if let Some((fd, epoch)) = member.driver.socket() {
-            let key = (fd.as_raw_fd(), epoch);
-            if dialing || member.registered != Some(key) {
-                // Read, write and the peer's FIN, edge-triggered: registered once per socket,
-                // never modified; each pass reads and writes until the socket would block.
-                let flags = epoll::EventFlags::IN
-                    | epoll::EventFlags::OUT
-                    | epoll::EventFlags::RDHUP
-                    | epoll::EventFlags::ET;
-                match epoll::add(&self.epoll, fd, epoll::EventData::new_u64(id), flags) {
-                    Ok(()) | Err(Errno::EXIST) => member.registered = Some(key),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "client set: cannot watch a socket");
-                        member.driver.session.fail(io::Error::from(e).into(), None);
-                        member.queued = true;
-                        self.run.push(id);
-                        return;
-                    }
-                }
+        if let Some((socket, epoch)) = member.driver.socket() {
+            let watched =
+                self.poller
+                    .watch(&mut member.watch, id, socket, epoch, dialing, interest);
+            if let Err(e) = watched {
+                tracing::warn!(error = %e, "client set: cannot watch a socket");
+                member.driver.session.fail(e.into(), None);
+                member.queued = true;
+                self.run.push(id);
+                return;
             }
         }
         if let Some(at) = deadline {
@@ -435,9 +424,9 @@ impl<H: Handler> ClientSet<H> {
         }
     }
 
-    /// Wait in epoll until a socket is ready, a sender wakes the set, or the next deadline;
+    /// Wait in the OS until a socket is ready, a sender wakes the set, or the next deadline;
     /// not at all while members are on the run list.
-    fn wait(&mut self, events: &mut Vec<epoll::Event>) -> io::Result<()> {
+    fn wait(&mut self, events: &mut Events) -> io::Result<()> {
         let now = Instant::now();
         let waker = &self.core.waker;
         waker.set_parked(true);
@@ -453,33 +442,30 @@ impl<H: Handler> ClientSet<H> {
             // Whole milliseconds, rounded up: a wait that ends before the deadline would only
             // come back to wait again.
             let t = t.min(LONGEST_WAIT);
-            let ms = t.as_nanos().div_ceil(1_000_000);
-            Timespec {
-                tv_sec: i64::try_from(ms / 1000).unwrap_or(i64::MAX),
-                tv_nsec: i64::try_from((ms % 1000) * 1_000_000).unwrap_or(0),
-            }
+            let ms = u64::try_from(t.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX);
+            Duration::from_millis(ms)
         });
-        events.clear();
-        let waited = epoll::wait(&self.epoll, spare_capacity(events), timeout.as_ref());
+        // The members parked on their sockets, and what for (only a level-triggered poll
+        // walks this; epoll has them registered).
+        let waiting = self
+            .members
+            .iter()
+            .filter(|(_, m)| !m.queued)
+            .filter_map(|(&id, m)| {
+                let interest = m.watch.interest()?;
+                let (socket, _) = m.driver.socket()?;
+                Some((id, socket, interest))
+            });
+        let waited = self
+            .poller
+            .wait(events, self.core.waker.waker(), waiting, timeout);
         waker.set_parked(false);
-        match waited {
-            Ok(_) | Err(Errno::INTR) => {}
-            Err(e) => return Err(e.into()),
-        }
-        for event in events.drain(..) {
-            let key = event.data.u64();
+        waited?;
+        for (key, woke) in events.drain() {
             if key == WAKER_KEY {
                 self.core.waker.waker().drain();
                 continue;
             }
-            let flags = event.flags;
-            let woke = if flags.intersects(
-                epoll::EventFlags::HUP | epoll::EventFlags::ERR | epoll::EventFlags::RDHUP,
-            ) {
-                Woke::PeerClosed
-            } else {
-                Woke::Activity
-            };
             self.mark(key, woke);
         }
         Ok(())

@@ -2,7 +2,6 @@
 //! reconnecting client, backoff and redial as states of the same pass.
 
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,6 +12,7 @@ use crate::dial::{Dial, Interest, Progress};
 use crate::reconnect::jitter_random;
 use crate::session::{Dispatch, Session};
 use crate::stream::Stream;
+use crate::sys::{AsFd, BorrowedSocket};
 use crate::wait::{Interest as SocketInterest, Waiter, Woke};
 use crate::{Config, Handshake, Reconnect, ReconnectAttempt, WaitStrategy};
 
@@ -193,7 +193,7 @@ impl Driver {
     /// number that changes whenever that may be a different socket than before (a new
     /// connection, a dial under way), so a front-end that registers sockets with the OS
     /// knows when to register again.
-    pub(crate) fn socket(&self) -> Option<(BorrowedFd<'_>, u64)> {
+    pub(crate) fn socket(&self) -> Option<(BorrowedSocket<'_>, u64)> {
         match &self.reconnecting {
             Some(Reconnecting {
                 stage: Stage::Dialing(dial),

@@ -319,13 +319,16 @@ impl fmt::Display for ProxyStatus {
     }
 }
 
-/// Why a TLS handshake failed, classified from the TLS library's report.
+/// Why a TLS handshake failed, classified from the TLS library's report (its error codes, never
+/// its wording).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum TlsFailure {
     /// The certificate is valid but names another host.
     HostnameMismatch,
-    /// The certificate is self-signed and not among the trusted roots.
+    /// The certificate is self-signed and not among the trusted roots. Only native-tls on
+    /// OpenSSL tells this apart; rustls, Security.framework (macOS) and SChannel (Windows)
+    /// report it as [`UntrustedIssuer`](Self::UntrustedIssuer).
     SelfSigned,
     /// The certificate chain leads to no trusted root.
     UntrustedIssuer,
@@ -355,35 +358,6 @@ impl fmt::Display for TlsFailure {
             }
             TlsFailure::Other => "tls failure",
         })
-    }
-}
-
-impl TlsFailure {
-    /// native-tls gives no portable verify code, so the reason is read from the message of the
-    /// platform library (OpenSSL spells these the same in 1.1 and 3.x, up to a hyphen).
-    pub(crate) fn classify(err: &native_tls::Error) -> TlsFailure {
-        let text = format!("{err:?} {err}").to_ascii_lowercase();
-        if text.contains("hostname mismatch") || text.contains("ip address mismatch") {
-            TlsFailure::HostnameMismatch
-        } else if text.contains("self-signed") || text.contains("self signed") {
-            TlsFailure::SelfSigned
-        } else if text.contains("has expired") || text.contains("not yet valid") {
-            TlsFailure::Expired
-        } else if text.contains("wrong version number")
-            || text.contains("packet length too long")
-            || text.contains("http request")
-        {
-            TlsFailure::NotTls
-        } else if text.contains("unexpected eof") {
-            TlsFailure::ClosedDuringHandshake
-        } else if text.contains("unable to get local issuer")
-            || text.contains("unable to get issuer")
-            || text.contains("certificate verify failed")
-        {
-            TlsFailure::UntrustedIssuer
-        } else {
-            TlsFailure::Other
-        }
     }
 }
 

@@ -55,11 +55,15 @@ pub(crate) fn io_outcome(e: &io::Error) -> IoOutcome {
 }
 
 /// Whether `e` only says that a non-blocking connect is still under way: `EINPROGRESS` from
-/// `connect(2)`, or `ENOTCONN` from asking the socket for its peer before the connection is
-/// made. Asked only of a socket being connected, where `ENOTCONN` means nothing else.
+/// `connect(2)` (`WSAEWOULDBLOCK` from Winsock's `connect`, which std reports as `WouldBlock`),
+/// or `ENOTCONN` from asking the socket for its peer before the connection is made. Asked only
+/// of a socket being connected, where `ENOTCONN` means nothing else.
 pub(crate) fn connect_pending(e: &io::Error) -> bool {
     e.raw_os_error() == Some(rustix::io::Errno::INPROGRESS.raw_os_error())
         || e.kind() == io::ErrorKind::NotConnected
+        // On Unix a connect that would block (EAGAIN) is a failure of its own (no local port
+        // left, for one), not a connect under way.
+        || (cfg!(windows) && e.kind() == io::ErrorKind::WouldBlock)
 }
 
 /// The error for a blocking read or write whose deadline has passed: kind `TimedOut` (what
@@ -107,9 +111,13 @@ mod tests {
             rustix::io::Errno::INPROGRESS.raw_os_error()
         )));
         assert!(connect_pending(&io::ErrorKind::NotConnected.into()));
+        // Winsock's way of saying EINPROGRESS; a failure of its own on Unix.
+        assert_eq!(
+            connect_pending(&io::ErrorKind::WouldBlock.into()),
+            cfg!(windows)
+        );
         for e in [
             io::Error::from_raw_os_error(rustix::io::Errno::CONNREFUSED.raw_os_error()),
-            io::ErrorKind::WouldBlock.into(),
             io::ErrorKind::TimedOut.into(),
         ] {
             assert!(!connect_pending(&e), "{e:?}");

@@ -9,7 +9,7 @@
 //! | [`BlockingClient`] | your thread | a [`Handler`], plus a [`CommandSender`] to stop it from other threads | OS poll on the socket | simple request/response and streaming clients |
 //! | [`NonBlockingClient`] | your thread | a [`Handler`], plus a [`CommandSender`] for other threads | [`WaitStrategy`]: spin, sleep or readiness | latency-critical loops (spin), or owning the loop |
 //! | [`ThreadedClient`] | a worker thread | a loop over `event_rx` | OS poll + waker | applications that want channels, not callbacks |
-//! | [`ClientSet`] | your thread, for many connections | a [`Handler`] per connection ([`Context::id`] names it), a [`SetHandle`] to add connections from anywhere | one epoll for every socket + one waker + one timer heap | thousands of connections: fan-in, gateways, probes, load generators |
+//! | [`ClientSet`] | your thread, for many connections | a [`Handler`] per connection ([`Context::id`] names it), a [`SetHandle`] to add connections from anywhere | one OS poll for every socket (epoll on Linux) + one waker + one timer heap | thousands of connections: fan-in, gateways, probes, load generators |
 //!
 //! ## Blocking
 //!
@@ -155,10 +155,20 @@
 //! does not pay one syscall per message. Readiness waiting costs ~0% CPU when idle; busy spin
 //! gives the lowest latency at the price of a core.
 //!
-//! ## Platform
+//! ## Platforms
 //!
-//! Linux: readiness waiting is `poll(2)` on the socket plus an eventfd waker (two file
-//! descriptors per connection), through `rustix`.
+//! Readiness waiting goes through `rustix`, with a backend per platform family:
+//!
+//! | platform | a connection waits in | its waker | descriptors per connection | a [`ClientSet`] waits in |
+//! |---|---|---|---|---|
+//! | Linux | `poll(2)` (with `POLLRDHUP`) | eventfd | 2 | epoll, edge-triggered |
+//! | macOS, the BSDs | `poll(2)` | pipe | 3 | `poll(2)`, level-triggered |
+//! | Windows | `WSAPoll` | loopback socket pair | 3 (sockets) | `WSAPoll`, level-triggered |
+//!
+//! A set shares one waker between all its connections, so there a connection costs only its
+//! socket ([`ServerConnection::DESCRIPTORS`] is the per-connection figure). Linux runs the
+//! test suite with both its own backend and the macOS/BSD one (`RUSTFLAGS="--cfg
+//! syncws_portable"`); macOS and Windows are compiled and linted, not run, in CI.
 //!
 //! ## Versioning
 //!
@@ -189,6 +199,7 @@ mod incoming;
 mod io_outcome;
 mod linger;
 mod metrics;
+mod native_tls_failure;
 mod nonblocking;
 mod outbox;
 mod proxy;
@@ -198,6 +209,7 @@ mod server;
 mod session;
 mod shared_frame;
 mod stream;
+mod sys;
 mod tcp;
 mod threaded;
 mod tls;

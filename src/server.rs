@@ -60,6 +60,12 @@ pub struct ServerConnection {
 }
 
 impl ServerConnection {
+    /// The file descriptors (sockets, on Windows) an open connection holds while it runs: its
+    /// socket and its waker's. 2 on Linux (an eventfd waker); 3 on other Unix (a pipe) and on
+    /// Windows (a loopback socket pair). For sizing a server against the process's descriptor
+    /// limit.
+    pub const DESCRIPTORS: usize = crate::sys::DESCRIPTORS_PER_CONNECTION;
+
     /// Run the server handshake on an accepted socket and upgrade: [`read_request`](
     /// Self::read_request), then [`Incoming::accept`] with no subprotocol. A request that is
     /// not a WebSocket upgrade is answered 400.

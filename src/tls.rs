@@ -301,7 +301,7 @@ fn native_failure<S>(peer: &str, e: native_tls::HandshakeError<S>) -> Error {
             Error::Timeout(TimeoutKind::Handshake)
         }
         native_tls::HandshakeError::Failure(e) => {
-            let failure = TlsFailure::classify(&e);
+            let failure = crate::native_tls_failure::classify(&e);
             tls_error(peer, failure, e)
         }
     }

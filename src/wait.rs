@@ -1,44 +1,18 @@
 //! How a connection passes time between passes: busy spin, sleep, or OS readiness.
 
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rustix::event::{poll, PollFd, PollFlags, Timespec};
-use rustix::io::Errno;
-
 use crate::command::Inbox;
 use crate::dial;
+use crate::sys::{self, BorrowedSocket};
+pub(crate) use crate::sys::{Interest, Woke};
 use crate::waker::Waker;
 use crate::WaitStrategy;
 
 /// How long the sleep strategy keeps polling without sleeping after a pass that read or wrote.
 const HOT_AFTER_ACTIVITY: Duration = Duration::from_micros(100);
-
-/// What ended a wait.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Woke {
-    /// The socket may have something: run a pass.
-    Activity,
-    /// Only a command (or the waker) ended the wait; the socket has nothing new.
-    Command,
-    /// The peer closed its side (or the socket failed): reads must reach the kernel from now
-    /// on, to see the end of the stream (see `TcpConn::rearm`).
-    PeerClosed,
-    /// The deadline passed with nothing.
-    Deadline,
-    /// A spin or sleep ended; nothing is known.
-    Poll,
-}
-
-/// What to wait for on a socket. `poll(2)` is level-triggered: ask for writing only while
-/// something waits for room, or every wait would end at once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Interest {
-    pub(crate) read: bool,
-    pub(crate) write: bool,
-}
 
 impl From<dial::Interest> for Interest {
     fn from(interest: dial::Interest) -> Self {
@@ -58,8 +32,8 @@ pub(crate) enum Waiter {
         /// Poll without sleeping until then (set after a pass that read or wrote).
         hot_until: Option<Instant>,
     },
-    /// `poll(2)` on the socket of the moment and the waker: two descriptors per connection,
-    /// nothing registered between waits.
+    /// The OS poll on the socket of the moment and the waker (see `sys`): the socket and
+    /// the waker's descriptors, nothing registered between waits.
     Readiness {
         waker: Option<Arc<Waker>>,
         /// After delivering messages, look for a command this long before parking (the
@@ -119,7 +93,7 @@ impl Waiter {
     /// `delivered`: it dispatched messages.
     pub(crate) fn wait(
         &mut self,
-        socket: Option<(BorrowedFd<'_>, Interest)>,
+        socket: Option<(BorrowedSocket<'_>, Interest)>,
         deadline: Option<Instant>,
         inbox: Option<&Inbox>,
         active: bool,
@@ -182,7 +156,7 @@ impl Waiter {
                         return Ok(Woke::Command);
                     }
                 }
-                let woke = wait_ready(socket, waker.as_deref(), timeout);
+                let woke = sys::wait(socket, waker.as_deref(), timeout);
                 if let Some(inbox) = &inbox {
                     inbox.shared().set_parked(false);
                 }
@@ -190,67 +164,4 @@ impl Waiter {
             }
         }
     }
-}
-
-/// One `poll(2)` on the socket (for `interest`) and the waker, until `timeout`.
-fn wait_ready(
-    socket: Option<(BorrowedFd<'_>, Interest)>,
-    waker: Option<&Waker>,
-    timeout: Option<Duration>,
-) -> io::Result<Woke> {
-    let timeout = timeout.map(|d| Timespec {
-        tv_sec: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-        tv_nsec: i64::from(d.subsec_nanos()),
-    });
-    let socket_flags = |interest: Interest| {
-        let mut flags = PollFlags::empty();
-        if interest.read {
-            // The peer's FIN matters only to a reader (and, level-triggered, would end every
-            // wait of one that is not reading).
-            flags |= PollFlags::IN | PollFlags::RDHUP;
-        }
-        if interest.write {
-            flags |= PollFlags::OUT;
-        }
-        flags
-    };
-    let waker_fd = waker.map(AsFd::as_fd);
-    let socket_entry = socket
-        .as_ref()
-        .map(|(fd, interest)| PollFd::new(fd, socket_flags(*interest)));
-    let waker_entry = waker_fd.as_ref().map(|fd| PollFd::new(fd, PollFlags::IN));
-    // The socket's entry first, then the waker's; on the stack, as this runs before every park.
-    let (mut both, mut one);
-    let set: &mut [PollFd<'_>] = match (socket_entry, waker_entry) {
-        (Some(s), Some(w)) => {
-            both = [s, w];
-            &mut both
-        }
-        (Some(only), None) | (None, Some(only)) => {
-            one = [only];
-            &mut one
-        }
-        (None, None) => &mut [],
-    };
-    match poll(set, timeout.as_ref()) {
-        Err(Errno::INTR) => return Ok(Woke::Activity),
-        Err(e) => return Err(e.into()),
-        Ok(_) => {}
-    }
-    let mut ready = set.iter().map(PollFd::revents);
-    let socket_ready = socket.map(|_| ready.next().unwrap_or_else(PollFlags::empty));
-    let woken = waker.map(|_| ready.next().unwrap_or_else(PollFlags::empty));
-    if woken.is_some_and(|r| r.contains(PollFlags::IN)) {
-        if let Some(w) = waker {
-            w.drain();
-        }
-    }
-    Ok(match (socket_ready, woken) {
-        (Some(r), _) if r.intersects(PollFlags::HUP | PollFlags::ERR | PollFlags::RDHUP) => {
-            Woke::PeerClosed
-        }
-        (Some(r), _) if !r.is_empty() => Woke::Activity,
-        (_, Some(w)) if !w.is_empty() => Woke::Command,
-        _ => Woke::Deadline,
-    })
 }

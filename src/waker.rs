@@ -1,48 +1,14 @@
-//! Waking a thread parked in `poll(2)`: an eventfd that other threads write to and the waiter
-//! drains. One descriptor, shared by a connection's senders and its waiter.
+//! Waking a thread parked in its OS wait: [`Waker`] is the platform's (an eventfd on Linux, a
+//! pipe on other Unix, a socket pair on Windows: see `sys`), shared by a connection's senders
+//! and its waiter; [`SetWaker`] is one waker for a whole client set.
 
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
-use rustix::event::{eventfd, EventfdFlags};
-use rustix::io::Errno;
+pub(crate) use crate::sys::Waker;
 
-#[derive(Debug)]
-pub(crate) struct Waker(OwnedFd);
-
-impl Waker {
-    pub(crate) fn new() -> io::Result<Self> {
-        Ok(Waker(eventfd(
-            0,
-            EventfdFlags::NONBLOCK | EventfdFlags::CLOEXEC,
-        )?))
-    }
-
-    /// End the waiter's next (or current) wait.
-    pub(crate) fn wake(&self) -> io::Result<()> {
-        match rustix::io::write(&self.0, &1u64.to_ne_bytes()) {
-            // The counter is already far from zero: the waiter will wake anyway.
-            Ok(_) | Err(Errno::AGAIN) => Ok(()),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// Take the wake-ups that ended a wait, so the next wait blocks again.
-    pub(crate) fn drain(&self) {
-        let mut count = [0u8; 8];
-        let _ = rustix::io::read(&self.0, &mut count);
-    }
-}
-
-impl AsFd for Waker {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.0.as_fd()
-    }
-}
-
-/// The waker of a thread that waits for many connections at once (a client set): one eventfd
+/// The waker of a thread that waits for many connections at once (a client set): one waker
 /// for all of them, plus the list of connections that were woken, so the set runs only those.
 #[derive(Debug)]
 pub(crate) struct SetWaker {
@@ -79,7 +45,7 @@ impl SetWaker {
     }
 
     /// Park first, then look (see `take_woken`): a waker that lists after the look sees the
-    /// flag and writes the eventfd.
+    /// flag and wakes the waker.
     pub(crate) fn set_parked(&self, parked: bool) {
         self.parked.store(parked, Ordering::SeqCst);
     }
@@ -98,7 +64,7 @@ impl SetWaker {
         into.append(&mut self.woken.lock().unwrap_or_else(|e| e.into_inner()));
     }
 
-    /// The eventfd the set's OS wait watches.
+    /// The waker the set's OS wait watches.
     pub(crate) fn waker(&self) -> &Waker {
         &self.waker
     }

@@ -1,6 +1,8 @@
 //! A threaded worker that waits for its application parks instead of spinning (defect 5 of
 //! "Core, part 2"): its CPU time is read from /proc. One test in its own binary, so the only
-//! `syncws-worker` thread in the process is the one under test.
+//! `syncws-worker` thread in the process is the one under test. Linux only: it reads
+//! /proc/self/task.
+#![cfg(target_os = "linux")]
 
 mod util;
 

@@ -205,8 +205,12 @@ pub fn quantile_us(counts: &[u64], q: f64) -> Option<u64> {
     None
 }
 
-/// The process's resident bytes and thread count, from /proc.
+/// The process's resident bytes and thread count, from /proc: Linux only (elsewhere no figure,
+/// and /metrics leaves the two gauges out).
 pub fn process_status() -> Option<(u64, u64)> {
+    if !cfg!(target_os = "linux") {
+        return None;
+    }
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let field = |name: &str| {
         status
@@ -217,8 +221,12 @@ pub fn process_status() -> Option<(u64, u64)> {
     Some((field("VmRSS:")? * 1024, field("Threads:")?))
 }
 
-/// CPU time the process has used (user + system), from /proc/self/stat.
+/// CPU time the process has used (user + system), from /proc/self/stat: Linux only (elsewhere
+/// no figure; the samples say 0%).
 pub fn process_cpu() -> Option<std::time::Duration> {
+    if !cfg!(target_os = "linux") {
+        return None;
+    }
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     // Fields after the command name (which ends at the last ')') start at field 3; utime and
     // stime are fields 14 and 15, in clock ticks (100 per second on Linux).

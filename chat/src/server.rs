@@ -404,22 +404,27 @@ impl Server {
     }
 }
 
-/// Connections the descriptor limit holds: two descriptors each (the socket and its waker),
-/// and a few for the process (listeners, the store, the log).
+/// Connections the descriptor limit holds: each holds its socket and its waker (2 descriptors
+/// on Linux, 3 where the waker is a pipe), and the process keeps a few (listeners, the store,
+/// the log).
 fn fd_capacity() -> usize {
-    open_files_limit().saturating_sub(64) / 2
+    open_files_limit().saturating_sub(64) / syncws::ServerConnection::DESCRIPTORS
 }
 
+/// The soft limit on open descriptors (RLIMIT_NOFILE; none is unlimited), on every Unix;
+/// elsewhere 1024.
 fn open_files_limit() -> usize {
-    // /proc/self/limits: "Max open files  <soft>  <hard>  files".
-    std::fs::read_to_string("/proc/self/limits")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Max open files"))
-                .and_then(|l| l.split_whitespace().nth(3)?.parse().ok())
-        })
-        .unwrap_or(1024)
+    #[cfg(unix)]
+    {
+        use rustix::process::{getrlimit, Resource};
+        getrlimit(Resource::Nofile)
+            .current
+            .map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX))
+    }
+    #[cfg(not(unix))]
+    {
+        1024
+    }
 }
 
 fn accept_loop(listener: &TcpListener, served: &Arc<Listener>, stopping: &AtomicBool) {

@@ -151,8 +151,12 @@ pub fn serve_chat(args: &[String]) -> ! {
 
 // ----- /proc ------------------------------------------------------------------------------------
 
-/// CPU time (user + system) of a process, in seconds; `None` for `self`.
+/// CPU time (user + system) of a process, in seconds; `None` for `self`. Read from /proc, so
+/// Linux only: elsewhere there is no figure.
 pub fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
+    if !cfg!(target_os = "linux") {
+        return None;
+    }
     let path = match pid {
         Some(p) => format!("/proc/{p}/stat"),
         None => "/proc/self/stat".to_owned(),
@@ -167,8 +171,12 @@ pub fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
     Some(ticks / 100.0)
 }
 
-/// (RSS in KiB, threads) of a process.
+/// (RSS in KiB, threads) of a process. Read from /proc, so Linux only: elsewhere there is no
+/// figure.
 pub fn rss_and_threads(pid: Option<u32>) -> Option<(u64, u64)> {
+    if !cfg!(target_os = "linux") {
+        return None;
+    }
     let path = match pid {
         Some(p) => format!("/proc/{p}/status"),
         None => "/proc/self/status".to_owned(),
