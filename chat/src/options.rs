@@ -90,11 +90,16 @@ pub struct Options {
     /// on them: `--web-dir chat/web`), instead of the copies compiled into the binary.
     #[arg(long)]
     pub web_dir: Option<PathBuf>,
-    /// Require an HS256 JWT signed with this secret for the WebSocket upgrade (`?token=` or
-    /// `Authorization: Bearer`); its `sub` is the nick. `/report` and `/logs` then need one too,
-    /// unless --admin-listen serves them.
+    /// Require an HS256 JWT signed with this secret (at least 32 bytes; a shorter or empty one
+    /// refuses to start) for the WebSocket upgrade (`?token=` or `Authorization: Bearer`); its
+    /// `sub` is the nick. `/report` and `/logs` then need one too, unless --admin-listen serves
+    /// them.
     #[arg(long, env = "CHAT_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
+    /// With --jwt-secret: tokens must carry this `aud` (a token that names no audience, or
+    /// another, is refused). Without it, tokens that name any audience are refused.
+    #[arg(long, env = "CHAT_JWT_AUDIENCE", requires = "jwt_secret")]
+    pub jwt_audience: Option<String>,
     /// Serve `/report`, `/logs`, `/metrics` and `/healthz` on this address (e.g.
     /// 127.0.0.1:9090), with no token, and no longer on the chat ports.
     #[arg(long)]

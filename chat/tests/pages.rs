@@ -182,6 +182,9 @@ fn the_logs_page_is_newest_first_filtered_and_paged() {
     c.close();
 }
 
+/// A secret long enough for `--jwt-secret` (32 bytes or more).
+const SECRET: &str = "test-secret-of-at-least-32-bytes-0123456789";
+
 fn token(secret: &str, claims: Value) -> String {
     encode(
         &Header::default(),
@@ -201,7 +204,7 @@ fn status_of(result: Result<syncws::ThreadedClient, Error>) -> u16 {
 
 #[test]
 fn tokens_guard_the_upgrade_and_the_operator_pages() {
-    let secret = "s3cret";
+    let secret = SECRET;
     let server = TestServer::start(&["--jwt-secret", secret]);
     let addr = server.server.as_ref().unwrap().ws_addr.unwrap();
     let good = token(secret, json!({"sub": "ann", "exp": 4_000_000_000u64}));
@@ -213,13 +216,20 @@ fn tokens_guard_the_upgrade_and_the_operator_pages() {
     };
     assert_eq!(refused(String::new()), 401, "no token");
     for (why, bad) in [
-        ("wrong signature", token("other", json!({"sub": "ann"}))),
+        (
+            "wrong signature",
+            token(&format!("{SECRET}-other"), json!({"sub": "ann"})),
+        ),
         (
             "expired",
             token(secret, json!({"sub": "ann", "exp": 1_000})),
         ),
         ("no sub", token(secret, json!({"name": "ann"}))),
         ("not a nick", token(secret, json!({"sub": " ann"}))),
+        (
+            "an audience this server was not told",
+            token(secret, json!({"sub": "ann", "aud": "billing"})),
+        ),
     ] {
         assert_eq!(refused(format!("?token={bad}")), 401, "{why}");
     }
@@ -235,7 +245,7 @@ fn tokens_guard_the_upgrade_and_the_operator_pages() {
         .unwrap();
     let d = Chat::connect_with(&server.url, &config);
     assert_eq!(d.welcome["nick"], "ann");
-    assert_eq!(server.metric("chat_connections_unauthorized_total"), 5);
+    assert_eq!(server.metric("chat_connections_unauthorized_total"), 6);
     // The operator's pages need it; the chat page and the probes do not.
     assert_eq!(get(addr, "/report", &[]).0, 401);
     assert_eq!(get(addr, "/logs", &[]).0, 401);
@@ -247,6 +257,86 @@ fn tokens_guard_the_upgrade_and_the_operator_pages() {
     }
     c.close();
     d.close();
+}
+
+#[test]
+fn with_an_audience_tokens_must_name_it() {
+    let server = TestServer::start(&["--jwt-secret", SECRET, "--jwt-audience", "chat"]);
+    let status = |claims: Value| match syncws::ThreadedClient::connect(
+        &format!("{}?token={}", server.url, token(SECRET, claims)),
+        &Config::default(),
+    ) {
+        Ok(c) => {
+            let _ = c.shutdown(DEADLINE);
+            101
+        }
+        Err(e) => status_of(Err(e)),
+    };
+    assert_eq!(status(json!({"sub": "ann", "aud": "chat"})), 101);
+    assert_eq!(
+        status(json!({"sub": "ann", "aud": ["chat", "billing"]})),
+        101
+    );
+    assert_eq!(status(json!({"sub": "ann", "aud": "billing"})), 401);
+    assert_eq!(status(json!({"sub": "ann"})), 401, "no aud");
+}
+
+#[test]
+fn a_short_or_empty_jwt_secret_refuses_to_start() {
+    for secret in ["", "s3cret", &SECRET[..31]] {
+        let dir = tempfile::tempdir().unwrap();
+        match Server::start(&options(dir.path(), &["--jwt-secret", secret])) {
+            Ok(s) => {
+                s.shutdown(Duration::from_secs(5));
+                panic!("started with the secret {secret:?}");
+            }
+            Err(e) => assert!(e.to_string().contains("32 bytes"), "{e}"),
+        }
+    }
+    // CHAT_JWT_SECRET= from a template whose variable was not set: the binary says why and
+    // exits, it does not run with a key everyone knows.
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_chat-server"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-listen",
+            "off",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .env("CHAT_JWT_SECRET", "")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // It either prints that it listens (wrong: killed) or ends, closing its stdout.
+    let mut out = String::new();
+    let started = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()))
+        .map_while(Result::ok)
+        .inspect(|l| out.push_str(l))
+        .any(|l| l.starts_with("chat-server listening"));
+    if started {
+        let _ = child.kill();
+    }
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(!started, "it started: {out}");
+    assert!(!status.success(), "{status}");
+    assert!(
+        err.contains("--jwt-secret") && err.contains("32 bytes"),
+        "{err}"
+    );
+    // 32 bytes are enough.
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&options(dir.path(), &["--jwt-secret", &SECRET[..32]])).unwrap();
+    s.shutdown(Duration::from_secs(5));
 }
 
 #[test]
@@ -262,4 +352,57 @@ fn the_admin_port_serves_the_operator_pages_and_nothing_else() {
     assert_eq!(get(admin, "/", &[]).0, 404);
     let refused = syncws::ThreadedClient::connect(&format!("ws://{admin}/"), &Config::default());
     assert_eq!(status_of(refused), 404, "no chat on the admin port");
+}
+
+#[test]
+fn a_token_in_a_bad_request_is_never_logged() {
+    let server = TestServer::start(&[]);
+    let s = server.server.as_ref().unwrap();
+    let addr = s.ws_addr.unwrap();
+    let secret = "eyJhbGciOiJIUzI1NiJ9.SECRETPAYLOAD.SECRETSIGNATURE";
+    // A target that does not parse (the quote), with a token in it.
+    let mut tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(DEADLINE)).unwrap();
+    tcp.write_all(
+        format!("GET /?nick=ann&token={secret}\"x HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    // The refusal is logged by the connection's thread: wait for its line.
+    let start = Instant::now();
+    let log = loop {
+        s.flush_log();
+        let mut all = String::new();
+        for entry in std::fs::read_dir(server.dir.path().join("log")).unwrap() {
+            all.push_str(&std::fs::read_to_string(entry.unwrap().path()).unwrap());
+        }
+        if all.contains("handshake_failed") {
+            break all;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "no handshake_failed line: {all}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let line = log
+        .lines()
+        .find(|l| l.contains("handshake_failed"))
+        .unwrap();
+    for part in ["SECRETPAYLOAD", "SECRETSIGNATURE", "eyJhbGciOiJIUzI1NiJ9"] {
+        assert!(!log.contains(part), "{part} in the event log: {line}");
+    }
+    assert!(line.contains("token=[redacted]"), "{line}");
+    assert!(
+        line.contains("nick=ann"),
+        "the rest of the target is kept: {line}"
+    );
+    for page in ["/logs", "/logs?format=json", "/logs?kind=handshake_failed"] {
+        let (status, body) = get(addr, page, &[]);
+        assert_eq!(status, 200);
+        assert!(body.contains("handshake_failed"), "{page}: {body}");
+        assert!(!body.contains("SECRET"), "{page}: {body}");
+    }
 }
