@@ -12,7 +12,7 @@
 //! - [`store`]: SQLite (WAL): rooms, last sequence numbers, history; [`cluster`]: the same
 //!   through Redis for several nodes (`--redis`);
 //! - [`protocol`]: the JSON frames; [`eventlog`]: JSON lines; [`metrics`]: counters;
-//!   [`devcert`]: the TLS identity.
+//!   [`devcert`]: the TLS identity; [`private`]: the data directory's modes (0700, 0600).
 
 pub mod auth;
 pub mod cluster;
@@ -25,6 +25,7 @@ pub mod logs;
 pub mod matchmaking;
 pub mod metrics;
 pub mod options;
+pub mod private;
 pub mod protocol;
 pub mod report;
 pub mod server;

@@ -24,7 +24,7 @@ pub struct Options {
     #[arg(long, requires = "cert")]
     pub key: Option<PathBuf>,
     /// Where the store, the event log and the development certificate live (created if
-    /// missing).
+    /// missing, readable by the server's user alone: 0700, files 0600).
     #[arg(long, default_value = "chat-data")]
     pub data_dir: PathBuf,
 

@@ -145,7 +145,7 @@ impl Server {
             )?)),
             None => None,
         };
-        std::fs::create_dir_all(&options.data_dir)
+        crate::private::create_dir(&options.data_dir)
             .map_err(|e| format!("data directory {}: {e}", options.data_dir.display()))?;
         let store = Store::open(
             &options.data_dir.join("chat.db"),

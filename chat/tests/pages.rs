@@ -406,3 +406,97 @@ fn a_token_in_a_bad_request_is_never_logged() {
         assert!(!body.contains("SECRET"), "{page}: {body}");
     }
 }
+
+/// The permission bits of `path`.
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// Every file and directory under `dir` (itself included) with its permission bits.
+fn modes(dir: &std::path::Path) -> Vec<(std::path::PathBuf, u32, bool)> {
+    let mut out = vec![(dir.to_owned(), mode(dir), true)];
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(modes(&path));
+        } else {
+            out.push((path.clone(), mode(&path), false));
+        }
+    }
+    out
+}
+
+/// `chat-server` under `umask 000`, so nothing but the server's own choice keeps its files
+/// private.
+fn start_permissive(data: &std::path::Path) -> Binary {
+    let mut child = std::process::Command::new("sh")
+        .args(["-c", "umask 000 && exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_chat-server"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-listen",
+            "off",
+            "--stats-every",
+            "1",
+            "--data-dir",
+        ])
+        .arg(data)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    let url = loop {
+        let line = lines.next().expect("the server printed its URL").unwrap();
+        if let Some(rest) = line.strip_prefix("chat-server listening on ws://") {
+            break format!("ws://{}", rest.split(' ').next().unwrap());
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    Binary { child, url }
+}
+
+#[test]
+fn the_data_files_are_readable_by_the_server_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("chat-data");
+    let server = start_permissive(&data);
+    let mut c = Chat::connect(&server.url);
+    c.send_raw("stored");
+    c.msg("lobby");
+    c.close();
+    let names: Vec<String> = modes(&data)
+        .iter()
+        .map(|(p, _, _)| p.strip_prefix(&data).unwrap().display().to_string())
+        .collect();
+    for expected in ["chat.db", "chat.db-wal", "chat.db-shm", "stats.db", "log"] {
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} in {names:?}"
+        );
+    }
+    assert!(
+        names.iter().any(|n| n.starts_with("log/events-")),
+        "{names:?}"
+    );
+    let check = |when: &str| {
+        for (path, mode, is_dir) in modes(&data) {
+            let want = if is_dir { 0o700 } else { 0o600 };
+            assert_eq!(mode, want, "{when}: {} is {mode:o}", path.display());
+        }
+    };
+    check("fresh");
+    server.kill_9();
+    // A store an older version left readable to everyone is made private at the next start.
+    use std::os::unix::fs::PermissionsExt;
+    for file in ["chat.db", "stats.db"] {
+        std::fs::set_permissions(data.join(file), std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let server = start_permissive(&data);
+    let c = Chat::connect(&server.url);
+    c.close();
+    check("after a restart");
+    drop(server);
+}
