@@ -6,6 +6,7 @@
 // Each test starts its own server (127.0.0.1, free port, temp data dir) and cleans up after
 // itself; any console error or uncaught exception on a page fails the test.
 
+import { createHmac } from 'node:crypto';
 import {
   test,
   run,
@@ -577,5 +578,60 @@ test('the logs page follows the log live, filters by kind and shows text as text
   const kinds = await logs.$$eval('#log tbody tr td:nth-child(2)', (tds) => [...new Set(tds.map((td) => td.textContent))]);
   assertEqual(kinds, ['msg'], 'kinds shown with the filter');
 });
+
+test('the logs page runs no script from its address', async (t) => {
+  const server = await t.server();
+  const logs = await t.page();
+  const payload = '</script><script>window.__xss=1</script>';
+  const polled = logs.waitForRequest((r) => r.url().includes('format=json') && r.url().includes(`kind=${encodeURIComponent(payload)}`));
+  await logs.goto(server.httpUrl + 'logs?kind=' + encodeURIComponent(payload));
+  // The live poll asks for the same kind: the value reached the script as data.
+  await polled;
+  assertEqual(await logs.evaluate(() => window.__xss), undefined, 'window.__xss');
+  assertEqual(await logs.inputValue('#kind'), payload, 'the filter box shows the kind as text');
+  assertEqual(await logs.$$eval('script', (s) => s.map((e) => e.getAttribute('src'))), ['/logs.js'], 'scripts on the page');
+});
+
+/** An HS256 token (what an operator's tooling would mint). */
+function jwt(secret, claims) {
+  const b64 = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
+  const data = `${b64({ alg: 'HS256', typ: 'JWT' })}.${b64(claims)}`;
+  return `${data}.${createHmac('sha256', secret).update(data).digest('base64url')}`;
+}
+
+test('opened with a token from elsewhere, the operator pages keep it: live poll, older, windows', async (t) => {
+  const secret = 'browser-test-secret-0123456789-abcdef';
+  const server = await t.server(['--jwt-secret', secret, '--stats-every', '1']);
+  const token = jwt(secret, { sub: 'operator' });
+  // Through a proxy on this host: the server does not take the browser for a local user.
+  const page = await t.page({ extraHTTPHeaders: { 'X-Forwarded-For': '203.0.113.7' } });
+  const refused = [];
+  page.on('response', (r) => {
+    if (r.status() >= 400) refused.push(`${r.status()} ${r.url()}`);
+  });
+  const first = await page.goto(`${server.httpUrl}logs?token=${token}`);
+  assertEqual(first.status(), 200, '/logs?token=');
+  const rows = await page.$$eval('#log tbody tr', (r) => r.length);
+  // Something new is logged: the page shows it by itself.
+  const lib = t.client(`${server.url}?token=${jwt(secret, { sub: 'ann' })}`, 'ann');
+  // (Rows the live poll adds are marked "new".)
+  await page.waitForFunction(() => [...document.querySelectorAll('#log tbody tr.new')].some((tr) => tr.children[1].textContent === 'connect'));
+  assert((await page.$$eval('#log tbody tr', (r) => r.length)) > rows, 'new rows');
+  await lib.close();
+  // "older" (a page of one line has one) and the report's windows answer too.
+  await page.goto(`${server.httpUrl}logs?limit=1&token=${token}`);
+  await Promise.all([page.waitForNavigation(), page.click('#older')]);
+  assert(/before=/.test(page.url()), `older: ${page.url()}`);
+  await page.goto(`${server.httpUrl}report?token=${token}`);
+  for (const w of ['day', 'all']) {
+    await Promise.all([page.waitForNavigation(), page.click(`nav.windows a:text-is("${w === 'all' ? 'all' : 'last day'}")`)]);
+    await page.waitForSelector('nav.windows a.current');
+    assert(page.url().includes(`window=${w}`), page.url());
+  }
+  await Promise.all([page.waitForNavigation(), page.click('header a:text-is("logs")')]);
+  await page.waitForSelector('#log');
+  assertEqual(refused, [], 'answers refused');
+});
+
 
 await run();

@@ -346,9 +346,9 @@ export const WS_FAILED = /WebSocket connection to '.*' failed/;
  * A page in a fresh browser context (its own storage), with its errors collected and every
  * WebSocket frame recorded in `page.frames` ({dir: 'sent'|'received', data, at}).
  */
-export async function newPage({ viewport = { width: 1280, height: 800 }, allowErrors = [] } = {}) {
+export async function newPage({ viewport = { width: 1280, height: 800 }, allowErrors = [], extraHTTPHeaders } = {}) {
   const b = await browser();
-  const context = await b.newContext({ viewport });
+  const context = await b.newContext({ viewport, ...(extraHTTPHeaders ? { extraHTTPHeaders } : {}) });
   const page = await context.newPage();
   page.setDefaultTimeout(WAIT_MS);
   collectErrors(page, { allow: allowErrors });

@@ -92,16 +92,18 @@ pub struct Options {
     pub web_dir: Option<PathBuf>,
     /// Require an HS256 JWT signed with this secret (at least 32 bytes; a shorter or empty one
     /// refuses to start) for the WebSocket upgrade (`?token=` or `Authorization: Bearer`); its
-    /// `sub` is the nick. `/report` and `/logs` then need one too, unless --admin-listen serves
-    /// them.
+    /// `sub` is the nick. A valid token also opens `/report`, `/logs` and `/metrics` from other
+    /// hosts (without --admin-listen they answer only this host otherwise).
     #[arg(long, env = "CHAT_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
     /// With --jwt-secret: tokens must carry this `aud` (a token that names no audience, or
     /// another, is refused). Without it, tokens that name any audience are refused.
     #[arg(long, env = "CHAT_JWT_AUDIENCE", requires = "jwt_secret")]
     pub jwt_audience: Option<String>,
-    /// Serve `/report`, `/logs`, `/metrics` and `/healthz` on this address (e.g.
-    /// 127.0.0.1:9090), with no token, and no longer on the chat ports.
+    /// Serve `/report`, `/logs` and `/metrics` on this address (e.g. 127.0.0.1:9090), to anyone
+    /// who can reach it, with no token, and no longer on the chat ports. `/healthz` stays on the
+    /// chat ports too, for load balancers. Without it, those pages are on the chat ports for
+    /// requests from this host only (or with a --jwt-secret token).
     #[arg(long)]
     pub admin_listen: Option<String>,
     /// Seconds between two samples of the server's counters for `/report` (in stats.db).
