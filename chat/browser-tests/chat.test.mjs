@@ -480,6 +480,56 @@ test('a rename shows in the other page\'s member list', async (t) => {
   assertEqual(await b.$$eval('#members li[data-nick="ann"]', (l) => l.length), 0, 'the old nick in bob\'s list');
 });
 
+test('the lobby\'s online count and the rooms\' message counts stay current without a click', async (t) => {
+  const server = await t.server();
+  const page = await openChat(t, server, 'watcher');
+  await joinRoom(page, 'busy');
+  // The room list the page asks for after a join has come, before anyone else is here.
+  await page.waitForFunction(() => /1 online/.test(document.querySelector('#directory li[data-room="busy"]')?.textContent));
+  await page.click('#rooms li[data-room="lobby"]');
+  await page.waitForFunction(() => document.querySelector('#member-count').textContent === '1 online');
+  const [c1, c2] = [t.client(server.url, 'c1'), t.client(server.url, 'c2')];
+  t.client(server.url, 'c3');
+  await c1.join('busy');
+  await c2.join('other');
+  await c1.say('busy', 'one');
+  await c2.say('other', 'two');
+  const entry = (room) => page.textContent(`#directory li[data-room="${room}"]`).catch(() => '');
+  // The lobby counts everyone connected (the page and three clients); the server sends no
+  // presence for the lobby, so the page asks for the room list by itself.
+  await waitFor(async () => (await page.textContent('#member-count')) === '4 online', '"4 online" in the lobby', 25000);
+  await waitFor(async () => /1 msgs/.test(await entry('busy')) && /1 msgs/.test(await entry('other')), 'both rooms listed with 1 message', 25000);
+  // More messages: busy's count follows its msg events (the page is in busy), other's the next
+  // room list.
+  await c1.say('busy', 'two');
+  await c1.say('busy', 'three');
+  await c2.say('other', 'three');
+  await waitFor(async () => /3 msgs/.test(await entry('busy')), 'busy with 3 messages', 25000);
+  await waitFor(async () => /2 msgs/.test(await entry('other')), 'other with 2 messages', 25000);
+  assert(/2 online/.test(await entry('busy')), `busy: ${await entry('busy')}`);
+});
+
+test('the page\'s cids carry no identity from one page load to the next', async (t) => {
+  const server = await t.server();
+  const page = await openChat(t, server, 'ann');
+  await joinRoom(page, 'ids');
+  await say(page, 'before the reload');
+  await waitDelivered(page, ['before the reload']);
+  await page.reload();
+  await waitConnected(page, 'ann');
+  await page.waitForFunction(() => window.chatState.joined.includes('ids'));
+  await say(page, 'after the reload');
+  await waitDelivered(page, ['after the reload']);
+  const cids = framesOf(page, 'sent').filter((f) => f.op === 'say').map((f) => f.cid);
+  assertEqual(cids.length, 2, 'say frames sent');
+  const prefixes = cids.map((c) => c.split('-')[0]);
+  assert(prefixes[0] !== prefixes[1], `the same prefix across page loads: ${JSON.stringify(cids)}`);
+  const stored = await page.evaluate(() => Object.keys(localStorage).map((k) => `${k}=${localStorage.getItem(k)}`));
+  for (const p of prefixes) {
+    assert(!stored.some((kv) => kv.includes(p)), `${p} is kept in localStorage: ${JSON.stringify(stored)}`);
+  }
+});
+
 // -------------------------------------------------------------------------------------------------
 // The operator's pages
 
