@@ -23,8 +23,9 @@ import {
 
 /** Open the chat page (from `base`, the server's own HTTP address by default) and wait until it
  *  is connected (as `nick`, when given). */
-async function openChat(t, server, nick, { base, viewport, allowErrors } = {}) {
+async function openChat(t, server, nick, { base, viewport, allowErrors, init } = {}) {
   const page = await t.page({ viewport, allowErrors });
+  if (init) await page.addInitScript(init);
   const url = (base || server.httpUrl) + (nick ? `?nick=${encodeURIComponent(nick)}` : '');
   await page.goto(url);
   await waitConnected(page, nick);
@@ -480,6 +481,77 @@ test('a rename shows in the other page\'s member list', async (t) => {
   assertEqual(await b.$$eval('#members li[data-nick="ann"]', (l) => l.length), 0, 'the old nick in bob\'s list');
 });
 
+/** Before the page's own script: every WebSocket it opens is kept in `window.__sockets`, so a
+ *  test can send what the page itself never would (past its pacing and its size check). */
+function keepSockets() {
+  const Native = window.WebSocket;
+  window.__sockets = [];
+  window.WebSocket = class extends Native {
+    constructor(...args) {
+      super(...args);
+      window.__sockets.push(this);
+    }
+  };
+}
+
+/** Wait for the notice of close code `code`; returns its text. */
+async function closeNotice(page, code) {
+  await page.waitForSelector(`#notices .notice[data-code="${code}"]`);
+  return page.textContent(`#notices .notice[data-code="${code}"]`);
+}
+
+test('close notices: 1009 for a message past the server\'s limit', async (t) => {
+  const server = await t.server(['--max-message', '300']);
+  const page = await openChat(t, server, 'big', { init: keepSockets });
+  // Past the page's own check (it refuses this before sending): straight onto its socket.
+  await page.evaluate(() => window.__sockets.at(-1).send(JSON.stringify({ op: 'say', room: 'lobby', text: 'x'.repeat(1000) })));
+  const text = await closeNotice(page, '1009');
+  assert(/A message was too big/.test(text), `1009 notice: ${text}`);
+  assert(/limit: 300 bytes/.test(text), `1009 notice names the limit: ${text}`);
+  await waitConnected(page, 'big');
+});
+
+test('close notices: 1008 for sending too fast', async (t) => {
+  const server = await t.server(['--rate', '1', '--burst', '1', '--rate-abuse', '2']);
+  const page = await openChat(t, server, 'fast', { init: keepSockets });
+  // The page paces itself under the limit: these go straight onto its socket.
+  await page.evaluate(() => {
+    const ws = window.__sockets.at(-1);
+    for (let i = 0; i < 6; i++) ws.send(JSON.stringify({ op: 'say', room: 'lobby', text: `spam ${i}` }));
+  });
+  const text = await closeNotice(page, '1008');
+  assert(/Disconnected for sending too fast/.test(text), `1008 notice: ${text}`);
+  assert(/rate limit/.test(text), `1008 notice says why: ${text}`);
+});
+
+test('close notices: 4008 when the page cannot keep up with what it missed', async (t) => {
+  // A small outbox, and more missed messages than it holds: the replay after the reconnect
+  // is more than the server keeps waiting for one connection.
+  const server = await t.server(['--outbox-bytes', '32768']);
+  const relay = await t.relay(server.port);
+  const page = await openChat(t, server, 'slow', { base: relay.httpUrl, allowErrors: [WS_FAILED] });
+  await joinRoom(page, 'big');
+  const lib = t.client(server.url, 'writer');
+  await lib.join('big');
+  await lib.say('big', 'first');
+  await waitDelivered(page, ['first']);
+  // The page is away; its reconnection waits at the relay while the room fills.
+  relay.hold();
+  relay.cut();
+  await page.waitForFunction(() => !window.chatState.connected);
+  // Each message a replay frame of its own (the server packs a quarter of --outbox-bytes per
+  // frame): 400 frames, far more than the connection's channel and outbox take at once.
+  const text = 'y'.repeat(7000);
+  for (let i = 0; i < 4; i++) {
+    for (let j = 0; j < 99; j++) lib.send({ op: 'say', room: 'big', text });
+    await lib.say('big', `${i} ${text}`);
+  }
+  relay.release();
+  const notice = await closeNotice(page, '4008');
+  assert(/Your connection fell behind/.test(notice), `4008 notice: ${notice}`);
+  assert(/slow consumer/.test(notice), `4008 notice says why: ${notice}`);
+});
+
 test('the lobby\'s online count and the rooms\' message counts stay current without a click', async (t) => {
   const server = await t.server();
   const page = await openChat(t, server, 'watcher');
@@ -682,6 +754,5 @@ test('opened with a token from elsewhere, the operator pages keep it: live poll,
   await page.waitForSelector('#log');
   assertEqual(refused, [], 'answers refused');
 });
-
 
 await run();

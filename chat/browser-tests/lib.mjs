@@ -282,6 +282,10 @@ export async function startRelay(targetPort, targetHost = '127.0.0.1') {
       pipeTo(w.client, w.buffered);
     }
   };
+  /** Drop every connection relayed now (both sides see the TCP connection end). */
+  relay.cut = () => {
+    for (const s of sockets) s.destroy();
+  };
   relay.close = async () => {
     for (const s of sockets) s.destroy();
     await new Promise((r) => server.close(() => r()));
