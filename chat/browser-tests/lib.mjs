@@ -449,8 +449,14 @@ class TestContext {
   }
 }
 
-/** Run the registered tests (those whose name contains one of `filters`, if any); exits 1 on failure. */
+/** Run the registered tests (those whose name contains one of `filters`, if any); exits 1 on
+ *  failure, and when a filter matches no test (a typo must not pass as "0 failed"). */
 export async function run(filters = process.argv.slice(2)) {
+  const unmatched = filters.filter((f) => !tests.some((t) => t.name.includes(f)));
+  if (unmatched.length) {
+    console.log(`FAILED: no test name contains ${unmatched.map((f) => JSON.stringify(f)).join(', ')}`);
+    process.exit(1);
+  }
   const chosen = filters.length ? tests.filter((t) => filters.some((f) => t.name.includes(f))) : tests;
   let failed = 0;
   const started = Date.now();
