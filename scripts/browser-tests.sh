@@ -4,9 +4,12 @@
 #
 #   bash scripts/browser-tests.sh [TEST-NAME-FILTER...]
 #
-# Builds chat-server and the chat_client example (release) unless CHAT_SERVER and CHAT_CLIENT
-# point at prebuilt binaries. CHAT_WEB_DIR=chat/web serves the page files from the disk instead
-# of the copies compiled into the server. The screenshot lands in target/browser-tests/chat.png.
+# Always builds chat-server and the chat_client example (release) from this tree and tests
+# those: CHAT_SERVER / CHAT_CLIENT in the environment are ignored here, so a stale binary can
+# never stand in for the code under test. (To try other binaries by hand, run
+# `CHAT_SERVER=... CHAT_CLIENT=... node chat/browser-tests/chat.test.mjs` directly; CI does not.)
+# CHAT_WEB_DIR=chat/web serves the page files from the disk instead of the copies compiled into
+# the server. A NAME-FILTER that matches no test fails. Screenshots land in target/browser-tests/.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -41,15 +44,11 @@ if [[ ! -f $TESTS/node_modules/.package-lock.json || $TESTS/package-lock.json -n
     (cd "$TESTS" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund)
 fi
 
-if [[ -n ${CHAT_SERVER:-} && -n ${CHAT_CLIENT:-} ]]; then
-    echo "browser-tests: using CHAT_SERVER=$CHAT_SERVER CHAT_CLIENT=$CHAT_CLIENT"
-else
-    step "cargo build --release -p syncws-chat --bins --examples"
-    cargo build --release -p syncws-chat --bins --examples
-    TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
-    export CHAT_SERVER=$TARGET/release/chat-server
-    export CHAT_CLIENT=$TARGET/release/examples/chat_client
-fi
+step "cargo build --release -p syncws-chat --bins --examples"
+cargo build --release -p syncws-chat --bins --examples
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+export CHAT_SERVER=$TARGET/release/chat-server
+export CHAT_CLIENT=$TARGET/release/examples/chat_client
 
 step "the chat page in headless Chromium"
 node "$TESTS/chat.test.mjs" "$@"

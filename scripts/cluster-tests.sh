@@ -4,6 +4,8 @@
 # it is missing (the tests start it; no Redis service is left running).
 #
 #   bash scripts/cluster-tests.sh [TEST-NAME-FILTER]
+#
+# Fails when no test ran (a filter that matches nothing must not pass as "0 failed").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,4 +20,12 @@ if ! command -v redis-server >/dev/null; then
 fi
 redis-server --version
 
-cargo test -p syncws-chat --test cluster -- --ignored "$@"
+OUT=$(mktemp)
+trap 'rm -f "$OUT"' EXIT
+cargo test -p syncws-chat --test cluster -- --ignored "$@" 2>&1 | tee "$OUT"
+# libtest's summary: "test result: ok. N passed; ...".
+PASSED=$(sed -n 's/^test result: [a-zA-Z]*\. \([0-9]*\) passed;.*/\1/p' "$OUT" | awk '{ n += $1 } END { print n + 0 }')
+if (( PASSED == 0 )); then
+    echo "cluster-tests: no test ran${1:+ (filter: $*)}" >&2
+    exit 1
+fi

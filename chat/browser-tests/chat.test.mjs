@@ -6,6 +6,7 @@
 // Each test starts its own server (127.0.0.1, free port, temp data dir) and cleans up after
 // itself; any console error or uncaught exception on a page fails the test.
 
+import { createHmac } from 'node:crypto';
 import {
   test,
   run,
@@ -22,8 +23,9 @@ import {
 
 /** Open the chat page (from `base`, the server's own HTTP address by default) and wait until it
  *  is connected (as `nick`, when given). */
-async function openChat(t, server, nick, { base, viewport, allowErrors } = {}) {
+async function openChat(t, server, nick, { base, viewport, allowErrors, init } = {}) {
   const page = await t.page({ viewport, allowErrors });
+  if (init) await page.addInitScript(init);
   const url = (base || server.httpUrl) + (nick ? `?nick=${encodeURIComponent(nick)}` : '');
   await page.goto(url);
   await waitConnected(page, nick);
@@ -479,6 +481,127 @@ test('a rename shows in the other page\'s member list', async (t) => {
   assertEqual(await b.$$eval('#members li[data-nick="ann"]', (l) => l.length), 0, 'the old nick in bob\'s list');
 });
 
+/** Before the page's own script: every WebSocket it opens is kept in `window.__sockets`, so a
+ *  test can send what the page itself never would (past its pacing and its size check). */
+function keepSockets() {
+  const Native = window.WebSocket;
+  window.__sockets = [];
+  window.WebSocket = class extends Native {
+    constructor(...args) {
+      super(...args);
+      window.__sockets.push(this);
+    }
+  };
+}
+
+/** Wait for the notice of close code `code`; returns its text. */
+async function closeNotice(page, code) {
+  await page.waitForSelector(`#notices .notice[data-code="${code}"]`);
+  return page.textContent(`#notices .notice[data-code="${code}"]`);
+}
+
+test('close notices: 1009 for a message past the server\'s limit', async (t) => {
+  const server = await t.server(['--max-message', '300']);
+  const page = await openChat(t, server, 'big', { init: keepSockets });
+  // Past the page's own check (it refuses this before sending): straight onto its socket.
+  await page.evaluate(() => window.__sockets.at(-1).send(JSON.stringify({ op: 'say', room: 'lobby', text: 'x'.repeat(1000) })));
+  const text = await closeNotice(page, '1009');
+  assert(/A message was too big/.test(text), `1009 notice: ${text}`);
+  assert(/limit: 300 bytes/.test(text), `1009 notice names the limit: ${text}`);
+  await waitConnected(page, 'big');
+});
+
+test('close notices: 1008 for sending too fast', async (t) => {
+  const server = await t.server(['--rate', '1', '--burst', '1', '--rate-abuse', '2']);
+  const page = await openChat(t, server, 'fast', { init: keepSockets });
+  // The page paces itself under the limit: these go straight onto its socket.
+  await page.evaluate(() => {
+    const ws = window.__sockets.at(-1);
+    for (let i = 0; i < 6; i++) ws.send(JSON.stringify({ op: 'say', room: 'lobby', text: `spam ${i}` }));
+  });
+  const text = await closeNotice(page, '1008');
+  assert(/Disconnected for sending too fast/.test(text), `1008 notice: ${text}`);
+  assert(/rate limit/.test(text), `1008 notice says why: ${text}`);
+});
+
+test('close notices: 4008 when the page cannot keep up with what it missed', async (t) => {
+  // A small outbox, and more missed messages than it holds: the replay after the reconnect
+  // is more than the server keeps waiting for one connection.
+  const server = await t.server(['--outbox-bytes', '32768']);
+  const relay = await t.relay(server.port);
+  const page = await openChat(t, server, 'slow', { base: relay.httpUrl, allowErrors: [WS_FAILED] });
+  await joinRoom(page, 'big');
+  const lib = t.client(server.url, 'writer');
+  await lib.join('big');
+  await lib.say('big', 'first');
+  await waitDelivered(page, ['first']);
+  // The page is away; its reconnection waits at the relay while the room fills.
+  relay.hold();
+  relay.cut();
+  await page.waitForFunction(() => !window.chatState.connected);
+  // Each message a replay frame of its own (the server packs a quarter of --outbox-bytes per
+  // frame): 400 frames, far more than the connection's channel and outbox take at once.
+  const text = 'y'.repeat(7000);
+  for (let i = 0; i < 4; i++) {
+    for (let j = 0; j < 99; j++) lib.send({ op: 'say', room: 'big', text });
+    await lib.say('big', `${i} ${text}`);
+  }
+  relay.release();
+  const notice = await closeNotice(page, '4008');
+  assert(/Your connection fell behind/.test(notice), `4008 notice: ${notice}`);
+  assert(/slow consumer/.test(notice), `4008 notice says why: ${notice}`);
+});
+
+test('the lobby\'s online count and the rooms\' message counts stay current without a click', async (t) => {
+  const server = await t.server();
+  const page = await openChat(t, server, 'watcher');
+  await joinRoom(page, 'busy');
+  // The room list the page asks for after a join has come, before anyone else is here.
+  await page.waitForFunction(() => /1 online/.test(document.querySelector('#directory li[data-room="busy"]')?.textContent));
+  await page.click('#rooms li[data-room="lobby"]');
+  await page.waitForFunction(() => document.querySelector('#member-count').textContent === '1 online');
+  const [c1, c2] = [t.client(server.url, 'c1'), t.client(server.url, 'c2')];
+  t.client(server.url, 'c3');
+  await c1.join('busy');
+  await c2.join('other');
+  await c1.say('busy', 'one');
+  await c2.say('other', 'two');
+  const entry = (room) => page.textContent(`#directory li[data-room="${room}"]`).catch(() => '');
+  // The lobby counts everyone connected (the page and three clients); the server sends no
+  // presence for the lobby, so the page asks for the room list by itself.
+  await waitFor(async () => (await page.textContent('#member-count')) === '4 online', '"4 online" in the lobby', 25000);
+  await waitFor(async () => /1 msgs/.test(await entry('busy')) && /1 msgs/.test(await entry('other')), 'both rooms listed with 1 message', 25000);
+  // More messages: busy's count follows its msg events (the page is in busy), other's the next
+  // room list.
+  await c1.say('busy', 'two');
+  await c1.say('busy', 'three');
+  await c2.say('other', 'three');
+  await waitFor(async () => /3 msgs/.test(await entry('busy')), 'busy with 3 messages', 25000);
+  await waitFor(async () => /2 msgs/.test(await entry('other')), 'other with 2 messages', 25000);
+  assert(/2 online/.test(await entry('busy')), `busy: ${await entry('busy')}`);
+});
+
+test('the page\'s cids carry no identity from one page load to the next', async (t) => {
+  const server = await t.server();
+  const page = await openChat(t, server, 'ann');
+  await joinRoom(page, 'ids');
+  await say(page, 'before the reload');
+  await waitDelivered(page, ['before the reload']);
+  await page.reload();
+  await waitConnected(page, 'ann');
+  await page.waitForFunction(() => window.chatState.joined.includes('ids'));
+  await say(page, 'after the reload');
+  await waitDelivered(page, ['after the reload']);
+  const cids = framesOf(page, 'sent').filter((f) => f.op === 'say').map((f) => f.cid);
+  assertEqual(cids.length, 2, 'say frames sent');
+  const prefixes = cids.map((c) => c.split('-')[0]);
+  assert(prefixes[0] !== prefixes[1], `the same prefix across page loads: ${JSON.stringify(cids)}`);
+  const stored = await page.evaluate(() => Object.keys(localStorage).map((k) => `${k}=${localStorage.getItem(k)}`));
+  for (const p of prefixes) {
+    assert(!stored.some((kv) => kv.includes(p)), `${p} is kept in localStorage: ${JSON.stringify(stored)}`);
+  }
+});
+
 // -------------------------------------------------------------------------------------------------
 // The operator's pages
 
@@ -576,6 +699,60 @@ test('the logs page follows the log live, filters by kind and shows text as text
   await logs.waitForURL(/kind=msg/);
   const kinds = await logs.$$eval('#log tbody tr td:nth-child(2)', (tds) => [...new Set(tds.map((td) => td.textContent))]);
   assertEqual(kinds, ['msg'], 'kinds shown with the filter');
+});
+
+test('the logs page runs no script from its address', async (t) => {
+  const server = await t.server();
+  const logs = await t.page();
+  const payload = '</script><script>window.__xss=1</script>';
+  const polled = logs.waitForRequest((r) => r.url().includes('format=json') && r.url().includes(`kind=${encodeURIComponent(payload)}`));
+  await logs.goto(server.httpUrl + 'logs?kind=' + encodeURIComponent(payload));
+  // The live poll asks for the same kind: the value reached the script as data.
+  await polled;
+  assertEqual(await logs.evaluate(() => window.__xss), undefined, 'window.__xss');
+  assertEqual(await logs.inputValue('#kind'), payload, 'the filter box shows the kind as text');
+  assertEqual(await logs.$$eval('script', (s) => s.map((e) => e.getAttribute('src'))), ['/logs.js'], 'scripts on the page');
+});
+
+/** An HS256 token (what an operator's tooling would mint). */
+function jwt(secret, claims) {
+  const b64 = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
+  const data = `${b64({ alg: 'HS256', typ: 'JWT' })}.${b64(claims)}`;
+  return `${data}.${createHmac('sha256', secret).update(data).digest('base64url')}`;
+}
+
+test('opened with a token from elsewhere, the operator pages keep it: live poll, older, windows', async (t) => {
+  const secret = 'browser-test-secret-0123456789-abcdef';
+  const server = await t.server(['--jwt-secret', secret, '--stats-every', '1']);
+  const token = jwt(secret, { sub: 'operator' });
+  // Through a proxy on this host: the server does not take the browser for a local user.
+  const page = await t.page({ extraHTTPHeaders: { 'X-Forwarded-For': '203.0.113.7' } });
+  const refused = [];
+  page.on('response', (r) => {
+    if (r.status() >= 400) refused.push(`${r.status()} ${r.url()}`);
+  });
+  const first = await page.goto(`${server.httpUrl}logs?token=${token}`);
+  assertEqual(first.status(), 200, '/logs?token=');
+  const rows = await page.$$eval('#log tbody tr', (r) => r.length);
+  // Something new is logged: the page shows it by itself.
+  const lib = t.client(`${server.url}?token=${jwt(secret, { sub: 'ann' })}`, 'ann');
+  // (Rows the live poll adds are marked "new".)
+  await page.waitForFunction(() => [...document.querySelectorAll('#log tbody tr.new')].some((tr) => tr.children[1].textContent === 'connect'));
+  assert((await page.$$eval('#log tbody tr', (r) => r.length)) > rows, 'new rows');
+  await lib.close();
+  // "older" (a page of one line has one) and the report's windows answer too.
+  await page.goto(`${server.httpUrl}logs?limit=1&token=${token}`);
+  await Promise.all([page.waitForNavigation(), page.click('#older')]);
+  assert(/before=/.test(page.url()), `older: ${page.url()}`);
+  await page.goto(`${server.httpUrl}report?token=${token}`);
+  for (const w of ['day', 'all']) {
+    await Promise.all([page.waitForNavigation(), page.click(`nav.windows a:text-is("${w === 'all' ? 'all' : 'last day'}")`)]);
+    await page.waitForSelector('nav.windows a.current');
+    assert(page.url().includes(`window=${w}`), page.url());
+  }
+  await Promise.all([page.waitForNavigation(), page.click('header a:text-is("logs")')]);
+  await page.waitForSelector('#log');
+  assertEqual(refused, [], 'answers refused');
 });
 
 await run();

@@ -282,6 +282,10 @@ export async function startRelay(targetPort, targetHost = '127.0.0.1') {
       pipeTo(w.client, w.buffered);
     }
   };
+  /** Drop every connection relayed now (both sides see the TCP connection end). */
+  relay.cut = () => {
+    for (const s of sockets) s.destroy();
+  };
   relay.close = async () => {
     for (const s of sockets) s.destroy();
     await new Promise((r) => server.close(() => r()));
@@ -346,9 +350,9 @@ export const WS_FAILED = /WebSocket connection to '.*' failed/;
  * A page in a fresh browser context (its own storage), with its errors collected and every
  * WebSocket frame recorded in `page.frames` ({dir: 'sent'|'received', data, at}).
  */
-export async function newPage({ viewport = { width: 1280, height: 800 }, allowErrors = [] } = {}) {
+export async function newPage({ viewport = { width: 1280, height: 800 }, allowErrors = [], extraHTTPHeaders } = {}) {
   const b = await browser();
-  const context = await b.newContext({ viewport });
+  const context = await b.newContext({ viewport, ...(extraHTTPHeaders ? { extraHTTPHeaders } : {}) });
   const page = await context.newPage();
   page.setDefaultTimeout(WAIT_MS);
   collectErrors(page, { allow: allowErrors });
@@ -445,8 +449,14 @@ class TestContext {
   }
 }
 
-/** Run the registered tests (those whose name contains one of `filters`, if any); exits 1 on failure. */
+/** Run the registered tests (those whose name contains one of `filters`, if any); exits 1 on
+ *  failure, and when a filter matches no test (a typo must not pass as "0 failed"). */
 export async function run(filters = process.argv.slice(2)) {
+  const unmatched = filters.filter((f) => !tests.some((t) => t.name.includes(f)));
+  if (unmatched.length) {
+    console.log(`FAILED: no test name contains ${unmatched.map((f) => JSON.stringify(f)).join(', ')}`);
+    process.exit(1);
+  }
   const chosen = filters.length ? tests.filter((t) => filters.some((f) => t.name.includes(f))) : tests;
   let failed = 0;
   const started = Date.now();

@@ -50,7 +50,7 @@ fn dev_certificate(dir: &Path) -> Result<TlsFiles, BoxError> {
             generated: false,
         });
     }
-    std::fs::create_dir_all(dir)?;
+    crate::private::create_dir(dir)?;
     let names = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
     let rcgen::CertifiedKey {
         cert: c,

@@ -6,7 +6,7 @@
 //! [`read`] skips lines that do not parse (with a warning), so one bad line never costs the
 //! rest.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
@@ -32,7 +32,8 @@ impl EventLog {
     /// passes `max_bytes`. The writer thread ends with the last handle; [`EventLog::flush`]
     /// waits until what was recorded is in the file.
     pub fn open(dir: &Path, max_bytes: u64) -> io::Result<EventLog> {
-        std::fs::create_dir_all(dir)?;
+        // Clients' addresses and nicks: readable by the server's user alone.
+        crate::private::create_dir(dir)?;
         let (tx, rx) = bounded(65_536);
         let mut files = Files {
             dir: dir.to_owned(),
@@ -99,11 +100,7 @@ impl Files {
             if std::fs::metadata(&path).is_ok_and(|m| m.len() >= self.max_bytes) {
                 path = path_of(&self.dir, day, part + 1);
             }
-            let mut file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .read(true)
-                .open(&path)?;
+            let mut file = crate::private::append(&path)?;
             let mut size = file.metadata()?.len();
             if size > 0 && !ends_with_newline(&mut file)? {
                 tracing::warn!(path = %path.display(), "event log ended mid-line (a crash?): closing that line");

@@ -1,6 +1,11 @@
-//! Plain HTTP on the chat port: the browser pages, `/healthz` and `/metrics`.
+//! Plain HTTP on the chat ports and the admin port: the chat page, `/healthz`, and the
+//! operator's pages (`/report`, `/logs`, `/metrics`), which are private by default: with no
+//! admin port they answer this host (loopback peers), and other hosts only with a valid token
+//! (`--jwt-secret`); with `--admin-listen` they are served there only. `/healthz` is answered
+//! everywhere, for load balancers.
 
 use std::io::Write;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -21,7 +26,8 @@ pub struct Site {
     pub stats: PathBuf,
     /// The event log's directory, for `/logs`.
     pub log_dir: PathBuf,
-    /// With `--jwt-secret`: `/report` and `/logs` need a token (on a chat port).
+    /// With `--jwt-secret`: the upgrade needs a token, and the operator's pages take one from
+    /// other hosts (on a chat port).
     pub auth: Option<Arc<Auth>>,
     /// What this listener serves.
     pub role: Role,
@@ -31,9 +37,10 @@ pub struct Site {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
-    /// Chat, and the operator's pages too when there is no admin port.
+    /// Chat, and the operator's pages too (for this host, or with a token) when there is no
+    /// admin port.
     Chat { operator_pages: bool },
-    /// `--admin-listen`: the operator's pages, no chat, no token.
+    /// `--admin-listen`: the operator's pages, to anyone who reaches it, with no token; no chat.
     Admin,
 }
 
@@ -99,28 +106,69 @@ fn send(incoming: Incoming, response: &Response, head_only: bool) {
     let _ = http.close();
 }
 
+/// Who sees the operator's pages (`/report`, `/logs`, `/metrics`) on a chat port, when there is
+/// no admin port.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Access {
+    Granted,
+    /// From another host, and no `--jwt-secret`: 403.
+    Forbidden,
+    /// From another host, without a valid token: 401, and why.
+    Unauthorized(String),
+}
+
+/// The decision for a request from `peer`: this host (a loopback peer) is let in; anyone else
+/// needs a valid token, and without `--jwt-secret` cannot get in at all. `forwarded`: the
+/// request carries a proxy's forwarding header, so a proxy on this host relays someone else's
+/// request and its loopback address says nothing about who asks.
+pub fn operator_access(
+    peer: IpAddr,
+    forwarded: bool,
+    auth: Option<&Auth>,
+    token: Option<&str>,
+) -> Access {
+    // `::ffff:127.0.0.1` (a listener on `[::]`) is loopback too.
+    if peer.to_canonical().is_loopback() && !forwarded {
+        return Access::Granted;
+    }
+    match (auth, token) {
+        (None, _) => Access::Forbidden,
+        (Some(_), None) => Access::Unauthorized("a token is required".into()),
+        (Some(auth), Some(token)) => match auth.subject(token) {
+            Ok(_) => Access::Granted,
+            Err(why) => Access::Unauthorized(why),
+        },
+    }
+}
+
+/// Headers a proxy adds to the requests it relays.
+const FORWARDING_HEADERS: [&str; 3] = ["forwarded", "x-forwarded-for", "x-real-ip"];
+
+/// The operator's pages are drawn by the server with no inline script or style: they load only
+/// their own files and talk only to their own origin, cannot be framed, and send no referrer
+/// (their addresses may carry a token).
+const OPERATOR_HEADERS: &str = "Content-Security-Policy: default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'\r\nReferrer-Policy: no-referrer\r\n";
+
 fn route(incoming: &Incoming, site: &Site) -> Response {
     let path = incoming.path();
-    match path {
-        "/healthz" => {
-            return if site
-                .health
-                .iter()
-                .all(|up| up.load(std::sync::atomic::Ordering::SeqCst))
-            {
-                Response::text("200 OK", "ok\n")
-            } else {
-                Response::text("503 Service Unavailable", "redis: unreachable\n")
-            }
-        }
-        "/metrics" => {
-            return Response::new("200 OK", "text/plain; version=0.0.4", site.metrics.render())
-        }
-        _ => {}
+    if path == "/healthz" {
+        // Load balancers probe the chat ports: answered on every listener, to anyone.
+        return if site
+            .health
+            .iter()
+            .all(|up| up.load(std::sync::atomic::Ordering::SeqCst))
+        {
+            Response::text("200 OK", "ok\n")
+        } else {
+            Response::text("503 Service Unavailable", "redis: unreachable\n")
+        };
     }
-    let operator_page = matches!(path, "/report" | "/logs");
+    let operator_page = matches!(path, "/report" | "/logs" | "/metrics");
+    let operator_file = operator_page || crate::web::is_operator_asset(path);
+    // The token the pages' links carry on: only where one can be needed.
+    let mut token = None;
     match site.role {
-        Role::Admin if !operator_page => {
+        Role::Admin if !operator_file => {
             return Response::text(
                 "404 Not Found",
                 "the admin port serves /report, /logs, /metrics, /healthz\n",
@@ -128,16 +176,41 @@ fn route(incoming: &Incoming, site: &Site) -> Response {
         }
         Role::Chat {
             operator_pages: false,
-        } if operator_page => {
+        } if operator_file => {
             return Response::text(
                 "404 Not Found",
                 "served on the admin port (--admin-listen)\n",
             )
         }
-        Role::Chat { .. } if operator_page => {
-            if let Some(auth) = &site.auth {
-                if let Err(why) = auth.check(incoming) {
-                    let mut r = Response::text("401 Unauthorized", &format!("{why}\n"));
+        Role::Chat {
+            operator_pages: true,
+        } if operator_page => {
+            let forwarded = FORWARDING_HEADERS
+                .iter()
+                .any(|h| incoming.headers().contains_key(*h));
+            let presented = crate::auth::token_of(incoming);
+            match operator_access(
+                incoming.peer_addr().ip(),
+                forwarded,
+                site.auth.as_deref(),
+                presented.as_deref(),
+            ) {
+                Access::Granted => token = crate::auth::query_token(incoming),
+                Access::Forbidden => {
+                    return Response::text(
+                        "403 Forbidden",
+                        "/report, /logs and /metrics answer requests from this host only. To reach them from elsewhere, \
+                         serve them on a port of their own with --admin-listen ADDR, or start the server with \
+                         --jwt-secret and send a token (?token= or Authorization: Bearer).\n",
+                    )
+                }
+                Access::Unauthorized(why) => {
+                    let mut r = Response::text(
+                        "401 Unauthorized",
+                        &format!(
+                            "{why}: from another host, /report, /logs and /metrics need a token (?token= or Authorization: Bearer)\n"
+                        ),
+                    );
                     r.headers.push_str("WWW-Authenticate: Bearer\r\n");
                     return r;
                 }
@@ -146,12 +219,13 @@ fn route(incoming: &Incoming, site: &Site) -> Response {
         _ => {}
     }
     match path {
+        "/metrics" => Response::new("200 OK", "text/plain; version=0.0.4", site.metrics.render()),
         "/report" => {
             let window = query_value(incoming.query(), "window").unwrap_or_default();
             let page = StatsDb::open(&site.stats)
-                .and_then(|db| report::page(&db, &window, crate::now_ms()));
+                .and_then(|db| report::page(&db, &window, crate::now_ms(), token.as_deref()));
             match page {
-                Ok(html) => Response::new("200 OK", "text/html; charset=utf-8", html),
+                Ok(html) => operator(Response::new("200 OK", "text/html; charset=utf-8", html)),
                 Err(e) => Response::text(
                     "500 Internal Server Error",
                     &format!("cannot read the stats: {e}\n"),
@@ -159,10 +233,13 @@ fn route(incoming: &Incoming, site: &Site) -> Response {
             }
         }
         "/logs" => {
-            let (ok, content_type, body) =
-                logs::answer(&site.log_dir, &logs::Query::parse(incoming.query()));
+            let (ok, content_type, body) = logs::answer(
+                &site.log_dir,
+                &logs::Query::parse(incoming.query()),
+                token.as_deref(),
+            );
             let status = if ok { "200 OK" } else { "400 Bad Request" };
-            Response::new(status, content_type, body)
+            operator(Response::new(status, content_type, body))
         }
         path => match site.web.asset(path) {
             Some((content_type, body)) => {
@@ -179,8 +256,92 @@ fn route(incoming: &Incoming, site: &Site) -> Response {
     }
 }
 
+/// `response` with the operator's pages' policy.
+fn operator(mut response: Response) -> Response {
+    response.headers.push_str(OPERATOR_HEADERS);
+    response
+}
+
 fn query_value(query: Option<&str>, key: &str) -> Option<String> {
     url::form_urlencoded::parse(query?.as_bytes())
         .find(|(k, _)| k == key)
         .map(|(_, v)| v.into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    fn token(sub: &str) -> String {
+        use jsonwebtoken::{encode, EncodingKey, Header};
+        encode(
+            &Header::default(),
+            &serde_json::json!({ "sub": sub }),
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .expect("a token")
+    }
+
+    #[test]
+    fn operator_pages_let_in_this_host_and_others_only_with_a_token() {
+        let local: [IpAddr; 4] = [
+            "127.0.0.1".parse().unwrap(),
+            "127.8.9.10".parse().unwrap(),
+            "::1".parse().unwrap(),
+            "::ffff:127.0.0.1".parse().unwrap(),
+        ];
+        let remote: [IpAddr; 4] = [
+            "192.0.2.2".parse().unwrap(),
+            "10.0.0.1".parse().unwrap(),
+            "2001:db8::1".parse().unwrap(),
+            "::ffff:10.0.0.1".parse().unwrap(),
+        ];
+        let auth = Auth::new(SECRET, None).unwrap();
+        let good = token("ops");
+        for ip in local {
+            assert_eq!(
+                operator_access(ip, false, None, None),
+                Access::Granted,
+                "{ip}"
+            );
+            assert_eq!(
+                operator_access(ip, false, Some(&auth), None),
+                Access::Granted,
+                "{ip}"
+            );
+            // Relayed by a proxy on this host: someone else's request.
+            assert_eq!(
+                operator_access(ip, true, None, None),
+                Access::Forbidden,
+                "{ip}"
+            );
+        }
+        for ip in remote {
+            assert_eq!(
+                operator_access(ip, false, None, None),
+                Access::Forbidden,
+                "{ip}"
+            );
+            assert_eq!(
+                operator_access(ip, false, None, Some(&good)),
+                Access::Forbidden,
+                "{ip}: no secret, so no token opens them"
+            );
+            assert!(matches!(
+                operator_access(ip, false, Some(&auth), None),
+                Access::Unauthorized(_)
+            ));
+            assert!(matches!(
+                operator_access(ip, false, Some(&auth), Some("nonsense")),
+                Access::Unauthorized(_)
+            ));
+            assert_eq!(
+                operator_access(ip, false, Some(&auth), Some(&good)),
+                Access::Granted,
+                "{ip}"
+            );
+        }
+    }
 }

@@ -1,5 +1,6 @@
 //! `GET /logs`: the event log, newest first, paged, filtered by kind, HTML-escaped; the first
-//! page follows the log live (a small script asks for `?format=json` every two seconds).
+//! page follows the log live (`/logs.js`, a file of `chat/web/`, asks for `?format=json` every
+//! two seconds).
 //!
 //! It reads the files backwards from their ends, so a page costs what it shows, not the size of
 //! the log; a filter for a rare kind reads at most [`SCAN_BYTES`] per request and offers to go on.
@@ -12,7 +13,7 @@ use std::path::Path;
 use serde_json::{json, Value};
 
 use crate::eventlog;
-use crate::report::{escape, STYLE};
+use crate::report::{escape, link};
 
 /// Bytes read per request at most when a filter skips most lines.
 pub const SCAN_BYTES: u64 = 16 << 20;
@@ -161,8 +162,9 @@ fn file_name(p: &Path) -> &str {
 }
 
 /// The answer to `GET /logs`: whether the request made sense (a `before` that is no cursor
-/// does not), content type and body.
-pub fn answer(dir: &Path, query: &Query) -> (bool, &'static str, String) {
+/// does not), content type and body. `token`: the `?token=` the page was opened with, carried
+/// by its links (its script reads it from the address).
+pub fn answer(dir: &Path, query: &Query, token: Option<&str>) -> (bool, &'static str, String) {
     if query
         .before
         .as_deref()
@@ -195,22 +197,39 @@ pub fn answer(dir: &Path, query: &Query) -> (bool, &'static str, String) {
             json!({"lines": lines, "older": older}).to_string(),
         );
     }
-    (true, "text/html; charset=utf-8", html(query, &lines, older))
+    (
+        true,
+        "text/html; charset=utf-8",
+        html(query, &lines, older, token),
+    )
 }
 
-fn html(query: &Query, lines: &[Line], older: Option<String>) -> String {
+/// The page: no inline script or style (its policy allows none). What `/logs.js` needs is in
+/// escaped `data-` attributes; everything from the log or the request is escaped for where it
+/// goes.
+fn html(query: &Query, lines: &[Line], older: Option<String>, token: Option<&str>) -> String {
     let kind = query.kind.as_deref().unwrap_or_default();
+    let live = query.before.is_none();
     let mut html = String::new();
     let _ = write!(
         html,
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><link rel=\"icon\" href=\"data:,\"><title>chat server logs</title>\
-         <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\"><style>{STYLE}\
-         td{{text-align:left;vertical-align:top}}td.f{{font-family:ui-monospace,monospace;font-size:12px;word-break:break-all}}tr.new{{background:#fffbe6}}</style></head><body>\
-         <header><h1>Event log</h1><a href=\"/\">chat</a><a href=\"/report\">report</a><a href=\"/metrics\">metrics</a></header><main>\
-         <form method=\"get\" action=\"/logs\">kind <input name=\"kind\" id=\"kind\" value=\"{}\" list=\"kinds\" placeholder=\"any\"> <button>filter</button>\
-         <datalist id=\"kinds\">",
+         <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\"><link rel=\"stylesheet\" href=\"/pages.css\">\
+         <script src=\"/logs.js\" defer></script></head><body>\
+         <header><h1>Event log</h1><a href=\"/\">chat</a><a href=\"{}\">report</a><a href=\"{}\">metrics</a></header><main>\
+         <form method=\"get\" action=\"/logs\">kind <input name=\"kind\" id=\"kind\" value=\"{}\" list=\"kinds\" placeholder=\"any\"> <button>filter</button>",
+        escape(&link("/report", token)),
+        escape(&link("/metrics", token)),
         escape(kind)
     );
+    if let Some(token) = token {
+        let _ = write!(
+            html,
+            "<input type=\"hidden\" name=\"token\" value=\"{}\">",
+            escape(token)
+        );
+    }
+    html.push_str("<datalist id=\"kinds\">");
     for k in [
         "start",
         "stop",
@@ -222,6 +241,7 @@ fn html(query: &Query, lines: &[Line], older: Option<String>) -> String {
         "match",
         "unpair",
         "refused",
+        "unauthorized",
         "rate_limited",
         "slow_consumer",
         "idle_close",
@@ -229,50 +249,35 @@ fn html(query: &Query, lines: &[Line], older: Option<String>) -> String {
     ] {
         let _ = write!(html, "<option value=\"{k}\">");
     }
-    let live = query.before.is_none();
     let _ = write!(
         html,
-        "</datalist></form><p class=\"muted\" id=\"live\">{}</p><table id=\"log\"><thead><tr><th>time (UTC)</th><th>kind</th><th>fields</th></tr></thead><tbody>",
+        "</datalist></form><p class=\"muted\" id=\"live\">{}</p>\
+         <table id=\"log\" data-live=\"{}\" data-kind=\"{}\"><thead><tr><th>time (UTC)</th><th>kind</th><th>fields</th></tr></thead><tbody>",
         if live {
             "Newest first; new lines appear at the top as they are logged."
         } else {
             "Older lines, newest first."
-        }
+        },
+        u8::from(live),
+        escape(kind)
     );
     for line in lines {
         row(&mut html, line);
     }
     html.push_str("</tbody></table>");
     if let Some(older) = older {
-        let mut link = format!("/logs?before={}", urlencode(&older));
+        let mut target = format!("/logs?before={}", urlencode(&older));
         if !kind.is_empty() {
-            link.push_str("&kind=");
-            link.push_str(&urlencode(kind));
+            target.push_str("&kind=");
+            target.push_str(&urlencode(kind));
         }
         let _ = write!(
             html,
             "<p><a id=\"older\" href=\"{}\">older</a></p>",
-            escape(&link)
+            escape(&link(&target, token))
         );
     } else {
         html.push_str("<p class=\"muted\">Start of the log.</p>");
-    }
-    if live {
-        // Text goes in with textContent: nothing from the log is ever parsed as HTML.
-        let _ = write!(
-            html,
-            "<script>(function(){{var kind={};var body=document.querySelector('#log tbody');\
-             function seen(id){{return document.querySelector('tr[data-id=\"'+CSS.escape(id)+'\"]')}}\
-             function cell(tr,text,cls){{var td=document.createElement('td');if(cls)td.className=cls;td.textContent=text;tr.appendChild(td)}}\
-             function poll(){{var u='/logs?format=json&limit=100'+(kind?'&kind='+encodeURIComponent(kind):'');\
-             fetch(u,{{cache:'no-store'}}).then(function(r){{return r.json()}}).then(function(d){{\
-             var fresh=d.lines.filter(function(l){{return !seen(l.id)}});\
-             for(var i=fresh.length-1;i>=0;i--){{var l=fresh[i],e=Object.assign({{}},l.event),tr=document.createElement('tr');\
-             tr.dataset.id=l.id;tr.className='new';var ts=e.ts||'',k=e.kind||'';delete e.ts;delete e.kind;\
-             cell(tr,ts);cell(tr,k);cell(tr,JSON.stringify(e),'f');body.insertBefore(tr,body.firstChild)}}\
-             }}).catch(function(){{}}).finally(function(){{setTimeout(poll,2000)}})}}setTimeout(poll,2000)}})();</script>",
-            json!(kind)
-        );
     }
     html.push_str("</main></body></html>");
     html
@@ -351,9 +356,31 @@ mod tests {
             (0..200).rev().filter(|n| n % 10 == 0).collect::<Vec<u64>>()
         );
         assert_eq!(older, None);
-        let (_, _, body) = answer(dir.path(), &Query::parse(Some("kind=join&limit=5")));
-        assert!(!answer(dir.path(), &Query::parse(Some("before=nonsense"))).0);
+        let (_, _, body) = answer(dir.path(), &Query::parse(Some("kind=join&limit=5")), None);
+        assert!(!answer(dir.path(), &Query::parse(Some("before=nonsense")), None).0);
         assert!(body.contains("&lt;b&gt;x&lt;/b&gt;"), "{body}");
         assert!(!body.contains("<b>x</b>"));
+        // What the request brings reaches the page as escaped attributes only; the one script
+        // is the page's own file.
+        let (_, _, body) = answer(
+            dir.path(),
+            &Query::parse(Some("kind=%3C%2Fscript%3E%22&limit=1")),
+            Some("t&\"<k"),
+        );
+        assert!(
+            body.contains("data-kind=\"&lt;/script&gt;&quot;\""),
+            "{body}"
+        );
+        assert!(body.contains("value=\"&lt;/script&gt;&quot;\""), "{body}");
+        assert!(
+            body.contains("<input type=\"hidden\" name=\"token\" value=\"t&amp;&quot;&lt;k\">"),
+            "{body}"
+        );
+        assert!(
+            body.contains("href=\"/report?token=t%26%22%3Ck\""),
+            "{body}"
+        );
+        assert_eq!(body.matches("<script").count(), 1, "{body}");
+        assert!(body.contains("<script src=\"/logs.js\" defer></script>"));
     }
 }

@@ -30,13 +30,18 @@ fn main() {
         }
     };
     if let Some(addr) = server.ws_addr {
-        println!("chat-server listening on ws://{addr}/ (the chat page: http://{addr}/; also /report, /logs, /metrics)");
+        let operator = if server.admin_addr.is_some() {
+            ""
+        } else {
+            "; /report, /logs, /metrics for this host"
+        };
+        println!("chat-server listening on ws://{addr}/ (the chat page: http://{addr}/{operator})");
     }
     if let Some(addr) = server.wss_addr {
         println!("chat-server listening on wss://{addr}/ (the chat page: https://{addr}/)");
     }
     if let Some(addr) = server.admin_addr {
-        println!("admin pages on http://{addr}/report, /logs, /metrics (no token)");
+        println!("admin pages on http://{addr}/report, /logs, /metrics (no token: anyone who reaches this address)");
     }
     if let Some(files) = &server.tls_files {
         println!(

@@ -24,7 +24,7 @@ pub struct Options {
     #[arg(long, requires = "cert")]
     pub key: Option<PathBuf>,
     /// Where the store, the event log and the development certificate live (created if
-    /// missing).
+    /// missing, readable by the server's user alone: 0700, files 0600).
     #[arg(long, default_value = "chat-data")]
     pub data_dir: PathBuf,
 
@@ -100,13 +100,20 @@ pub struct Options {
     /// on them: `--web-dir chat/web`), instead of the copies compiled into the binary.
     #[arg(long)]
     pub web_dir: Option<PathBuf>,
-    /// Require an HS256 JWT signed with this secret for the WebSocket upgrade (`?token=` or
-    /// `Authorization: Bearer`); its `sub` is the nick. `/report` and `/logs` then need one too,
-    /// unless --admin-listen serves them.
+    /// Require an HS256 JWT signed with this secret (at least 32 bytes; a shorter or empty one
+    /// refuses to start) for the WebSocket upgrade (`?token=` or `Authorization: Bearer`); its
+    /// `sub` is the nick. A valid token also opens `/report`, `/logs` and `/metrics` from other
+    /// hosts (without --admin-listen they answer only this host otherwise).
     #[arg(long, env = "CHAT_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
-    /// Serve `/report`, `/logs`, `/metrics` and `/healthz` on this address (e.g.
-    /// 127.0.0.1:9090), with no token, and no longer on the chat ports.
+    /// With --jwt-secret: tokens must carry this `aud` (a token that names no audience, or
+    /// another, is refused). Without it, tokens that name any audience are refused.
+    #[arg(long, env = "CHAT_JWT_AUDIENCE", requires = "jwt_secret")]
+    pub jwt_audience: Option<String>,
+    /// Serve `/report`, `/logs` and `/metrics` on this address (e.g. 127.0.0.1:9090), to anyone
+    /// who can reach it, with no token, and no longer on the chat ports. `/healthz` stays on the
+    /// chat ports too, for load balancers. Without it, those pages are on the chat ports for
+    /// requests from this host only (or with a --jwt-secret token).
     #[arg(long)]
     pub admin_listen: Option<String>,
     /// Seconds between two samples of the server's counters for `/report` (in stats.db).

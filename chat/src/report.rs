@@ -33,19 +33,29 @@ pub fn escape(s: &str) -> String {
     out
 }
 
-/// The shared look of the operator's pages.
-pub const STYLE: &str = "body{font:14px/1.4 system-ui,sans-serif;margin:0;color:#1d2330;background:#f5f6f8}
-header{background:#1d2330;color:#fff;padding:10px 20px;display:flex;gap:20px;align-items:baseline;flex-wrap:wrap}
-header h1{font-size:18px;margin:0}header a{color:#9cc3ff}main{padding:16px 20px;max-width:1200px}
-table{border-collapse:collapse;background:#fff;margin:8px 0 16px}td,th{border:1px solid #dde1e7;padding:4px 10px;text-align:right}
-th{text-align:left;background:#eef1f5;font-weight:600}.charts{display:grid;grid-template-columns:repeat(auto-fill,minmax(360px,1fr));gap:14px}
-figure{margin:0;background:#fff;border:1px solid #dde1e7;border-radius:6px;padding:8px}figcaption{font-weight:600;margin-bottom:4px}
-.windows a{margin-right:10px}.windows a.current{font-weight:700;color:#fff;text-decoration:none}.muted{color:#6b7280}
-svg text{font-size:10px;fill:#6b7280}.legend span{margin-right:12px}.legend i{display:inline-block;width:10px;height:3px;margin-right:4px;vertical-align:middle}";
+/// `target` (a path, perhaps with a query) with `&token=` / `?token=` appended when the page
+/// was opened with one: links between the operator's pages keep working from hosts that need
+/// the token. Not escaped for HTML: the caller escapes the whole link.
+pub fn link(target: &str, token: Option<&str>) -> String {
+    match token {
+        Some(token) => {
+            let sep = if target.contains('?') { '&' } else { '?' };
+            let token: String = url::form_urlencoded::byte_serialize(token.as_bytes()).collect();
+            format!("{target}{sep}token={token}")
+        }
+        None => target.to_owned(),
+    }
+}
 
 /// The page for `window` (`hour`, `day`, `week`, `all`; anything else is `hour`), with the
-/// time it took to read the samples.
-pub fn page(db: &StatsDb, window: &str, now_ms: i64) -> rusqlite::Result<String> {
+/// time it took to read the samples. `token`: the `?token=` it was opened with, carried by its
+/// links.
+pub fn page(
+    db: &StatsDb,
+    window: &str,
+    now_ms: i64,
+    token: Option<&str>,
+) -> rusqlite::Result<String> {
     let (name, label, length) = WINDOWS
         .iter()
         .copied()
@@ -61,16 +71,19 @@ pub fn page(db: &StatsDb, window: &str, now_ms: i64) -> rusqlite::Result<String>
     let _ = write!(
         html,
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><link rel=\"icon\" href=\"data:,\"><title>chat server report</title>\
-         <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\"><style>{STYLE}</style></head><body>\
+         <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\"><link rel=\"stylesheet\" href=\"/pages.css\"></head><body>\
          <header><h1>Chat server report</h1><nav class=\"windows\">"
     );
     for (n, l, _) in WINDOWS {
         let class = if n == name { " class=\"current\"" } else { "" };
-        let _ = write!(html, "<a href=\"/report?window={n}\"{class}>{l}</a>");
+        let href = escape(&link(&format!("/report?window={n}"), token));
+        let _ = write!(html, "<a href=\"{href}\"{class}>{l}</a>");
     }
     let _ = write!(
         html,
-        "</nav><a href=\"/\">chat</a><a href=\"/logs\">logs</a><a href=\"/metrics\">metrics</a></header><main>"
+        "</nav><a href=\"/\">chat</a><a href=\"{}\">logs</a><a href=\"{}\">metrics</a></header><main>",
+        escape(&link("/logs", token)),
+        escape(&link("/metrics", token))
     );
     let Some(last) = last else {
         html.push_str(
@@ -127,7 +140,7 @@ pub fn page(db: &StatsDb, window: &str, now_ms: i64) -> rusqlite::Result<String>
     for (code, n) in &last.closes {
         let _ = write!(
             html,
-            "<tr><td>{code}</td><td style=\"text-align:left\">{}</td><td data-code=\"{code}\">{n}</td></tr>",
+            "<tr><td>{code}</td><td class=\"l\">{}</td><td data-code=\"{code}\">{n}</td></tr>",
             close_meaning(*code)
         );
     }
@@ -319,7 +332,7 @@ fn chart(
     for ((_, color, _), text) in series.iter().zip(&last_values) {
         let _ = write!(
             html,
-            "<span><i style=\"background:{color}\"></i>{}</span>",
+            "<span><svg width=\"10\" height=\"3\" aria-hidden=\"true\"><rect width=\"10\" height=\"3\" fill=\"{color}\"/></svg>{}</span>",
             escape(text)
         );
     }
@@ -414,7 +427,7 @@ mod tests {
     fn the_page_shows_totals_charts_and_escapes() {
         let dir = tempfile::tempdir().unwrap();
         let db = StatsDb::open(&dir.path().join("s.db")).unwrap();
-        let empty = page(&db, "hour", 10_000_000).unwrap();
+        let empty = page(&db, "hour", 10_000_000, None).unwrap();
         assert!(empty.contains("No samples yet"));
         for i in 0..10u64 {
             let mut s = Sample {
@@ -429,7 +442,7 @@ mod tests {
             s.totals[2] = i * 100;
             db.insert(&s).unwrap();
         }
-        let html = page(&db, "all", 10_100_000).unwrap();
+        let html = page(&db, "all", 10_100_000, Some("a&b")).unwrap();
         assert!(
             html.contains("<td data-metric=\"chat_messages_total\">900</td>"),
             "{html}"
@@ -441,6 +454,16 @@ mod tests {
         // 100 messages per 5 s.
         assert!(html.contains("data-max=\"20\""), "{html}");
         assert!(html.contains("<td data-code=\"4008\">1</td>"));
+        // Links carry the token, encoded for the query and escaped for the attribute.
+        assert!(
+            html.contains("href=\"/report?window=day&amp;token=a%26b\""),
+            "{html}"
+        );
+        assert!(html.contains("href=\"/logs?token=a%26b\""), "{html}");
+        // Nothing inline for the policy to refuse.
+        for inline in ["<script", "<style", " style="] {
+            assert!(!html.contains(inline), "{inline} in {html}");
+        }
         assert_eq!(
             escape("<a href=\"x\">&'"),
             "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"

@@ -122,7 +122,15 @@ impl Server {
             )
             .into());
         }
-        std::fs::create_dir_all(&options.data_dir)
+        // Before anything is made or bound: a secret too short to keep anyone out.
+        let auth = match options.jwt_secret.as_deref() {
+            Some(secret) => Some(Arc::new(Auth::new(
+                secret,
+                options.jwt_audience.as_deref(),
+            )?)),
+            None => None,
+        };
+        crate::private::create_dir(&options.data_dir)
             .map_err(|e| format!("data directory {}: {e}", options.data_dir.display()))?;
         let store = Store::open(
             &options.data_dir.join("chat.db"),
@@ -221,10 +229,6 @@ impl Server {
             Duration::from_secs(options.stats_every.max(1)),
         )
         .map_err(|e| format!("stats {}: {e}", stats_path.display()))?;
-        let auth = options
-            .jwt_secret
-            .as_deref()
-            .map(|s| Arc::new(Auth::new(s)));
         let admin = options
             .admin_listen
             .as_deref()
@@ -575,10 +579,13 @@ fn read_request(tcp: TcpStream, served: &Listener) -> Option<Box<Incoming>> {
         Ok(i) => Some(Box::new(i)),
         Err(e) => {
             Metrics::inc(&ctx.shared.metrics.handshake_failures_total);
-            tracing::debug!(error = %e, "before the upgrade");
+            // A request that does not parse is quoted in the error: never its token.
+            let error = e.to_string();
+            let error = crate::auth::redact(&error);
+            tracing::debug!(%error, "before the upgrade");
             ctx.shared
                 .log
-                .record("handshake_failed", json!({"error": e.to_string()}));
+                .record("handshake_failed", json!({ "error": error }));
             None
         }
     }

@@ -83,6 +83,8 @@ pub struct StatsDb {
 
 impl StatsDb {
     pub fn open(path: &Path) -> rusqlite::Result<StatsDb> {
+        crate::private::database(path)
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;

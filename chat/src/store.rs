@@ -63,6 +63,9 @@ impl Store {
     /// returns (survives power loss); otherwise commits survive a crash of the process, and the
     /// last ones may be lost with the machine's power.
     pub fn open(path: &Path, retention: Retention, durable: bool) -> Result<Store> {
+        // Conversations: readable by the server's user alone.
+        crate::private::database(path)
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", if durable { "FULL" } else { "NORMAL" })?;

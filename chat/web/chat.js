@@ -19,6 +19,11 @@
   const CONNECT_TIMEOUT_MS = 15000;
   const STABLE_MS = 5000;
   const GROUP_MS = 5 * 60 * 1000;
+  // The room list (and the lobby's online count, which has no presence events) is asked for
+  // this often while the page is visible and its user was active lately: a tab left alone
+  // stops asking, so the server's idle timeout still ends its connection.
+  const ROOMS_EVERY_MS = 10000;
+  const ROOMS_WHILE_INACTIVE_MS = 5 * 60 * 1000;
 
   const $ = (id) => document.getElementById(id);
   const ui = {
@@ -129,11 +134,11 @@
 
   const params = new URLSearchParams(location.search);
   const token = params.get('token');
-  let clientId = storageGet('client');
-  if (!clientId || !/^[0-9a-f]{16}$/.test(clientId)) {
-    clientId = randomId();
-    storageSet('client', clientId);
-  }
+  // The prefix of this page's cids: new on every page load and never stored, so a cid says
+  // nothing about who sent it across nicks, sessions or stranger chats. (Older versions kept
+  // one in localStorage: forgotten here.)
+  const clientId = randomId();
+  storageSet('client', null);
 
   const state = {
     ws: null,
@@ -168,6 +173,8 @@
     typingTimer: 0,
     directory: [],
     roomsTimer: 0,
+    roomsPollTimer: 0,
+    lastInput: performance.now(),
   };
 
   function makeRoom(name) {
@@ -384,6 +391,7 @@
   }
 
   function onClose(e, wasOpen) {
+    clearTimeout(state.roomsPollTimer);
     clearTimeout(state.connectTimer);
     clearTimeout(state.stableTimer);
     clearTimeout(state.livenessTimer);
@@ -595,7 +603,7 @@
     setStatus(`connected as ${state.myNick}`, 'ok');
     ui.reconnectNow.hidden = true;
     if (first) {
-      sendFrame({ op: 'rooms' });
+      pollRooms();
       if (wasReconnect) notice('reconnected', 'Reconnected', 'Rejoining your rooms and recovering messages.', 'info');
     }
     renderMembers();
@@ -695,6 +703,7 @@
     if (!room) return;
     const isNew = addMessage(room, ev);
     if (isNew) {
+      if (!room.pair) updateDirectory(room.name, Number(ev.seq));
       room.typing.delete(String(ev.from));
       if (room.name === state.current) renderTyping();
       if (!isOwnCid(ev.cid)) {
@@ -759,6 +768,7 @@
       room.typing.delete(ev.old);
       addSystem(room, `${ev.old} is now ${nick}`);
     }
+    if (!room.pair && room.name !== LOBBY && ev.state !== 'renamed') updateDirectory(room.name, undefined, room.members.length);
     if (room.name === state.current) {
       renderMembers();
       renderTyping();
@@ -783,6 +793,37 @@
       if (state.current === LOBBY) renderMembers();
     }
     renderDirectory();
+  }
+
+  /** Ask for the room list now, and again every ROOMS_EVERY_MS while the page is visible and
+   *  in use (visibilitychange and input start it again). */
+  function pollRooms() {
+    clearTimeout(state.roomsPollTimer);
+    state.roomsPollTimer = 0;
+    if (!state.connected || document.hidden) return;
+    if (performance.now() - state.lastInput > ROOMS_WHILE_INACTIVE_MS) return;
+    sendFrame({ op: 'rooms' }, true);
+    state.roomsPollTimer = setTimeout(pollRooms, ROOMS_EVERY_MS);
+  }
+
+  /** The page's user did something: a room list that stopped for inactivity starts again. */
+  function active() {
+    state.lastInput = performance.now();
+    if (!state.roomsPollTimer) pollRooms();
+  }
+
+  /** Keep a room's line in the room list current from its own events: its last seq from a
+   *  `msg`, its members from presence. */
+  function updateDirectory(name, seq, members) {
+    const entry = state.directory.find((r) => r && r.room === name);
+    if (!entry) return;
+    const n = Number(entry.seq) || 0;
+    if (seq !== undefined && seq > n) entry.seq = seq;
+    if (members !== undefined) entry.members = members;
+    if (entry.seq === n && members === undefined) return;
+    const li = [...ui.directory.children].find((el) => el.getAttribute('data-room') === name);
+    const span = li && li.querySelector('.n');
+    if (span) span.textContent = directoryCounts(entry);
   }
 
   /** Ask for the room list once things settle (many joins at a reconnect ask once). */
@@ -1376,7 +1417,6 @@
     ui.directory.replaceChildren(
       ...list.map((r) => {
         const mine = state.order.includes(r.room);
-        const n = Number(r.members) || 0;
         return h(
           'li',
           { 'data-room': r.room, class: mine ? 'mine' : null },
@@ -1384,11 +1424,15 @@
             'button',
             { type: 'button', class: 'dir-room', title: mine ? `Open #${r.room}` : `Join #${r.room}`, onclick: () => joinRoom(r.room) },
             h('span', { class: 'name' }, `#${r.room}`),
-            h('span', { class: 'n' }, `${n} online · ${Number(r.seq) || 0} msgs`),
+            h('span', { class: 'n' }, directoryCounts(r)),
           ),
         );
       }),
     );
+  }
+
+  function directoryCounts(r) {
+    return `${Number(r.members) || 0} online · ${Number(r.seq) || 0} msgs`;
   }
 
   function renderRoomHead() {
@@ -1635,7 +1679,14 @@
   placeNick();
 
   document.addEventListener('visibilitychange', () => {
-    if (document.hidden) return;
+    if (document.hidden) {
+      clearTimeout(state.roomsPollTimer);
+      state.roomsPollTimer = 0;
+      return;
+    }
+    // Back in view: the room list and the lobby's count at once.
+    state.lastInput = performance.now();
+    pollRooms();
     const room = currentRoom();
     if (room && room.unread) {
       room.unread = 0;
@@ -1644,6 +1695,7 @@
     if (state.ws) checkLiveness();
     else if (!state.idleClosed) reconnectSoon();
   });
+  for (const type of ['keydown', 'pointerdown', 'focus']) window.addEventListener(type, active, { passive: true });
   window.addEventListener('online', () => {
     if (state.ws) checkLiveness();
     else {

@@ -16,17 +16,14 @@ use syncws_chat::{Options, Server};
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
 pub fn options(dir: &Path, extra: &[&str]) -> Options {
-    let mut args = vec![
-        "chat-server",
-        "--listen",
-        "127.0.0.1:0",
-        "--tls-listen",
-        "off",
-        "--data-dir",
-        dir.to_str().unwrap(),
-    ];
-    // Tests send faster than people type.
-    for (flag, value) in [("--rate", "100000"), ("--burst", "100000")] {
+    let mut args = vec!["chat-server", "--data-dir", dir.to_str().unwrap()];
+    // Loopback, no TLS, and tests send faster than people type: unless the test says otherwise.
+    for (flag, value) in [
+        ("--listen", "127.0.0.1:0"),
+        ("--tls-listen", "off"),
+        ("--rate", "100000"),
+        ("--burst", "100000"),
+    ] {
         if !extra.contains(&flag) {
             args.extend([flag, value]);
         }
