@@ -227,6 +227,8 @@ export function startClient(url, nick) {
 
 export async function startRelay(targetPort, targetHost = '127.0.0.1') {
   const sockets = new Set();
+  // Each relayed connection's two sides, for stall/unstall.
+  const pairs = new Set();
   let held = false;
   let waiting = [];
   const relay = { accepted: 0 };
@@ -241,6 +243,9 @@ export async function startRelay(targetPort, targetHost = '127.0.0.1') {
       client.pipe(upstream);
       upstream.pipe(client);
       client.resume();
+      const pair = { client, upstream };
+      pairs.add(pair);
+      upstream.on('close', () => pairs.delete(pair));
     });
     upstream.on('close', () => client.destroy());
     client.on('close', () => upstream.destroy());
@@ -280,6 +285,20 @@ export async function startRelay(targetPort, targetHost = '127.0.0.1') {
       w.client.off('data', w.onData);
       w.client.pause();
       pipeTo(w.client, w.buffered);
+    }
+  };
+  /** Stop taking the server's bytes on every relayed connection (the connections stay open):
+   *  to the server, the browser has stopped reading. */
+  relay.stall = () => {
+    for (const { client, upstream } of pairs) {
+      upstream.unpipe(client);
+      upstream.pause();
+    }
+  };
+  relay.unstall = () => {
+    for (const { client, upstream } of pairs) {
+      upstream.pipe(client);
+      upstream.resume();
     }
   };
   /** Drop every connection relayed now (both sides see the TCP connection end). */

@@ -31,9 +31,9 @@
 //! inbox) make this a single-instance (or primary/replica) design, not Redis Cluster's.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use redis::{Commands, Connection, RedisResult, Script};
@@ -42,16 +42,53 @@ use crate::matchmaking::{Matched, Matchmaker, Peer, Seeker, Sought};
 use crate::protocol::{Msg, LOBBY, PAIR_PREFIX};
 use crate::store::{Log, Recovery, Result as StoreResult};
 
-/// Number, store and publish one message (ARGV: 1 and 2 the frame around its seq, 3 the
-/// stream's length, 4 the sender's cid as JSON or ''). The cid is kept beside the frame, for
-/// its sender's history; the published frame, which every member gets, does not carry it.
+/// Number, store and publish a batch of messages, once: KEYS[1] is the batch's own key. If it
+/// ran already (a connection cut after Redis ran it, before the node read the answer), the
+/// seqs it gave are returned again and nothing is stored twice. ARGV: 1 the count, 2 the
+/// streams' length, then per message: its room, the frame around its seq (two parts), and the
+/// sender's cid as JSON or ''. The cid is kept beside the frame, for its sender's history; the
+/// published frame, which every member gets, does not carry it.
 const PUBLISH: &str = r"
-local seq = redis.call('INCR', KEYS[1])
-local frame = ARGV[1] .. seq .. ARGV[2]
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], seq .. '-1', 'f', frame, 'c', ARGV[4])
-redis.call('PUBLISH', KEYS[3], frame)
-return seq
+local done = redis.call('GET', KEYS[1])
+if done then return cjson.decode(done) end
+local seqs = {}
+for i = 0, tonumber(ARGV[1]) - 1 do
+  local room, prefix, suffix, cid = ARGV[3 + 4 * i], ARGV[4 + 4 * i], ARGV[5 + 4 * i], ARGV[6 + 4 * i]
+  local seq = redis.call('INCR', 'chat:room:{' .. room .. '}:seq')
+  local frame = prefix .. seq .. suffix
+  redis.call('XADD', 'chat:room:{' .. room .. '}:log', 'MAXLEN', '~', ARGV[2], seq .. '-1', 'f', frame, 'c', cid)
+  redis.call('PUBLISH', 'chat:room:' .. room, frame)
+  seqs[#seqs + 1] = seq
+end
+redis.call('SET', KEYS[1], cjson.encode(seqs), 'EX', 60)
+return seqs
 ";
+
+/// Make the cluster's epoch `ARGV[2]` if it is `ARGV[1]` (or missing): every node that finds
+/// the store reset agrees on one new epoch. Returns the epoch now.
+const NEW_EPOCH: &str = r"
+local now = redis.call('GET', 'chat:epoch')
+if now == false or now == ARGV[1] then
+  redis.call('SET', 'chat:epoch', ARGV[2])
+  return ARGV[2]
+end
+return now
+";
+
+/// How long one command to Redis may take before the node gives up on it (and on the
+/// connection): a hung Redis must not freeze the node's hub.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+/// After a failure, how long commands fail at once before the node tries to connect again.
+const BACK_OFF: Duration = Duration::from_secs(1);
+
+/// A connection to Redis whose reads and writes time out (redis-rs clears the timeouts it
+/// connects with).
+fn connect(client: &redis::Client) -> RedisResult<Connection> {
+    let conn = client.get_connection_with_timeout(Duration::from_millis(500))?;
+    conn.set_read_timeout(Some(COMMAND_TIMEOUT))?;
+    conn.set_write_timeout(Some(COMMAND_TIMEOUT))?;
+    Ok(conn)
+}
 
 // `{room}` is a Redis Cluster hash tag: a room's keys live on one shard, so its script can
 // touch both (room names cannot hold braces).
@@ -96,8 +133,12 @@ const LOBBY_COUNTS: &str = "chat:lobby:counts";
 /// Match the seeker (ARGV: 1 its key, 2 its last partner's key or '', 3 its nick, 4 the pair
 /// room to make, 5 its node) with the first fitting stranger waiting, or queue it. Returns
 /// `{partner key, partner nick}`, or `{'', position}`. A partner on another node is put in
-/// that node's inbox (`room|id|seeker key|seeker nick`), and the node nudged.
+/// that node's inbox (`room|id|seeker key|seeker nick`), and the node nudged. A pair made is
+/// remembered for a minute under the room's name, so a seek run again (its answer lost with
+/// a connection) gets the same partner instead of taking a second.
 const MATCH: &str = r"
+local made = redis.call('GET', 'chat:match:made:' .. ARGV[4])
+if made then return cjson.decode(made) end
 local waiting = redis.call('LRANGE', KEYS[1], 0, 199)
 for i, e in ipairs(waiting) do
   local key, last, nick = string.match(e, '^([^|]*)|([^|]*)|(.*)$')
@@ -110,6 +151,7 @@ for i, e in ipairs(waiting) do
         ARGV[4] .. '|' .. id .. '|' .. ARGV[1] .. '|' .. ARGV[3])
       redis.call('PUBLISH', 'chat:node:' .. node, 'M')
     end
+    redis.call('SET', 'chat:match:made:' .. ARGV[4], cjson.encode({key, nick}), 'EX', 60)
     return {key, nick}
   end
 end
@@ -213,10 +255,16 @@ pub enum Heard {
     PeerLeft { room: String },
     /// Another node paired some of this node's members: see [`Matchmaker::matched`].
     Matched,
+    /// The other nodes took this node for dead (it stopped answering for longer than
+    /// [`NODE_TTL`]) and removed its members; it is alive, and registers them again.
+    Reaped,
+    /// Redis lost its data (a restart without persistence, a failover, a flush): the cluster
+    /// has a new epoch, and every seq this node knew is void.
+    Reset { epoch: String },
 }
 
 /// Where the subscriber hands what it hears; false once the hub is gone.
-pub type Hear = Box<dyn Fn(Heard) -> bool + Send>;
+pub type Hear = Box<dyn Fn(Heard) -> bool + Send + Sync>;
 
 /// What the hub tells the subscriber thread.
 enum Order {
@@ -224,22 +272,35 @@ enum Order {
     Unsubscribe(String),
 }
 
-/// The hub's side of cluster mode: its command connection and the subscriber's orders.
+/// The hub's side of cluster mode: its command connection and the subscriber's orders. The
+/// heartbeat runs on a thread of its own with its own connection, so a busy hub is never
+/// taken for a dead node.
 pub struct Cluster {
     client: redis::Client,
     conn: Option<Connection>,
+    /// After a failure, commands fail at once until then (a hung Redis costs one timeout, not
+    /// one per command).
+    down_until: Option<Instant>,
     script: Script,
-    reap: Script,
     matcher: Script,
+    new_epoch: Script,
     /// This node's members waiting in the shared queue, and their entries there.
     queued: HashMap<u64, String>,
-    /// Members of the lobby on the other nodes, as of the last heartbeat.
-    lobby_elsewhere: usize,
+    /// Members of the lobby here (told to the heartbeat) and on the other nodes (as of the
+    /// last heartbeat).
+    pub lobby_here: Arc<AtomicUsize>,
+    lobby_elsewhere: Arc<AtomicUsize>,
     history_max: u64,
-    epoch: String,
+    /// The cluster's epoch as this node knows it (shared with the heartbeat).
+    epoch: Arc<Mutex<String>>,
     orders: Sender<Order>,
     /// This node's name in Redis (random per start).
     node: String,
+    /// Makes each batch's key unique.
+    batches: u64,
+    /// The last failed `run` sent its commands before failing (a timeout, a connection cut
+    /// while waiting for the answer): they may have run.
+    may_have_run: bool,
     /// Commands to Redis work (the hub's connection).
     pub commands_up: Arc<AtomicBool>,
     /// The subscriber is connected and subscribed.
@@ -248,13 +309,11 @@ pub struct Cluster {
 
 impl Cluster {
     /// Connect to Redis at `url` (failing now if it cannot be reached), read or make the
-    /// cluster's epoch, and start the subscriber thread, which hands what it receives to the
-    /// hub through `hub`.
+    /// cluster's epoch, and start the subscriber and heartbeat threads, which hand what they
+    /// learn to the hub through `hub`.
     pub fn start(url: &str, history_max: u64, hub: Hear) -> std::result::Result<Cluster, String> {
         let client = redis::Client::open(url).map_err(|e| format!("redis {url}: {e}"))?;
-        let mut conn = client
-            .get_connection_with_timeout(Duration::from_secs(2))
-            .map_err(|e| format!("redis {url}: {e}"))?;
+        let mut conn = connect(&client).map_err(|e| format!("redis {url}: {e}"))?;
         let fresh = format!("{:016x}", rand::random::<u64>());
         let _: bool = conn
             .set_nx("chat:epoch", &fresh)
@@ -265,36 +324,71 @@ impl Cluster {
         let node = format!("{:012x}", rand::random::<u64>() >> 16);
         let (orders, orders_rx) = crossbeam_channel::unbounded();
         let subscriber_up = Arc::new(AtomicBool::new(false));
-        let up = subscriber_up.clone();
-        let sub_client = client.clone();
-        let me = node.clone();
-        std::thread::Builder::new()
-            .name("chat-redis-sub".into())
-            .spawn(move || subscriber(&sub_client, &me, &orders_rx, &hub, &up))
-            .map_err(|e| e.to_string())?;
-        let mut cluster = Cluster {
-            client,
-            conn: Some(conn),
-            script: Script::new(PUBLISH),
+        let hub = Arc::new(hub);
+        let beat = Heartbeat {
+            client: client.clone(),
+            conn: None,
+            node: node.clone(),
             reap: Script::new(REAP),
+            new_epoch: Script::new(NEW_EPOCH),
+            epoch: Arc::new(Mutex::new(epoch)),
+            lobby_here: Arc::new(AtomicUsize::new(0)),
+            lobby_elsewhere: Arc::new(AtomicUsize::new(0)),
+            hub: hub.clone(),
+            registered: false,
+        };
+        let cluster = Cluster {
+            client: client.clone(),
+            conn: Some(conn),
+            down_until: None,
+            script: Script::new(PUBLISH),
             matcher: Script::new(MATCH),
+            new_epoch: Script::new(NEW_EPOCH),
             queued: HashMap::new(),
-            lobby_elsewhere: 0,
+            lobby_here: beat.lobby_here.clone(),
+            lobby_elsewhere: beat.lobby_elsewhere.clone(),
             history_max: history_max.max(1),
-            epoch,
+            epoch: beat.epoch.clone(),
             orders,
-            node,
+            node: node.clone(),
+            batches: 0,
+            may_have_run: false,
             commands_up: Arc::new(AtomicBool::new(true)),
-            subscriber_up,
+            subscriber_up: subscriber_up.clone(),
         };
         // Registered before it has members: a node that dies in its first second is still
         // found and its members removed.
-        cluster.heartbeat(0);
+        let mut beat = beat;
+        beat.beat();
+        std::thread::Builder::new()
+            .name("chat-redis-beat".into())
+            .spawn(move || beat.run())
+            .map_err(|e| e.to_string())?;
+        let me = node;
+        let up = subscriber_up;
+        std::thread::Builder::new()
+            .name("chat-redis-sub".into())
+            .spawn(move || subscriber(&client, &me, &orders_rx, &hub, &up))
+            .map_err(|e| e.to_string())?;
+        cluster.lobby_here.store(0, Ordering::Relaxed);
         Ok(cluster)
     }
 
-    pub fn epoch(&self) -> &str {
-        &self.epoch
+    /// The cluster's epoch, as this node knows it.
+    pub fn epoch(&self) -> String {
+        self.epoch.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Redis lost its data (a seq handed out again was found): agree on a new epoch with the
+    /// other nodes (the first to find it makes it) and return it.
+    pub fn reset_epoch(&mut self) -> String {
+        let old = self.epoch();
+        let fresh = format!("{:016x}", rand::random::<u64>());
+        let script = self.new_epoch.clone();
+        let now: RedisResult<String> = self.run(true, |c| script.arg(&old).arg(&fresh).invoke(c));
+        let epoch = now.unwrap_or(fresh);
+        *self.epoch.lock().unwrap_or_else(|e| e.into_inner()) = epoch.clone();
+        epoch
     }
 
     /// This node's name in Redis.
@@ -318,7 +412,8 @@ impl Cluster {
                 _ => {}
             }
         }
-        let done: RedisResult<()> = self.with_conn(|c| {
+        // Once: the pipeline publishes presence, which must not go out twice.
+        let done: RedisResult<()> = self.run(false, |c| {
             let mut pipe = redis::pipe();
             for entry in &unqueued {
                 pipe.lrem(QUEUE, 1, entry).ignore();
@@ -368,56 +463,38 @@ impl Cluster {
         }
     }
 
-    /// Once a second: say this node is alive and how many are in its lobby, learn the other
-    /// nodes' lobbies, and remove nodes that are not alive.
-    pub fn heartbeat(&mut self, lobby: usize) {
-        let node = self.node.clone();
-        let ttl = u64::try_from(NODE_TTL.as_millis()).unwrap_or(5000);
-        let beat: RedisResult<(Vec<String>, HashMap<String, usize>)> = self.with_conn(|c| {
-            redis::pipe()
-                .cmd("SET")
-                .arg(format!("chat:node:{node}"))
-                .arg(1)
-                .arg("PX")
-                .arg(ttl)
-                .ignore()
-                .sadd("chat:nodes", &node)
-                .ignore()
-                .hset(LOBBY_COUNTS, &node, lobby)
-                .ignore()
-                .smembers("chat:nodes")
-                .hgetall(LOBBY_COUNTS)
-                .query(c)
-        });
-        let Ok((others, counts)) = beat else { return };
-        self.lobby_elsewhere = counts
-            .iter()
-            .filter(|(n, _)| **n != node)
-            .map(|(_, c)| c)
-            .sum();
-        for other in others.into_iter().filter(|n| *n != node) {
-            let alive: RedisResult<bool> =
-                self.with_conn(|c| c.exists(format!("chat:node:{other}")));
-            if alive == Ok(false) {
-                let reap = self.reap.clone();
-                let removed: RedisResult<u64> = self.with_conn(|c| reap.arg(&other).invoke(c));
-                match removed {
-                    Ok(n) if n > 0 => tracing::info!(
-                        node = other,
-                        members = n,
-                        "redis: a dead node's members removed"
-                    ),
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "redis: removing a dead node"),
-                }
+    /// While the hub's connection is down, try it once (from the hub's once-a-second sweep): a
+    /// node with nothing to do must still find Redis back, and `/healthz` say so.
+    pub fn probe(&mut self) {
+        if !self.commands_up.load(Ordering::SeqCst) {
+            let _: RedisResult<String> = self.run(true, |c| redis::cmd("PING").query(c));
+        }
+    }
+
+    /// This node was taken for dead and its members removed (see [`Heard::Reaped`]): put its
+    /// strangers back in the shared queue (the hub registers its members again through
+    /// [`Change::Joined`]).
+    pub fn requeue_all(&mut self) {
+        let entries: Vec<String> = self.queued.values().cloned().collect();
+        if entries.is_empty() {
+            return;
+        }
+        let done: RedisResult<()> = self.run(true, |c| {
+            let mut pipe = redis::pipe();
+            for e in &entries {
+                pipe.lrem(QUEUE, 0, e).ignore().rpush(QUEUE, e).ignore();
             }
+            pipe.query(c)
+        });
+        if let Err(e) = done {
+            tracing::warn!(error = %e, "redis: strangers not queued again");
         }
     }
 
     /// Nicks in `room` on the other nodes.
     fn remote_members(&mut self, room: &str) -> Vec<String> {
         let key = members_key(room);
-        let all: RedisResult<Vec<(String, String)>> = self.with_conn(|c| c.hgetall(&key));
+        let all: RedisResult<Vec<(String, String)>> = self.run(true, |c| c.hgetall(&key));
         let mine = format!("{}:", self.node);
         all.map(|fields| {
             fields
@@ -436,17 +513,29 @@ impl Cluster {
         }
     }
 
-    /// Run `f` on the command connection, reconnecting once if it is gone or fails.
-    fn with_conn<T>(&mut self, f: impl Fn(&mut Connection) -> RedisResult<T>) -> RedisResult<T> {
+    /// Run `f` on the command connection. A command that fails with the connection (cut,
+    /// timed out) leaves the node without one for `BACK_OFF`, and `/healthz` fails meanwhile.
+    /// `again`: `f` may run twice (it changes nothing, or is idempotent), so a connection found
+    /// cut is made again and `f` run once more; otherwise a command that may have run is never
+    /// sent again.
+    fn run<T>(
+        &mut self,
+        again: bool,
+        f: impl Fn(&mut Connection) -> RedisResult<T>,
+    ) -> RedisResult<T> {
+        self.may_have_run = false;
         for attempt in 0..2 {
             if self.conn.is_none() {
-                match self
-                    .client
-                    .get_connection_with_timeout(Duration::from_millis(500))
-                {
+                if self.down_until.is_some_and(|t| Instant::now() < t) {
+                    return Err(redis::RedisError::from((
+                        redis::ErrorKind::Io,
+                        "redis unreachable (backing off)",
+                    )));
+                }
+                match connect(&self.client) {
                     Ok(c) => self.conn = Some(c),
                     Err(e) => {
-                        self.commands_up.store(false, Ordering::SeqCst);
+                        self.went_down();
                         return Err(e);
                     }
                 }
@@ -455,21 +544,29 @@ impl Cluster {
             match f(conn) {
                 Ok(v) => {
                     self.commands_up.store(true, Ordering::SeqCst);
+                    self.down_until = None;
                     return Ok(v);
                 }
-                Err(e) if attempt == 0 && (e.is_io_error() || e.is_connection_dropped()) => {
+                Err(e) if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() => {
                     self.conn = None;
-                }
-                Err(e) => {
-                    if e.is_io_error() || e.is_connection_dropped() {
-                        self.conn = None;
-                        self.commands_up.store(false, Ordering::SeqCst);
+                    self.may_have_run = true;
+                    // A timeout: Redis is there but not answering; asking again costs another.
+                    if attempt == 0 && again && !e.is_timeout() {
+                        continue;
                     }
+                    self.went_down();
                     return Err(e);
                 }
+                Err(e) => return Err(e),
             }
         }
         unreachable!("the second attempt returns")
+    }
+
+    fn went_down(&mut self) {
+        self.conn = None;
+        self.commands_up.store(false, Ordering::SeqCst);
+        self.down_until = Some(Instant::now() + BACK_OFF);
     }
 
     fn frames(
@@ -480,7 +577,7 @@ impl Cluster {
     ) -> RedisResult<Vec<(u64, String)>> {
         let key = log_key(room);
         let start = format!("{}-1", after + 1);
-        let entries: Vec<(String, Vec<(String, String)>)> = self.with_conn(|c| {
+        let entries: Vec<(String, Vec<(String, String)>)> = self.run(true, |c| {
             let mut cmd = redis::cmd("XRANGE");
             cmd.arg(&key).arg(&start).arg("+");
             if let Some(n) = count {
@@ -503,7 +600,7 @@ impl Matchmaker for Cluster {
         let matcher = self.matcher.clone();
         let node = self.node.clone();
         let (peer, nick): (String, String) = self
-            .with_conn(|c| {
+            .run(true, |c| {
                 matcher
                     .key(QUEUE)
                     .arg(&key)
@@ -535,28 +632,35 @@ impl Matchmaker for Cluster {
     fn position(&mut self, id: u64) -> Option<usize> {
         let entry = self.queued.get(&id)?.clone();
         let at: Option<usize> = self
-            .with_conn(|c| redis::cmd("LPOS").arg(QUEUE).arg(&entry).query(c))
+            .run(true, |c| redis::cmd("LPOS").arg(QUEUE).arg(&entry).query(c))
             .ok()?;
         at.map(|i| i + 1)
     }
 
     fn matched(&mut self) -> Vec<Matched> {
         let inbox = format!("chat:node:{}:matches", self.node);
-        let taken: RedisResult<(Vec<String>,)> = self.with_conn(|c| {
-            redis::pipe()
-                .atomic()
-                .lrange(&inbox, 0, -1)
-                .del(&inbox)
-                .ignore()
-                .query(c)
-        });
+        // Read, then remove exactly what was read (each entry names its own room, so it is
+        // unique): both may run twice without losing or taking anything more.
+        let taken: RedisResult<Vec<String>> = self.run(true, |c| c.lrange(&inbox, 0, -1));
         let entries = match taken {
-            Ok((entries,)) => entries,
+            Ok(entries) => entries,
             Err(e) => {
                 tracing::warn!(error = %e, "redis: cannot read this node's matches");
                 return Vec::new();
             }
         };
+        if !entries.is_empty() {
+            let removed: RedisResult<()> = self.run(true, |c| {
+                let mut pipe = redis::pipe();
+                for e in &entries {
+                    pipe.lrem(&inbox, 1, e).ignore();
+                }
+                pipe.query(c)
+            });
+            if let Err(e) = removed {
+                tracing::warn!(error = %e, "redis: this node's matches stay in its inbox");
+            }
+        }
         let matched: Vec<Matched> = entries
             .iter()
             .filter_map(|e| {
@@ -577,6 +681,10 @@ impl Matchmaker for Cluster {
 
     fn key(&self, id: u64) -> String {
         format!("{}:{id}", self.node)
+    }
+
+    fn requeue_all(&mut self) {
+        Cluster::requeue_all(self);
     }
 }
 
@@ -634,6 +742,15 @@ fn store_error(e: &redis::RedisError) -> rusqlite::Error {
     rusqlite::Error::ToSqlConversionFailure(Box::new(std::io::Error::other(format!("redis: {e}"))))
 }
 
+/// Why a message of a batch has no seq.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unpublished {
+    /// Redis did not run the batch: nothing was stored.
+    NotStored,
+    /// The batch was sent but not answered: it may have been stored, and then it is delivered.
+    Unconfirmed,
+}
+
 /// One hub batch in cluster mode: messages queued by `append`, published by `commit`.
 pub struct ClusterBatch<'a> {
     cluster: &'a mut Cluster,
@@ -643,39 +760,46 @@ pub struct ClusterBatch<'a> {
 impl ClusterBatch<'_> {
     /// Publish the queued messages in one pipeline: each one's seq, or why it was not stored
     /// (then it reached no one).
-    pub fn commit(self) -> Vec<std::result::Result<u64, String>> {
+    pub fn commit(self) -> Vec<std::result::Result<u64, Unpublished>> {
         if self.queued.is_empty() {
             return Vec::new();
         }
         let history_max = self.cluster.history_max;
         let script = self.cluster.script.clone();
-        let queued = &self.queued;
-        let published: RedisResult<Vec<u64>> = self.cluster.with_conn(|c| {
-            // SCRIPT LOAD leads the same pipeline (no round trip of its own), so EVALSHA finds
-            // the script on a new connection or after a Redis restart.
-            let mut pipe = redis::pipe();
-            pipe.cmd("SCRIPT").arg("LOAD").arg(PUBLISH).ignore();
-            for m in queued {
-                let (prefix, suffix) = frame_parts(m);
-                let cid = m.cid.as_ref().map(ToString::to_string).unwrap_or_default();
-                pipe.cmd("EVALSHA")
-                    .arg(script.get_hash())
-                    .arg(3)
-                    .arg(seq_key(&m.room))
-                    .arg(log_key(&m.room))
-                    .arg(channel(&m.room))
-                    .arg(prefix)
-                    .arg(suffix)
-                    .arg(history_max)
-                    .arg(cid);
-            }
-            pipe.query(c)
-        });
+        self.cluster.batches += 1;
+        let key = format!("chat:batch:{}:{}", self.cluster.node, self.cluster.batches);
+        let mut args: Vec<String> = vec![self.queued.len().to_string(), history_max.to_string()];
+        for m in &self.queued {
+            let (prefix, suffix) = frame_parts(m);
+            let cid = m.cid.as_ref().map(ToString::to_string).unwrap_or_default();
+            args.extend([m.room.clone(), prefix, suffix, cid]);
+        }
+        // The script is idempotent by the batch's key: a connection cut after Redis ran it is
+        // made again and the script run again, which gives the same seqs and stores nothing
+        // twice.
+        let published: RedisResult<Vec<u64>> = self
+            .cluster
+            .run(true, |c| script.key(&key).arg(&args).invoke(c));
         match published {
-            Ok(seqs) => seqs.into_iter().map(Ok).collect(),
+            Ok(seqs) if seqs.len() == self.queued.len() => seqs.into_iter().map(Ok).collect(),
+            Ok(seqs) => {
+                tracing::error!(
+                    sent = self.queued.len(),
+                    got = seqs.len(),
+                    "redis: a batch answered for the wrong number of messages"
+                );
+                vec![Err(Unpublished::Unconfirmed); self.queued.len()]
+            }
+            // Sent, but no answer came (Redis hung, or the connection was cut and could not be
+            // made again): the batch may have run, or may still run. Its senders are told so,
+            // not that nothing was stored.
+            Err(e) if self.cluster.may_have_run => {
+                tracing::warn!(error = %e, "redis: a batch went unanswered; it may have been published");
+                vec![Err(Unpublished::Unconfirmed); self.queued.len()]
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "redis: a batch was not published");
-                vec![Err(e.to_string()); self.queued.len()]
+                vec![Err(Unpublished::NotStored); self.queued.len()]
             }
         }
     }
@@ -724,7 +848,9 @@ impl Log for ClusterBatch<'_> {
                 let key = log_key(room);
                 let entries: Vec<(String, Vec<(String, String)>)> = self
                     .cluster
-                    .with_conn(|c| redis::cmd("XRANGE").arg(&key).arg(&from).arg(&to).query(c))
+                    .run(true, |c| {
+                        redis::cmd("XRANGE").arg(&key).arg(&from).arg(&to).query(c)
+                    })
                     .map_err(|e| store_error(&e))?;
                 match msgs_within(entries.into_iter(), max_bytes) {
                     (msgs, false) => Ok(Recovery::Complete(msgs)),
@@ -739,7 +865,7 @@ impl Log for ClusterBatch<'_> {
 
     fn first_kept(&mut self, room: &str) -> StoreResult<Option<u64>> {
         self.cluster
-            .with_conn(|c| first_kept_on(c, room))
+            .run(true, |c| first_kept_on(c, room))
             .map_err(|e| store_error(&e))
     }
 
@@ -758,7 +884,7 @@ impl Log for ClusterBatch<'_> {
         let key = log_key(room);
         let entries: Vec<(String, Vec<(String, String)>)> = self
             .cluster
-            .with_conn(|c| {
+            .run(true, |c| {
                 redis::cmd("XREVRANGE")
                     .arg(&key)
                     .arg(&end)
@@ -785,7 +911,7 @@ impl Log for ClusterBatch<'_> {
         let key = seq_key(room);
         let last = self
             .cluster
-            .with_conn(|c| c.get::<_, Option<u64>>(&key))
+            .run(true, |c| c.get::<_, Option<u64>>(&key))
             .map_err(|e| store_error(&e))?
             .unwrap_or(0);
         let _ = self.cluster.orders.send(Order::Subscribe(room.to_owned()));
@@ -797,23 +923,22 @@ impl Log for ClusterBatch<'_> {
     }
 
     fn lobby_elsewhere(&self) -> usize {
-        self.cluster.lobby_elsewhere
+        self.cluster.lobby_elsewhere.load(Ordering::Relaxed)
     }
 
     fn pair_ended(&mut self, room: &str) -> bool {
         let key = ended_key(room);
-        self.cluster.with_conn(|c| c.exists(&key)).unwrap_or(false)
+        self.cluster.run(true, |c| c.exists(&key)).unwrap_or(false)
     }
 
     fn matchmaker(&mut self) -> Option<&mut dyn Matchmaker> {
         Some(&mut *self.cluster)
     }
 
-    fn frames_after(&mut self, room: &str, after: u64) -> Vec<(u64, String)> {
-        self.cluster.frames(room, after, None).unwrap_or_else(|e| {
-            tracing::warn!(error = %e, room, "redis: cannot read the room's log");
-            Vec::new()
-        })
+    fn frames_after(&mut self, room: &str, after: u64) -> StoreResult<Vec<(u64, String)>> {
+        self.cluster
+            .frames(room, after, None)
+            .map_err(|e| store_error(&e))
     }
 }
 
@@ -942,6 +1067,126 @@ fn follow(rooms: &mut HashSet<String>, order: Order) {
         Order::Unsubscribe(room) => {
             rooms.remove(&room);
         }
+    }
+}
+
+/// The heartbeat: a thread with a connection of its own, so a busy or blocked hub never makes
+/// the node look dead. Once a second it says the node is alive (and how many are in its
+/// lobby), learns the other nodes' lobbies, removes nodes that are not alive, and watches the
+/// cluster's epoch. It tells the hub when the node was taken for dead while alive, and when
+/// Redis lost its data.
+struct Heartbeat {
+    client: redis::Client,
+    conn: Option<Connection>,
+    node: String,
+    reap: Script,
+    new_epoch: Script,
+    epoch: Arc<Mutex<String>>,
+    lobby_here: Arc<AtomicUsize>,
+    lobby_elsewhere: Arc<AtomicUsize>,
+    hub: Arc<Hear>,
+    /// This node's entry in `chat:nodes` was made (by a heartbeat of its own).
+    registered: bool,
+}
+
+impl Heartbeat {
+    fn run(mut self) {
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+            if !self.beat() {
+                return;
+            }
+        }
+    }
+
+    /// One beat; false once the hub is gone.
+    fn beat(&mut self) -> bool {
+        let conn = match self.conn.take().map_or_else(|| connect(&self.client), Ok) {
+            Ok(c) => self.conn.insert(c),
+            Err(e) => {
+                tracing::debug!(error = %e, "redis heartbeat: cannot connect");
+                return true;
+            }
+        };
+        let node = self.node.clone();
+        let ttl = u64::try_from(NODE_TTL.as_millis()).unwrap_or(5000);
+        let lobby = self.lobby_here.load(Ordering::Relaxed);
+        /// `SADD` of this node, every node, the lobby counts, the epoch.
+        type Beat = (u64, Vec<String>, HashMap<String, usize>, Option<String>);
+        let beat: RedisResult<Beat> = redis::pipe()
+            .cmd("SET")
+            .arg(format!("chat:node:{node}"))
+            .arg(1)
+            .arg("PX")
+            .arg(ttl)
+            .ignore()
+            .sadd("chat:nodes", &node)
+            .hset(LOBBY_COUNTS, &node, lobby)
+            .ignore()
+            .smembers("chat:nodes")
+            .hgetall(LOBBY_COUNTS)
+            .get("chat:epoch")
+            .query(conn);
+        let (added, others, counts, epoch) = match beat {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::debug!(error = %e, "redis heartbeat failed");
+                self.conn = None;
+                return true;
+            }
+        };
+        self.lobby_elsewhere.store(
+            counts
+                .iter()
+                .filter(|(n, _)| **n != node)
+                .map(|(_, c)| c)
+                .sum(),
+            Ordering::Relaxed,
+        );
+        // Back in the set of nodes after being in it: another node removed it (took it for
+        // dead) meanwhile.
+        if added == 1 && std::mem::replace(&mut self.registered, true) {
+            tracing::warn!("redis: this node was taken for dead; registering its members again");
+            if !(self.hub)(Heard::Reaped) {
+                return false;
+            }
+        }
+        let known = self.epoch.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if epoch.as_deref() != Some(known.as_str()) {
+            // Gone (FLUSHALL, a restart without persistence) or changed by another node that
+            // found the same: one new epoch for every node.
+            let fresh = format!("{:016x}", rand::random::<u64>());
+            let now: RedisResult<String> = self.new_epoch.arg(&known).arg(&fresh).invoke(conn);
+            if let Ok(now) = now {
+                if now != known {
+                    tracing::error!(
+                        old = known,
+                        new = now,
+                        "redis: the store was reset (its data lost); every member is told"
+                    );
+                    *self.epoch.lock().unwrap_or_else(|e| e.into_inner()) = now.clone();
+                    if !(self.hub)(Heard::Reset { epoch: now }) {
+                        return false;
+                    }
+                }
+            }
+        }
+        for other in others.into_iter().filter(|n| *n != node) {
+            let alive: RedisResult<bool> = conn.exists(format!("chat:node:{other}"));
+            if alive == Ok(false) {
+                let removed: RedisResult<u64> = self.reap.arg(&other).invoke(conn);
+                match removed {
+                    Ok(n) if n > 0 => tracing::info!(
+                        node = other,
+                        members = n,
+                        "redis: a dead node's members removed"
+                    ),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "redis: removing a dead node"),
+                }
+            }
+        }
+        true
     }
 }
 

@@ -58,4 +58,7 @@ pub trait Matchmaker {
     fn matched(&mut self) -> Vec<Matched>;
     /// Member `id`'s cluster-wide key.
     fn key(&self, id: u64) -> String;
+    /// Put every member this node has waiting back in the shared queue (after the other
+    /// nodes took this one for dead and removed them).
+    fn requeue_all(&mut self);
 }

@@ -91,6 +91,8 @@ counters! {
     recoveries_total: "counter", "Joins with `since` that replayed every missed message.";
     recoveries_failed_total: "counter", "Joins with `since` whose range is no longer kept.";
     commits_total: "counter", "Store transactions committed.";
+    gaps_total: "counter", "Cluster mode: runs of messages a room's log no longer had for this node (members told with `gap`).";
+    store_resets_total: "counter", "Cluster mode: times Redis was found to have lost its data (members closed with 1012).";
     store_errors_total: "counter", "Store operations that failed (the messages were refused).";
     http_requests_total: "counter", "Plain HTTP requests answered.";
 }

@@ -207,9 +207,10 @@ pub trait Log {
     fn remote_members(&mut self, _room: &str) -> Vec<String> {
         Vec::new()
     }
-    /// Cluster mode: the framed messages of `room` after seq `after`, oldest first.
-    fn frames_after(&mut self, _room: &str, _after: u64) -> Vec<(u64, String)> {
-        Vec::new()
+    /// Cluster mode: the framed messages of `room` after seq `after` still in its log, oldest
+    /// first.
+    fn frames_after(&mut self, _room: &str, _after: u64) -> Result<Vec<(u64, String)>> {
+        Ok(Vec::new())
     }
     /// Cluster mode: members of the lobby on other nodes.
     fn lobby_elsewhere(&self) -> usize {

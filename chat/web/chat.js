@@ -267,7 +267,8 @@
     not_member: 'Not in that room',
     private_room: 'Private room',
     peer_left: 'Your partner has left',
-    store_failed: 'The server could not store that',
+    unavailable: 'The server could not do that just now',
+    bad_text: 'Message refused',
     no_room: 'No room',
     bad_room: 'Bad room name',
     bad_nick: 'Nickname refused',
@@ -645,7 +646,14 @@
       if (since !== null) notice('recovery', `#${name}: history was reset`, 'Messages from before could not be recovered.', 'warn');
     } else if (since !== null && ev.recovered === false) {
       const first = typeof ev.first === 'number' ? ev.first : null;
-      const lost = first !== null && first > since + 1 ? `${first - since - 1} message${first - since - 1 === 1 ? '' : 's'} no longer kept by the server.` : 'The server no longer keeps them.';
+      let lost;
+      if (ev.reason === 'too_much') {
+        lost = 'More was missed than the server replays at once: scroll up to read it.';
+      } else if (ev.reason === 'unavailable') {
+        lost = 'The server could not read its history just now.';
+      } else {
+        lost = first !== null && first > since + 1 ? `${first - since - 1} message${first - since - 1 === 1 ? '' : 's'} no longer kept by the server.` : 'The server no longer keeps them.';
+      }
       addGap(room, since, 'Some messages could not be recovered. ' + lost);
       notice('recovery', `#${name}: some messages could not be recovered`, lost, 'warn');
       room.synced = false;

@@ -113,7 +113,8 @@ impl State {
 
     /// Cluster mode: a published message of `room`. Each seq is delivered once, in order: one
     /// already handed out is skipped, and a gap (published while this node was not yet or no
-    /// longer subscribed) is filled from the room's log first.
+    /// longer subscribed) is filled from the room's log first; what the log no longer has
+    /// (or could not be read) is told to the members as a `gap`.
     pub(super) fn remote(&mut self, batch: &mut dyn Log, room: &str, seq: u64, frame: String) {
         let Some(r) = self.rooms.get(room) else {
             return;
@@ -123,14 +124,106 @@ impl State {
         }
         if seq > r.last_seq + 1 {
             let last = r.last_seq;
-            for (s, f) in batch.frames_after(room, last) {
-                if s >= seq {
-                    break;
-                }
-                self.hand_out(room, s, f);
+            let filled = batch.frames_after(room, last).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, room, "redis: cannot read the room's log");
+                Vec::new()
+            });
+            for (s, f) in filled.into_iter().take_while(|(s, _)| *s < seq) {
+                self.published(room, s, f);
             }
         }
+        self.published(room, seq, frame);
+    }
+
+    /// Hand out `room`'s message `seq`, after telling its members of any seqs before it that
+    /// will never come.
+    pub(super) fn published(&mut self, room: &str, seq: u64, frame: String) {
+        let Some(last) = self.rooms.get(room).map(|r| r.last_seq) else {
+            return;
+        };
+        if seq > last + 1 {
+            self.gap(room, last, seq);
+        }
         self.hand_out(room, seq, frame);
+    }
+
+    /// Messages `after+1 .. next-1` of `room` will never reach this node's members (the log no
+    /// longer has them): say so, in the room's order, so no client takes the jump for
+    /// nothing missed. A client can page what history still has.
+    fn gap(&mut self, room: &str, after: u64, next: u64) {
+        Metrics::inc(&self.metrics.gaps_total);
+        tracing::warn!(room, after, next, "a gap the room's log cannot fill");
+        self.log
+            .record("gap", json!({"room": room, "after": after, "next": next}));
+        let gap = frame(json!({"ev": "gap", "room": room, "after": after, "next": next}));
+        let members = self
+            .rooms
+            .get(room)
+            .map(|r| r.members.clone())
+            .unwrap_or_default();
+        let out_start = self.out.len();
+        for m in members {
+            self.out.push((m, Out::Frame(gap.clone())));
+        }
+        self.hold_if_awaited(room, out_start);
+    }
+
+    /// Cluster mode: Redis lost its data, and the cluster has a new `epoch`. Every seq this
+    /// node knew is void: each member is closed with 1012 (service restart), reconnects,
+    /// and is told on its recovering joins that the old numbers cannot be recovered; what was
+    /// said since the loss is in the new history.
+    pub(super) fn reset(&mut self, epoch: String) {
+        if epoch == self.epoch {
+            return;
+        }
+        tracing::error!(
+            old = self.epoch,
+            new = epoch,
+            "the store was reset: every member is told to reconnect"
+        );
+        self.log
+            .record("store_reset", json!({"old": self.epoch, "epoch": epoch}));
+        Metrics::inc(&self.metrics.store_resets_total);
+        self.epoch = epoch;
+        for r in self.rooms.values_mut() {
+            r.last_seq = 0;
+        }
+        self.own_acks.clear();
+        for m in self.members.values_mut() {
+            if !m.closing {
+                m.closing = true;
+                let _ = m.tx.close(1012, "the message store was reset; reconnect");
+            }
+        }
+    }
+
+    /// Cluster mode: the other nodes took this one for dead and removed its members: register
+    /// them again in their rooms (pair rooms excepted: those pairs were ended, and the partners
+    /// told) and its strangers in the queue.
+    pub(super) fn register_again(&mut self, batch: &mut dyn Log) {
+        let joined: Vec<Change> = self
+            .members
+            .iter()
+            .filter(|(_, m)| !m.closing)
+            .flat_map(|(id, m)| {
+                m.rooms
+                    .iter()
+                    .filter(|r| !r.starts_with(PAIR_PREFIX))
+                    .map(|room| Change::Joined {
+                        room: room.clone(),
+                        id: *id,
+                        nick: m.nick.clone(),
+                    })
+            })
+            .collect();
+        self.log
+            .record("registered_again", json!({"memberships": joined.len()}));
+        for change in joined {
+            self.share(change);
+        }
+        if let Some(queue) = batch.matchmaker() {
+            queue.requeue_all();
+        }
     }
 
     pub(super) fn hand_out(&mut self, room: &str, seq: u64, frame: String) {
@@ -167,13 +260,16 @@ impl State {
 
     /// Cluster mode: the batch's messages that Redis did not store reach no one; their
     /// senders are told. Those stored wait for their published copy, which their senders get
-    /// with their `cid`.
-    pub(super) fn refuse_unpublished(&mut self, results: &[Result<u64, String>]) {
+    /// with their `cid`. True if Redis handed out a seq this node had passed: Redis lost its
+    /// data (see `reset`).
+    pub(super) fn refuse_unpublished(&mut self, results: &[Result<u64, Unpublished>]) -> bool {
         let said = std::mem::take(&mut self.said);
         let now = Instant::now();
+        let mut lost = false;
         for ((id, room, cid, at), result) in said.into_iter().zip(results) {
             match result {
                 Ok(seq) => {
+                    lost |= self.rooms.get(&room).is_some_and(|r| *seq <= r.last_seq);
                     self.metrics
                         .delivery_latency
                         .observe(now.duration_since(at));
@@ -186,19 +282,22 @@ impl State {
                 Err(why) => {
                     Metrics::inc(&self.metrics.store_errors_total);
                     Metrics::dec(&self.metrics.messages_total);
-                    tracing::debug!(id, why, "redis: not published");
-                    self.refuse(
-                        id,
-                        Refusal::new(
+                    tracing::debug!(id, ?why, "redis: not published");
+                    let refusal = match why {
+                        Unpublished::NotStored => Refusal::new(
                             "unavailable",
                             "the message could not be stored (Redis unreachable); nothing was sent",
-                        )
-                        .with_room(&room)
-                        .with_cid(cid),
-                    );
+                        ),
+                        Unpublished::Unconfirmed => Refusal::new(
+                            "unconfirmed",
+                            "Redis did not answer in time: the message may have been stored, and then it reaches the room (without your cid); do not send it again blindly",
+                        ),
+                    };
+                    self.refuse(id, refusal.with_room(&room).with_cid(cid));
                 }
             }
         }
+        lost
     }
 
     /// The batch is committed: what it held for the case of a failure is let go.

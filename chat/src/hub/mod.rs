@@ -26,7 +26,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use serde_json::{json, Value};
 use syncws::{Command, CommandSender, SharedFrame};
 
-use crate::cluster::{Change, Cluster, Heard};
+use crate::cluster::{Change, Cluster, Heard, Unpublished};
 use crate::eventlog::EventLog;
 use crate::matchmaking::{Matched, Peer, Seeker, Sought};
 use crate::metrics::Metrics;
@@ -276,7 +276,7 @@ fn run(
         unfollow: Vec::new(),
         epoch: cluster
             .as_ref()
-            .map_or_else(|| store.epoch().to_owned(), |c| c.epoch().to_owned()),
+            .map_or_else(|| store.epoch().to_owned(), Cluster::epoch),
         metrics,
         log,
         options,
@@ -309,8 +309,13 @@ fn run(
         if Instant::now() >= next_sweep {
             state.sweep_idle();
             match cluster.as_mut() {
+                // Its heartbeat (a thread of its own) tells the other nodes.
                 Some(cluster) => {
-                    cluster.heartbeat(state.rooms.get(LOBBY).map_or(0, |r| r.members.len()))
+                    cluster.lobby_here.store(
+                        state.rooms.get(LOBBY).map_or(0, |r| r.members.len()),
+                        Ordering::Relaxed,
+                    );
+                    cluster.probe();
                 }
                 // History ages out in quiet rooms too, a few rooms a second.
                 None => {
@@ -331,7 +336,11 @@ fn run(
             let mut batch = cluster.begin();
             state.take_batch(&mut batch, first, rx, &mut shutdown);
             let results = batch.commit();
-            state.refuse_unpublished(&results);
+            if state.refuse_unpublished(&results) {
+                // A seq Redis handed out was one this node had passed: Redis lost its data.
+                let epoch = cluster.reset_epoch();
+                state.reset(epoch);
+            }
             state.unfollow_unused();
             if let Some(changes) = state.changes.as_mut().filter(|c| !c.is_empty()) {
                 cluster.share(std::mem::take(changes));
@@ -465,12 +474,23 @@ impl State {
                 if let Some(held) = self.rooms.get_mut(&room).and_then(|r| r.held.take()) {
                     self.out.extend(held);
                 }
-                let frames = match self.rooms.get(&room) {
-                    Some(r) if !r.members.is_empty() => batch.frames_after(&room, r.last_seq),
-                    _ => Vec::new(),
-                };
-                for (seq, frame) in frames {
-                    self.remote(batch, &room, seq, frame);
+                if let Some(last) = self
+                    .rooms
+                    .get(&room)
+                    .filter(|r| !r.members.is_empty())
+                    .map(|r| r.last_seq)
+                {
+                    match batch.frames_after(&room, last) {
+                        Ok(frames) => {
+                            for (seq, frame) in frames {
+                                self.published(&room, seq, frame);
+                            }
+                        }
+                        // The next message tells the members what could not be read.
+                        Err(e) => {
+                            tracing::warn!(error = %e, room, "redis: cannot read the room's log")
+                        }
+                    }
                 }
                 // A pair whose other side ended before this node listened: `L<node>` was
                 // missed, the mark in Redis was not.
@@ -481,6 +501,8 @@ impl State {
                 }
             }
             Request::Heard(Heard::PeerLeft { room }) => self.partner_left(batch, &room),
+            Request::Heard(Heard::Reaped) => self.register_again(batch),
+            Request::Heard(Heard::Reset { epoch }) => self.reset(epoch),
             Request::Heard(Heard::Matched) => {
                 let matched = batch.matchmaker().map(|q| q.matched()).unwrap_or_default();
                 for m in matched {
