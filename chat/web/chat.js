@@ -258,6 +258,7 @@
     1001: ['The server is restarting', 'It closed every connection (going away). Reconnecting and recovering missed messages…'],
     1006: ['Connection lost', 'The connection ended without a close frame. Reconnecting…'],
     1011: ['Server error', 'The server hit an internal error. Reconnecting…'],
+    1012: ['The server restarted its message store', 'Its store lost its data and began again. Reconnecting; earlier messages may not be recovered…'],
     1013: ['Server busy', 'The server asked to try again later. Reconnecting…'],
   };
 
@@ -268,6 +269,7 @@
     private_room: 'Private room',
     peer_left: 'Your partner has left',
     unavailable: 'The server could not do that just now',
+    unconfirmed: 'Not confirmed',
     bad_text: 'Message refused',
     no_room: 'No room',
     bad_room: 'Bad room name',
@@ -579,6 +581,8 @@
         return;
       case 'error':
         return onError(ev);
+      case 'gap':
+        return onGap(ev);
       default:
         return;
     }
@@ -903,12 +907,26 @@
     }
   }
 
+  /** Messages the server will never deliver (they were gone from a cluster's log before this
+   *  server could pass them on): a marker where they were, and the conversation goes on. */
+  function onGap(ev) {
+    const room = roomOf(String(ev.room));
+    if (!room) return;
+    const after = Number(ev.after) || 0;
+    const next = Number(ev.next) || after + 1;
+    const n = Math.max(next - after - 1, 1);
+    const what = `${n} message${n === 1 ? '' : 's'}`;
+    addGap(room, after, `${what} could not be delivered: the server no longer had them.`);
+    notice('gap', `#${room.name}: ${what} missed`, 'The server no longer had them; the conversation goes on after them.', 'warn');
+  }
+
   function onError(ev) {
     const code = String(ev.code || 'error');
     const message = String(ev.message || '');
     const cid = typeof ev.cid === 'string' ? ev.cid : null;
     const p = cid ? state.pending.get(cid) : null;
-    if (p) failPending(p, `not sent: ${message}`);
+    if (p && code === 'unconfirmed') failPending(p, 'not confirmed: it may have been sent, and then it shows up here');
+    else if (p) failPending(p, `not sent: ${message}`);
     if (code === 'bad_room' || code === 'too_many_rooms' || code === 'private_room') {
       // The server names the room it refused; older servers did not, and answered joins in order.
       const name = typeof ev.room === 'string' ? ev.room : state.pendingJoins[0];
