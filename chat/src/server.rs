@@ -220,6 +220,13 @@ impl Server {
             "burst": options.burst,
             "outbox_bytes": options.outbox_bytes,
             "history_max": options.history_max,
+            "max_rooms": options.max_rooms.max(1),
+            "history_page": crate::protocol::MAX_HISTORY_PAGE,
+            "idle_timeout": options.idle_timeout,
+            "ping_interval": options.ping_interval,
+            // What each op costs of the rate limit (see Op::cost): a message, a join without
+            // since, a ping: 1.
+            "costs": {"history_per_25": 1, "join_since": 5, "rooms": 5, "who": 2},
         });
         let live = Arc::new(Live::default());
         let stats_path = options.data_dir.join("stats.db");

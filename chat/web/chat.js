@@ -356,7 +356,8 @@
 
   function onOpen() {
     clearTimeout(state.connectTimer);
-    state.bucket = { tokens: bucketSize(), at: performance.now() };
+    // Until `welcome` tells the server's limits, the page counts what it spends.
+    state.bucket = { tokens: bucketSize(), at: performance.now(), spent: 0 };
     state.lobbyAuto = true;
     state.pendingJoins = [];
     clearTimeout(state.stableTimer);
@@ -481,22 +482,42 @@
   }
 
   // Outgoing frames keep under the server's rate limit (a token bucket like the server's, a
-  // little slower), so a burst of typing never gets the page refused or closed.
+  // little slower), so a burst of typing never gets the page refused or closed. Each op costs
+  // what the server charges for it (welcome.limits.costs): a message one token, a history page
+  // or the room list more.
   function bucketSize() {
-    return Math.max(1, Math.floor((state.limits.burst || 40) / 2));
+    return Math.max(1, state.limits.burst || 40);
   }
 
-  function bucketTake() {
+  function opCost(obj) {
+    const costs = state.limits.costs || {};
+    let cost = 1;
+    if (obj.op === 'history') {
+      const limit = Math.min(Math.max(Number(obj.limit) || 50, 1), 200);
+      cost = 1 + Math.ceil(limit / 25) * (costs.history_per_25 ?? 1);
+    } else if (obj.op === 'join' && obj.since !== undefined && obj.since !== null) {
+      cost = costs.join_since ?? 5;
+    } else if (obj.op === 'rooms') {
+      cost = costs.rooms ?? 5;
+    } else if (obj.op === 'who') {
+      cost = costs.who ?? 2;
+    }
+    // The server takes at most a full bucket for one op.
+    return Math.min(cost, bucketSize());
+  }
+
+  function bucketTake(cost) {
     const now = performance.now();
     const b = state.bucket;
     const rate = Math.max(0.5, (state.limits.rate || 20) * 0.8);
     b.tokens = Math.min(bucketSize(), b.tokens + ((now - b.at) / 1000) * rate);
     b.at = now;
-    if (b.tokens >= 1) {
-      b.tokens -= 1;
+    if (b.tokens >= cost) {
+      b.tokens -= cost;
+      b.spent = (b.spent || 0) + cost;
       return 0;
     }
-    return ((1 - b.tokens) / rate) * 1000;
+    return ((cost - b.tokens) / rate) * 1000;
   }
 
   /** Send a protocol frame, paced; `droppable` frames (typing) are skipped instead of waiting. */
@@ -508,7 +529,7 @@
       state.outq.push(obj);
       return true;
     }
-    const wait = bucketTake();
+    const wait = bucketTake(opCost(obj));
     if (wait === 0) {
       ws.send(JSON.stringify(obj));
       return true;
@@ -526,7 +547,7 @@
       return;
     }
     while (state.outq.length) {
-      const wait = bucketTake();
+      const wait = bucketTake(opCost(state.outq[0]));
       if (wait > 0) {
         state.outTimer = setTimeout(drainOut, Math.ceil(wait));
         return;
@@ -594,6 +615,8 @@
     state.myNick = String(ev.nick);
     state.myId = ev.id;
     if (ev.limits && typeof ev.limits === 'object') state.limits = { ...state.limits, ...ev.limits };
+    // The server's bucket holds `burst`, less what was sent before its limits were known.
+    state.bucket.tokens = Math.min(state.bucket.tokens, Math.max(0, bucketSize() - (state.bucket.spent || 0)));
     state.connected = true;
     const wasReconnect = state.everConnected && first;
     state.everConnected = true;
