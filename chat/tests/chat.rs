@@ -175,8 +175,9 @@ fn a_client_that_reconnects_with_since_gets_everything_it_missed() {
     // Another store's epoch: not recovered either.
     b.send(json!({"op": "join", "room": "r", "since": seen + 20, "epoch": "0000"}));
     assert_eq!(b.expect("joined")["recovered"], false);
-    b.send(json!({"op": "ping"}));
-    b.expect("pong");
+    // A barrier in the hub's order (a `pong` comes from the connection and may overtake).
+    b.send(json!({"op": "who", "room": "r"}));
+    b.expect("who");
     assert!(
         b.seen.iter().all(|v| v["ev"] != "history"),
         "no partial replay"
@@ -187,8 +188,14 @@ fn a_client_that_reconnects_with_since_gets_everything_it_missed() {
 
 #[test]
 fn kill_9_and_restart_keep_every_delivered_message_and_never_reuse_a_seq() {
+    for flags in [&[][..], &["--durable"][..]] {
+        kill_9_and_restart(flags);
+    }
+}
+
+fn kill_9_and_restart(flags: &[&str]) {
     let (_keep, dir) = data_dir();
-    let server = Binary::start(&dir, &[]);
+    let server = Binary::start(&dir, flags);
     let mut c = Chat::connect(&server.url);
     for n in 1..=20 {
         c.send(json!({"op": "say", "room": "lobby", "text": format!("m{n}")}));
@@ -200,7 +207,7 @@ fn kill_9_and_restart_keep_every_delivered_message_and_never_reuse_a_seq() {
     server.kill_9();
     assert_eq!(c.closed(), None, "killed: no close frame");
 
-    let server = Binary::start(&dir, &[]);
+    let server = Binary::start(&dir, flags);
     let mut c = Chat::connect(&server.url);
     c.send(json!({"op": "history", "room": "lobby", "limit": 100}));
     assert_eq!(seqs(&c.expect("history")["msgs"]), delivered);
@@ -248,9 +255,12 @@ fn strangers_are_matched_and_a_partner_leaving_requeues_the_other() {
     assert_eq!(b.expect("typing")["nick"], "ann");
     a.send(json!({"op": "say", "room": room, "text": "hi stranger"}));
     assert_eq!(b.msg(&room)["text"], "hi stranger");
+    // Ann's own copy comes through the hub after anything the typing made for her.
+    assert_eq!(a.msg(&room)["text"], "hi stranger");
     assert!(
         a.seen.iter().all(|v| v["ev"] != "typing"),
-        "not echoed to the typist"
+        "echoed to the typist: {:?}",
+        a.seen
     );
     // Nobody else can join a pair room.
     c.send(json!({"op": "join", "room": room}));
@@ -408,14 +418,28 @@ fn limits_size_rate_and_connections() {
     for n in 0..10 {
         fast.send(json!({"op": "say", "room": "lobby", "text": "spam", "cid": n}));
     }
+    // The burst (5) goes through; the sixth is the first refused, with its cid, and refused
+    // ones reach no one.
     let e = fast.expect("error");
-    assert_eq!(e["code"], "rate_limited");
-    assert!(e["cid"].as_u64().unwrap() >= 4);
+    assert_eq!((e["code"].as_str(), &e["cid"]), (Some("rate_limited"), &json!(5)));
+    let mut delivered = Vec::new();
+    while delivered.len() < 5 {
+        delivered.push(fast.msg("lobby")["cid"].as_u64().unwrap());
+    }
+    assert_eq!(delivered, [0, 1, 2, 3, 4]);
+    // Sustained abuse: the server closes with 1008 (sends may fail once it has).
     for _ in 0..100 {
-        fast.send(json!({"op": "ping"}));
+        if !fast.try_send(json!({"op": "ping"})) {
+            break;
+        }
     }
     assert_eq!(fast.closed(), Some(1008));
-    // Connections: the fourth is answered 503 with Retry-After before any upgrade.
+    // Connections: the fourth is answered 503 with Retry-After before any upgrade. The two
+    // closed connections give their slots back when their threads end, after their clients
+    // saw the close.
+    wait_until("the closed connections' slots back", || {
+        server.metric("chat_connections") == 0
+    });
     let _held: Vec<Chat> = (0..3).map(|_| Chat::connect(&server.url)).collect();
     let addr = server.url.trim_start_matches("ws://").trim_end_matches('/');
     let mut tcp = TcpStream::connect(addr).unwrap();
@@ -432,6 +456,17 @@ fn limits_size_rate_and_connections() {
     assert_eq!(server.metric("chat_too_big_closes_total"), 1);
     assert_eq!(server.metric("chat_rate_limit_closes_total"), 1);
     assert_eq!(server.metric("chat_connections_refused_total"), 1);
+    // Each limit is a line in the event log.
+    server.server.as_ref().unwrap().flush_log();
+    let events = syncws_chat::eventlog::read(&server.dir.path().join("log")).unwrap();
+    for kind in ["rate_limited", "rate_limit_close", "refused"] {
+        assert!(events.iter().any(|e| e["kind"] == kind), "no {kind} line");
+    }
+    let too_big = events
+        .iter()
+        .find(|e| e["kind"] == "disconnect" && e["code"] == 1009)
+        .expect("the too-big close is logged");
+    assert_eq!(too_big["why"], "too_big");
 }
 
 #[test]
@@ -467,11 +502,18 @@ fn shutdown_closes_everyone_with_1001_after_the_last_commit() {
     for n in 0..100 {
         c.send(json!({"op": "say", "room": "lobby", "text": format!("m{n}")}));
     }
-    c.msg("lobby");
+    for _ in 0..100 {
+        c.msg("lobby");
+    }
+    let addr = server.server.as_ref().unwrap().ws_addr.unwrap();
     server.shutdown();
     assert_eq!(c.closed(), Some(1001));
+    // It no longer accepts anything.
+    assert!(
+        TcpStream::connect(addr).is_err(),
+        "still accepting after the shutdown"
+    );
     // Every message delivered before the stop is in the store.
-    let (_keep, _) = data_dir();
     let restarted = syncws_chat::Server::start(&options(server.dir.path(), &[])).unwrap();
     let mut c = Chat::connect(&format!("ws://{}/", restarted.ws_addr.unwrap()));
     c.send(json!({"op": "history", "room": "lobby", "limit": 200}));
@@ -513,16 +555,39 @@ fn wss_with_the_generated_certificate_and_http_on_the_same_port() {
 
 #[test]
 fn the_event_log_records_connections_messages_and_limits() {
-    let server = TestServer::start(&[]);
+    // An idle close, on a server of its own (every client there is closed when quiet).
+    let mut quiet = TestServer::start(&["--idle-timeout", "1"]);
+    let mut idle = Chat::connect(&quiet.url);
+    assert_eq!(idle.closed(), Some(1000));
+    quiet.shutdown();
+    let events = syncws_chat::eventlog::read(&quiet.dir.path().join("log")).unwrap();
+    assert!(events.iter().any(|e| e["kind"] == "idle_close"), "no idle_close line");
+
+    let server = TestServer::start(&["--outbox-bytes", "262144"]);
     let mut c = Chat::connect(&server.url);
     c.send_raw("logged");
     c.msg("lobby");
+    // A slow consumer: a client that never reads.
+    let _stalled = stalled_client(&server.url, "lobby");
+    let text = "z".repeat(60_000);
+    while server.metric("chat_slow_consumer_closes_total") == 0 {
+        c.send(json!({"op": "say", "room": "lobby", "text": text}));
+        c.msg("lobby");
+    }
     c.close();
     let mut server = server;
     server.shutdown();
     let events = syncws_chat::eventlog::read(&server.dir.path().join("log")).unwrap();
     let kinds: HashSet<&str> = events.iter().filter_map(|e| e["kind"].as_str()).collect();
-    for kind in ["start", "connect", "join", "msg", "disconnect", "stop"] {
+    for kind in [
+        "start",
+        "connect",
+        "join",
+        "msg",
+        "slow_consumer",
+        "disconnect",
+        "stop",
+    ] {
         assert!(kinds.contains(kind), "{kind} missing from {kinds:?}");
     }
     let msg = events.iter().find(|e| e["kind"] == "msg").unwrap();

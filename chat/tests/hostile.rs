@@ -791,3 +791,181 @@ fn a_queue_too_small_for_one_message_is_refused_at_start() {
     let e = syncws_chat::Server::start(&opts).err().expect("started");
     assert!(e.to_string().contains("--outbox-bytes"), "{e}");
 }
+
+/// A small, seeded PRNG (xorshift64*): the abuse is random, and reproducible from its seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn pick<'a>(&mut self, of: &[&'a str]) -> &'a str {
+        of[self.below(of.len() as u64) as usize]
+    }
+    fn text(&mut self, max: usize) -> String {
+        let len = self.below(max as u64 + 1) as usize;
+        (0..len)
+            .map(|_| match self.below(10) {
+                0 => char::from_u32(self.below(0x20) as u32).unwrap(),
+                1 => '"',
+                2 => '\\',
+                3 => 'é',
+                4 => '\u{1F600}',
+                _ => char::from(b'a' + self.below(26) as u8),
+            })
+            .collect()
+    }
+    /// A value for any field: sometimes the right type, often not.
+    fn value(&mut self) -> Value {
+        match self.below(9) {
+            0 => Value::Null,
+            1 => json!(self.below(1 << 40)),
+            2 => json!(-1),
+            3 => json!(u64::MAX),
+            4 => json!(self.text(40)),
+            5 => json!({"nested": [1, {"deep": "x"}]}),
+            6 => json!(self.pick(&ROOMS)),
+            7 => json!(self.text(3000)),
+            _ => json!(true),
+        }
+    }
+}
+
+const ROOMS: [&str; 8] = ["lobby", "calm", "a", "b", "pair:1-1", "x y", "", "r:1"];
+const OPS: [&str; 14] = [
+    "hello", "join", "leave", "say", "history", "rooms", "who", "match", "next", "unmatch",
+    "typing", "ping", "dance", "",
+];
+
+/// One random frame, valid or not.
+fn abuse_frame(rng: &mut Rng) -> String {
+    match rng.below(12) {
+        // Not JSON at all: plain text to the current room (of any length and content), or
+        // broken JSON.
+        0 => rng.text(200),
+        1 => format!("{{\"op\":\"say\",\"room\":{}", rng.text(20)),
+        2 => "{".repeat(rng.below(200) as usize + 1),
+        _ => {
+            let mut op = serde_json::Map::new();
+            op.insert("op".into(), json!(rng.pick(&OPS)));
+            for field in ["room", "text", "nick", "since", "epoch", "before", "limit", "cid", "extra"] {
+                if rng.below(3) == 0 {
+                    op.insert(field.into(), rng.value());
+                }
+            }
+            // Often well-formed enough to reach the hub.
+            if rng.below(2) == 0 {
+                op.insert("room".into(), json!(rng.pick(&ROOMS)));
+                op.insert("text".into(), json!(rng.text(100)));
+            }
+            Value::Object(op).to_string()
+        }
+    }
+}
+
+/// Clients sending random valid and invalid frames, binary frames and raw bytes against a live
+/// server for a bounded time, while two well-behaved clients chat: afterwards the server is
+/// up, nothing panicked, its memory stayed bounded, and the well-behaved clients got every
+/// message, in order, once.
+#[cfg(target_os = "linux")]
+#[test]
+fn random_abuse_leaves_the_server_up_bounded_and_the_others_served() {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    eprintln!("abuse seed: {seed}");
+    let (_keep, dir) = data_dir();
+    let stderr = std::fs::File::create(dir.join("stderr.log")).unwrap();
+    let server = Binary::start_with_stderr(&dir, &[], stderr);
+    let addr: std::net::SocketAddr = server.url.trim_start_matches("ws://").trim_end_matches('/').parse().unwrap();
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(4);
+
+    let mut abusers = Vec::new();
+    for n in 0..4u64 {
+        let url = server.url.clone();
+        abusers.push(std::thread::spawn(move || {
+            let mut rng = Rng(seed.wrapping_add(n.wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1);
+            let mut frames = 0u64;
+            while std::time::Instant::now() < until {
+                let Ok(client) = syncws::ThreadedClient::connect(&url, &Config::default()) else {
+                    continue;
+                };
+                // Each connection sends a burst, reading whatever comes, until it is closed
+                // or the burst ends.
+                for _ in 0..rng.below(400) {
+                    let sent = if rng.below(20) == 0 {
+                        let len = rng.below(64) as usize;
+                        client.control_tx.send_binary(vec![0u8; len])
+                    } else {
+                        client.control_tx.send_text(abuse_frame(&mut rng))
+                    };
+                    if sent.is_err() {
+                        break;
+                    }
+                    frames += 1;
+                    while client.event_rx.try_recv().is_ok() {}
+                }
+            }
+            frames
+        }));
+    }
+    // Raw sockets: random bytes before, in and after an upgrade.
+    let raw = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let mut rng = Rng(seed ^ 0xdead_beef);
+        while std::time::Instant::now() < until {
+            let Ok(mut tcp) = std::net::TcpStream::connect(addr) else {
+                continue;
+            };
+            let _ = tcp.set_read_timeout(Some(std::time::Duration::from_millis(50)));
+            let junk: Vec<u8> = (0..rng.below(300)).map(|_| rng.below(256) as u8).collect();
+            let request = match rng.below(3) {
+                0 => junk,
+                1 => [b"GET / HTTP/1.1\r\nHost: x\r\n".as_slice(), &junk].concat(),
+                _ => [
+                    b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".as_slice(),
+                    &junk,
+                ]
+                .concat(),
+            };
+            let _ = tcp.write_all(&request);
+            let _ = tcp.read(&mut [0u8; 512]);
+        }
+    });
+
+    // Meanwhile two clients chat in a room of their own and must get everything.
+    let mut ann = Chat::connect(&format!("{}?nick=ann", server.url));
+    let mut bob = Chat::connect(&format!("{}?nick=bob", server.url));
+    ann.join("quiet-corner");
+    bob.join("quiet-corner");
+    let mut said = 0u64;
+    while std::time::Instant::now() < until {
+        said += 1;
+        ann.send(json!({"op": "say", "room": "quiet-corner", "text": format!("m{said}"), "cid": said}));
+        assert_eq!(ann.msg("quiet-corner")["cid"], said);
+    }
+    let frames: u64 = abusers.into_iter().map(|a| a.join().unwrap()).sum();
+    raw.join().unwrap();
+    for n in 1..=said {
+        let m = bob.msg("quiet-corner");
+        assert_eq!((m["seq"].as_u64(), m["text"].as_str()), (Some(n), Some(format!("m{n}").as_str())));
+    }
+    // Up and serving: a new client, through the hub.
+    let mut late = Chat::connect(&server.url);
+    late.send(json!({"op": "rooms"}));
+    late.expect("rooms");
+    let peak = peak_rss_kib(server.child.id());
+    let log = std::fs::read_to_string(dir.join("stderr.log")).unwrap();
+    eprintln!("abuse: {frames} random frames from 4 clients and raw sockets over 4 s; {said} messages between the others; server peak RSS {peak} KiB");
+    assert!(!log.contains("panicked"), "a thread panicked:\n{log}");
+    assert!(peak < 256 << 10, "peak RSS {peak} KiB");
+    assert!(frames > 1000, "the abuse hardly ran: {frames} frames");
+}

@@ -84,6 +84,11 @@ pub struct Binary {
 
 impl Binary {
     pub fn start(dir: &Path, extra: &[&str]) -> Binary {
+        Self::start_with_stderr(dir, extra, Stdio::null())
+    }
+
+    /// As `start`, with the server's stderr (its log, and any panic) in `stderr`.
+    pub fn start_with_stderr(dir: &Path, extra: &[&str], stderr: impl Into<Stdio>) -> Binary {
         let mut child = Process::new(env!("CARGO_BIN_EXE_chat-server"))
             .args([
                 "--listen",
@@ -99,7 +104,7 @@ impl Binary {
             .arg(dir)
             .args(extra)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
@@ -162,6 +167,12 @@ impl Chat {
 
     pub fn send(&self, v: Value) {
         self.client.control_tx.send_text(v.to_string()).unwrap();
+    }
+
+    /// Send, for a client the server may have closed already (an abuse test): false once the
+    /// connection no longer takes anything.
+    pub fn try_send(&self, v: Value) -> bool {
+        self.client.control_tx.send_text(v.to_string()).is_ok()
     }
 
     pub fn send_raw(&self, text: &str) {
