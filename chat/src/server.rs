@@ -259,15 +259,17 @@ impl Server {
         // Every socket needs two descriptors once upgraded (the socket and its waker): beyond
         // what the descriptor limit holds a connection would fail half-open (a reset), so the
         // limits stay inside it and refuse with a 503 instead.
-        let max_handshakes = options.max_handshakes.max(1);
+        // A socket in its handshake holds one descriptor; an upgraded one two. Upgraded
+        // connections are held to what the descriptor limit allows (beyond it a connection
+        // would fail half-open, where a 503 is the honest refusal); sockets in their handshake
+        // are few and short-lived, and come to a quarter of it at most.
+        let max_handshakes = options.max_handshakes.clamp(1, (fd_capacity() / 2).max(1));
         let echo_slots = if options.echo {
             options.echo_max_connections
         } else {
             0
         };
-        let max_chat = options
-            .max_connections
-            .min(fd_capacity().saturating_sub(max_handshakes + echo_slots));
+        let max_chat = options.max_connections.min(fd_capacity());
         let chat_limits = Limits::new(options.max_per_ip, max_handshakes, max_chat, echo_slots);
         let ctx = Arc::new(Context {
             chat_config,

@@ -421,7 +421,10 @@ fn limits_size_rate_and_connections() {
     // The burst (5) goes through; the sixth is the first refused, with its cid, and refused
     // ones reach no one.
     let e = fast.expect("error");
-    assert_eq!((e["code"].as_str(), &e["cid"]), (Some("rate_limited"), &json!(5)));
+    assert_eq!(
+        (e["code"].as_str(), &e["cid"]),
+        (Some("rate_limited"), &json!(5))
+    );
     let mut delivered = Vec::new();
     while delivered.len() < 5 {
         delivered.push(fast.msg("lobby")["cid"].as_u64().unwrap());
@@ -561,7 +564,10 @@ fn the_event_log_records_connections_messages_and_limits() {
     assert_eq!(idle.closed(), Some(1000));
     quiet.shutdown();
     let events = syncws_chat::eventlog::read(&quiet.dir.path().join("log")).unwrap();
-    assert!(events.iter().any(|e| e["kind"] == "idle_close"), "no idle_close line");
+    assert!(
+        events.iter().any(|e| e["kind"] == "idle_close"),
+        "no idle_close line"
+    );
 
     let server = TestServer::start(&["--outbox-bytes", "262144"]);
     let mut c = Chat::connect(&server.url);

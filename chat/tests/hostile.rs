@@ -854,7 +854,9 @@ fn abuse_frame(rng: &mut Rng) -> String {
         _ => {
             let mut op = serde_json::Map::new();
             op.insert("op".into(), json!(rng.pick(&OPS)));
-            for field in ["room", "text", "nick", "since", "epoch", "before", "limit", "cid", "extra"] {
+            for field in [
+                "room", "text", "nick", "since", "epoch", "before", "limit", "cid", "extra",
+            ] {
                 if rng.below(3) == 0 {
                     op.insert(field.into(), rng.value());
                 }
@@ -885,7 +887,12 @@ fn random_abuse_leaves_the_server_up_bounded_and_the_others_served() {
     let (_keep, dir) = data_dir();
     let stderr = std::fs::File::create(dir.join("stderr.log")).unwrap();
     let server = Binary::start_with_stderr(&dir, &[], stderr);
-    let addr: std::net::SocketAddr = server.url.trim_start_matches("ws://").trim_end_matches('/').parse().unwrap();
+    let addr: std::net::SocketAddr = server
+        .url
+        .trim_start_matches("ws://")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
     let until = std::time::Instant::now() + std::time::Duration::from_secs(4);
 
     let mut abusers = Vec::new();
@@ -949,14 +956,19 @@ fn random_abuse_leaves_the_server_up_bounded_and_the_others_served() {
     let mut said = 0u64;
     while std::time::Instant::now() < until {
         said += 1;
-        ann.send(json!({"op": "say", "room": "quiet-corner", "text": format!("m{said}"), "cid": said}));
+        ann.send(
+            json!({"op": "say", "room": "quiet-corner", "text": format!("m{said}"), "cid": said}),
+        );
         assert_eq!(ann.msg("quiet-corner")["cid"], said);
     }
     let frames: u64 = abusers.into_iter().map(|a| a.join().unwrap()).sum();
     raw.join().unwrap();
     for n in 1..=said {
         let m = bob.msg("quiet-corner");
-        assert_eq!((m["seq"].as_u64(), m["text"].as_str()), (Some(n), Some(format!("m{n}").as_str())));
+        assert_eq!(
+            (m["seq"].as_u64(), m["text"].as_str()),
+            (Some(n), Some(format!("m{n}").as_str()))
+        );
     }
     // Up and serving: a new client, through the hub.
     let mut late = Chat::connect(&server.url);

@@ -139,7 +139,7 @@ impl Track {
     }
 
     /// Returns whether `k` is new.
-    fn saw(&mut self, k: u64, totals: &mut Totals) -> bool {
+    pub(crate) fn saw(&mut self, k: u64, totals: &mut Totals) -> bool {
         if k == self.next {
             self.next += 1;
         } else if k > self.next {

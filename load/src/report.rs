@@ -72,6 +72,18 @@ impl Account {
         }
     }
 
+    /// What in this account a run must fail for: a message missing, delivered twice, out of
+    /// its room's order, or a seq skipped (the server's "grows by exactly 1").
+    pub fn problem(&self) -> Option<String> {
+        let bad = self.missing + self.duplicates + self.out_of_order + self.seq_gaps;
+        (bad > 0).then(|| {
+            format!(
+                "{} missing, {} duplicated, {} out of order, {} seqs skipped",
+                self.missing, self.duplicates, self.out_of_order, self.seq_gaps
+            )
+        })
+    }
+
     pub fn ratio(&self) -> f64 {
         if self.expected == 0 {
             1.0
@@ -308,5 +320,57 @@ impl Outcome {
             line(&|b| lat(b, 0.99), max_lat),
         );
         std::fs::write(path, svg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::load::Totals;
+
+    fn track(received: &[u64]) -> (Track, Totals) {
+        let mut t = Track::default();
+        let mut totals = Totals::new(std::time::Instant::now());
+        for k in received {
+            t.saw(*k, &mut totals);
+        }
+        (t, totals)
+    }
+
+    #[test]
+    fn every_expected_message_is_delivered_missing_duplicated_or_late() {
+        // 0..6 sent; 2 lost, 4 late, 1 twice.
+        let (t, totals) = track(&[0, 1, 3, 5, 1, 4]);
+        assert_eq!((totals.duplicates, totals.out_of_order), (1, 1));
+        assert!(t.has(4) && !t.has(2) && !t.has(6));
+        let mut a = Account::default();
+        a.add(1, 2, 7, Some(&t));
+        // Delivered 0 1 3 4 5; missing 2 and 6 (never came).
+        assert_eq!((a.expected, a.delivered, a.missing), (7, 5, 2));
+        assert_eq!(a.gaps, ["client 1 <- client 2: 2 missing in 2..=6"]);
+        assert!(a.problem().is_some());
+        // Nothing from a sender: all of it missing.
+        let mut a = Account::default();
+        a.add(1, 3, 4, None);
+        assert_eq!((a.delivered, a.missing), (0, 4));
+        // All there, once, in order: no problem.
+        let (t, totals) = track(&[0, 1, 2]);
+        let mut a = Account::default();
+        a.add(1, 2, 3, Some(&t));
+        a.duplicates = totals.duplicates;
+        a.out_of_order = totals.out_of_order;
+        assert_eq!(a.problem(), None);
+        // A seq skipped fails a run even when every message came.
+        a.seq_gaps = 1;
+        assert!(a.problem().unwrap().contains("1 seqs skipped"));
+    }
+
+    #[test]
+    fn an_exact_account_counts_only_what_was_due() {
+        let (t, _) = track(&[0, 1, 2, 5]);
+        let mut a = Account::default();
+        a.add_exact(1, 2, &[1, 2, 3, 5], Some(&t));
+        assert_eq!((a.expected, a.delivered, a.missing), (4, 3, 1));
+        assert_eq!(a.gaps, ["client 1 <- client 2: 1 missing in 3..=3"]);
     }
 }

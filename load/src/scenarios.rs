@@ -492,11 +492,8 @@ fn broadcast(ctx: &Ctx<'_>, shape: Shape) -> Result<Outcome, BoxError> {
         }
     }
     drop(t);
-    if outcome.account.missing > 0 || outcome.account.duplicates > 0 {
-        outcome.problems.push(format!(
-            "{} missing, {} duplicated",
-            outcome.account.missing, outcome.account.duplicates
-        ));
+    if let Some(problem) = outcome.account.problem() {
+        outcome.problems.push(problem);
     }
     Ok(outcome)
 }
@@ -914,11 +911,8 @@ fn pairs(ctx: &Ctx<'_>, name: &str, talk: Talk) -> Result<Outcome, BoxError> {
             rooms.len()
         ));
     }
-    if outcome.account.missing > 0 || outcome.account.duplicates > 0 {
-        outcome.problems.push(format!(
-            "{} missing, {} duplicated",
-            outcome.account.missing, outcome.account.duplicates
-        ));
+    if let Some(problem) = outcome.account.problem() {
+        outcome.problems.push(problem);
     }
     Ok(outcome)
 }
