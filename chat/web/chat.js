@@ -374,7 +374,7 @@
     }
     if (state.match.resume) {
       state.match.resume = false;
-      sendFrame({ op: 'match' });
+      sendFrame({ op: 'match', cid: MATCH_CID });
       state.match.state = 'searching';
       renderMatch();
     }
@@ -950,6 +950,14 @@
     const p = cid ? state.pending.get(cid) : null;
     if (p && code === 'unconfirmed') failPending(p, 'not confirmed: it may have been sent, and then it shows up here');
     else if (p) failPending(p, `not sent: ${message}`);
+    // A refused `match` (ours, or the search the server went on with after a partner left:
+    // an `unavailable` about no room) ends the search.
+    const aboutMatching = ev.cid === MATCH_CID || (code === 'unavailable' && typeof ev.room !== 'string');
+    if (aboutMatching && state.match.state === 'searching') {
+      state.match = matchState('idle');
+      renderMatch();
+      publish();
+    }
     if (code === 'bad_room' || code === 'too_many_rooms' || code === 'private_room') {
       // The server names the room it refused; older servers did not, and answered joins in order.
       const name = typeof ev.room === 'string' ? ev.room : state.pendingJoins[0];
@@ -1358,6 +1366,10 @@
   // ---------------------------------------------------------------------------------------------
   // Matchmaking
 
+  /** The cid of the page's `match` and `next`: a refusal carrying it (matchmaking out of
+   *  reach) ends the search, so the panel never waits for an answer that will not come. */
+  const MATCH_CID = 'match';
+
   /** The matchmaking panel's state: 'idle', 'searching' or 'matched' (in `room`, with `peer`). */
   function matchState(phase, room = null, peer = null) {
     return { state: phase, pos: 0, room, peer, partnerLeft: false, resume: false };
@@ -1365,7 +1377,7 @@
 
   function startMatch() {
     state.match = matchState('searching');
-    if (state.connected) sendFrame({ op: 'match' });
+    if (state.connected) sendFrame({ op: 'match', cid: MATCH_CID });
     else {
       state.match.resume = true;
       wake();
@@ -1378,7 +1390,7 @@
   function leaveMatch(op) {
     const name = state.match.room;
     state.match = matchState(op === 'next' ? 'searching' : 'idle');
-    if (state.connected) sendFrame({ op });
+    if (state.connected) sendFrame({ op, cid: MATCH_CID });
     if (name) dropRoom(name);
     renderMatch();
     publish();
