@@ -358,12 +358,13 @@ impl<H: Handler> ClientSet<H> {
             Step::Wait {
                 deadline,
                 delivered,
+                read,
                 ..
             } => {
                 member.waiting = true;
                 member.delivered = delivered;
                 let interest = Interest {
-                    read: true,
+                    read,
                     write: member.driver.session.write_blocked(),
                 };
                 self.arrange(id, interest, false, deadline);

@@ -511,6 +511,15 @@ impl Inbox {
         }
     }
 
+    /// From now on every send is refused (a close from a hook: it goes out after what was
+    /// accepted before it, so nothing more may be accepted).
+    pub(crate) fn refuse_sends(&self) {
+        let mut gate = self.shared.gate();
+        gate.stopping = true;
+        // Senders waiting for room learn that there will be none.
+        self.shared.room.notify_all();
+    }
+
     /// Some send is waiting for the socket to drain.
     pub(crate) fn is_held(&self) -> bool {
         !self.front.is_empty()

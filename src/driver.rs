@@ -52,11 +52,13 @@ pub(crate) enum Step {
     /// without waiting.
     Again,
     /// Wait for the socket, a command, or `deadline`. `active`: the pass read or wrote;
-    /// `delivered`: it dispatched messages.
+    /// `delivered`: it dispatched messages; `read`: the socket is watched for reading (not
+    /// while our queue is at its bound: reading waits for the peer to take what we owe it).
     Wait {
         deadline: Option<Instant>,
         active: bool,
         delivered: bool,
+        read: bool,
     },
     /// The dispatcher has no room (its application fell behind): wait for room, a command, a
     /// stop or `deadline`; reading stays paused until then.
@@ -238,10 +240,11 @@ impl Driver {
                     deadline,
                     active,
                     delivered,
-                } => self.wait(d, true, deadline, active, delivered),
+                    read,
+                } => self.wait(d, read, deadline, active, delivered),
                 Step::Paused { deadline } => self.wait_paused(d, deadline),
                 Step::Reconnecting { dialing, deadline } => {
-                    if let Err(e) = self.wait_reconnecting(dialing, deadline) {
+                    if let Err(e) = self.wait_reconnecting(d, dialing, deadline) {
                         tracing::warn!(error = %e, "wait failed while reconnecting");
                         self.stop_reconnecting();
                     }
@@ -318,12 +321,19 @@ impl Driver {
         if self.session.is_done() {
             return Step::Done;
         }
+        // The application had no room at the last pass; if it has now, the clocks that measure
+        // the peer go on from where they stood.
+        if self.session.is_paused() && d.make_room() {
+            let held = self.session.resume(Instant::now());
+            self.last_input = crate::deadline::after(self.last_input, held);
+        }
         let written = self.session.stream().bytes_written();
         // Room the socket made goes to a held send before new commands and reads.
         if self.session.write_blocked() {
             self.session.flush();
         }
-        let more_commands = self.session.apply_commands(d.takes_commands());
+        let takes = d.takes_commands();
+        let more_commands = self.session.apply_commands(takes);
         if self.rearm {
             self.session.rearm_reads();
         }
@@ -344,27 +354,35 @@ impl Driver {
             d.writable(&mut self.session);
         }
         self.rearm = true;
-        // Asked once: `accepting` hands on what it can, so a second answer may differ, and a
-        // read that stopped for room left messages in our buffers, where no readiness will
-        // announce them. Room now means read on at once; no room means pause until there is.
-        let accepting = d.accepting();
-        let resume = pass.stopped_for_room && accepting;
-        if pass.more || more_commands || resume || self.session.commands_ready() {
+        // A read that stopped for room left messages in our buffers, where no readiness will
+        // announce them: room now (after handing on what waits) means read on at once; no room
+        // means pause until there is.
+        let room = d.make_room();
+        let resume = pass.stopped_for_room && room;
+        if pass.more || more_commands || resume || self.session.commands_ready(takes) {
             return Step::Again;
         }
-        let idle_at = self.read_timeout.map(|t| self.last_input + t);
+        if !room {
+            // The peer is not measured on the application's time: no idle deadline, and the
+            // session's own clocks stand still until there is room.
+            self.session.pause(now);
+            return Step::Paused {
+                deadline: self.session.next_deadline(),
+            };
+        }
+        let idle_at = self
+            .read_timeout
+            .map(|t| crate::deadline::after(self.last_input, t));
         let deadline = match (self.session.next_deadline(), idle_at) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        if !accepting {
-            return Step::Paused { deadline };
-        }
         let active = pass.messages > 0 || self.session.stream().bytes_written() != written;
         Step::Wait {
             deadline,
             active,
             delivered: pass.messages > 0,
+            read: !self.session.reads_held(),
         }
     }
 
@@ -411,7 +429,9 @@ impl Driver {
         if woke == Woke::Poll && !delivered && self.waiter.idles_every_pass() {
             d.idle(&mut self.session);
         }
-        let idle_at = self.read_timeout.map(|t| self.last_input + t);
+        let idle_at = self
+            .read_timeout
+            .map(|t| crate::deadline::after(self.last_input, t));
         if idle_at.is_some_and(|t| Instant::now() >= t) {
             self.last_input = Instant::now();
             d.idle(&mut self.session);
@@ -420,8 +440,9 @@ impl Driver {
 
     /// Wait as a reconnecting client does: for the dial's socket (if dialing), a command, a
     /// stop, or `deadline`.
-    fn wait_reconnecting(
+    fn wait_reconnecting<D: Dispatch + ?Sized>(
         &mut self,
+        d: &mut D,
         dialing: Option<Interest>,
         deadline: Option<Instant>,
     ) -> io::Result<()> {
@@ -435,8 +456,10 @@ impl Driver {
             ) => dial.fd().map(|fd| (fd, interest.into())),
             _ => None,
         };
+        // Commands end the wait only if the next pass takes them (a stop wakes it anyway).
+        let inbox = self.session.inbox().filter(|_| d.takes_commands());
         self.waiter
-            .wait(socket, deadline, self.session.inbox(), false, false)
+            .wait(socket, deadline, inbox, false, false)
             .map(|_| ())
     }
 
@@ -476,7 +499,9 @@ impl Driver {
                 // The policy gave up (see `next_attempt`).
                 return self.stop_reconnecting();
             }
-            self.session.apply_commands(true);
+            // Sends are held or refused here, each refusal a report: a dispatcher far behind
+            // (see `takes_commands`) takes none until it catches up, as while connected.
+            self.session.apply_commands(d.takes_commands());
             self.report(d);
             if self.session.user_ended() || d.stop_requested() {
                 return self.stop_reconnecting();

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use tungstenite::Bytes;
 
+use crate::deadline::after;
 use crate::Config;
 
 /// What the session should do now.
@@ -46,8 +47,17 @@ impl Heartbeat {
     /// When to look again.
     pub(crate) fn deadline(&self) -> Instant {
         match self.awaiting {
-            Some(sent) => sent + self.timeout,
-            None => self.last_input.0 + self.interval,
+            Some(sent) => after(sent, self.timeout),
+            None => after(self.last_input.0, self.interval),
+        }
+    }
+
+    /// The application held reading up for `by`: the peer was not watched meanwhile, so its
+    /// clock starts again where it stopped.
+    pub(crate) fn shift(&mut self, by: Duration) {
+        self.last_input.0 = after(self.last_input.0, by);
+        if let Some(sent) = &mut self.awaiting {
+            *sent = after(*sent, by);
         }
     }
 
@@ -58,8 +68,8 @@ impl Heartbeat {
             self.awaiting = None;
         }
         match self.awaiting {
-            Some(sent) if now >= sent + self.timeout => Beat::Dead,
-            None if now >= self.last_input.0 + self.interval => {
+            Some(sent) if now >= after(sent, self.timeout) => Beat::Dead,
+            None if now >= after(self.last_input.0, self.interval) => {
                 self.awaiting = Some(now);
                 Beat::Ping(self.payload.clone())
             }

@@ -184,6 +184,7 @@ mod close;
 mod command;
 mod config;
 mod connect;
+mod deadline;
 mod deflate;
 mod dial;
 mod driver;

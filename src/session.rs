@@ -14,6 +14,7 @@ use tungstenite::{Bytes, Message};
 
 use crate::close::{check_close, CloseInfo, Initiator};
 use crate::command::{Command, Inbox, Stop};
+use crate::deadline::after;
 use crate::deflate::outbound::Outbound;
 use crate::error::{classify, Classified, Error, TimeoutKind};
 use crate::frame;
@@ -107,6 +108,9 @@ pub(crate) struct Session {
     close_request: Option<(CloseCode, String, Instant)>,
     /// A send from a hook met a full queue: call `on_writable` once the queue has drained.
     refused: bool,
+    /// Since when reading has been held up because the application is behind (a threaded
+    /// client's full event channel): the deadlines that measure the peer stand still.
+    paused_since: Option<Instant>,
 }
 
 /// What the session reports to, with owned payloads. The core's own callback interface: user
@@ -125,11 +129,17 @@ pub(crate) trait Dispatch {
     fn stop_requested(&mut self) -> bool {
         false
     }
-    /// Whether another message can be dispatched now. A dispatcher that hands reports on to
-    /// someone who fell behind (the threaded client's full event channel) says no, and the
-    /// core stops reading, while it keeps flushing, taking commands and checking deadlines.
-    /// Dispatch itself never blocks.
-    fn accepting(&mut self) -> bool {
+    /// Hand on whatever reports wait for room, as far as the receiver takes them now; true
+    /// if the dispatcher can take more. Called once per pass, at fixed points. A dispatcher
+    /// that hands reports on to someone who fell behind (the threaded client's full event
+    /// channel) says no, and the core stops reading, while it keeps flushing, taking commands
+    /// and checking deadlines. Dispatch itself never blocks.
+    fn make_room(&mut self) -> bool {
+        true
+    }
+    /// Whether another message can be dispatched now, without handing anything on: asked
+    /// before each message read.
+    fn has_room(&self) -> bool {
         true
     }
     /// Whether commands may be carried out now (each failed command adds a report; a
@@ -147,6 +157,8 @@ pub(crate) trait Dispatch {
     }
 }
 
+/// The largest control frame on the wire: a masked one with a 125-byte payload.
+const MAX_CONTROL_FRAME: usize = 2 + 4 + 125;
 /// Messages read in one pass before commands and deadlines get a turn.
 const READ_BUDGET: usize = 1024;
 /// Commands carried out in one pass before reads get a turn.
@@ -192,6 +204,7 @@ impl Session {
             deflate,
             close_request: None,
             refused: false,
+            paused_since: None,
         }
     }
 
@@ -292,11 +305,13 @@ impl Session {
     }
 
     /// Commands can be carried out now, with no socket event to announce them: a stop, new
-    /// commands, or a held send whose queue has drained.
-    pub(crate) fn commands_ready(&self) -> bool {
-        self.inbox
-            .as_ref()
-            .is_some_and(|i| i.has_work() || (i.is_held() && !self.write_blocked))
+    /// commands (if the dispatcher `takes` them now), or a held send whose queue has drained.
+    pub(crate) fn commands_ready(&self, takes: bool) -> bool {
+        self.inbox.as_ref().is_some_and(|i| {
+            i.shared().stop_waiting()
+                || ((takes || self.close_request.is_some()) && i.has_work())
+                || (i.is_held() && !self.write_blocked)
+        })
     }
 
     /// A send from a hook was refused by a full queue, and the queue has drained since: time
@@ -325,6 +340,44 @@ impl Session {
 
     pub(crate) fn handshake(&self) -> Option<&Handshake> {
         self.handshake.as_ref()
+    }
+
+    /// Our queue is at its bound (what is over it is the core's own frames: pongs, a close
+    /// reply): reading waits for the peer to take what we owe it first, so a peer that sends
+    /// and never reads cannot make us queue without end.
+    pub(crate) fn reads_held(&self) -> bool {
+        // tungstenite queues a pong as it reads a ping and writes it at its next read: stop
+        // while two of them would still fit, so the bound holds (an empty queue always reads).
+        let queued = self.queued();
+        queued > 0 && queued + 2 * MAX_CONTROL_FRAME > self.queue_limit
+    }
+
+    /// Reading is held up for the application (see `paused_since`), from `now`.
+    pub(crate) fn pause(&mut self, now: Instant) {
+        self.paused_since.get_or_insert(now);
+    }
+
+    /// The application has room again: the deadlines that measure the peer move on by the
+    /// time reading was held up, and that time is returned.
+    pub(crate) fn resume(&mut self, now: Instant) -> Duration {
+        let Some(since) = self.paused_since.take() else {
+            return Duration::ZERO;
+        };
+        let by = now.saturating_duration_since(since);
+        match &mut self.phase {
+            Phase::ClosingByUs { deadline, .. }
+            | Phase::ClosingByPeer { deadline }
+            | Phase::Lingering { deadline, .. } => *deadline = after(*deadline, by),
+            Phase::Open | Phase::Done => {}
+        }
+        if let Some(hb) = &mut self.heartbeat {
+            hb.shift(by);
+        }
+        by
+    }
+
+    pub(crate) fn is_paused(&self) -> bool {
+        self.paused_since.is_some()
     }
 
     /// Open, and no close has been asked for.
@@ -601,12 +654,14 @@ impl Session {
     /// Start the close handshake (see [`Context::close`]).
     pub(crate) fn close(&mut self, code: CloseCode, reason: &str) -> Result<(), Error> {
         check_close(code, reason)?;
-        if self.inbox.as_ref().is_some_and(Inbox::is_held) {
-            // Sends accepted before this close still wait for room: the Close follows them.
+        if let Some(inbox) = self.inbox.as_ref().filter(|i| i.is_held()) {
+            // Sends accepted before this close still wait for room: the Close follows them,
+            // and no sender can add more (or they could hold it up until its deadline).
+            inbox.refuse_sends();
             self.request_close(code, reason.to_owned());
         } else {
             self.user_ended = true;
-            self.start_close(code, reason, Instant::now() + self.close_timeout);
+            self.start_close(code, reason, after(Instant::now(), self.close_timeout));
         }
         Ok(())
     }
@@ -644,11 +699,14 @@ impl Session {
         }
     }
 
-    /// Going away without waiting (a dropped client): a best-effort Close, then drop.
+    /// Going away without waiting (a dropped client): a best-effort Close, then drop. The
+    /// Close is queued now, behind whatever is queued, never deferred behind held sends (the
+    /// connection is about to be dropped).
     pub(crate) fn abandon(&mut self) {
         self.user_ended = true;
         if self.phase == Phase::Open {
-            let _ = self.close(CloseCode::Away, "client dropped");
+            let deadline = after(Instant::now(), self.close_timeout);
+            self.start_close(CloseCode::Away, "client dropped", deadline);
             self.flush();
         }
         self.finish();
@@ -673,7 +731,7 @@ impl Session {
         let can_close = code.is_some() && self.ws.can_write();
         if let (true, Some(code)) = (can_close, code) {
             self.phase = Phase::Lingering {
-                deadline: Instant::now() + self.close_timeout,
+                deadline: after(Instant::now(), self.close_timeout),
                 frames: FrameSkipper::default(),
             };
             let frame = CloseFrame {
@@ -700,6 +758,9 @@ impl Session {
         let Some(mut inbox) = self.inbox.take() else {
             return false;
         };
+        // A close waits for the sends accepted before it; the gate is closed, so those are
+        // few (at most the channel's capacity) and their reports bounded.
+        let sends = sends || self.close_request.is_some();
         match inbox.take_stop() {
             Some(Stop::ForceQuit) => self.force_quit(),
             Some(Stop::Close(code, reason)) => self.request_close(code, reason),
@@ -741,7 +802,7 @@ impl Session {
     fn request_close(&mut self, code: CloseCode, reason: String) {
         self.user_ended = true;
         if self.phase == Phase::Open && self.close_request.is_none() {
-            self.close_request = Some((code, reason, Instant::now() + self.close_timeout));
+            self.close_request = Some((code, reason, after(Instant::now(), self.close_timeout)));
         }
     }
 
@@ -802,8 +863,13 @@ impl Session {
         for _ in 0..READ_BUDGET {
             // The dispatcher holds what it could not hand on (a full event channel): read no
             // more until it has room. Whatever the socket has waits there.
-            if !d.accepting() {
+            if !d.has_room() {
                 pass.stopped_for_room = true;
+                return pass;
+            }
+            // Our queue is full (the peer does not read): pings it sends would each add a pong.
+            // Read again once it has drained; the kernel holds the rest meanwhile.
+            if self.reads_held() && matches!(self.phase, Phase::Open) {
                 return pass;
             }
             match self.phase {
@@ -889,7 +955,7 @@ impl Session {
             Phase::Open => {
                 // tungstenite queued the answer; send it now.
                 self.phase = Phase::ClosingByPeer {
-                    deadline: Instant::now() + self.close_timeout,
+                    deadline: after(Instant::now(), self.close_timeout),
                 };
                 self.flush();
                 Initiator::Remote
@@ -917,7 +983,8 @@ impl Session {
     /// Any bytes from the peer prove it alive; silence past the interval earns a ping, and
     /// silence past the ping's timeout ends the connection.
     fn check_heartbeat(&mut self, now: Instant) {
-        if self.phase != Phase::Open {
+        // Not while the application holds reading up: the peer's bytes wait unread.
+        if self.phase != Phase::Open || self.paused_since.is_some() {
             return;
         }
         let read = self.stream().bytes_read();
@@ -969,20 +1036,28 @@ impl Session {
     // ----- time -----------------------------------------------------------------------------
 
     /// The earliest deadline the loop must wake for.
+    /// While the application holds reading up, the deadlines that measure the peer's answers
+    /// (the close handshake, the heartbeat) stand still; those that measure its reading of ours
+    /// (the write timeout, a close still waiting behind held sends) do not.
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        let paused = self.paused_since.is_some();
         let close = match self.phase {
             Phase::ClosingByUs { deadline, .. }
             | Phase::ClosingByPeer { deadline }
-            | Phase::Lingering { deadline, .. } => Some(deadline),
+            | Phase::Lingering { deadline, .. }
+                if !paused =>
+            {
+                Some(deadline)
+            }
             _ => None,
         };
         let write = match (self.write_blocked, self.write_timeout) {
-            (true, Some(t)) => Some(self.write_progress.0 + t),
+            (true, Some(t)) => Some(after(self.write_progress.0, t)),
             _ => None,
         };
         let requested = self.close_request.as_ref().map(|(_, _, d)| *d);
         let heartbeat = match (&self.heartbeat, self.phase) {
-            (Some(hb), Phase::Open) => Some(hb.deadline()),
+            (Some(hb), Phase::Open) if !paused => Some(hb.deadline()),
             _ => None,
         };
         [close, requested, write, heartbeat]
@@ -1010,11 +1085,14 @@ impl Session {
             let written = self.stream().bytes_written();
             if written != self.write_progress.1 {
                 self.write_progress = (now, written);
-            } else if now >= self.write_progress.0 + timeout {
+            } else if now >= after(self.write_progress.0, timeout) {
                 self.errors.push_back(Error::Timeout(TimeoutKind::Write));
                 self.finish();
                 return;
             }
+        }
+        if self.paused_since.is_some() {
+            return;
         }
         match self.phase {
             Phase::ClosingByUs { deadline, acked } if now >= deadline => {

@@ -269,8 +269,11 @@ impl Dispatch for Forward {
     fn stop_requested(&mut self) -> bool {
         self.gone || self.owner_stopped()
     }
-    fn accepting(&mut self) -> bool {
+    fn make_room(&mut self) -> bool {
         self.deliver()
+    }
+    fn has_room(&self) -> bool {
+        self.backlog.is_empty()
     }
     fn takes_commands(&mut self) -> bool {
         self.backlog.len() < MAX_BACKLOG
