@@ -34,8 +34,10 @@ use crate::{Config, Error, Handler, Handshake, WaitStrategy};
 /// # Ok::<(), syncws::Error>(())
 /// ```
 #[derive(Debug)]
+#[must_use = "a client does nothing until `run`; dropped unrun it closes its connection (1001)"]
 pub struct BlockingClient {
-    driver: Box<Driver>,
+    /// Taken by `run`; still here when the client is dropped unrun.
+    driver: Option<Box<Driver>>,
     handle: CommandSender,
 }
 
@@ -51,18 +53,21 @@ impl BlockingClient {
         let session = Session::new(ws, Some(handshake), config);
         let (driver, handle, _) = Driver::new(session, WaitStrategy::Readiness, config, None)?;
         let driver = driver.redial_to(url, config);
-        Ok(BlockingClient { driver, handle })
+        Ok(BlockingClient {
+            driver: Some(driver),
+            handle,
+        })
     }
 
     /// This connection's counters; the `Arc` can be read from any thread while it runs.
     pub fn metrics(&self) -> std::sync::Arc<crate::Metrics> {
-        self.driver.session.metrics().clone()
+        self.driver().session.metrics().clone()
     }
 
     /// The server's handshake response.
     pub fn handshake(&self) -> &Handshake {
         // Client sessions are always built with their handshake.
-        self.driver.session.handshake().expect("client handshake")
+        self.driver().session.handshake().expect("client handshake")
     }
 
     /// A cloneable, thread-safe sender of [`Command`](crate::Command)s into this client, for
@@ -75,10 +80,29 @@ impl BlockingClient {
 
     /// Run until the connection ends, calling `handler`'s hooks on this thread. Returns after
     /// [`Handler::on_quit`].
-    pub fn run<H: Handler + ?Sized>(self, handler: &mut H) {
-        let BlockingClient { driver, handle } = self;
+    pub fn run<H: Handler + ?Sized>(mut self, handler: &mut H) {
+        let driver = self.driver.take().expect("run takes the client once");
         // Our own sender must not keep the channel alive past the run.
-        drop(handle);
+        drop(self);
         driver.run(&mut Callbacks(handler, None));
+    }
+
+    fn driver(&self) -> &Driver {
+        // Only `run` takes it, and `run` consumes the client.
+        self.driver
+            .as_deref()
+            .expect("a client not yet run holds its driver")
+    }
+}
+
+/// Dropped without [`run`](BlockingClient::run): a best-effort Close 1001, and the handle's later
+/// sends fail. Commands its handle sent before are not carried out (there is no handler to
+/// report them to; they are counted in the log): run the client to have each one carried out
+/// or reported.
+impl Drop for BlockingClient {
+    fn drop(&mut self) {
+        if let Some(driver) = &mut self.driver {
+            driver.drop_unrun();
+        }
     }
 }

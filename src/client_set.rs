@@ -137,7 +137,7 @@ impl Core {
 /// set.run(); // returns once every connection has quit
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-pub struct ClientSet<H> {
+pub struct ClientSet<H: Handler> {
     core: Arc<Core>,
     tx: Sender<SetCommand<H>>,
     rx: Receiver<SetCommand<H>>,
@@ -150,7 +150,7 @@ pub struct ClientSet<H> {
     woken: Vec<u64>,
 }
 
-impl<H> fmt::Debug for ClientSet<H> {
+impl<H: Handler> fmt::Debug for ClientSet<H> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClientSet")
             .field("connections", &self.members.len())
@@ -497,6 +497,26 @@ fn strongest(a: Woke, b: Woke) -> Woke {
         a
     } else {
         b
+    }
+}
+
+/// A set dropped with connections left (never run, or its run not finished): each is ended
+/// as if its run had ended it: a best-effort Close 1001 to its peer, every command its sender
+/// had sent reported to its handler (`on_error` with [`Error::Closed`]), then `on_quit`.
+impl<H: Handler> Drop for ClientSet<H> {
+    fn drop(&mut self) {
+        // Adds that never reached the set are members too.
+        while let Ok(command) = self.rx.try_recv() {
+            if let SetCommand::Add(id, member) = command {
+                self.members.insert(id, *member);
+            }
+        }
+        for (id, mut member) in self.members.drain() {
+            member.driver.session.abandon();
+            member
+                .driver
+                .finish(&mut Callbacks(&mut member.handler, Some(ConnId(id))));
+        }
     }
 }
 

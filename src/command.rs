@@ -23,6 +23,7 @@ use tungstenite::{Bytes, Utf8Bytes};
 
 use crate::close::check_close;
 use crate::waker::{SetWaker, Waker};
+use crate::Error;
 use crate::SharedFrame;
 
 /// What another thread can ask a connection to do, through a [`CommandSender`]
@@ -280,7 +281,8 @@ impl CommandSender {
         command: Command,
         timeout: Duration,
     ) -> Result<(), SendTimeoutError<Command>> {
-        self.send_until(command, Some(Instant::now() + timeout))
+        // As crossbeam's: a timeout past what an `Instant` holds is a send that waits for room.
+        self.send_until(command, Instant::now().checked_add(timeout))
     }
 
     fn send_until(
@@ -413,26 +415,35 @@ impl CommandSender {
         self.send(Command::SendBinary(data.into()))
     }
 
-    /// Shorthand for `send(Command::Close(..))`: never blocks.
+    /// Start the close handshake (see [`Command::Close`]): never blocks, however full the
+    /// channel is.
     ///
     /// # Errors
     ///
-    /// The command back, once the connection has ended.
+    /// At once, with nothing sent: [`Error::InvalidCloseCode`] for a code that may not be sent
+    /// (1005, 1006, 1015, out of range), [`Error::CloseReasonTooLong`] past 123 bytes, and
+    /// [`Error::Closed`] once the connection has ended.
     pub fn close(
         &self,
         code: impl Into<CloseCode>,
         reason: impl Into<String>,
-    ) -> Result<(), SendError<Command>> {
-        self.send(Command::Close(code.into(), reason.into()))
+    ) -> Result<(), Error> {
+        let (code, reason) = (code.into(), reason.into());
+        check_close(code, &reason)?;
+        self.shared
+            .request(Stop::Close(code, reason))
+            .map_err(|_| Error::Closed)
     }
 
-    /// Shorthand for `send(Command::ForceQuit)`: never blocks.
+    /// Drop the connection at once (see [`Command::ForceQuit`]): never blocks.
     ///
     /// # Errors
     ///
-    /// The command back, once the connection has ended.
-    pub fn force_quit(&self) -> Result<(), SendError<Command>> {
-        self.send(Command::ForceQuit)
+    /// [`Error::Closed`] once the connection has ended.
+    pub fn force_quit(&self) -> Result<(), Error> {
+        self.shared
+            .request(Stop::ForceQuit)
+            .map_err(|_| Error::Closed)
     }
 }
 

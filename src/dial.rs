@@ -159,7 +159,9 @@ impl Dial {
         let port = parsed
             .port_or_known_default()
             .unwrap_or(if tls { 443 } else { 80 });
-        let deadline = config.handshake_timeout().map(|d| started + d);
+        let deadline = config
+            .handshake_timeout()
+            .map(|d| crate::deadline::after(started, d));
         let proxy = for_target(config, tls, &host, port)?;
 
         // TLS verifies the target's name, through a proxy too.
@@ -375,7 +377,7 @@ impl Dial {
             Ok((socket, false)) => State::Connecting {
                 socket,
                 addr,
-                until: timeout.map(|t: Duration| now + t),
+                until: timeout.map(|t: Duration| crate::deadline::after(now, t)),
             },
             Err(e) => {
                 self.failed(addr, e);

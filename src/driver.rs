@@ -254,6 +254,24 @@ impl Driver {
         self.finish(d);
     }
 
+    /// The owner dropped its client without running it, so there is no handler to report to:
+    /// a best-effort Close 1001 goes out now, the gate closes (later sends fail), and what was
+    /// accepted but never sent is counted in the log.
+    pub(crate) fn drop_unrun(&mut self) {
+        self.session.abandon();
+        self.session.refuse_remaining_commands();
+        let mut unsent = 0;
+        while self.session.take_error().is_some() {
+            unsent += 1;
+        }
+        if unsent > 0 {
+            tracing::warn!(
+                commands = unsent,
+                "client dropped without run: commands accepted by its handle were not sent"
+            );
+        }
+    }
+
     /// The connection is over for good (`pass` said `Done`): report the commands that will
     /// never be carried out, then `on_quit`, the last call.
     pub(crate) fn finish<D: Dispatch + ?Sized>(&mut self, d: &mut D) {
@@ -584,7 +602,7 @@ impl Driver {
         );
         if let Some(reconnecting) = &mut self.reconnecting {
             reconnecting.stage = Stage::Backoff {
-                until: Instant::now() + delay,
+                until: crate::deadline::after(Instant::now(), delay),
             };
         }
     }

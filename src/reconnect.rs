@@ -93,7 +93,9 @@ impl Reconnect {
             .min_delay
             .saturating_mul(1u32 << doublings)
             .min(self.max_delay);
-        base.mul_f64(1.0 - self.jitter * random)
+        // Never longer than `base`; the conversion only fails for a base near Duration::MAX.
+        Duration::try_from_secs_f64(base.as_secs_f64() * (1.0 - self.jitter * random))
+            .map_or(base, |d| d.min(base))
     }
 }
 

@@ -172,7 +172,9 @@ pub(crate) fn open(
 ) -> Result<(Stream, SocketAddr), Error> {
     tcp.set_nodelay(config.nodelay())?;
     let peer = tcp.peer_addr()?;
-    let deadline = config.handshake_timeout().map(|d| Instant::now() + d);
+    let deadline = config
+        .handshake_timeout()
+        .map(|d| crate::deadline::after(Instant::now(), d));
     let conn = TcpConn::new(tcp, deadline);
     let transport = match tls {
         None => Transport::Plain(conn),

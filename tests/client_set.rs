@@ -143,7 +143,7 @@ fn run_set<H: Handler + Send + 'static>(mut set: ClientSet<H>) -> Receiver<Clien
     rx
 }
 
-fn finished<H>(ran: &Receiver<ClientSet<H>>) -> ClientSet<H> {
+fn finished<H: syncws::Handler>(ran: &Receiver<ClientSet<H>>) -> ClientSet<H> {
     ran.recv_timeout(TEST_DEADLINE)
         .expect("the set's run returned once every connection had quit")
 }
