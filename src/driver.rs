@@ -74,6 +74,15 @@ pub(crate) enum Step {
     Done,
 }
 
+/// Whether a connection's end keeps what it left unsent for the next connection.
+fn keeps_unsent(config: &Config) -> bool {
+    config.reconnect().is_some()
+        && matches!(
+            config.while_disconnected(),
+            crate::WhileDisconnected::Queue { .. }
+        )
+}
+
 /// How long a paused worker whose socket is also full waits in the OS poll before it looks for
 /// room in the event channel again (the one wait that cannot watch both at once).
 const PAUSED_AND_BLOCKED_POLL: Duration = Duration::from_millis(1);
@@ -161,6 +170,7 @@ impl Driver {
         // The set waits for all its drivers; this one's own waiter is never used.
         let (mut driver, sender) =
             Driver::with_inbox(Session::detached(config), Waiter::Spin, config, shared);
+        driver.session.keep_unsent(keeps_unsent(config));
         driver.redial = Some(Box::new(Redial {
             url: url.to_owned(),
             config: config.clone(),
@@ -213,6 +223,7 @@ impl Driver {
     /// Reconnect to `url` when a connection ends without the user asking, if the config has a
     /// policy.
     pub(crate) fn redial_to(mut self: Box<Self>, url: &str, config: &Config) -> Box<Self> {
+        self.session.keep_unsent(keeps_unsent(config));
         if config.reconnect().is_some() {
             self.redial = Some(Box::new(Redial {
                 url: url.to_owned(),

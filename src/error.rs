@@ -140,6 +140,16 @@ pub enum Error {
     /// The connection is closing or closed: nothing more can be sent.
     #[error("connection is closing or closed")]
     Closed,
+    /// The connection ended while `messages` data messages it had accepted were still in its
+    /// queue, not yet handed to the socket: they were not sent. (Those the socket had taken
+    /// may still be lost in the kernel when a connection is reset.) A reconnecting client with
+    /// [`WhileDisconnected::Queue`](crate::WhileDisconnected::Queue) sends them again on its
+    /// next connection instead of reporting them.
+    #[error("the connection ended with {messages} accepted messages not yet sent")]
+    Unsent {
+        /// How many.
+        messages: usize,
+    },
     /// A reconnecting client is between connections and
     /// [`WhileDisconnected::Refuse`](crate::WhileDisconnected::Refuse) is in force: the message
     /// was not sent or kept.

@@ -20,6 +20,7 @@ pub struct Metrics {
     last_rtt_ns: AtomicU64,
     compressed_in: AtomicU64,
     compressed_out: AtomicU64,
+    unsent: AtomicU64,
 }
 
 impl Metrics {
@@ -69,6 +70,17 @@ impl Metrics {
     /// [`compression_input_bytes`](Self::compression_input_bytes), the compression ratio.
     pub fn compression_output_bytes(&self) -> u64 {
         self.compressed_out.load(Ordering::Relaxed)
+    }
+
+    /// Data messages accepted for sending that a connection's end left in its queue, never
+    /// handed to the socket (each end also reports them as [`Error::Unsent`](crate::Error::Unsent)),
+    /// and not sent again on a later connection.
+    pub fn messages_unsent(&self) -> u64 {
+        self.unsent.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn unsent(&self, messages: usize) {
+        bump(&self.unsent, messages as u64);
     }
 
     pub(crate) fn sent(&self, bytes: usize) {

@@ -14,12 +14,20 @@ const KEEP: usize = 64 << 10;
 pub(crate) struct Outbox {
     buf: Vec<u8>,
     start: usize,
+    /// Bytes the socket has taken since the outbox was made: a frame appended when
+    /// `taken() + len()` was `end` is out once `taken()` reaches `end`.
+    taken: u64,
 }
 
 impl Outbox {
     /// Bytes queued and not yet taken by the socket.
     pub(crate) fn len(&self) -> usize {
         self.buf.len() - self.start
+    }
+
+    /// Bytes the socket has taken, ever.
+    pub(crate) fn taken(&self) -> u64 {
+        self.taken
     }
 
     /// Where to append `additional` bytes. What was written already is dropped first when the
@@ -41,7 +49,10 @@ impl Outbox {
         while self.start < self.buf.len() {
             match w.write(&self.buf[self.start..]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => self.start += n,
+                Ok(n) => {
+                    self.start += n;
+                    self.taken += n as u64;
+                }
                 Err(e) if io_outcome(&e) == IoOutcome::Interrupted => {}
                 Err(e) => return Err(e),
             }

@@ -108,7 +108,10 @@ pub enum WhileDisconnected {
     Refuse,
     /// Hold up to `max_bytes` of payload and send them, in order, right after `on_activated` of
     /// the new connection; past the bound, [`Error::QueueFull`](crate::Error::QueueFull).
-    /// Held messages are dropped, with an error, only if reconnecting gives up.
+    /// Messages the ended connection still had queued (not yet taken by its socket) are held
+    /// first and sent again too, so nothing accepted is dropped by a reconnect; those its
+    /// socket had taken may have been lost with it. Held messages are dropped only if
+    /// reconnecting gives up, reported as [`Error::Unsent`](crate::Error::Unsent).
     Queue {
         /// Bound on held payload bytes.
         max_bytes: usize,

@@ -111,6 +111,16 @@ pub(crate) struct Session {
     /// Since when reading has been held up because the application is behind (a threaded
     /// client's full event channel): the deadlines that measure the peer stand still.
     paused_since: Option<Instant>,
+    /// The data messages in the outbox, in order: where each ends (in the outbox's `taken`
+    /// count), and the message itself when a reconnect would send it again (`keep_unsent`).
+    /// Entries leave as the socket takes them; what is left when the connection ends was not
+    /// sent, and is reported (or kept).
+    in_flight: VecDeque<(u64, Option<Message>)>,
+    /// A reconnecting client with `WhileDisconnected::Queue`: what a connection's end leaves
+    /// unsent goes to the next connection.
+    keep_unsent: bool,
+    /// What the end left unsent, for the next connection (see `enter_reconnect`).
+    unsent: Vec<Message>,
 }
 
 /// What the session reports to, with owned payloads. The core's own callback interface: user
@@ -205,6 +215,9 @@ impl Session {
             close_request: None,
             refused: false,
             paused_since: None,
+            in_flight: VecDeque::new(),
+            keep_unsent: false,
+            unsent: Vec::new(),
         }
     }
 
@@ -242,17 +255,34 @@ impl Session {
         self.user_ended
     }
 
+    /// Messages a connection's end leaves unsent are sent again on the next connection (a
+    /// reconnecting client with `WhileDisconnected::Queue`), not reported.
+    pub(crate) fn keep_unsent(&mut self, keep: bool) {
+        self.keep_unsent = keep;
+    }
+
     /// This session is over and the client will reconnect: from now on sends are held or
-    /// refused as `policy` says.
+    /// refused as `policy` says. What its end left unsent is held first, in order.
     pub(crate) fn enter_reconnect(&mut self, policy: crate::WhileDisconnected) {
+        let unsent = std::mem::take(&mut self.unsent);
         self.disconnected = Some(match policy {
             crate::WhileDisconnected::Queue { max_bytes } => Disconnected::Hold {
-                queue: VecDeque::new(),
-                bytes: 0,
+                bytes: unsent.iter().map(Message::len).sum(),
+                queue: unsent.into(),
                 max: max_bytes,
             },
-            _ => Disconnected::Refuse,
+            _ => {
+                self.report_unsent(unsent.len());
+                Disconnected::Refuse
+            }
         });
+    }
+
+    fn report_unsent(&mut self, messages: usize) {
+        if messages > 0 {
+            self.metrics.unsent(messages);
+            self.errors.push_back(Error::Unsent { messages });
+        }
     }
 
     /// Take over what outlives a connection: the command inbox, the counters, and messages
@@ -261,6 +291,7 @@ impl Session {
     pub(crate) fn adopt(&mut self, old: &mut Session) {
         self.inbox = old.inbox.take();
         self.metrics = old.metrics.clone();
+        self.keep_unsent = old.keep_unsent;
         if let (Some(Disconnected::Hold { queue, .. }), Some(inbox)) =
             (old.disconnected.take(), self.inbox.as_mut())
         {
@@ -282,7 +313,7 @@ impl Session {
                 let n = queue.len();
                 queue.clear();
                 tracing::warn!(messages = n, "reconnecting gave up; held messages not sent");
-                self.errors.push_back(Error::Disconnected);
+                self.report_unsent(n);
             }
         }
     }
@@ -442,6 +473,8 @@ impl Session {
             }
             _ => None,
         };
+        // Kept only when a reconnect would send it again (a cheap reference count).
+        let keep = (self.keep_unsent && data_len.is_some()).then(|| message.clone());
         let result = match wire {
             // A finished frame fits a connection that neither masks nor compresses.
             Some(wire) if !self.masked && self.deflate.is_none() => self.write_wire(wire),
@@ -450,6 +483,11 @@ impl Session {
         if result.is_ok() {
             if let Some(len) = data_len {
                 self.metrics.sent(len);
+                if let Some(outbox) = self.stream().outbox() {
+                    let end = outbox.taken() + outbox.len() as u64;
+                    self.in_flight.push_back((end, keep));
+                    self.sent_out();
+                }
             }
             if self.write_blocked {
                 self.metrics.queued();
@@ -583,12 +621,23 @@ impl Session {
         }
     }
 
+    /// Data messages the socket has taken leave `in_flight`.
+    fn sent_out(&mut self) {
+        let Some(taken) = self.stream().outbox().map(|o| o.taken()) else {
+            return;
+        };
+        while self.in_flight.front().is_some_and(|(end, _)| *end <= taken) {
+            self.in_flight.pop_front();
+        }
+    }
+
     /// Write out what is queued. Returns true when nothing is left queued.
     pub(crate) fn flush(&mut self) -> bool {
         if matches!(self.phase, Phase::Done) {
             return true;
         }
         let flushed = self.ws.flush();
+        self.sent_out();
         self.metrics.set_queued_bytes(self.queued());
         match flushed {
             Ok(()) => {
@@ -717,6 +766,15 @@ impl Session {
         if self.phase != Phase::Done {
             self.phase = Phase::Done;
             self.stream().shutdown();
+            // What is still queued will never be written: sent again on the next connection,
+            // or reported.
+            self.sent_out();
+            let unsent = std::mem::take(&mut self.in_flight);
+            if self.keep_unsent && !self.user_ended {
+                self.unsent = unsent.into_iter().filter_map(|(_, m)| m).collect();
+            } else {
+                self.report_unsent(unsent.len());
+            }
         }
     }
 

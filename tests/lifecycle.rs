@@ -204,3 +204,131 @@ fn join_within<T>(handle: std::thread::JoinHandle<T>, deadline: Duration) -> T {
     }
     handle.join().unwrap()
 }
+
+/// Review item 7: messages still in the queue when a connection fails were dropped with one
+/// generic error, and `WhileDisconnected::Queue` did not keep them. Now they are counted
+/// (`Error::Unsent`) or, with `Queue`, sent again on the next connection: the peer then gets an
+/// unbroken run of them, each once, in order.
+#[test]
+fn messages_left_queued_by_a_failed_connection_are_reported_or_sent_again() {
+    const N: usize = 20;
+    const SIZE: usize = 64 << 10;
+    for queue in [false, true] {
+        let (listener, addr) = {
+            let socket =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            socket.set_recv_buffer_size(16 << 10).unwrap();
+            socket
+                .bind(
+                    &"127.0.0.1:0"
+                        .parse::<std::net::SocketAddr>()
+                        .unwrap()
+                        .into(),
+                )
+                .unwrap();
+            socket.listen(4).unwrap();
+            let listener: std::net::TcpListener = socket.into();
+            let addr = listener.local_addr().unwrap();
+            (listener, addr)
+        };
+        let (reset_tx, reset_rx) = crossbeam_channel::bounded::<()>(1);
+        let server = std::thread::spawn(move || {
+            // The first connection reads nothing, then is reset (no close handshake).
+            let (tcp, _) = listener.accept().unwrap();
+            let ws = tungstenite::accept(tcp.try_clone().unwrap()).unwrap();
+            reset_rx.recv_timeout(TEST_DEADLINE).unwrap();
+            socket2::SockRef::from(&tcp)
+                .set_linger(Some(Duration::ZERO))
+                .unwrap();
+            drop((ws, tcp));
+            if !queue {
+                return Vec::new();
+            }
+            // The second reads what comes, and says when the last one is in.
+            let (tcp, _) = listener.accept().unwrap();
+            tcp.set_read_timeout(Some(TEST_DEADLINE)).unwrap();
+            let mut ws = tungstenite::accept(tcp).unwrap();
+            let mut got = Vec::new();
+            loop {
+                match ws.read().unwrap() {
+                    Message::Binary(b) => {
+                        got.push(b[0]);
+                        if usize::from(b[0]) == N - 1 {
+                            ws.send(Message::text("all in")).unwrap();
+                        }
+                    }
+                    Message::Close(_) => {
+                        let _ = ws.flush();
+                        return got;
+                    }
+                    _ => {}
+                }
+            }
+        });
+        struct Sender {
+            first: bool,
+            reset: crossbeam_channel::Sender<()>,
+            heard: Heard,
+        }
+        impl Handler for Sender {
+            fn on_activated(&mut self, ctx: &mut Context<'_>) {
+                if std::mem::take(&mut self.first) {
+                    for i in 0..N {
+                        ctx.send_binary(&vec![i as u8; SIZE]).unwrap();
+                    }
+                    self.reset.send(()).unwrap();
+                }
+            }
+            fn on_text_message(&mut self, ctx: &mut Context<'_>, _: &str) {
+                ctx.close(1000, "done").unwrap();
+            }
+            fn on_error(&mut self, ctx: &mut Context<'_>, e: &Error) {
+                self.heard.on_error(ctx, e);
+            }
+        }
+        let mut builder = Config::builder()
+            .send_buffer_size(Some(16 << 10))
+            .max_queued_bytes(16 << 20);
+        if queue {
+            builder = builder
+                .reconnect(Some(Reconnect::new().min_delay(Duration::from_millis(10))))
+                .while_disconnected(syncws::WhileDisconnected::Queue {
+                    max_bytes: 16 << 20,
+                });
+        }
+        let client =
+            BlockingClient::connect(&format!("ws://{addr}/"), &builder.build().unwrap()).unwrap();
+        let metrics = client.metrics();
+        let heard = Heard::default();
+        let mut sender = Sender {
+            first: true,
+            reset: reset_tx,
+            heard: heard.clone(),
+        };
+        let run = std::thread::spawn(move || client.run(&mut sender));
+        join_within(run, TEST_DEADLINE);
+        let got = server.join().unwrap();
+        let errors = heard.0.lock().unwrap().clone();
+        let unsent: Vec<&String> = errors
+            .iter()
+            .filter(|e| e.contains("not yet sent"))
+            .collect();
+        if queue {
+            // An unbroken run ending with the last, each once: the ones the first socket had
+            // taken (and lost with it) before, none twice.
+            assert!(!got.is_empty());
+            let first = usize::from(got[0]);
+            assert_eq!(got, (first..N).map(|i| i as u8).collect::<Vec<_>>());
+            assert!(unsent.is_empty(), "{errors:?}");
+            assert_eq!(metrics.messages_unsent(), 0);
+        } else {
+            assert_eq!(unsent.len(), 1, "{errors:?}");
+            let n = metrics.messages_unsent();
+            assert!((1..=N as u64).contains(&n), "{n}");
+            assert!(
+                unsent[0].contains(&format!("with {n} accepted")),
+                "{errors:?}"
+            );
+        }
+    }
+}
