@@ -371,6 +371,7 @@ impl Driver {
         if pass.messages > 0 {
             self.last_input = now;
         }
+        self.session.check_settled(d.drained(), now);
         // Deadlines may queue a heartbeat ping; it goes out with the rest.
         self.session.check_deadlines(now);
         // Everything the hooks queued while reading goes out in one write.

@@ -121,7 +121,26 @@ pub(crate) struct Session {
     keep_unsent: bool,
     /// What the end left unsent, for the next connection (see `enter_reconnect`).
     unsent: Vec<Message>,
+    /// Bad input was read, and the dispatcher's application answers on its own time (see
+    /// `Dispatch::answers_later`): the failure waits, reading nothing more, until the
+    /// application has taken what it was given and its answers have gone out.
+    settling: Option<Box<Settling>>,
 }
+
+/// A failure waiting for the application's answers to what it was given before it.
+#[derive(Debug)]
+struct Settling {
+    error: Error,
+    code: Option<CloseCode>,
+    /// Fail once the application has taken everything and nothing more came until then.
+    quiet_until: Instant,
+    /// Fail at this point whatever the application does.
+    latest: Instant,
+}
+
+/// How long the application must stay quiet (no answer, nothing left to take) before a
+/// settling failure goes ahead: an answer is usually microseconds after its event is taken.
+const SETTLE_QUIET: Duration = Duration::from_millis(20);
 
 /// What the session reports to, with owned payloads. The core's own callback interface: user
 /// `Handler`s are adapted by `handler::Callbacks` (which lends each hook a `Context`); the
@@ -155,6 +174,17 @@ pub(crate) trait Dispatch {
     /// Whether commands may be carried out now (each failed command adds a report; a
     /// dispatcher far behind says no, so its reports stay bounded).
     fn takes_commands(&mut self) -> bool {
+        true
+    }
+    /// Whether the reports handed on may still be answered later, on the application's own
+    /// time (the threaded client's): a connection failed by bad input then lets those answers
+    /// go out before its Close, as a hook's answer does in the callback modes (it runs before
+    /// the next frame is read).
+    fn answers_later(&self) -> bool {
+        false
+    }
+    /// Whether the application has taken every report handed on to it.
+    fn drained(&self) -> bool {
         true
     }
     /// While not `accepting`: wait until it may be again, a command arrives on `commands`, a
@@ -218,6 +248,7 @@ impl Session {
             in_flight: VecDeque::new(),
             keep_unsent: false,
             unsent: Vec::new(),
+            settling: None,
         }
     }
 
@@ -381,6 +412,21 @@ impl Session {
         // while two of them would still fit, so the bound holds (an empty queue always reads).
         let queued = self.queued();
         queued > 0 && queued + 2 * MAX_CONTROL_FRAME > self.queue_limit
+    }
+
+    /// A settling failure (see `settling`) goes ahead once the application has taken
+    /// everything (`drained`) and stayed quiet, or at its latest.
+    pub(crate) fn check_settled(&mut self, drained: bool, now: Instant) {
+        let Some(s) = &mut self.settling else {
+            return;
+        };
+        if !drained {
+            s.quiet_until = after(now, SETTLE_QUIET).min(s.latest);
+        }
+        if now >= s.latest || (drained && now >= s.quiet_until) {
+            let s = self.settling.take().expect("checked above");
+            self.fail(s.error, s.code);
+        }
     }
 
     /// Reading is held up for the application (see `paused_since`), from `now`.
@@ -841,6 +887,10 @@ impl Session {
                 spent = false;
                 break;
             }
+            // An answer came: the application is still answering what it was given.
+            if let Some(s) = &mut self.settling {
+                s.quiet_until = after(Instant::now(), SETTLE_QUIET).min(s.latest);
+            }
         }
         // A close from another thread goes out after every send accepted before it (the gate
         // refuses sends after it, so the inbox only empties).
@@ -936,6 +986,7 @@ impl Session {
                     self.discard_input();
                     return pass;
                 }
+                _ if self.settling.is_some() => return pass,
                 _ => {}
             }
             match self.ws.read() {
@@ -970,6 +1021,20 @@ impl Session {
                                 frames: FrameSkipper::default(),
                             };
                         }
+                        return pass;
+                    }
+                    // Bad input: the connection fails with the close code. A dispatcher whose
+                    // application answers later gets its answers out first (bounded).
+                    Classified::Fatal(err, Some(code))
+                        if d.answers_later() && self.phase == Phase::Open =>
+                    {
+                        let now = Instant::now();
+                        self.settling = Some(Box::new(Settling {
+                            error: err,
+                            code: Some(code),
+                            quiet_until: after(now, SETTLE_QUIET),
+                            latest: after(now, self.close_timeout),
+                        }));
                         return pass;
                     }
                     Classified::Fatal(err, code) => {
@@ -1118,7 +1183,8 @@ impl Session {
             (Some(hb), Phase::Open) if !paused => Some(hb.deadline()),
             _ => None,
         };
-        [close, requested, write, heartbeat]
+        let settled = self.settling.as_ref().map(|s| s.quiet_until);
+        [close, requested, write, heartbeat, settled]
             .into_iter()
             .flatten()
             .min()

@@ -275,6 +275,12 @@ impl Dispatch for Forward {
     fn has_room(&self) -> bool {
         self.backlog.is_empty()
     }
+    fn answers_later(&self) -> bool {
+        true
+    }
+    fn drained(&self) -> bool {
+        self.gone || (self.backlog.is_empty() && self.events.is_empty())
+    }
     fn takes_commands(&mut self) -> bool {
         self.backlog.len() < MAX_BACKLOG
     }

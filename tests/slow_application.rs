@@ -203,3 +203,50 @@ fn a_hook_close_with_a_held_send_closes_the_gate_and_sends_the_close() {
         closer.errors
     );
 }
+
+/// Autobahn 3.2 and its kin: a valid message, then at once a bad frame. The application of a
+/// threaded client answers the first on its own time; its answer must go out before the
+/// connection fails (1002), as it does in the callback modes, where the hook answers before
+/// the next frame is read. (Before, the threaded mode failed first: NON-STRICT in Autobahn.)
+#[test]
+fn the_applications_answers_to_what_it_was_given_go_out_before_a_failure() {
+    use std::io::Write;
+    for round in 0..20 {
+        let (addr, server) = raw_server(|mut tcp| {
+            let (_, mut ws) = accept_by_hand(tcp.try_clone().unwrap(), "");
+            // "hello", then a text frame with RSV2 set (a protocol error), in one write.
+            let mut bytes = vec![0x81, 5];
+            bytes.extend_from_slice(b"hello");
+            bytes.extend_from_slice(&[0xA1, 2, b'n', b'o']);
+            tcp.write_all(&bytes).unwrap();
+            let mut got = Vec::new();
+            loop {
+                match ws.read() {
+                    Ok(Message::Text(t)) => got.push(format!("text {t}")),
+                    Ok(Message::Close(f)) => {
+                        got.push(format!("close {:?}", f.map(|f| u16::from(f.code))));
+                        return got;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        got.push(format!("error {e}"));
+                        return got;
+                    }
+                }
+            }
+        });
+        let client = ThreadedClient::connect(&format!("ws://{addr}/"), &Config::default()).unwrap();
+        for event in events(&client.event_rx) {
+            if let Event::TextMessage(t) = event {
+                // Echo, as Autobahn's testee does.
+                let _ = client.control_tx.send_text(t);
+            }
+        }
+        let got = server.join().unwrap();
+        assert_eq!(
+            got,
+            ["text hello", "close Some(1002)"],
+            "round {round}: the echo before the close"
+        );
+    }
+}
