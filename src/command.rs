@@ -186,18 +186,23 @@ impl Shared {
     }
 
     pub(crate) fn set_parked(&self, parked: bool) {
+        if parked {
+            // The sleep strategy's thread is known before it says it parks: a sender that sees
+            // the flag must find someone to unpark (or the stop waits out a whole sleep).
+            if let Wake::Thread(t) = &self.wake {
+                let mut slot = t.lock().unwrap_or_else(|e| e.into_inner());
+                let me = std::thread::current();
+                if slot.as_ref().is_none_or(|t| t.id() != me.id()) {
+                    *slot = Some(me);
+                }
+            }
+        }
         self.parked.store(parked, Ordering::SeqCst);
     }
 
-    /// The sleep strategy's wait: until `timeout` passes or a sender wakes this thread.
+    /// The sleep strategy's wait: until `timeout` passes or a sender wakes this thread
+    /// (recorded by `set_parked`).
     pub(crate) fn park(&self, timeout: Duration) {
-        if let Wake::Thread(t) = &self.wake {
-            let mut slot = t.lock().unwrap_or_else(|e| e.into_inner());
-            let me = std::thread::current();
-            if slot.as_ref().is_none_or(|t| t.id() != me.id()) {
-                *slot = Some(me);
-            }
-        }
         std::thread::park_timeout(timeout);
     }
 
@@ -216,9 +221,13 @@ impl Shared {
         if gate.stop.is_none() || stop == Stop::ForceQuit {
             gate.stop = Some(stop);
         }
-        self.stop_waiting.store(true, Ordering::SeqCst);
+        // Woken once per waiting stop: a stop asked for again and again must not wake (or, in
+        // a set, list) the connection again and again.
+        let first = !self.stop_waiting.swap(true, Ordering::SeqCst);
         drop(gate);
-        self.wake_now();
+        if first {
+            self.wake_now();
+        }
         Ok(())
     }
 }
@@ -680,6 +689,25 @@ mod tests {
         assert_eq!(sender.queued_bytes(), 4 * 2 + 1);
         // Stops carry no payload and never wait.
         sender.close(1000, "").unwrap();
+    }
+
+    #[test]
+    fn a_stop_asked_for_again_and_again_wakes_a_set_once() {
+        let set = Arc::new(SetWaker::new().unwrap());
+        set.set_parked(true);
+        let shared = Shared::in_set(set.clone(), 7);
+        for _ in 0..1000 {
+            shared
+                .request(Stop::Close(CloseCode::Normal, String::new()))
+                .unwrap();
+        }
+        shared.request(Stop::ForceQuit).unwrap();
+        let mut woken = Vec::new();
+        set.take_woken(&mut woken);
+        assert_eq!(woken, [7], "listed once, not once per request");
+        // The strongest stop asked for is the one taken.
+        let (_, mut inbox) = Inbox::channel(1, usize::MAX, shared);
+        assert_eq!(inbox.take_stop(), Some(Stop::ForceQuit));
     }
 
     #[test]

@@ -758,7 +758,9 @@ impl Config {
     /// | setting | server default | client default |
     /// |---|---|---|
     /// | [`handshake_timeout`](ConfigBuilder::handshake_timeout) (TLS + request head + 101) | 10 s | 30 s |
-    /// | [`write_timeout`](ConfigBuilder::write_timeout) (a client that stops reading) | 10 s | none |
+    /// | [`write_timeout`](ConfigBuilder::write_timeout) (a client that stops reading) | 10 s | 30 s |
+    /// | [`max_message_size`](ConfigBuilder::max_message_size) | 1 MiB | 64 MiB |
+    /// | [`max_frame_size`](ConfigBuilder::max_frame_size) (buffered whole, and its buffer kept) | 1 MiB | 16 MiB |
     /// | [`max_queued_bytes`](ConfigBuilder::max_queued_bytes) (per-connection queue) | 1 MiB | 128 MiB |
     /// | [`write_buffer_size`](ConfigBuilder::write_buffer_size) | 16 KiB | 64 KiB |
     /// | [`read_buffer_size`](ConfigBuilder::read_buffer_size) (kept per connection) | 4 KiB | 16 KiB |
@@ -783,6 +785,11 @@ impl Config {
         c.timeouts.handshake = Some(Duration::from_secs(10));
         c.timeouts.write = Some(Duration::from_secs(10));
         c.limits.max_queued_bytes = 1 << 20;
+        // tungstenite reserves a frame's announced length as its header arrives and keeps the
+        // buffer: a client's one large frame would pin that much of a connection's memory for
+        // its life. A server holds thousands of connections.
+        c.limits.max_message_size = Some(1 << 20);
+        c.limits.max_frame_size = Some(1 << 20);
         c.limits.write_buffer_size = 16 << 10;
         c.limits.read_buffer_size = 4 << 10;
         c.limits.control_capacity = 256;

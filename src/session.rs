@@ -1039,6 +1039,9 @@ impl Session {
                     }
                     Classified::Fatal(err, code) => {
                         self.fail(err, code);
+                        // Lingering reads whatever the socket still holds: in a set, readiness
+                        // is edge-triggered and announces nothing already there.
+                        pass.more = matches!(self.phase, Phase::Lingering { .. });
                         return pass;
                     }
                 },
