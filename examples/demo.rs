@@ -74,7 +74,22 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             echo::Mode::Threaded,
         ] {
             for (what, plan) in runs {
-                match echo::run(mode, &url, config, plan) {
+                let outcome = echo::run(mode, &url, config, plan).and_then(|r| {
+                    // What the line below claims is checked, not only printed: a clean close,
+                    // and compression exactly where it was asked for and pays.
+                    let deflate = scheme == "wss+deflate";
+                    let (before, after) = r.compressed;
+                    if r.close_code != 1000 {
+                        Err(format!("closed with {} instead of 1000", r.close_code))
+                    } else if deflate && plan.size > 1024 && !(before > 0 && after < before / 2) {
+                        Err(format!("not compressed: {before} B in, {after} B out"))
+                    } else if (!deflate || plan.size <= 1024) && before != 0 {
+                        Err(format!("compressed {before} B without reason"))
+                    } else {
+                        Ok(r)
+                    }
+                });
+                match outcome {
                     Ok(r) => println!(
                         "ok   {scheme:11} {:11} {what:18} sent={} received={} close={} in {:.1} ms{}",
                         mode.name(),
