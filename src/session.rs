@@ -830,7 +830,13 @@ impl Session {
         if self.phase == Phase::Done {
             return;
         }
-        tracing::warn!(error = %err, "connection failed");
+        // A client's failed connection is news to its operator; a server's client that
+        // vanished is routine (the application hears of it through its handler either way).
+        if self.masked {
+            tracing::warn!(error = %err, "connection failed");
+        } else {
+            tracing::debug!(error = %err, "connection failed");
+        }
         self.errors.push_back(err);
         let can_close = code.is_some() && self.ws.can_write();
         if let (true, Some(code)) = (can_close, code) {
@@ -1095,7 +1101,11 @@ impl Session {
             }
             _ => return,
         };
-        tracing::info!(code = u16::from(code), %reason, ?initiator, "close handshake");
+        if self.masked {
+            tracing::info!(code = u16::from(code), %reason, ?initiator, "close handshake");
+        } else {
+            tracing::debug!(code = u16::from(code), %reason, ?initiator, "close handshake");
+        }
         d.closed(
             self,
             CloseInfo {
@@ -1119,7 +1129,11 @@ impl Session {
         };
         match hb.check(now, read) {
             Beat::Dead => {
-                tracing::warn!("no traffic after a heartbeat ping: peer is gone");
+                if self.masked {
+                    tracing::warn!("no traffic after a heartbeat ping: peer is gone");
+                } else {
+                    tracing::debug!("no traffic after a heartbeat ping: peer is gone");
+                }
                 self.errors.push_back(Error::Timeout(TimeoutKind::Pong));
                 self.finish();
             }
@@ -1201,7 +1215,11 @@ impl Session {
             .is_some_and(|(_, _, d)| now >= *d)
         {
             // The sends before the close never got out: the peer is not reading.
-            tracing::warn!("close handshake timed out before our close could be queued");
+            if self.masked {
+                tracing::warn!("close handshake timed out before our close could be queued");
+            } else {
+                tracing::debug!("close handshake timed out before our close could be queued");
+            }
             self.close_request = None;
             self.errors.push_back(Error::Timeout(TimeoutKind::Close));
             self.finish();
@@ -1224,7 +1242,11 @@ impl Session {
         match self.phase {
             Phase::ClosingByUs { deadline, acked } if now >= deadline => {
                 if !acked {
-                    tracing::warn!("close handshake timed out");
+                    if self.masked {
+                        tracing::warn!("close handshake timed out");
+                    } else {
+                        tracing::debug!("close handshake timed out");
+                    }
                     self.errors.push_back(Error::Timeout(TimeoutKind::Close));
                 }
                 self.finish();

@@ -1,5 +1,6 @@
 //! `chat-server`: see `--help`.
 
+use std::io::IsTerminal;
 use std::time::Duration;
 
 use clap::Parser;
@@ -12,6 +13,8 @@ fn main() {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, not in journald or a log file.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let options = Options::parse();
     // Before the server starts, so a signal during start-up is not lost.

@@ -89,7 +89,18 @@ impl Binary {
 
     /// As `start`, with the server's stderr (its log, and any panic) in `stderr`.
     pub fn start_with_stderr(dir: &Path, extra: &[&str], stderr: impl Into<Stdio>) -> Binary {
+        Self::start_with_env(dir, extra, &[], stderr)
+    }
+
+    /// As `start_with_stderr`, with these variables added to the server's environment.
+    pub fn start_with_env(
+        dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        stderr: impl Into<Stdio>,
+    ) -> Binary {
         let mut child = Process::new(env!("CARGO_BIN_EXE_chat-server"))
+            .envs(env.iter().copied())
             .args([
                 "--listen",
                 "127.0.0.1:0",
