@@ -7,13 +7,14 @@ pub mod proxy;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::RecvTimeoutError;
 use syncws::{
     BlockingClient, CloseInfo, Command, CommandSender, Config, Context, Error, Event, Handler,
-    NonBlockingClient, ThreadedClient, WaitStrategy,
+    Metrics, NonBlockingClient, ReconnectAttempt, ThreadedClient, WaitStrategy,
 };
 use tungstenite::protocol::WebSocket;
 
@@ -357,6 +358,8 @@ pub trait Actions {
     fn ping(&mut self, b: &[u8]) -> Result<(), String>;
     fn close(&mut self, code: u16, reason: &str) -> Result<(), String>;
     fn quit(&mut self);
+    /// The connection's counters now.
+    fn metrics(&self) -> Counters;
 }
 
 impl Actions for Context<'_> {
@@ -378,28 +381,79 @@ impl Actions for Context<'_> {
     fn quit(&mut self) {
         self.force_quit();
     }
+    fn metrics(&self) -> Counters {
+        Counters::of(Context::metrics(self))
+    }
 }
 
-impl Actions for CommandSender {
+/// What the threaded client's application thread acts through: its command sender, and the
+/// client's metrics (readable from any thread).
+pub struct FromApp {
+    pub control: CommandSender,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Actions for FromApp {
     fn text(&mut self, s: &str) -> Result<(), String> {
-        self.send_text(s.to_string()).map_err(|e| e.to_string())
+        self.control
+            .send_text(s.to_string())
+            .map_err(|e| e.to_string())
     }
     fn binary(&mut self, b: &[u8]) -> Result<(), String> {
-        self.send_binary(b.to_vec()).map_err(|e| e.to_string())
+        self.control
+            .send_binary(b.to_vec())
+            .map_err(|e| e.to_string())
     }
     fn try_binary(&mut self, b: &[u8]) -> Result<(), String> {
-        self.try_send(Command::SendBinary(b.to_vec().into()))
+        self.control
+            .try_send(Command::SendBinary(b.to_vec().into()))
             .map_err(|e| e.to_string())
     }
     fn ping(&mut self, b: &[u8]) -> Result<(), String> {
-        self.send(Command::SendPing(b.to_vec().into()))
+        self.control
+            .send(Command::SendPing(b.to_vec().into()))
             .map_err(|e| e.to_string())
     }
     fn close(&mut self, code: u16, reason: &str) -> Result<(), String> {
-        CommandSender::close(self, code, reason).map_err(|e| e.to_string())
+        CommandSender::close(&self.control, code, reason).map_err(|e| e.to_string())
     }
     fn quit(&mut self) {
-        let _ = self.force_quit();
+        let _ = self.control.force_quit();
+    }
+    fn metrics(&self) -> Counters {
+        Counters::of(&self.metrics)
+    }
+}
+
+/// A reading of a connection's [`Metrics`] (which are shared atomics, not a value to keep).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub messages_sent: u64,
+    pub bytes_sent: u64,
+    pub messages_received: u64,
+    pub bytes_received: u64,
+    pub frames_queued: u64,
+    pub queued_bytes: u64,
+    pub reconnects: u64,
+    pub last_rtt: Option<Duration>,
+    pub compression_input_bytes: u64,
+    pub compression_output_bytes: u64,
+}
+
+impl Counters {
+    pub fn of(m: &Metrics) -> Self {
+        Counters {
+            messages_sent: m.messages_sent(),
+            bytes_sent: m.bytes_sent(),
+            messages_received: m.messages_received(),
+            bytes_received: m.bytes_received(),
+            frames_queued: m.frames_queued(),
+            queued_bytes: m.queued_bytes(),
+            reconnects: m.reconnects(),
+            last_rtt: m.last_rtt(),
+            compression_input_bytes: m.compression_input_bytes(),
+            compression_output_bytes: m.compression_output_bytes(),
+        }
     }
 }
 
@@ -411,6 +465,11 @@ pub type Script = Box<dyn FnMut(&Rec, &mut dyn Actions) + Send>;
 pub struct Outcome {
     pub recs: Vec<Rec>,
     pub errors: Vec<Error>,
+    /// Every reconnect attempt as reported, in full.
+    pub attempts: Vec<ReconnectAttempt>,
+    /// The connection's counters once it ended (in a set, as its last hook saw them: a set
+    /// hands out no `Arc<Metrics>`).
+    pub metrics: Counters,
 }
 
 impl Outcome {
@@ -437,13 +496,34 @@ impl Outcome {
 struct Recorder {
     recs: Vec<Rec>,
     errors: Vec<Error>,
+    attempts: Vec<ReconnectAttempt>,
+    /// The counters after the last hook (what a set connection's outcome reports).
+    metrics: Counters,
     script: Script,
 }
 
 impl Recorder {
+    fn new(script: Script) -> Self {
+        Recorder {
+            recs: Vec::new(),
+            errors: Vec::new(),
+            attempts: Vec::new(),
+            metrics: Counters::default(),
+            script,
+        }
+    }
     fn push(&mut self, rec: Rec, ctx: &mut Context<'_>) {
         self.recs.push(rec.clone());
         (self.script)(&rec, ctx);
+        self.metrics = Counters::of(ctx.metrics());
+    }
+    fn outcome(self, metrics: Option<&Metrics>) -> Outcome {
+        Outcome {
+            metrics: metrics.map_or(self.metrics, Counters::of),
+            recs: self.recs,
+            errors: self.errors,
+            attempts: self.attempts,
+        }
     }
 }
 
@@ -481,9 +561,11 @@ impl Handler for Recorder {
             self.push(Rec::Idle, ctx);
         } else {
             (self.script)(&Rec::Idle, ctx);
+            self.metrics = Counters::of(ctx.metrics());
         }
     }
-    fn on_reconnecting(&mut self, ctx: &mut Context<'_>, attempt: &syncws::ReconnectAttempt) {
+    fn on_reconnecting(&mut self, ctx: &mut Context<'_>, attempt: &ReconnectAttempt) {
+        self.attempts.push(attempt.clone());
         self.push(Rec::Reconnecting(attempt.attempt), ctx);
     }
     fn on_quit(&mut self) {
@@ -533,16 +615,18 @@ pub fn drive(mode: Mode, url: &str, builder: syncws::ConfigBuilder, script: Scri
     let url = url.to_owned();
     let (tx, rx) = crossbeam_channel::bounded(1);
     std::thread::spawn(move || {
-        let mut recorder = Recorder {
-            recs: Vec::new(),
-            errors: Vec::new(),
-            script,
-        };
+        let mut recorder = Recorder::new(script);
         let result = match mode {
-            Mode::Blocking => BlockingClient::connect(&url, &config).map(|c| c.run(&mut recorder)),
-            Mode::NonBlocking(_) => {
-                NonBlockingClient::connect(&url, &config).map(|c| c.run(&mut recorder))
-            }
+            Mode::Blocking => BlockingClient::connect(&url, &config).map(|c| {
+                let metrics = c.metrics();
+                c.run(&mut recorder);
+                metrics
+            }),
+            Mode::NonBlocking(_) => NonBlockingClient::connect(&url, &config).map(|c| {
+                let metrics = c.metrics();
+                c.run(&mut recorder);
+                metrics
+            }),
             Mode::Threaded => {
                 let _ = tx.send(run_threaded(&url, config, recorder));
                 return;
@@ -552,10 +636,7 @@ pub fn drive(mode: Mode, url: &str, builder: syncws::ConfigBuilder, script: Scri
                 return;
             }
         };
-        let _ = tx.send(result.map(|()| Outcome {
-            recs: recorder.recs,
-            errors: recorder.errors,
-        }));
+        let _ = tx.send(result.map(|metrics| recorder.outcome(Some(&metrics))));
     });
     let outcome = match rx.recv_timeout(TEST_DEADLINE) {
         Ok(Ok(o)) => o,
@@ -621,7 +702,7 @@ impl Handler for InSet {
     fn on_idle(&mut self, ctx: &mut Context<'_>) {
         self.rec().on_idle(ctx);
     }
-    fn on_reconnecting(&mut self, ctx: &mut Context<'_>, attempt: &syncws::ReconnectAttempt) {
+    fn on_reconnecting(&mut self, ctx: &mut Context<'_>, attempt: &ReconnectAttempt) {
         self.rec().on_reconnecting(ctx, attempt);
     }
     fn on_quit(&mut self) {
@@ -654,15 +735,16 @@ fn run_in_set(url: &str, config: &Config, recorder: Recorder) -> Result<Outcome,
             return Err(e);
         }
     }
-    Ok(Outcome {
-        recs: recorder.recs,
-        errors: recorder.errors,
-    })
+    Ok(recorder.outcome(None))
 }
 
 fn run_threaded(url: &str, config: Config, mut recorder: Recorder) -> Result<Outcome, Error> {
     let client = ThreadedClient::connect(url, &config)?;
-    let mut control = client.control_tx.clone();
+    let metrics = client.metrics();
+    let mut app = FromApp {
+        control: client.control_tx.clone(),
+        metrics: metrics.clone(),
+    };
     loop {
         let event = match client.event_rx.recv_timeout(TEST_DEADLINE) {
             Ok(e) => e,
@@ -680,7 +762,11 @@ fn run_threaded(url: &str, config: Config, mut recorder: Recorder) -> Result<Out
                 recorder.errors.push(e);
                 rec
             }
-            Event::Reconnecting(a) => Rec::Reconnecting(a.attempt),
+            Event::Reconnecting(a) => {
+                let rec = Rec::Reconnecting(a.attempt);
+                recorder.attempts.push(a);
+                rec
+            }
             Event::Quit => {
                 recorder.recs.push(Rec::Quit);
                 break;
@@ -688,7 +774,7 @@ fn run_threaded(url: &str, config: Config, mut recorder: Recorder) -> Result<Out
             other => panic!("unexpected event {other:?}"),
         };
         recorder.recs.push(rec.clone());
-        (recorder.script)(&rec, &mut control);
+        (recorder.script)(&rec, &mut app);
     }
     // The worker is ending: both channel ends must report disconnection, promptly.
     match client.event_rx.recv_timeout(Duration::from_secs(10)) {
@@ -699,10 +785,7 @@ fn run_threaded(url: &str, config: Config, mut recorder: Recorder) -> Result<Out
         client.control_tx.send(Command::ForceQuit).is_err(),
         "threaded: control_tx must report disconnection after the worker ends"
     );
-    Ok(Outcome {
-        recs: recorder.recs,
-        errors: recorder.errors,
-    })
+    Ok(recorder.outcome(Some(&metrics)))
 }
 
 /// The events of a threaded client until its channel disconnects, each awaited at most
