@@ -201,6 +201,46 @@ pub fn read_to_end(tcp: &mut TcpStream) -> Vec<u8> {
     buf
 }
 
+/// Decode the frames a client wrote (masked, as RFC 6455 requires of a client): each frame's
+/// first byte (FIN, RSV and opcode) and its unmasked payload. Panics on an unmasked or cut
+/// frame, so bytes that are not whole client frames fail the test.
+pub fn client_frames(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut frames = Vec::new();
+    while !bytes.is_empty() {
+        assert!(bytes.len() >= 2, "a cut frame header: {bytes:?}");
+        let (first, second) = (bytes[0], bytes[1]);
+        assert!(
+            second & 0x80 != 0,
+            "a client frame must be masked: {bytes:?}"
+        );
+        let (len, at) = match second & 0x7f {
+            126 => (u16::from_be_bytes([bytes[2], bytes[3]]) as usize, 4),
+            127 => (
+                u64::from_be_bytes(bytes[2..10].try_into().unwrap()) as usize,
+                10,
+            ),
+            n => (n as usize, 2),
+        };
+        assert!(bytes.len() >= at + 4 + len, "a cut frame: {bytes:?}");
+        let mask = &bytes[at..at + 4];
+        let payload = bytes[at + 4..at + 4 + len]
+            .iter()
+            .enumerate()
+            .map(|(i, b)| b ^ mask[i % 4])
+            .collect();
+        frames.push((first, payload));
+        bytes = &bytes[at + 4 + len..];
+    }
+    frames
+}
+
+/// The payload of a Close frame: the code, big-endian, then the reason.
+pub fn close_payload(code: u16, reason: &str) -> Vec<u8> {
+    let mut payload = code.to_be_bytes().to_vec();
+    payload.extend_from_slice(reason.as_bytes());
+    payload
+}
+
 /// A CA and certificates it signs, for TLS tests.
 pub struct TestPki {
     pub ca_pem: String,
