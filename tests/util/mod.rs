@@ -870,6 +870,19 @@ pub fn connect_timed<R: tungstenite::client::IntoClientRequest>(
     }
 }
 
+/// How many times the calling thread has given up the CPU of its own accord (slept, parked or
+/// waited in a system call) so far: `voluntary_ctxt_switches` in /proc/thread-self/status.
+/// Linux only (`None` elsewhere). Counts a thread's wake-ups without changing how it waits.
+pub fn voluntary_switches() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/thread-self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// A script that does nothing.
 pub fn passive() -> Script {
     Box::new(|_, _| {})
