@@ -211,14 +211,7 @@ fn metrics_count_messages_bytes_and_round_trips() {
             ctx.close(1000, "").unwrap();
         }
     }
-    let (done_tx, done_rx) = bounded(1);
-    std::thread::spawn(move || {
-        client.run(&mut Run);
-        let _ = done_tx.send(());
-    });
-    done_rx
-        .recv_timeout(TEST_DEADLINE)
-        .expect("the client finished");
+    within_deadline(move || client.run(&mut Run));
     assert_eq!(metrics.messages_sent(), 11);
     assert_eq!(metrics.bytes_sent(), 45 + 3);
     assert_eq!(metrics.messages_received(), 11);

@@ -883,6 +883,20 @@ pub fn voluntary_switches() -> Option<u64> {
         .ok()
 }
 
+/// Run `f` (a client's `run`, say) on its own thread and hand back what it returns; fails the
+/// test instead of hanging if that takes longer than [`TEST_DEADLINE`].
+pub fn within_deadline<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(TEST_DEADLINE) {
+        Ok(r) => r,
+        Err(RecvTimeoutError::Disconnected) => panic!("the thread panicked (above)"),
+        Err(RecvTimeoutError::Timeout) => panic!("not finished within {TEST_DEADLINE:?}"),
+    }
+}
+
 /// A script that does nothing.
 pub fn passive() -> Script {
     Box::new(|_, _| {})
