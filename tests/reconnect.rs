@@ -3,20 +3,60 @@
 
 mod util;
 
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver};
 use syncws::{Config, Error, Reconnect, WhileDisconnected};
-use tungstenite::Message;
+use tungstenite::{Message, WebSocket};
 use util::*;
 
 fn fast() -> Reconnect {
     Reconnect::new()
         .min_delay(Duration::from_millis(20))
         .max_delay(Duration::from_millis(200))
+}
+
+/// A loopback port kept bound but not listening: connections to it are refused, and no other
+/// socket can take it meanwhile (another test's listener, or an outgoing connection's local
+/// port, which could even connect to itself), so a server can come back on it.
+struct Port {
+    _reserved: socket2::Socket,
+    addr: SocketAddr,
+}
+
+impl Port {
+    fn new() -> Self {
+        let reserved = reusable_socket();
+        reserved
+            .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        let addr = reserved.local_addr().unwrap().as_socket().unwrap();
+        Port {
+            _reserved: reserved,
+            addr,
+        }
+    }
+
+    /// A listener on the port (beside the reservation, which stays when it is dropped).
+    fn listen(&self) -> TcpListener {
+        let socket = reusable_socket();
+        socket.bind(&self.addr.into()).unwrap();
+        socket.listen(128).unwrap();
+        socket.into()
+    }
+
+    fn url(&self) -> String {
+        format!("ws://{}/", self.addr)
+    }
+}
+
+fn reusable_socket() -> socket2::Socket {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_reuse_address(true).unwrap();
+    socket
 }
 
 /// A server that says "one" and dies (listener and connection gone: attempts are refused), then,
@@ -30,8 +70,9 @@ fn dying_server_recording<T: Send + 'static>(
     restart: Receiver<()>,
     record: fn(Message) -> T,
 ) -> (String, JoinHandle<Vec<T>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
+    let port = Port::new();
+    let url = port.url();
+    let listener = port.listen();
     let handle = std::thread::spawn(move || {
         let (tcp, _) = listener.accept().unwrap();
         drop(listener);
@@ -39,8 +80,7 @@ fn dying_server_recording<T: Send + 'static>(
         ws.send(Message::text("one")).unwrap();
         drop(ws); // killed: no close handshake
         restart.recv_timeout(TEST_DEADLINE).expect("restart signal");
-        // std sets SO_REUSEADDR, so the port can be bound again at once.
-        let listener = TcpListener::bind(addr).unwrap();
+        let listener = port.listen();
         let (tcp, _) = listener.accept().unwrap();
         tcp.set_read_timeout(Some(SERVER_IO_TIMEOUT)).unwrap();
         let mut ws = tungstenite::accept(tcp).unwrap();
@@ -49,7 +89,22 @@ fn dying_server_recording<T: Send + 'static>(
         while ws.read().is_ok() {}
         got.into_iter().map(record).collect()
     });
-    (format!("ws://{addr}/"), handle)
+    (url, handle)
+}
+
+/// A server whose first connection ends as `end` says, after which every attempt is refused
+/// until the port is dropped (the thread returns it).
+fn server_that_goes_away(end: fn(WebSocket<TcpStream>)) -> (String, JoinHandle<Port>) {
+    let port = Port::new();
+    let url = port.url();
+    let listener = port.listen();
+    let handle = std::thread::spawn(move || {
+        let (tcp, _) = listener.accept().unwrap();
+        drop(listener);
+        end(tungstenite::accept(tcp).unwrap());
+        port
+    });
+    (url, handle)
 }
 
 #[test]
@@ -111,8 +166,91 @@ fn a_killed_and_restarted_server_is_reconnected_to_and_held_sends_arrive() {
             (1..=attempts.len() as u32).collect::<Vec<_>>(),
             "{mode:?}"
         );
+        // Each attempt says how long it waits (the policy's doubling delay, less up to half
+        // of it as jitter) and what failed last: the reset, then each refused attempt.
+        for a in &out.attempts {
+            let full = (Duration::from_millis(20) * 2u32.pow(a.attempt - 1))
+                .min(Duration::from_millis(200));
+            assert!(
+                a.delay <= full && a.delay >= full / 2,
+                "{mode:?}: attempt {}: {:?} for {full:?}",
+                a.attempt,
+                a.delay
+            );
+            let expected = if a.attempt == 1 {
+                Error::ConnectionReset.to_string()
+            } else {
+                format!(
+                    "connect to {}: ",
+                    url.trim_start_matches("ws://").trim_end_matches('/')
+                )
+            };
+            let last = a.last_error.as_deref().unwrap_or_default();
+            assert!(
+                last.starts_with(&expected),
+                "{mode:?}: attempt {}: {:?}",
+                a.attempt,
+                a.last_error
+            );
+        }
+        // One successful reconnection, counted.
+        assert_eq!(out.metrics.reconnects, 1, "{mode:?}");
         assert!(sent_while_down.lock().unwrap().iter().all(Result::is_ok));
         assert_eq!(server.join().unwrap(), ["held 1", "held 2"], "{mode:?}");
+    }
+}
+
+#[test]
+fn each_attempt_reports_its_exact_delay_and_none_after_a_close_by_the_server() {
+    for mode in MODES {
+        // The server closes with a handshake ("going away"), then is gone.
+        let (url, server) = server_that_goes_away(|mut ws| {
+            ws.close(Some(tungstenite::protocol::CloseFrame {
+                code: 1001.into(),
+                reason: "restarting".into(),
+            }))
+            .unwrap();
+            while ws.read().is_ok() {}
+        });
+        let out = drive(
+            mode,
+            &url,
+            Config::builder().reconnect(Some(
+                Reconnect::new()
+                    .min_delay(Duration::from_millis(10))
+                    .max_delay(Duration::from_millis(30))
+                    .jitter(0.0)
+                    .max_attempts(Some(3)),
+            )),
+            passive(),
+        );
+        let port = server.join().unwrap();
+        // What the OS says to a connect to the (still reserved) port.
+        let refused = format!(
+            "connect to {}: {}",
+            port.addr,
+            TcpStream::connect(port.addr).unwrap_err()
+        );
+        let got: Vec<(u32, Duration, Option<String>)> = out
+            .attempts
+            .iter()
+            .map(|a| (a.attempt, a.delay, a.last_error.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (1, Duration::from_millis(10), None),
+                (2, Duration::from_millis(20), Some(refused.clone())),
+                (3, Duration::from_millis(30), Some(refused)),
+            ],
+            "{mode:?}: doubling, capped, no jitter; nothing failed before the first"
+        );
+        assert_eq!(
+            out.closed().map(|c| u16::from(c.code)),
+            Some(1001),
+            "{mode:?}"
+        );
+        assert_eq!(out.metrics.reconnects, 0, "{mode:?}: none succeeded");
     }
 }
 
@@ -184,15 +322,11 @@ fn a_user_close_stops_reconnecting_even_in_the_middle_of_a_backoff() {
 #[test]
 fn reconnecting_gives_up_after_max_attempts_and_reports_lost_held_messages() {
     for mode in MODES {
-        let (listener, addr) = bind();
-        let server = std::thread::spawn(move || {
-            let (tcp, _) = listener.accept().unwrap();
-            drop(listener); // every later attempt is refused
-            drop(tungstenite::accept(tcp).unwrap());
-        });
+        // Every attempt after the first connection is refused.
+        let (url, server) = server_that_goes_away(drop);
         let out = drive(
             mode,
-            &format!("ws://{addr}/"),
+            &url,
             Config::builder()
                 .reconnect(Some(fast().max_attempts(Some(3))))
                 .while_disconnected(WhileDisconnected::Queue { max_bytes: 64 }),
@@ -202,7 +336,7 @@ fn reconnecting_gives_up_after_max_attempts_and_reports_lost_held_messages() {
                 }
             }),
         );
-        server.join().unwrap();
+        let _port = server.join().unwrap();
         let attempts: Vec<&Rec> = out
             .recs
             .iter()
@@ -220,43 +354,54 @@ fn reconnecting_gives_up_after_max_attempts_and_reports_lost_held_messages() {
             "{mode:?}: the held message is reported lost: {:?}",
             out.errors
         );
+        assert_eq!(out.metrics.reconnects, 0, "{mode:?}");
     }
 }
 
 #[test]
 fn sends_while_disconnected_are_refused_by_default() {
     for mode in MODES {
-        let (url, stop_tx, server) = always_dropping_server();
+        // The connection dies and every attempt is refused: the client stays disconnected.
+        let (url, server) = server_that_goes_away(drop);
         let results = Arc::new(Mutex::new(Vec::new()));
         let r = results.clone();
-        let mut reconnects = 0;
         let out = drive(
             mode,
             &url,
             Config::builder().reconnect(Some(fast())),
-            Box::new(move |rec, act| {
-                // Every attempt succeeds and is dropped again, so count the notices.
-                if let Rec::Reconnecting(_) = rec {
-                    reconnects += 1;
-                    if reconnects == 1 {
-                        r.lock().unwrap().push(act.text("refused"));
-                    } else {
+            Box::new(move |rec, act| match rec {
+                Rec::Reconnecting(1) => {
+                    let sent = act.text("refused");
+                    let refused = sent.is_err();
+                    r.lock().unwrap().push(sent);
+                    if refused {
                         act.quit();
                     }
                 }
+                // A send the connection took in and could not carry out is reported.
+                Rec::Error(e) if e == "Disconnected" => act.quit(),
+                // Nothing came of it: stop, and let the checks below say so.
+                Rec::Reconnecting(20) => act.quit(),
+                _ => {}
             }),
         );
-        stop(&url, stop_tx, server);
-        let refused_now = results.lock().unwrap().iter().any(|r| {
-            r.as_ref()
-                .is_err_and(|e| e.starts_with("disconnected (reconnecting)"))
-        });
-        let refused_later = out.errors.iter().any(|e| matches!(e, Error::Disconnected));
-        assert!(
-            refused_now || refused_later,
-            "{mode:?}: a clear refusal: {:?}",
-            out.recs
-        );
+        let _port = server.join().unwrap();
+        let results = results.lock().unwrap().clone();
+        let reported = out
+            .errors
+            .iter()
+            .filter(|e| matches!(e, Error::Disconnected))
+            .count();
+        if mode == Mode::Threaded {
+            // A CommandSender cannot know: the send is accepted, then refused by the
+            // connection and reported as an error event, once.
+            assert_eq!(results, [Ok(())], "{mode:?}");
+            assert_eq!(reported, 1, "{mode:?}: {:?}", out.recs);
+        } else {
+            // A hook's send is refused at once, with the error, and not reported again.
+            assert_eq!(results, [Err(Error::Disconnected.to_string())], "{mode:?}");
+            assert_eq!(reported, 0, "{mode:?}: {:?}", out.recs);
+        }
     }
 }
 
