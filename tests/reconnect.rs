@@ -283,39 +283,54 @@ fn stop(url: &str, stop_tx: crossbeam_channel::Sender<()>, server: JoinHandle<us
 }
 
 #[test]
-fn a_user_close_stops_reconnecting_even_in_the_middle_of_a_backoff() {
+fn a_user_close_or_force_quit_stops_reconnecting_even_in_the_middle_of_a_backoff() {
+    // From the hook that announces the attempt (the threaded client's application thread
+    // acts through its command sender).
     for mode in MODES {
-        let (url, stop_tx, server) = always_dropping_server();
-        let started = Instant::now();
-        let out = drive(
-            mode,
-            &url,
-            Config::builder().reconnect(Some(
-                Reconnect::new()
-                    .min_delay(Duration::from_secs(30))
-                    .max_delay(Duration::from_secs(30)),
-            )),
-            Box::new(|rec, act| {
-                if let Rec::Reconnecting(_) = rec {
-                    act.close(1000, "stop").unwrap();
-                }
-            }),
-        );
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "{mode:?}: did not wait out the 30 s backoff"
-        );
-        let attempts = out
-            .recs
-            .iter()
-            .filter(|r| matches!(r, Rec::Reconnecting(_)))
-            .count();
-        assert_eq!(attempts, 1, "{mode:?}");
-        assert_eq!(
-            stop(&url, stop_tx, server),
-            1,
-            "{mode:?}: no second connection"
-        );
+        for force in [false, true] {
+            let (url, stop_tx, server) = always_dropping_server();
+            let started = Instant::now();
+            let out = drive(
+                mode,
+                &url,
+                Config::builder().reconnect(Some(
+                    Reconnect::new()
+                        .min_delay(Duration::from_secs(30))
+                        .max_delay(Duration::from_secs(30)),
+                )),
+                Box::new(move |rec, act| {
+                    if let Rec::Reconnecting(_) = rec {
+                        if force {
+                            act.quit();
+                        } else {
+                            act.close(1000, "stop").unwrap();
+                        }
+                    }
+                }),
+            );
+            // The backoff is 15-30 s: the client quit long before, and made no second
+            // connection.
+            assert!(
+                started.elapsed() < PROMPTLY,
+                "{mode:?} force_quit={force}: waited out the backoff"
+            );
+            let attempts = out
+                .recs
+                .iter()
+                .filter(|r| matches!(r, Rec::Reconnecting(_)))
+                .count();
+            assert_eq!(attempts, 1, "{mode:?} force_quit={force}");
+            assert!(
+                out.attempts[0].delay >= Duration::from_secs(15),
+                "{mode:?}: {:?}",
+                out.attempts
+            );
+            assert_eq!(
+                stop(&url, stop_tx, server),
+                1,
+                "{mode:?} force_quit={force}: no second connection"
+            );
+        }
     }
 }
 
@@ -572,94 +587,287 @@ fn patient(builder: syncws::ConfigBuilder) -> syncws::ConfigBuilder {
 /// Well within the 30 s handshake timeout, without being a timing test.
 const PROMPTLY: Duration = Duration::from_secs(10);
 
-/// Records the reconnect attempts and says when `on_quit` ran.
-struct QuitSignal(crossbeam_channel::Sender<()>);
+/// How a test stops a reconnecting client from another thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StopBy {
+    Close,
+    ForceQuit,
+    /// Dropping the client: a threaded client only (the others' `run` owns them).
+    Drop,
+}
 
-impl syncws::Handler for QuitSignal {
+/// The stops that apply to `mode`.
+fn stops(mode: Mode) -> Vec<StopBy> {
+    let mut all = vec![StopBy::Close, StopBy::ForceQuit];
+    if mode == Mode::Threaded {
+        all.push(StopBy::Drop);
+    }
+    all
+}
+
+/// Says which reconnect attempts are announced and when `on_quit` ran.
+struct Signals {
+    reconnecting: crossbeam_channel::Sender<u32>,
+    quit: crossbeam_channel::Sender<()>,
+}
+
+impl syncws::Handler for Signals {
+    fn on_reconnecting(&mut self, _: &mut syncws::Context<'_>, a: &syncws::ReconnectAttempt) {
+        let _ = self.reconnecting.send(a.attempt);
+    }
     fn on_quit(&mut self) {
-        let _ = self.0.send(());
+        let _ = self.quit.send(());
+    }
+}
+
+/// A client in `mode` running on threads of its own: the attempts it announces, when it quits,
+/// and how to stop it.
+struct Running {
+    handle: syncws::CommandSender,
+    reconnecting: Receiver<u32>,
+    quit: Receiver<()>,
+    threaded: Option<syncws::ThreadedClient>,
+}
+
+impl Running {
+    fn start(mode: Mode, url: &str, builder: syncws::ConfigBuilder) -> Self {
+        use syncws::{BlockingClient, Event, NonBlockingClient, ThreadedClient, WaitStrategy};
+        let strategy = match mode {
+            Mode::NonBlocking(s) => s,
+            _ => WaitStrategy::Readiness,
+        };
+        let config = builder.wait_strategy(strategy).build().unwrap();
+        let (reconnecting_tx, reconnecting) = bounded(64);
+        let (quit_tx, quit) = bounded(1);
+        let mut signals = Signals {
+            reconnecting: reconnecting_tx,
+            quit: quit_tx,
+        };
+        let (handle, threaded) = match mode {
+            Mode::Blocking => {
+                let client = BlockingClient::connect(url, &config).unwrap();
+                let handle = client.handle();
+                std::thread::spawn(move || client.run(&mut signals));
+                (handle, None)
+            }
+            Mode::NonBlocking(_) => {
+                let client = NonBlockingClient::connect(url, &config).unwrap();
+                let handle = client.handle();
+                std::thread::spawn(move || client.run(&mut signals));
+                (handle, None)
+            }
+            Mode::Set => {
+                let mut set = syncws::ClientSet::new().unwrap();
+                let (_, handle) = set.add(url, &config, signals).unwrap();
+                std::thread::spawn(move || set.run());
+                (handle, None)
+            }
+            Mode::Threaded => {
+                let client = ThreadedClient::connect(url, &config).unwrap();
+                let events = client.event_rx.clone();
+                // The application's loop: it ends when the worker's channel disconnects (the
+                // test itself waits on `quit` with a deadline).
+                std::thread::spawn(move || {
+                    for event in events.iter() {
+                        match event {
+                            Event::Reconnecting(a) => {
+                                let _ = signals.reconnecting.send(a.attempt);
+                            }
+                            Event::Quit => break,
+                            _ => {}
+                        }
+                    }
+                    let _ = signals.quit.send(());
+                });
+                (client.control_tx.clone(), Some(client))
+            }
+        };
+        Running {
+            handle,
+            reconnecting,
+            quit,
+            threaded,
+        }
+    }
+
+    fn stop(&mut self, by: StopBy) {
+        match by {
+            StopBy::Close => self.handle.close(1000, "stop").unwrap(),
+            StopBy::ForceQuit => self.handle.force_quit().unwrap(),
+            StopBy::Drop => drop(self.threaded.take().expect("a threaded client")),
+        }
+    }
+
+    /// Wait for the announcement of attempt `n`.
+    fn announces(&self, n: u32) {
+        loop {
+            match self.reconnecting.recv_timeout(TEST_DEADLINE) {
+                Ok(a) if a == n => return,
+                Ok(_) => {}
+                Err(e) => panic!("no reconnect attempt {n}: {e:?}"),
+            }
+        }
+    }
+
+    /// Whether the client quit within [`PROMPTLY`].
+    fn quits_promptly(&self) -> bool {
+        self.quit.recv_timeout(PROMPTLY).is_ok()
     }
 }
 
 #[test]
 fn a_close_or_force_quit_ends_a_reconnect_attempt_that_is_still_opening() {
-    use syncws::{BlockingClient, CommandSender, Event, NonBlockingClient, ThreadedClient};
     for tls in [false, true] {
         for mode in MODES {
-            for force in [true, false] {
-                let what = format!("{mode:?} tls={tls} force_quit={force}");
+            for by in [StopBy::ForceQuit, StopBy::Close] {
+                let what = format!("{mode:?} tls={tls} {by:?}");
                 let (url, accepted, server) = server_that_falls_silent(tls);
-                let strategy = match mode {
-                    Mode::NonBlocking(s) => s,
-                    _ => syncws::WaitStrategy::Readiness,
-                };
-                let config = patient(Config::builder().wait_strategy(strategy))
-                    .build()
-                    .unwrap();
-                let stop = |handle: &CommandSender| {
-                    if force {
-                        handle.force_quit().unwrap();
-                    } else {
-                        handle.close(1000, "stop").unwrap();
-                    }
-                };
-                let (quit_tx, quit_rx) = bounded::<()>(1);
-                let threaded = match mode {
-                    Mode::Threaded => Some(ThreadedClient::connect(&url, &config).unwrap()),
-                    Mode::Blocking => {
-                        let client = BlockingClient::connect(&url, &config).unwrap();
-                        let handle = client.handle();
-                        std::thread::spawn(move || client.run(&mut QuitSignal(quit_tx)));
-                        accepted
-                            .recv_timeout(TEST_DEADLINE)
-                            .expect("reconnect attempt");
-                        stop(&handle);
-                        None
-                    }
-                    Mode::NonBlocking(_) => {
-                        let client = NonBlockingClient::connect(&url, &config).unwrap();
-                        let handle = client.handle();
-                        std::thread::spawn(move || client.run(&mut QuitSignal(quit_tx)));
-                        accepted
-                            .recv_timeout(TEST_DEADLINE)
-                            .expect("reconnect attempt");
-                        stop(&handle);
-                        None
-                    }
-                    Mode::Set => {
-                        let mut set = syncws::ClientSet::new().unwrap();
-                        let (_, handle) = set.add(&url, &config, QuitSignal(quit_tx)).unwrap();
-                        std::thread::spawn(move || set.run());
-                        accepted
-                            .recv_timeout(TEST_DEADLINE)
-                            .expect("reconnect attempt");
-                        stop(&handle);
-                        None
-                    }
-                };
-                if let Some(client) = &threaded {
-                    accepted
-                        .recv_timeout(TEST_DEADLINE)
-                        .expect("reconnect attempt");
-                    stop(&client.control_tx);
-                    loop {
-                        match client.event_rx.recv_timeout(PROMPTLY) {
-                            Ok(Event::Quit) => break,
-                            Ok(_) => {}
-                            Err(e) => panic!("{what}: no Quit: {e:?}"),
-                        }
-                    }
-                } else {
-                    quit_rx
-                        .recv_timeout(PROMPTLY)
-                        .unwrap_or_else(|e| panic!("{what}: no on_quit: {e:?}"));
-                }
+                let mut client = Running::start(mode, &url, patient(Config::builder()));
+                accepted
+                    .recv_timeout(TEST_DEADLINE)
+                    .expect("reconnect attempt");
+                client.stop(by);
+                assert!(client.quits_promptly(), "{what}: did not quit");
                 assert!(
                     server.join().unwrap(),
                     "{what}: the attempt's socket was closed"
                 );
             }
         }
+    }
+}
+
+#[test]
+fn a_stop_from_another_thread_ends_a_backoff_wait() {
+    for mode in MODES {
+        for by in stops(mode) {
+            let (url, stop_tx, server) = always_dropping_server();
+            let mut client = Running::start(
+                mode,
+                &url,
+                Config::builder().reconnect(Some(
+                    Reconnect::new()
+                        .min_delay(Duration::from_secs(30))
+                        .max_delay(Duration::from_secs(30)),
+                )),
+            );
+            // Announced before its delay: the client now waits out a backoff of 15-30 s.
+            client.announces(1);
+            client.stop(by);
+            assert!(
+                client.quits_promptly(),
+                "{mode:?} {by:?}: waited out the backoff"
+            );
+            assert_eq!(
+                stop(&url, stop_tx, server),
+                1,
+                "{mode:?} {by:?}: no second connection"
+            );
+        }
+    }
+}
+
+/// The loopback sockets (any process's: the port is ours) in SYN_SENT towards `port`: TCP
+/// connects still under way. Linux: /proc/net/tcp.
+#[cfg(target_os = "linux")]
+fn connects_pending_to(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let remote_port = fields[2]
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            remote_port == Some(port) && fields[3] == "02"
+        })
+        .count()
+}
+
+/// Poll `done` (a kernel table, which announces nothing) until it holds, within `limit`.
+#[cfg(target_os = "linux")]
+fn eventually(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let until = Instant::now() + limit;
+    while !done() {
+        if Instant::now() >= until {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    true
+}
+
+/// A server whose first connection dies once its listen queue is full, a queue nobody ever
+/// serves: Linux drops a SYN to a full queue and the client retries it for minutes, so a
+/// reconnect attempt's TCP connect stays pending. The thread returns the listener and the
+/// connection filling the queue, to be kept until the test ends.
+#[cfg(target_os = "linux")]
+fn server_whose_queue_is_full() -> (SocketAddr, JoinHandle<(TcpListener, Vec<TcpStream>)>) {
+    let socket = reusable_socket();
+    socket
+        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    socket.listen(0).unwrap();
+    let listener: TcpListener = socket.into();
+    let addr = listener.local_addr().unwrap();
+    let handle = std::thread::spawn(move || {
+        let (tcp, _) = listener.accept().unwrap();
+        let ws = tungstenite::accept(tcp).unwrap();
+        // Fill the queue: connect until a connect does not complete.
+        let mut fillers = Vec::new();
+        while let Ok(tcp) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            fillers.push(tcp);
+            assert!(fillers.len() < 64, "the listen queue never filled");
+        }
+        drop(ws); // the connection dies: the client reconnects
+        (listener, fillers)
+    });
+    (addr, handle)
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_stop_ends_a_reconnect_attempt_whose_tcp_connect_is_pending() {
+    // The modes side by side: filling each listen queue waits out one connect that cannot
+    // complete.
+    std::thread::scope(|s| {
+        for mode in MODES {
+            s.spawn(move || a_stop_ends_a_pending_tcp_connect_in(mode));
+        }
+    });
+}
+
+#[cfg(target_os = "linux")]
+fn a_stop_ends_a_pending_tcp_connect_in(mode: Mode) {
+    for by in stops(mode) {
+        let what = format!("{mode:?} {by:?}");
+        let (addr, server) = server_whose_queue_is_full();
+        let mut client = Running::start(
+            mode,
+            &format!("ws://{addr}/"),
+            Config::builder()
+                .reconnect(Some(fast()))
+                .connect_timeout(Some(Duration::from_secs(30))),
+        );
+        let _full = server.join().unwrap();
+        client.announces(1);
+        assert!(
+            eventually(TEST_DEADLINE, || connects_pending_to(addr.port()) == 1),
+            "{what}: the attempt's connect never started"
+        );
+        client.stop(by);
+        // Long before the 30 s connect timeout (or the minutes of SYN retries).
+        assert!(client.quits_promptly(), "{what}: did not quit");
+        assert!(
+            eventually(PROMPTLY, || connects_pending_to(addr.port()) == 0),
+            "{what}: the attempt's socket is still connecting"
+        );
+        assert!(
+            client.reconnecting.try_recv().is_err(),
+            "{what}: no attempt after the stop"
+        );
     }
 }
 
