@@ -270,10 +270,20 @@ impl TestPki {
 
     /// A certificate for `names` signed by this CA, and its PKCS#8 key, both PEM.
     pub fn issue(&self, names: &[&str]) -> (String, String) {
+        self.issue_valid(names, None)
+    }
+
+    /// As [`issue`](Self::issue), valid only from the first of January of one year to that
+    /// of another when given (rcgen's default otherwise: from 1975 to 4096).
+    pub fn issue_valid(&self, names: &[&str], years: Option<(i32, i32)>) -> (String, String) {
         let key = rcgen::KeyPair::generate().unwrap();
-        let params =
+        let mut params =
             rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
                 .unwrap();
+        if let Some((from, until)) = years {
+            params.not_before = rcgen::date_time_ymd(from, 1, 1);
+            params.not_after = rcgen::date_time_ymd(until, 1, 1);
+        }
         let cert = params.signed_by(&key, &self.ca).unwrap();
         (cert.pem(), key.serialize_pem())
     }
