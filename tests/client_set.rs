@@ -225,38 +225,63 @@ fn silent_server() -> (String, JoinHandle<()>) {
 
 #[test]
 fn a_server_that_never_answers_the_handshake_holds_only_its_own_connection() {
-    let (silent, silent_server) = silent_server();
+    // Two servers that never answer: one client gives up after 300 ms (its own deadline), the
+    // other would wait 30 s, far longer than the test; 100 healthy connections carry on.
+    let (silent, silent_peer) = silent_server();
+    let (brief, brief_peer) = silent_server();
     let (url, server) = many_server(100, |_, ws| echo_until_close(ws));
-    let (done, seen) = bounded(101);
+    let (done, seen) = bounded(102);
     let mut set = ClientSet::new().unwrap();
     let patient = Config::builder()
-        .handshake_timeout(Some(Duration::from_millis(1500)))
+        .handshake_timeout(Some(Duration::from_secs(30)))
         .build()
         .unwrap();
-    let (stuck, _) = set.add(&silent, &patient, PingPong::new(1, &done)).unwrap();
+    let (stuck, stuck_sender) = set.add(&silent, &patient, PingPong::new(1, &done)).unwrap();
+    let hasty = Config::builder()
+        .handshake_timeout(Some(Duration::from_millis(300)))
+        .build()
+        .unwrap();
+    let (timed_out, _) = set.add(&brief, &hasty, PingPong::new(1, &done)).unwrap();
     for _ in 0..100 {
         set.add(&url, &Config::default(), PingPong::new(10, &done))
             .unwrap();
     }
     let ran = run_set(set);
-    // The healthy connections all finish while the silent one is still waiting for its answer:
-    // its quit is the last of all.
-    let mut order = Vec::new();
-    for _ in 0..101 {
-        order.push(
+    // Everything but the patient one ends: the healthy ones cleanly, the hasty one by its
+    // handshake deadline.
+    let mut ended: Vec<Seen> = (0..101)
+        .map(|_| {
             seen.recv_timeout(TEST_DEADLINE)
-                .expect("every connection quits"),
-        );
-    }
-    finished(&ran);
-    let last = order.pop().unwrap();
-    assert_eq!(last.id, Some(stuck), "the silent one quits last: {last:?}");
-    assert_eq!(last.activated, 0);
-    assert_eq!(last.errors, ["Timeout(Handshake)"], "{last:?}");
-    for s in &order {
+                .expect("every other connection quits")
+        })
+        .collect();
+    let at = ended
+        .iter()
+        .position(|s| s.id == Some(timed_out))
+        .expect("the hasty one quit");
+    let hasty = ended.remove(at);
+    assert_eq!(hasty.activated, 0);
+    assert_eq!(hasty.errors, ["Timeout(Handshake)"], "{hasty:?}");
+    for s in &ended {
         check_clean(s, 10);
     }
-    silent_server.join().unwrap();
+    // The patient one still waits for its answer, holding nobody up; a stop ends it.
+    assert!(seen.try_recv().is_err(), "the silent one ended by itself");
+    stuck_sender.force_quit().unwrap();
+    let last = seen
+        .recv_timeout(TEST_DEADLINE)
+        .expect("the force-quit ends it");
+    // It never opened, so no hook learnt its id (only its on_quit ran): it is the one left.
+    assert!(last.id.is_none_or(|id| id == stuck), "{last:?}");
+    assert_eq!(last.activated, 0);
+    assert!(
+        last.errors.is_empty(),
+        "a force-quit is not an error: {last:?}"
+    );
+    finished(&ran);
+    no_more(&seen);
+    silent_peer.join().unwrap();
+    brief_peer.join().unwrap();
     server.join().unwrap();
 }
 

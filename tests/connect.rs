@@ -312,9 +312,69 @@ fn an_untrusted_issuer_is_refused_with_its_own_reason() {
     assert!(!server.join().unwrap());
 }
 
-#[test]
-fn ipv6_literals_and_every_socket_option_work() {
-    let listener = std::net::TcpListener::bind("[::1]:0").expect("::1 is available here");
+/// The socket options a client's socket was found with.
+#[derive(Debug, PartialEq, Eq)]
+struct Options {
+    nodelay: bool,
+    /// IP_TTL, or IPV6_UNICAST_HOPS on an IPv6 socket.
+    ttl: u32,
+    /// The keepalive idle time, when keepalive is on.
+    keepalive: Option<Duration>,
+    send_buffer: usize,
+    recv_buffer: usize,
+}
+
+/// Find this process's socket connected to `peer` (the client's: the server's accepted socket
+/// is connected to the client's address) and read its options. Linux: the descriptors are
+/// listed in /proc/self/fd and duplicated with pidfd_getfd, so no unsafe code is needed.
+#[cfg(target_os = "linux")]
+fn options_of_socket_connected_to(peer: std::net::SocketAddr) -> Options {
+    use rustix::process::{getpid, pidfd_getfd, pidfd_open, PidfdFlags, PidfdGetfdFlags};
+    let pidfd = pidfd_open(getpid(), PidfdFlags::empty()).expect("pidfd_open on this process");
+    for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        let Ok(number) = entry.file_name().to_string_lossy().parse() else {
+            continue;
+        };
+        // Other tests open and close descriptors meanwhile: a number that no longer is a
+        // socket, or is another one, is skipped by the address check.
+        let is_socket = std::fs::read_link(entry.path())
+            .is_ok_and(|link| link.to_string_lossy().starts_with("socket:"));
+        if !is_socket {
+            continue;
+        }
+        let fd = match pidfd_getfd(&pidfd, number, PidfdGetfdFlags::empty()) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::BADF) => continue,
+            Err(e) => panic!("pidfd_getfd on this process's own descriptor: {e}"),
+        };
+        let socket = socket2::Socket::from(fd);
+        if socket.peer_addr().ok().and_then(|a| a.as_socket()) != Some(peer) {
+            continue;
+        }
+        let ttl = if peer.is_ipv6() {
+            socket.unicast_hops_v6()
+        } else {
+            socket.ttl_v4()
+        };
+        return Options {
+            nodelay: socket.tcp_nodelay().unwrap(),
+            ttl: ttl.unwrap(),
+            keepalive: socket
+                .keepalive()
+                .unwrap()
+                .then(|| socket.tcp_keepalive_time().unwrap()),
+            send_buffer: socket.send_buffer_size().unwrap(),
+            recv_buffer: socket.recv_buffer_size().unwrap(),
+        };
+    }
+    panic!("no socket of this process is connected to {peer}");
+}
+
+/// Connect to an echo server on `listen`, read the client socket's options while it is open,
+/// and check a message goes through. Returns the options and the request head.
+#[cfg(target_os = "linux")]
+fn options_in_use(listen: &str, builder: syncws::ConfigBuilder) -> (Options, String) {
+    let listener = std::net::TcpListener::bind(listen).expect("loopback is available here");
     let addr = listener.local_addr().unwrap();
     let server = std::thread::spawn(move || {
         let (tcp, _) = listener.accept().unwrap();
@@ -323,26 +383,72 @@ fn ipv6_literals_and_every_socket_option_work() {
         echo(ws);
         head
     });
+    let (options_tx, options_rx) = crossbeam_channel::bounded(1);
     let out = drive(
         Mode::Blocking,
-        &format!("ws://[::1]:{}/", addr.port()),
-        Config::builder()
-            .nodelay(false)
-            .ttl(Some(32))
-            .keepalive(Some(Duration::from_secs(30)))
-            .send_buffer_size(Some(64 << 10))
-            .recv_buffer_size(Some(64 << 10))
-            .connect_timeout(Some(Duration::from_secs(2))),
-        Box::new(|rec, act| match rec {
-            Rec::Activated(_) => act.text("over v6").unwrap(),
+        &format!("ws://{addr}/"),
+        builder,
+        Box::new(move |rec, act| match rec {
+            Rec::Activated(_) => {
+                let _ = options_tx.try_send(options_of_socket_connected_to(addr));
+                act.text("over loopback").unwrap();
+            }
             Rec::Text(_) => act.close(1000, "").unwrap(),
             _ => {}
         }),
     );
-    assert_eq!(out.texts(), ["over v6"]);
+    assert_eq!(out.texts(), ["over loopback"]);
+    assert!(out.errors.is_empty(), "{:?}", out.errors);
     let head = server.join().unwrap();
-    assert!(
-        head.contains(&format!("Host: [::1]:{}\r\n", addr.port())),
-        "{head}"
-    );
+    let options = options_rx.try_recv().expect("read while open");
+    (options, head)
+}
+
+/// The buffer size the OS reports for a socket asked for `n` bytes (Linux doubles it).
+#[cfg(target_os = "linux")]
+fn buffer_granted(n: usize, send: bool) -> usize {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    if send {
+        socket.set_send_buffer_size(n).unwrap();
+        socket.send_buffer_size().unwrap()
+    } else {
+        socket.set_recv_buffer_size(n).unwrap();
+        socket.recv_buffer_size().unwrap()
+    }
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn ipv6_literals_work_and_every_socket_option_reaches_the_socket() {
+    let set = || {
+        Config::builder()
+            .nodelay(false)
+            .ttl(Some(32))
+            .keepalive(Some(Duration::from_secs(30)))
+            .send_buffer_size(Some(48 << 10))
+            .recv_buffer_size(Some(40 << 10))
+            .connect_timeout(Some(Duration::from_secs(2)))
+    };
+    let expected = Options {
+        nodelay: false,
+        ttl: 32,
+        keepalive: Some(Duration::from_secs(30)),
+        send_buffer: buffer_granted(48 << 10, true),
+        recv_buffer: buffer_granted(40 << 10, false),
+    };
+    // IPv6 (the hop limit is its TTL) and IPv4.
+    let (options, head) = options_in_use("[::1]:0", set());
+    assert_eq!(options, expected, "over ::1");
+    let port = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Host: [::1]:"))
+        .unwrap_or_else(|| panic!("the Host header names the IPv6 literal: {head}"));
+    assert!(port.parse::<u16>().is_ok(), "{head}");
+    let (options, _) = options_in_use("127.0.0.1:0", set());
+    assert_eq!(options, expected, "over 127.0.0.1");
+    // The defaults the README gives: nodelay on, keepalive off, TTL and buffers the OS's.
+    let (defaults, _) = options_in_use("127.0.0.1:0", Config::builder());
+    assert!(defaults.nodelay, "{defaults:?}");
+    assert_eq!(defaults.keepalive, None, "{defaults:?}");
+    assert_ne!(defaults.ttl, 32, "{defaults:?}");
 }

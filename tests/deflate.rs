@@ -210,7 +210,10 @@ fn agreed_parameters_are_reported_and_obeyed() {
         closed: None,
         errors: Vec::new(),
     };
-    client.run(&mut sender);
+    let sender = within_deadline(move || {
+        client.run(&mut sender);
+        sender
+    });
     assert!(sender.errors.is_empty(), "{:?}", sender.errors);
     let (_, sizes) = server.join().unwrap();
     // (wire, inflated) per message: all inflate whole, and without context each costs the same.
@@ -426,13 +429,23 @@ fn client_and_server_compress_through_tls_in_every_mode() {
         let agreed = agreed.expect("the server agreed");
         assert!(agreed.server_no_context_takeover && !agreed.client_no_context_takeover);
         assert!(errors.is_empty(), "{mode:?}: {errors:?}");
-        // Everything but "tiny" went back compressed.
+        // Everything but "tiny" went out compressed, both ways: the server would take plain
+        // frames too, so each side's own counters say whether it compressed.
         let expected: usize = messages
             .iter()
             .filter(|m| m.len() >= 64)
             .map(String::len)
             .sum();
-        assert_eq!(compressed, expected as u64, "{mode:?}");
+        assert_eq!(compressed, expected as u64, "{mode:?}: the server");
+        assert_eq!(
+            out.metrics.compression_input_bytes, expected as u64,
+            "{mode:?}: the client"
+        );
+        assert!(
+            out.metrics.compression_output_bytes < expected as u64 / 2,
+            "{mode:?}: the client's messages shrank: {:?}",
+            out.metrics
+        );
     }
 }
 

@@ -328,55 +328,61 @@ fn the_threaded_echo_loop_does_not_deadlock_with_a_flooding_slow_reader() {
 }
 
 /// Every send that returned Ok is either carried out (the peer receives it) or reported as an
-/// error event; none disappears when the connection ends while another thread is sending.
+/// error; none disappears when the connection ends while another thread is sending. In every
+/// mode: the command sender and the gate are shared, the reporting is each mode's own.
 /// (The end races the sender, so each round is a fresh chance to lose one.)
 #[test]
-fn every_accepted_command_is_sent_or_reported_when_a_threaded_client_ends() {
-    for round in 0..20 {
-        let (url, server) = ws_server(|mut ws| {
-            let mut got = 0usize;
-            // Take a few, then close while the client is still sending.
-            while got < 5 {
-                if let Ok(Message::Text(_)) = ws.read() {
-                    got += 1;
+fn every_accepted_command_is_sent_or_reported_when_the_connection_ends() {
+    for mode in HANDLE_MODES {
+        for round in 0..10 {
+            let (url, server) = ws_server(|mut ws| {
+                let mut got = 0usize;
+                // Take a few, then close while the client is still sending.
+                while got < 5 {
+                    match ws.read() {
+                        Ok(Message::Text(_)) => got += 1,
+                        Ok(_) => {}
+                        Err(e) => panic!("the client went away after {got} messages: {e}"),
+                    }
                 }
-            }
-            ws.close(None).unwrap();
-            loop {
-                match ws.read() {
-                    Ok(Message::Text(_)) => got += 1,
-                    Ok(_) => {}
-                    Err(_) => return got,
+                ws.close(None).unwrap();
+                loop {
+                    match ws.read() {
+                        Ok(Message::Text(_)) => got += 1,
+                        Ok(_) => {}
+                        Err(_) => return got,
+                    }
                 }
-            }
-        });
-        let client = ThreadedClient::connect(&url, &Config::default()).unwrap();
-        let control = client.control_tx.clone();
-        let sender = std::thread::spawn(move || {
-            let mut accepted = 0usize;
-            while control.send_text(accepted.to_string()).is_ok() {
-                accepted += 1;
-                assert!(accepted < 10_000_000, "sends never failed");
-            }
-            accepted
-        });
-        let mut reported = 0usize;
-        loop {
-            match client.event_rx.recv_timeout(TEST_DEADLINE) {
-                Ok(Event::Error(Error::Closed)) => reported += 1,
-                Ok(Event::Error(e)) => panic!("{e:?}"),
-                Ok(Event::Quit) => break,
-                Ok(_) => {}
-                Err(e) => panic!("{e:?}"),
-            }
+            });
+            let client = start(mode, &url, Config::builder());
+            let control = client.handle.clone();
+            let sender = std::thread::spawn(move || {
+                let mut accepted = 0usize;
+                while control.send_text(accepted.to_string()).is_ok() {
+                    accepted += 1;
+                    assert!(accepted < 10_000_000, "sends never failed");
+                }
+                accepted
+            });
+            let errors = client
+                .ended
+                .recv_timeout(TEST_DEADLINE)
+                .unwrap_or_else(|_| panic!("{mode:?}: the client never ended"));
+            let reported = errors.iter().filter(|e| *e == "Closed").count();
+            assert_eq!(
+                reported,
+                errors.len(),
+                "{mode:?}: only sends that could not go out are reported: {errors:?}"
+            );
+            let accepted = sender.join().unwrap();
+            let received = server.join().unwrap();
+            assert_eq!(
+                received + reported,
+                accepted,
+                "{mode:?} round {round}: accepted {accepted}: {received} reached the peer, \
+                 {reported} were reported"
+            );
         }
-        let accepted = sender.join().unwrap();
-        let received = server.join().unwrap();
-        assert_eq!(
-            received + reported,
-            accepted,
-            "round {round}: accepted {accepted}: {received} reached the peer, {reported} were reported"
-        );
     }
 }
 
@@ -431,10 +437,16 @@ fn raw_server_upgraded<R: Send + 'static>(
 }
 
 /// A hook that meets a full queue gets its message back, learns when the queue has drained
-/// (`on_writable`) and sends the rest; everything arrives once, in order.
+/// (`on_writable`) and sends the rest; everything arrives once, in order. On the way,
+/// `Metrics::queued_bytes` is exact: each frame queued behind the full socket adds its size,
+/// a refusal comes when the next frame would pass the bound, and the queue is empty when
+/// `on_writable` comes.
 #[test]
 fn on_writable_tells_a_refused_hook_when_to_send_again() {
     const N: u32 = 2_000;
+    const PAYLOAD: usize = 1024;
+    /// A client frame of PAYLOAD bytes: header with a 16-bit length, mask, payload.
+    const FRAME: u64 = 2 + 2 + 4 + PAYLOAD as u64;
     struct Producer {
         next: u32,
         /// The message the full queue handed back.
@@ -442,21 +454,45 @@ fn on_writable_tells_a_refused_hook_when_to_send_again() {
         go: Option<Sender<()>>,
         refusals: usize,
         writable: usize,
+        /// Sends checked against queued_bytes while the socket was full, and what was wrong.
+        exact: usize,
+        wrong: Vec<String>,
     }
     impl Producer {
         fn produce(&mut self, ctx: &mut Context<'_>) {
             while self.next < N {
                 let message = match self.kept.take() {
                     Some(m) => m,
-                    None => Message::binary(self.next.to_be_bytes().repeat(256)),
+                    None => Message::binary(self.next.to_be_bytes().repeat(PAYLOAD / 4)),
                 };
+                let before = Counters::of(ctx.metrics());
                 match ctx.try_send(message) {
-                    Ok(()) => self.next += 1,
+                    Ok(()) => {
+                        self.next += 1;
+                        // The socket was found full and the peer has not read yet: nothing
+                        // can leave, so the frame adds exactly its size.
+                        let after = ctx.metrics().queued_bytes();
+                        if self.go.is_some() && before.frames_queued > 0 {
+                            self.exact += 1;
+                            if after != before.queued_bytes + FRAME {
+                                self.wrong.push(format!(
+                                    "queued {} -> {after} for a {FRAME}-byte frame",
+                                    before.queued_bytes
+                                ));
+                            }
+                        }
+                    }
                     Err(SendFailure {
-                        error: Error::QueueFull { .. },
+                        error: Error::QueueFull { len, limit },
                         message,
                         ..
                     }) => {
+                        let queued = ctx.metrics().queued_bytes() as usize;
+                        if !(queued <= limit && queued + len > limit) {
+                            self.wrong.push(format!(
+                                "refused {len} bytes with {queued} of {limit} queued"
+                            ));
+                        }
                         self.kept = Some(message);
                         self.refusals += 1;
                         // The queue is full: let the peer start reading.
@@ -477,10 +513,16 @@ fn on_writable_tells_a_refused_hook_when_to_send_again() {
         }
         fn on_writable(&mut self, ctx: &mut Context<'_>) {
             self.writable += 1;
+            let queued = ctx.metrics().queued_bytes();
+            if queued != 0 {
+                self.wrong
+                    .push(format!("on_writable with {queued} bytes queued"));
+            }
             self.produce(ctx);
         }
     }
-    for mode in [MODES[0], MODES[1], MODES[2], MODES[3]] {
+    // Every mode whose hooks run on the client's thread (the threaded client has none).
+    for mode in MODES.into_iter().filter(|m| *m != Mode::Threaded) {
         let (go_tx, go_rx) = bounded(1);
         let (url, server) = server_that_reads_after(go_rx);
         let strategy = match mode {
@@ -494,27 +536,35 @@ fn on_writable_tells_a_refused_hook_when_to_send_again() {
             go: Some(go_tx),
             refusals: 0,
             writable: 0,
+            exact: 0,
+            wrong: Vec::new(),
         };
-        let (done_tx, done_rx) = bounded(1);
-        std::thread::spawn(move || {
+        let producer = within_deadline(move || {
             match mode {
                 Mode::Blocking => BlockingClient::connect(&url, &config)
                     .unwrap()
                     .run(&mut producer),
+                Mode::Set => {
+                    let mut set = syncws::ClientSet::new().unwrap();
+                    set.add(&url, &config, &mut producer).unwrap();
+                    set.run();
+                }
                 _ => NonBlockingClient::connect(&url, &config)
                     .unwrap()
                     .run(&mut producer),
             }
-            let _ = done_tx.send(producer);
+            producer
         });
-        let producer = done_rx
-            .recv_timeout(TEST_DEADLINE)
-            .unwrap_or_else(|_| panic!("{mode:?}: the producer never finished"));
         assert!(producer.refusals > 0, "{mode:?}: the queue never filled");
         assert_eq!(
             producer.writable, producer.refusals,
             "{mode:?}: one on_writable per refusal"
         );
+        assert!(
+            producer.exact > 0,
+            "{mode:?}: nothing queued behind the socket"
+        );
+        assert!(producer.wrong.is_empty(), "{mode:?}: {:?}", producer.wrong);
         let got = server.join().unwrap();
         let firsts: Vec<u32> = got
             .iter()

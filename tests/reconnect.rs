@@ -3,20 +3,60 @@
 
 mod util;
 
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver};
 use syncws::{Config, Error, Reconnect, WhileDisconnected};
-use tungstenite::Message;
+use tungstenite::{Message, WebSocket};
 use util::*;
 
 fn fast() -> Reconnect {
     Reconnect::new()
         .min_delay(Duration::from_millis(20))
         .max_delay(Duration::from_millis(200))
+}
+
+/// A loopback port kept bound but not listening: connections to it are refused, and no other
+/// socket can take it meanwhile (another test's listener, or an outgoing connection's local
+/// port, which could even connect to itself), so a server can come back on it.
+struct Port {
+    _reserved: socket2::Socket,
+    addr: SocketAddr,
+}
+
+impl Port {
+    fn new() -> Self {
+        let reserved = reusable_socket();
+        reserved
+            .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        let addr = reserved.local_addr().unwrap().as_socket().unwrap();
+        Port {
+            _reserved: reserved,
+            addr,
+        }
+    }
+
+    /// A listener on the port (beside the reservation, which stays when it is dropped).
+    fn listen(&self) -> TcpListener {
+        let socket = reusable_socket();
+        socket.bind(&self.addr.into()).unwrap();
+        socket.listen(128).unwrap();
+        socket.into()
+    }
+
+    fn url(&self) -> String {
+        format!("ws://{}/", self.addr)
+    }
+}
+
+fn reusable_socket() -> socket2::Socket {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_reuse_address(true).unwrap();
+    socket
 }
 
 /// A server that says "one" and dies (listener and connection gone: attempts are refused), then,
@@ -30,8 +70,9 @@ fn dying_server_recording<T: Send + 'static>(
     restart: Receiver<()>,
     record: fn(Message) -> T,
 ) -> (String, JoinHandle<Vec<T>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
+    let port = Port::new();
+    let url = port.url();
+    let listener = port.listen();
     let handle = std::thread::spawn(move || {
         let (tcp, _) = listener.accept().unwrap();
         drop(listener);
@@ -39,8 +80,7 @@ fn dying_server_recording<T: Send + 'static>(
         ws.send(Message::text("one")).unwrap();
         drop(ws); // killed: no close handshake
         restart.recv_timeout(TEST_DEADLINE).expect("restart signal");
-        // std sets SO_REUSEADDR, so the port can be bound again at once.
-        let listener = TcpListener::bind(addr).unwrap();
+        let listener = port.listen();
         let (tcp, _) = listener.accept().unwrap();
         tcp.set_read_timeout(Some(SERVER_IO_TIMEOUT)).unwrap();
         let mut ws = tungstenite::accept(tcp).unwrap();
@@ -49,7 +89,22 @@ fn dying_server_recording<T: Send + 'static>(
         while ws.read().is_ok() {}
         got.into_iter().map(record).collect()
     });
-    (format!("ws://{addr}/"), handle)
+    (url, handle)
+}
+
+/// A server whose first connection ends as `end` says, after which every attempt is refused
+/// until the port is dropped (the thread returns it).
+fn server_that_goes_away(end: fn(WebSocket<TcpStream>)) -> (String, JoinHandle<Port>) {
+    let port = Port::new();
+    let url = port.url();
+    let listener = port.listen();
+    let handle = std::thread::spawn(move || {
+        let (tcp, _) = listener.accept().unwrap();
+        drop(listener);
+        end(tungstenite::accept(tcp).unwrap());
+        port
+    });
+    (url, handle)
 }
 
 #[test]
@@ -111,8 +166,91 @@ fn a_killed_and_restarted_server_is_reconnected_to_and_held_sends_arrive() {
             (1..=attempts.len() as u32).collect::<Vec<_>>(),
             "{mode:?}"
         );
+        // Each attempt says how long it waits (the policy's doubling delay, less up to half
+        // of it as jitter) and what failed last: the reset, then each refused attempt.
+        for a in &out.attempts {
+            let full = (Duration::from_millis(20) * 2u32.pow(a.attempt - 1))
+                .min(Duration::from_millis(200));
+            assert!(
+                a.delay <= full && a.delay >= full / 2,
+                "{mode:?}: attempt {}: {:?} for {full:?}",
+                a.attempt,
+                a.delay
+            );
+            let expected = if a.attempt == 1 {
+                Error::ConnectionReset.to_string()
+            } else {
+                format!(
+                    "connect to {}: ",
+                    url.trim_start_matches("ws://").trim_end_matches('/')
+                )
+            };
+            let last = a.last_error.as_deref().unwrap_or_default();
+            assert!(
+                last.starts_with(&expected),
+                "{mode:?}: attempt {}: {:?}",
+                a.attempt,
+                a.last_error
+            );
+        }
+        // One successful reconnection, counted.
+        assert_eq!(out.metrics.reconnects, 1, "{mode:?}");
         assert!(sent_while_down.lock().unwrap().iter().all(Result::is_ok));
         assert_eq!(server.join().unwrap(), ["held 1", "held 2"], "{mode:?}");
+    }
+}
+
+#[test]
+fn each_attempt_reports_its_exact_delay_and_none_after_a_close_by_the_server() {
+    for mode in MODES {
+        // The server closes with a handshake ("going away"), then is gone.
+        let (url, server) = server_that_goes_away(|mut ws| {
+            ws.close(Some(tungstenite::protocol::CloseFrame {
+                code: 1001.into(),
+                reason: "restarting".into(),
+            }))
+            .unwrap();
+            while ws.read().is_ok() {}
+        });
+        let out = drive(
+            mode,
+            &url,
+            Config::builder().reconnect(Some(
+                Reconnect::new()
+                    .min_delay(Duration::from_millis(10))
+                    .max_delay(Duration::from_millis(30))
+                    .jitter(0.0)
+                    .max_attempts(Some(3)),
+            )),
+            passive(),
+        );
+        let port = server.join().unwrap();
+        // What the OS says to a connect to the (still reserved) port.
+        let refused = format!(
+            "connect to {}: {}",
+            port.addr,
+            TcpStream::connect(port.addr).unwrap_err()
+        );
+        let got: Vec<(u32, Duration, Option<String>)> = out
+            .attempts
+            .iter()
+            .map(|a| (a.attempt, a.delay, a.last_error.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (1, Duration::from_millis(10), None),
+                (2, Duration::from_millis(20), Some(refused.clone())),
+                (3, Duration::from_millis(30), Some(refused)),
+            ],
+            "{mode:?}: doubling, capped, no jitter; nothing failed before the first"
+        );
+        assert_eq!(
+            out.closed().map(|c| u16::from(c.code)),
+            Some(1001),
+            "{mode:?}"
+        );
+        assert_eq!(out.metrics.reconnects, 0, "{mode:?}: none succeeded");
     }
 }
 
@@ -145,54 +283,65 @@ fn stop(url: &str, stop_tx: crossbeam_channel::Sender<()>, server: JoinHandle<us
 }
 
 #[test]
-fn a_user_close_stops_reconnecting_even_in_the_middle_of_a_backoff() {
+fn a_user_close_or_force_quit_stops_reconnecting_even_in_the_middle_of_a_backoff() {
+    // From the hook that announces the attempt (the threaded client's application thread
+    // acts through its command sender).
     for mode in MODES {
-        let (url, stop_tx, server) = always_dropping_server();
-        let started = Instant::now();
-        let out = drive(
-            mode,
-            &url,
-            Config::builder().reconnect(Some(
-                Reconnect::new()
-                    .min_delay(Duration::from_secs(30))
-                    .max_delay(Duration::from_secs(30)),
-            )),
-            Box::new(|rec, act| {
-                if let Rec::Reconnecting(_) = rec {
-                    act.close(1000, "stop").unwrap();
-                }
-            }),
-        );
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "{mode:?}: did not wait out the 30 s backoff"
-        );
-        let attempts = out
-            .recs
-            .iter()
-            .filter(|r| matches!(r, Rec::Reconnecting(_)))
-            .count();
-        assert_eq!(attempts, 1, "{mode:?}");
-        assert_eq!(
-            stop(&url, stop_tx, server),
-            1,
-            "{mode:?}: no second connection"
-        );
+        for force in [false, true] {
+            let (url, stop_tx, server) = always_dropping_server();
+            let started = Instant::now();
+            let out = drive(
+                mode,
+                &url,
+                Config::builder().reconnect(Some(
+                    Reconnect::new()
+                        .min_delay(Duration::from_secs(30))
+                        .max_delay(Duration::from_secs(30)),
+                )),
+                Box::new(move |rec, act| {
+                    if let Rec::Reconnecting(_) = rec {
+                        if force {
+                            act.quit();
+                        } else {
+                            act.close(1000, "stop").unwrap();
+                        }
+                    }
+                }),
+            );
+            // The backoff is 15-30 s: the client quit long before, and made no second
+            // connection.
+            assert!(
+                started.elapsed() < PROMPTLY,
+                "{mode:?} force_quit={force}: waited out the backoff"
+            );
+            let attempts = out
+                .recs
+                .iter()
+                .filter(|r| matches!(r, Rec::Reconnecting(_)))
+                .count();
+            assert_eq!(attempts, 1, "{mode:?} force_quit={force}");
+            assert!(
+                out.attempts[0].delay >= Duration::from_secs(15),
+                "{mode:?}: {:?}",
+                out.attempts
+            );
+            assert_eq!(
+                stop(&url, stop_tx, server),
+                1,
+                "{mode:?} force_quit={force}: no second connection"
+            );
+        }
     }
 }
 
 #[test]
 fn reconnecting_gives_up_after_max_attempts_and_reports_lost_held_messages() {
     for mode in MODES {
-        let (listener, addr) = bind();
-        let server = std::thread::spawn(move || {
-            let (tcp, _) = listener.accept().unwrap();
-            drop(listener); // every later attempt is refused
-            drop(tungstenite::accept(tcp).unwrap());
-        });
+        // Every attempt after the first connection is refused.
+        let (url, server) = server_that_goes_away(drop);
         let out = drive(
             mode,
-            &format!("ws://{addr}/"),
+            &url,
             Config::builder()
                 .reconnect(Some(fast().max_attempts(Some(3))))
                 .while_disconnected(WhileDisconnected::Queue { max_bytes: 64 }),
@@ -202,7 +351,7 @@ fn reconnecting_gives_up_after_max_attempts_and_reports_lost_held_messages() {
                 }
             }),
         );
-        server.join().unwrap();
+        let _port = server.join().unwrap();
         let attempts: Vec<&Rec> = out
             .recs
             .iter()
@@ -222,43 +371,54 @@ fn reconnecting_gives_up_after_max_attempts_and_reports_lost_held_messages() {
             "{mode:?}: the held message is reported lost: {:?}",
             out.errors
         );
+        assert_eq!(out.metrics.reconnects, 0, "{mode:?}");
     }
 }
 
 #[test]
 fn sends_while_disconnected_are_refused_by_default() {
     for mode in MODES {
-        let (url, stop_tx, server) = always_dropping_server();
+        // The connection dies and every attempt is refused: the client stays disconnected.
+        let (url, server) = server_that_goes_away(drop);
         let results = Arc::new(Mutex::new(Vec::new()));
         let r = results.clone();
-        let mut reconnects = 0;
         let out = drive(
             mode,
             &url,
             Config::builder().reconnect(Some(fast())),
-            Box::new(move |rec, act| {
-                // Every attempt succeeds and is dropped again, so count the notices.
-                if let Rec::Reconnecting(_) = rec {
-                    reconnects += 1;
-                    if reconnects == 1 {
-                        r.lock().unwrap().push(act.text("refused"));
-                    } else {
+            Box::new(move |rec, act| match rec {
+                Rec::Reconnecting(1) => {
+                    let sent = act.text("refused");
+                    let refused = sent.is_err();
+                    r.lock().unwrap().push(sent);
+                    if refused {
                         act.quit();
                     }
                 }
+                // A send the connection took in and could not carry out is reported.
+                Rec::Error(e) if e == "Disconnected" => act.quit(),
+                // Nothing came of it: stop, and let the checks below say so.
+                Rec::Reconnecting(20) => act.quit(),
+                _ => {}
             }),
         );
-        stop(&url, stop_tx, server);
-        let refused_now = results.lock().unwrap().iter().any(|r| {
-            r.as_ref()
-                .is_err_and(|e| e.starts_with("disconnected (reconnecting)"))
-        });
-        let refused_later = out.errors.iter().any(|e| matches!(e, Error::Disconnected));
-        assert!(
-            refused_now || refused_later,
-            "{mode:?}: a clear refusal: {:?}",
-            out.recs
-        );
+        let _port = server.join().unwrap();
+        let results = results.lock().unwrap().clone();
+        let reported = out
+            .errors
+            .iter()
+            .filter(|e| matches!(e, Error::Disconnected))
+            .count();
+        if mode == Mode::Threaded {
+            // A CommandSender cannot know: the send is accepted, then refused by the
+            // connection and reported as an error event, once.
+            assert_eq!(results, [Ok(())], "{mode:?}");
+            assert_eq!(reported, 1, "{mode:?}: {:?}", out.recs);
+        } else {
+            // A hook's send is refused at once, with the error, and not reported again.
+            assert_eq!(results, [Err(Error::Disconnected.to_string())], "{mode:?}");
+            assert_eq!(reported, 0, "{mode:?}: {:?}", out.recs);
+        }
     }
 }
 
@@ -429,94 +589,287 @@ fn patient(builder: syncws::ConfigBuilder) -> syncws::ConfigBuilder {
 /// Well within the 30 s handshake timeout, without being a timing test.
 const PROMPTLY: Duration = Duration::from_secs(10);
 
-/// Records the reconnect attempts and says when `on_quit` ran.
-struct QuitSignal(crossbeam_channel::Sender<()>);
+/// How a test stops a reconnecting client from another thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StopBy {
+    Close,
+    ForceQuit,
+    /// Dropping the client: a threaded client only (the others' `run` owns them).
+    Drop,
+}
 
-impl syncws::Handler for QuitSignal {
+/// The stops that apply to `mode`.
+fn stops(mode: Mode) -> Vec<StopBy> {
+    let mut all = vec![StopBy::Close, StopBy::ForceQuit];
+    if mode == Mode::Threaded {
+        all.push(StopBy::Drop);
+    }
+    all
+}
+
+/// Says which reconnect attempts are announced and when `on_quit` ran.
+struct Signals {
+    reconnecting: crossbeam_channel::Sender<u32>,
+    quit: crossbeam_channel::Sender<()>,
+}
+
+impl syncws::Handler for Signals {
+    fn on_reconnecting(&mut self, _: &mut syncws::Context<'_>, a: &syncws::ReconnectAttempt) {
+        let _ = self.reconnecting.send(a.attempt);
+    }
     fn on_quit(&mut self) {
-        let _ = self.0.send(());
+        let _ = self.quit.send(());
+    }
+}
+
+/// A client in `mode` running on threads of its own: the attempts it announces, when it quits,
+/// and how to stop it.
+struct Running {
+    handle: syncws::CommandSender,
+    reconnecting: Receiver<u32>,
+    quit: Receiver<()>,
+    threaded: Option<syncws::ThreadedClient>,
+}
+
+impl Running {
+    fn start(mode: Mode, url: &str, builder: syncws::ConfigBuilder) -> Self {
+        use syncws::{BlockingClient, Event, NonBlockingClient, ThreadedClient, WaitStrategy};
+        let strategy = match mode {
+            Mode::NonBlocking(s) => s,
+            _ => WaitStrategy::Readiness,
+        };
+        let config = builder.wait_strategy(strategy).build().unwrap();
+        let (reconnecting_tx, reconnecting) = bounded(64);
+        let (quit_tx, quit) = bounded(1);
+        let mut signals = Signals {
+            reconnecting: reconnecting_tx,
+            quit: quit_tx,
+        };
+        let (handle, threaded) = match mode {
+            Mode::Blocking => {
+                let client = BlockingClient::connect(url, &config).unwrap();
+                let handle = client.handle();
+                std::thread::spawn(move || client.run(&mut signals));
+                (handle, None)
+            }
+            Mode::NonBlocking(_) => {
+                let client = NonBlockingClient::connect(url, &config).unwrap();
+                let handle = client.handle();
+                std::thread::spawn(move || client.run(&mut signals));
+                (handle, None)
+            }
+            Mode::Set => {
+                let mut set = syncws::ClientSet::new().unwrap();
+                let (_, handle) = set.add(url, &config, signals).unwrap();
+                std::thread::spawn(move || set.run());
+                (handle, None)
+            }
+            Mode::Threaded => {
+                let client = ThreadedClient::connect(url, &config).unwrap();
+                let events = client.event_rx.clone();
+                // The application's loop: it ends when the worker's channel disconnects (the
+                // test itself waits on `quit` with a deadline).
+                std::thread::spawn(move || {
+                    for event in events.iter() {
+                        match event {
+                            Event::Reconnecting(a) => {
+                                let _ = signals.reconnecting.send(a.attempt);
+                            }
+                            Event::Quit => break,
+                            _ => {}
+                        }
+                    }
+                    let _ = signals.quit.send(());
+                });
+                (client.control_tx.clone(), Some(client))
+            }
+        };
+        Running {
+            handle,
+            reconnecting,
+            quit,
+            threaded,
+        }
+    }
+
+    fn stop(&mut self, by: StopBy) {
+        match by {
+            StopBy::Close => self.handle.close(1000, "stop").unwrap(),
+            StopBy::ForceQuit => self.handle.force_quit().unwrap(),
+            StopBy::Drop => drop(self.threaded.take().expect("a threaded client")),
+        }
+    }
+
+    /// Wait for the announcement of attempt `n`.
+    fn announces(&self, n: u32) {
+        loop {
+            match self.reconnecting.recv_timeout(TEST_DEADLINE) {
+                Ok(a) if a == n => return,
+                Ok(_) => {}
+                Err(e) => panic!("no reconnect attempt {n}: {e:?}"),
+            }
+        }
+    }
+
+    /// Whether the client quit within [`PROMPTLY`].
+    fn quits_promptly(&self) -> bool {
+        self.quit.recv_timeout(PROMPTLY).is_ok()
     }
 }
 
 #[test]
 fn a_close_or_force_quit_ends_a_reconnect_attempt_that_is_still_opening() {
-    use syncws::{BlockingClient, CommandSender, Event, NonBlockingClient, ThreadedClient};
     for tls in [false, true] {
         for mode in MODES {
-            for force in [true, false] {
-                let what = format!("{mode:?} tls={tls} force_quit={force}");
+            for by in [StopBy::ForceQuit, StopBy::Close] {
+                let what = format!("{mode:?} tls={tls} {by:?}");
                 let (url, accepted, server) = server_that_falls_silent(tls);
-                let strategy = match mode {
-                    Mode::NonBlocking(s) => s,
-                    _ => syncws::WaitStrategy::Readiness,
-                };
-                let config = patient(Config::builder().wait_strategy(strategy))
-                    .build()
-                    .unwrap();
-                let stop = |handle: &CommandSender| {
-                    if force {
-                        handle.force_quit().unwrap();
-                    } else {
-                        handle.close(1000, "stop").unwrap();
-                    }
-                };
-                let (quit_tx, quit_rx) = bounded::<()>(1);
-                let threaded = match mode {
-                    Mode::Threaded => Some(ThreadedClient::connect(&url, &config).unwrap()),
-                    Mode::Blocking => {
-                        let client = BlockingClient::connect(&url, &config).unwrap();
-                        let handle = client.handle();
-                        std::thread::spawn(move || client.run(&mut QuitSignal(quit_tx)));
-                        accepted
-                            .recv_timeout(TEST_DEADLINE)
-                            .expect("reconnect attempt");
-                        stop(&handle);
-                        None
-                    }
-                    Mode::NonBlocking(_) => {
-                        let client = NonBlockingClient::connect(&url, &config).unwrap();
-                        let handle = client.handle();
-                        std::thread::spawn(move || client.run(&mut QuitSignal(quit_tx)));
-                        accepted
-                            .recv_timeout(TEST_DEADLINE)
-                            .expect("reconnect attempt");
-                        stop(&handle);
-                        None
-                    }
-                    Mode::Set => {
-                        let mut set = syncws::ClientSet::new().unwrap();
-                        let (_, handle) = set.add(&url, &config, QuitSignal(quit_tx)).unwrap();
-                        std::thread::spawn(move || set.run());
-                        accepted
-                            .recv_timeout(TEST_DEADLINE)
-                            .expect("reconnect attempt");
-                        stop(&handle);
-                        None
-                    }
-                };
-                if let Some(client) = &threaded {
-                    accepted
-                        .recv_timeout(TEST_DEADLINE)
-                        .expect("reconnect attempt");
-                    stop(&client.control_tx);
-                    loop {
-                        match client.event_rx.recv_timeout(PROMPTLY) {
-                            Ok(Event::Quit) => break,
-                            Ok(_) => {}
-                            Err(e) => panic!("{what}: no Quit: {e:?}"),
-                        }
-                    }
-                } else {
-                    quit_rx
-                        .recv_timeout(PROMPTLY)
-                        .unwrap_or_else(|e| panic!("{what}: no on_quit: {e:?}"));
-                }
+                let mut client = Running::start(mode, &url, patient(Config::builder()));
+                accepted
+                    .recv_timeout(TEST_DEADLINE)
+                    .expect("reconnect attempt");
+                client.stop(by);
+                assert!(client.quits_promptly(), "{what}: did not quit");
                 assert!(
                     server.join().unwrap(),
                     "{what}: the attempt's socket was closed"
                 );
             }
         }
+    }
+}
+
+#[test]
+fn a_stop_from_another_thread_ends_a_backoff_wait() {
+    for mode in MODES {
+        for by in stops(mode) {
+            let (url, stop_tx, server) = always_dropping_server();
+            let mut client = Running::start(
+                mode,
+                &url,
+                Config::builder().reconnect(Some(
+                    Reconnect::new()
+                        .min_delay(Duration::from_secs(30))
+                        .max_delay(Duration::from_secs(30)),
+                )),
+            );
+            // Announced before its delay: the client now waits out a backoff of 15-30 s.
+            client.announces(1);
+            client.stop(by);
+            assert!(
+                client.quits_promptly(),
+                "{mode:?} {by:?}: waited out the backoff"
+            );
+            assert_eq!(
+                stop(&url, stop_tx, server),
+                1,
+                "{mode:?} {by:?}: no second connection"
+            );
+        }
+    }
+}
+
+/// The loopback sockets (any process's: the port is ours) in SYN_SENT towards `port`: TCP
+/// connects still under way. Linux: /proc/net/tcp.
+#[cfg(target_os = "linux")]
+fn connects_pending_to(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let remote_port = fields[2]
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            remote_port == Some(port) && fields[3] == "02"
+        })
+        .count()
+}
+
+/// Poll `done` (a kernel table, which announces nothing) until it holds, within `limit`.
+#[cfg(target_os = "linux")]
+fn eventually(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let until = Instant::now() + limit;
+    while !done() {
+        if Instant::now() >= until {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    true
+}
+
+/// A server whose first connection dies once its listen queue is full, a queue nobody ever
+/// serves: Linux drops a SYN to a full queue and the client retries it for minutes, so a
+/// reconnect attempt's TCP connect stays pending. The thread returns the listener and the
+/// connection filling the queue, to be kept until the test ends.
+#[cfg(target_os = "linux")]
+fn server_whose_queue_is_full() -> (SocketAddr, JoinHandle<(TcpListener, Vec<TcpStream>)>) {
+    let socket = reusable_socket();
+    socket
+        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    socket.listen(0).unwrap();
+    let listener: TcpListener = socket.into();
+    let addr = listener.local_addr().unwrap();
+    let handle = std::thread::spawn(move || {
+        let (tcp, _) = listener.accept().unwrap();
+        let ws = tungstenite::accept(tcp).unwrap();
+        // Fill the queue: connect until a connect does not complete.
+        let mut fillers = Vec::new();
+        while let Ok(tcp) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            fillers.push(tcp);
+            assert!(fillers.len() < 64, "the listen queue never filled");
+        }
+        drop(ws); // the connection dies: the client reconnects
+        (listener, fillers)
+    });
+    (addr, handle)
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_stop_ends_a_reconnect_attempt_whose_tcp_connect_is_pending() {
+    // The modes side by side: filling each listen queue waits out one connect that cannot
+    // complete.
+    std::thread::scope(|s| {
+        for mode in MODES {
+            s.spawn(move || a_stop_ends_a_pending_tcp_connect_in(mode));
+        }
+    });
+}
+
+#[cfg(target_os = "linux")]
+fn a_stop_ends_a_pending_tcp_connect_in(mode: Mode) {
+    for by in stops(mode) {
+        let what = format!("{mode:?} {by:?}");
+        let (addr, server) = server_whose_queue_is_full();
+        let mut client = Running::start(
+            mode,
+            &format!("ws://{addr}/"),
+            Config::builder()
+                .reconnect(Some(fast()))
+                .connect_timeout(Some(Duration::from_secs(30))),
+        );
+        let _full = server.join().unwrap();
+        client.announces(1);
+        assert!(
+            eventually(TEST_DEADLINE, || connects_pending_to(addr.port()) == 1),
+            "{what}: the attempt's connect never started"
+        );
+        client.stop(by);
+        // Long before the 30 s connect timeout (or the minutes of SYN retries).
+        assert!(client.quits_promptly(), "{what}: did not quit");
+        assert!(
+            eventually(PROMPTLY, || connects_pending_to(addr.port()) == 0),
+            "{what}: the attempt's socket is still connecting"
+        );
+        assert!(
+            client.reconnecting.try_recv().is_err(),
+            "{what}: no attempt after the stop"
+        );
     }
 }
 

@@ -6,8 +6,8 @@ mod util;
 
 use crossbeam_channel::bounded;
 use syncws::{
-    BlockingClient, CloseInfo, Command, Config, Context, DeflateConfig, Handler, ServerConnection,
-    SharedFrame,
+    BlockingClient, Command, CommandSender, Config, Context, DeflateConfig, Handler,
+    ServerConnection, SharedFrame,
 };
 use util::*;
 
@@ -106,34 +106,106 @@ fn one_frame_reaches_every_server_connection_compressed_or_not() {
     server.join().unwrap();
 }
 
+/// A server connection's handler that hands every data message it gets to every connection
+/// (itself included) as one shared frame: a chat room's broadcast, from a hook.
+struct Broadcast {
+    me: usize,
+    room: std::sync::Arc<std::sync::Mutex<Vec<CommandSender>>>,
+    errors: Vec<String>,
+}
+
+impl Broadcast {
+    fn broadcast(&mut self, ctx: &mut Context<'_>, frame: SharedFrame) {
+        ctx.send_shared(&frame).unwrap();
+        for (i, member) in self.room.lock().unwrap().iter().enumerate() {
+            if i != self.me {
+                member.send(Command::SendShared(frame.clone())).unwrap();
+            }
+        }
+    }
+}
+
+impl Handler for Broadcast {
+    fn on_text_message(&mut self, ctx: &mut Context<'_>, text: &str) {
+        self.broadcast(ctx, SharedFrame::text(text.to_owned()));
+    }
+    fn on_binary_message(&mut self, ctx: &mut Context<'_>, data: &[u8]) {
+        self.broadcast(ctx, SharedFrame::binary(data.to_vec()));
+    }
+    fn on_error(&mut self, _: &mut Context<'_>, error: &syncws::Error) {
+        self.errors.push(error.to_string());
+    }
+}
+
 #[test]
-fn a_hook_broadcasts_a_shared_frame_and_a_client_can_send_one() {
-    // The client masks, so it frames the payload itself; the server (tungstenite) checks the
-    // masking and echoes.
-    let (url, server) = ws_server(echo);
-    struct Shared(usize);
-    impl Handler for Shared {
+fn a_hook_broadcasts_a_shared_frame_to_every_connection_and_a_client_can_send_one() {
+    const MEMBERS: usize = 3;
+    let (listener, addr) = bind();
+    let (ready_tx, ready_rx) = bounded(1);
+    let server = std::thread::spawn(move || {
+        let room = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut threads = Vec::new();
+        for me in 0..MEMBERS {
+            let (tcp, _) = listener.accept().unwrap();
+            let conn = ServerConnection::accept(tcp, None, &Config::default()).unwrap();
+            room.lock().unwrap().push(conn.handle());
+            let mut member = Broadcast {
+                me,
+                room: room.clone(),
+                errors: Vec::new(),
+            };
+            threads.push(std::thread::spawn(move || {
+                conn.run(&mut member);
+                member.errors
+            }));
+        }
+        ready_tx.send(()).unwrap();
+        let errors: Vec<Vec<String>> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        // The room outlives its members' connections: drop it last.
+        drop(room);
+        errors
+    });
+    let url = format!("ws://{addr}/");
+    // Two listeners (tungstenite) and the speaker (ours, which masks, so it frames a shared
+    // frame's payload itself).
+    let listeners: Vec<_> = (0..MEMBERS - 1)
+        .map(|_| connect_timed(url.as_str()).unwrap().0)
+        .collect();
+    let speaker = BlockingClient::connect(&url, &Config::default()).unwrap();
+    ready_rx
+        .recv_timeout(TEST_DEADLINE)
+        .expect("every member is in the room");
+    struct Speaker(Vec<tungstenite::Message>);
+    impl Handler for Speaker {
         fn on_activated(&mut self, ctx: &mut Context<'_>) {
-            ctx.send_shared(&SharedFrame::text("text once")).unwrap();
+            ctx.send_shared(&SharedFrame::text("to everyone")).unwrap();
             ctx.send_shared(&SharedFrame::binary(vec![1u8, 2, 3]))
                 .unwrap();
         }
         fn on_text_message(&mut self, _: &mut Context<'_>, text: &str) {
-            assert_eq!(text, "text once");
-            self.0 += 1;
+            self.0.push(tungstenite::Message::text(text));
         }
         fn on_binary_message(&mut self, ctx: &mut Context<'_>, data: &[u8]) {
-            assert_eq!(data, [1, 2, 3]);
-            self.0 += 1;
+            self.0.push(tungstenite::Message::binary(data.to_vec()));
             ctx.close(1000, "").unwrap();
         }
-        fn on_connection_closed(&mut self, _: &mut Context<'_>, close: &CloseInfo) {
-            assert_eq!(u16::from(close.code), 1000);
-        }
     }
-    let client = BlockingClient::connect(&url, &Config::default()).unwrap();
-    let mut handler = Shared(0);
-    client.run(&mut handler);
-    assert_eq!(handler.0, 2, "both echoed");
-    assert_eq!(server.join().unwrap(), 2);
+    let heard = within_deadline(move || {
+        let mut me = Speaker(Vec::new());
+        speaker.run(&mut me);
+        me.0
+    });
+    let expected = [
+        tungstenite::Message::text("to everyone"),
+        tungstenite::Message::binary(vec![1u8, 2, 3]),
+    ];
+    assert_eq!(heard, expected, "the speaker hears its own broadcast");
+    for (i, mut ws) in listeners.into_iter().enumerate() {
+        let got: Vec<_> = (0..2).map(|_| ws.read().unwrap()).collect();
+        assert_eq!(got, expected, "listener {i}");
+        ws.close(None).unwrap();
+        while ws.read().is_ok() {}
+    }
+    let errors = server.join().unwrap();
+    assert!(errors.iter().all(Vec::is_empty), "{errors:?}");
 }

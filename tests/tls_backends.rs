@@ -86,6 +86,42 @@ fn each_backend_refuses_another_hosts_certificate_and_an_unknown_issuer() {
 }
 
 #[test]
+fn each_backend_refuses_an_expired_or_not_yet_valid_certificate_as_expired() {
+    let pki = TestPki::new();
+    // Signed by a CA the client trusts, for the right name: only the dates are wrong.
+    for (years, what) in [((2000, 2001), "expired"), ((3000, 3001), "not yet valid")] {
+        for backend in backends() {
+            let (cert, key) = pki.issue_valid(&["localhost"], Some(years));
+            let identity =
+                native_tls::Identity::from_pkcs8(cert.as_bytes(), key.as_bytes()).unwrap();
+            let (port, server) = wss_server(identity, |r| r.is_ok());
+            let got = failure(
+                backend,
+                &format!("wss://localhost:{port}/"),
+                Config::builder().root_certificate_pem(pki.ca_pem.as_bytes()),
+            );
+            assert_eq!(got, TlsFailure::Expired, "{backend:?}: {what}");
+            assert!(!server.join().unwrap(), "{backend:?}: {what}");
+        }
+    }
+}
+
+/// A self-signed certificate: OpenSSL (native-tls on Linux) says so (tests/connect.rs); rustls
+/// only knows that its issuer is not trusted, and the README says it reports that.
+#[cfg(feature = "rustls")]
+#[test]
+fn rustls_reports_a_self_signed_certificate_as_an_untrusted_issuer() {
+    let (port, server) = wss_server(self_signed_identity(), |r| r.is_ok());
+    let got = failure(
+        TlsBackend::Rustls,
+        &format!("wss://localhost:{port}/"),
+        Config::builder(),
+    );
+    assert_eq!(got, TlsFailure::UntrustedIssuer);
+    assert!(!server.join().unwrap());
+}
+
+#[test]
 fn each_backend_accepts_anything_with_the_dangerous_switch() {
     for backend in backends() {
         let (port, server) = wss_server(self_signed_identity(), echo_once);

@@ -7,13 +7,14 @@ pub mod proxy;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::RecvTimeoutError;
 use syncws::{
     BlockingClient, CloseInfo, Command, CommandSender, Config, Context, Error, Event, Handler,
-    NonBlockingClient, ThreadedClient, WaitStrategy,
+    Metrics, NonBlockingClient, ReconnectAttempt, ThreadedClient, WaitStrategy,
 };
 use tungstenite::protocol::WebSocket;
 
@@ -200,6 +201,46 @@ pub fn read_to_end(tcp: &mut TcpStream) -> Vec<u8> {
     buf
 }
 
+/// Decode the frames a client wrote (masked, as RFC 6455 requires of a client): each frame's
+/// first byte (FIN, RSV and opcode) and its unmasked payload. Panics on an unmasked or cut
+/// frame, so bytes that are not whole client frames fail the test.
+pub fn client_frames(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut frames = Vec::new();
+    while !bytes.is_empty() {
+        assert!(bytes.len() >= 2, "a cut frame header: {bytes:?}");
+        let (first, second) = (bytes[0], bytes[1]);
+        assert!(
+            second & 0x80 != 0,
+            "a client frame must be masked: {bytes:?}"
+        );
+        let (len, at) = match second & 0x7f {
+            126 => (u16::from_be_bytes([bytes[2], bytes[3]]) as usize, 4),
+            127 => (
+                u64::from_be_bytes(bytes[2..10].try_into().unwrap()) as usize,
+                10,
+            ),
+            n => (n as usize, 2),
+        };
+        assert!(bytes.len() >= at + 4 + len, "a cut frame: {bytes:?}");
+        let mask = &bytes[at..at + 4];
+        let payload = bytes[at + 4..at + 4 + len]
+            .iter()
+            .enumerate()
+            .map(|(i, b)| b ^ mask[i % 4])
+            .collect();
+        frames.push((first, payload));
+        bytes = &bytes[at + 4 + len..];
+    }
+    frames
+}
+
+/// The payload of a Close frame: the code, big-endian, then the reason.
+pub fn close_payload(code: u16, reason: &str) -> Vec<u8> {
+    let mut payload = code.to_be_bytes().to_vec();
+    payload.extend_from_slice(reason.as_bytes());
+    payload
+}
+
 /// A CA and certificates it signs, for TLS tests.
 pub struct TestPki {
     pub ca_pem: String,
@@ -229,10 +270,20 @@ impl TestPki {
 
     /// A certificate for `names` signed by this CA, and its PKCS#8 key, both PEM.
     pub fn issue(&self, names: &[&str]) -> (String, String) {
+        self.issue_valid(names, None)
+    }
+
+    /// As [`issue`](Self::issue), valid only from the first of January of one year to that
+    /// of another when given (rcgen's default otherwise: from 1975 to 4096).
+    pub fn issue_valid(&self, names: &[&str], years: Option<(i32, i32)>) -> (String, String) {
         let key = rcgen::KeyPair::generate().unwrap();
-        let params =
+        let mut params =
             rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
                 .unwrap();
+        if let Some((from, until)) = years {
+            params.not_before = rcgen::date_time_ymd(from, 1, 1);
+            params.not_after = rcgen::date_time_ymd(until, 1, 1);
+        }
         let cert = params.signed_by(&key, &self.ca).unwrap();
         (cert.pem(), key.serialize_pem())
     }
@@ -357,6 +408,8 @@ pub trait Actions {
     fn ping(&mut self, b: &[u8]) -> Result<(), String>;
     fn close(&mut self, code: u16, reason: &str) -> Result<(), String>;
     fn quit(&mut self);
+    /// The connection's counters now.
+    fn metrics(&self) -> Counters;
 }
 
 impl Actions for Context<'_> {
@@ -378,28 +431,79 @@ impl Actions for Context<'_> {
     fn quit(&mut self) {
         self.force_quit();
     }
+    fn metrics(&self) -> Counters {
+        Counters::of(Context::metrics(self))
+    }
 }
 
-impl Actions for CommandSender {
+/// What the threaded client's application thread acts through: its command sender, and the
+/// client's metrics (readable from any thread).
+pub struct FromApp {
+    pub control: CommandSender,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Actions for FromApp {
     fn text(&mut self, s: &str) -> Result<(), String> {
-        self.send_text(s.to_string()).map_err(|e| e.to_string())
+        self.control
+            .send_text(s.to_string())
+            .map_err(|e| e.to_string())
     }
     fn binary(&mut self, b: &[u8]) -> Result<(), String> {
-        self.send_binary(b.to_vec()).map_err(|e| e.to_string())
+        self.control
+            .send_binary(b.to_vec())
+            .map_err(|e| e.to_string())
     }
     fn try_binary(&mut self, b: &[u8]) -> Result<(), String> {
-        self.try_send(Command::SendBinary(b.to_vec().into()))
+        self.control
+            .try_send(Command::SendBinary(b.to_vec().into()))
             .map_err(|e| e.to_string())
     }
     fn ping(&mut self, b: &[u8]) -> Result<(), String> {
-        self.send(Command::SendPing(b.to_vec().into()))
+        self.control
+            .send(Command::SendPing(b.to_vec().into()))
             .map_err(|e| e.to_string())
     }
     fn close(&mut self, code: u16, reason: &str) -> Result<(), String> {
-        CommandSender::close(self, code, reason).map_err(|e| e.to_string())
+        CommandSender::close(&self.control, code, reason).map_err(|e| e.to_string())
     }
     fn quit(&mut self) {
-        let _ = self.force_quit();
+        let _ = self.control.force_quit();
+    }
+    fn metrics(&self) -> Counters {
+        Counters::of(&self.metrics)
+    }
+}
+
+/// A reading of a connection's [`Metrics`] (which are shared atomics, not a value to keep).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub messages_sent: u64,
+    pub bytes_sent: u64,
+    pub messages_received: u64,
+    pub bytes_received: u64,
+    pub frames_queued: u64,
+    pub queued_bytes: u64,
+    pub reconnects: u64,
+    pub last_rtt: Option<Duration>,
+    pub compression_input_bytes: u64,
+    pub compression_output_bytes: u64,
+}
+
+impl Counters {
+    pub fn of(m: &Metrics) -> Self {
+        Counters {
+            messages_sent: m.messages_sent(),
+            bytes_sent: m.bytes_sent(),
+            messages_received: m.messages_received(),
+            bytes_received: m.bytes_received(),
+            frames_queued: m.frames_queued(),
+            queued_bytes: m.queued_bytes(),
+            reconnects: m.reconnects(),
+            last_rtt: m.last_rtt(),
+            compression_input_bytes: m.compression_input_bytes(),
+            compression_output_bytes: m.compression_output_bytes(),
+        }
     }
 }
 
@@ -411,6 +515,11 @@ pub type Script = Box<dyn FnMut(&Rec, &mut dyn Actions) + Send>;
 pub struct Outcome {
     pub recs: Vec<Rec>,
     pub errors: Vec<Error>,
+    /// Every reconnect attempt as reported, in full.
+    pub attempts: Vec<ReconnectAttempt>,
+    /// The connection's counters once it ended (in a set, as its last hook saw them: a set
+    /// hands out no `Arc<Metrics>`).
+    pub metrics: Counters,
 }
 
 impl Outcome {
@@ -437,13 +546,34 @@ impl Outcome {
 struct Recorder {
     recs: Vec<Rec>,
     errors: Vec<Error>,
+    attempts: Vec<ReconnectAttempt>,
+    /// The counters after the last hook (what a set connection's outcome reports).
+    metrics: Counters,
     script: Script,
 }
 
 impl Recorder {
+    fn new(script: Script) -> Self {
+        Recorder {
+            recs: Vec::new(),
+            errors: Vec::new(),
+            attempts: Vec::new(),
+            metrics: Counters::default(),
+            script,
+        }
+    }
     fn push(&mut self, rec: Rec, ctx: &mut Context<'_>) {
         self.recs.push(rec.clone());
         (self.script)(&rec, ctx);
+        self.metrics = Counters::of(ctx.metrics());
+    }
+    fn outcome(self, metrics: Option<&Metrics>) -> Outcome {
+        Outcome {
+            metrics: metrics.map_or(self.metrics, Counters::of),
+            recs: self.recs,
+            errors: self.errors,
+            attempts: self.attempts,
+        }
     }
 }
 
@@ -481,9 +611,11 @@ impl Handler for Recorder {
             self.push(Rec::Idle, ctx);
         } else {
             (self.script)(&Rec::Idle, ctx);
+            self.metrics = Counters::of(ctx.metrics());
         }
     }
-    fn on_reconnecting(&mut self, ctx: &mut Context<'_>, attempt: &syncws::ReconnectAttempt) {
+    fn on_reconnecting(&mut self, ctx: &mut Context<'_>, attempt: &ReconnectAttempt) {
+        self.attempts.push(attempt.clone());
         self.push(Rec::Reconnecting(attempt.attempt), ctx);
     }
     fn on_quit(&mut self) {
@@ -533,16 +665,18 @@ pub fn drive(mode: Mode, url: &str, builder: syncws::ConfigBuilder, script: Scri
     let url = url.to_owned();
     let (tx, rx) = crossbeam_channel::bounded(1);
     std::thread::spawn(move || {
-        let mut recorder = Recorder {
-            recs: Vec::new(),
-            errors: Vec::new(),
-            script,
-        };
+        let mut recorder = Recorder::new(script);
         let result = match mode {
-            Mode::Blocking => BlockingClient::connect(&url, &config).map(|c| c.run(&mut recorder)),
-            Mode::NonBlocking(_) => {
-                NonBlockingClient::connect(&url, &config).map(|c| c.run(&mut recorder))
-            }
+            Mode::Blocking => BlockingClient::connect(&url, &config).map(|c| {
+                let metrics = c.metrics();
+                c.run(&mut recorder);
+                metrics
+            }),
+            Mode::NonBlocking(_) => NonBlockingClient::connect(&url, &config).map(|c| {
+                let metrics = c.metrics();
+                c.run(&mut recorder);
+                metrics
+            }),
             Mode::Threaded => {
                 let _ = tx.send(run_threaded(&url, config, recorder));
                 return;
@@ -552,10 +686,7 @@ pub fn drive(mode: Mode, url: &str, builder: syncws::ConfigBuilder, script: Scri
                 return;
             }
         };
-        let _ = tx.send(result.map(|()| Outcome {
-            recs: recorder.recs,
-            errors: recorder.errors,
-        }));
+        let _ = tx.send(result.map(|metrics| recorder.outcome(Some(&metrics))));
     });
     let outcome = match rx.recv_timeout(TEST_DEADLINE) {
         Ok(Ok(o)) => o,
@@ -621,7 +752,7 @@ impl Handler for InSet {
     fn on_idle(&mut self, ctx: &mut Context<'_>) {
         self.rec().on_idle(ctx);
     }
-    fn on_reconnecting(&mut self, ctx: &mut Context<'_>, attempt: &syncws::ReconnectAttempt) {
+    fn on_reconnecting(&mut self, ctx: &mut Context<'_>, attempt: &ReconnectAttempt) {
         self.rec().on_reconnecting(ctx, attempt);
     }
     fn on_quit(&mut self) {
@@ -654,15 +785,16 @@ fn run_in_set(url: &str, config: &Config, recorder: Recorder) -> Result<Outcome,
             return Err(e);
         }
     }
-    Ok(Outcome {
-        recs: recorder.recs,
-        errors: recorder.errors,
-    })
+    Ok(recorder.outcome(None))
 }
 
 fn run_threaded(url: &str, config: Config, mut recorder: Recorder) -> Result<Outcome, Error> {
     let client = ThreadedClient::connect(url, &config)?;
-    let mut control = client.control_tx.clone();
+    let metrics = client.metrics();
+    let mut app = FromApp {
+        control: client.control_tx.clone(),
+        metrics: metrics.clone(),
+    };
     loop {
         let event = match client.event_rx.recv_timeout(TEST_DEADLINE) {
             Ok(e) => e,
@@ -680,7 +812,11 @@ fn run_threaded(url: &str, config: Config, mut recorder: Recorder) -> Result<Out
                 recorder.errors.push(e);
                 rec
             }
-            Event::Reconnecting(a) => Rec::Reconnecting(a.attempt),
+            Event::Reconnecting(a) => {
+                let rec = Rec::Reconnecting(a.attempt);
+                recorder.attempts.push(a);
+                rec
+            }
             Event::Quit => {
                 recorder.recs.push(Rec::Quit);
                 break;
@@ -688,7 +824,7 @@ fn run_threaded(url: &str, config: Config, mut recorder: Recorder) -> Result<Out
             other => panic!("unexpected event {other:?}"),
         };
         recorder.recs.push(rec.clone());
-        (recorder.script)(&rec, &mut control);
+        (recorder.script)(&rec, &mut app);
     }
     // The worker is ending: both channel ends must report disconnection, promptly.
     match client.event_rx.recv_timeout(Duration::from_secs(10)) {
@@ -699,10 +835,7 @@ fn run_threaded(url: &str, config: Config, mut recorder: Recorder) -> Result<Out
         client.control_tx.send(Command::ForceQuit).is_err(),
         "threaded: control_tx must report disconnection after the worker ends"
     );
-    Ok(Outcome {
-        recs: recorder.recs,
-        errors: recorder.errors,
-    })
+    Ok(recorder.outcome(Some(&metrics)))
 }
 
 /// The events of a threaded client until its channel disconnects, each awaited at most
@@ -744,6 +877,33 @@ pub fn connect_timed<R: tungstenite::client::IntoClientRequest>(
         Err(tungstenite::HandshakeError::Interrupted(_)) => {
             Err(std::io::Error::from(std::io::ErrorKind::WouldBlock).into())
         }
+    }
+}
+
+/// How many times the calling thread has given up the CPU of its own accord (slept, parked or
+/// waited in a system call) so far: `voluntary_ctxt_switches` in /proc/thread-self/status.
+/// Linux only (`None` elsewhere). Counts a thread's wake-ups without changing how it waits.
+pub fn voluntary_switches() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/thread-self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Run `f` (a client's `run`, say) on its own thread and hand back what it returns; fails the
+/// test instead of hanging if that takes longer than [`TEST_DEADLINE`].
+pub fn within_deadline<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(TEST_DEADLINE) {
+        Ok(r) => r,
+        Err(RecvTimeoutError::Disconnected) => panic!("the thread panicked (above)"),
+        Err(RecvTimeoutError::Timeout) => panic!("not finished within {TEST_DEADLINE:?}"),
     }
 }
 
