@@ -103,7 +103,10 @@ impl Reconnect {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum WhileDisconnected {
-    /// Refuse them with [`Error::Disconnected`](crate::Error::Disconnected). The default.
+    /// Refuse them with [`Error::Disconnected`](crate::Error::Disconnected). The default. A
+    /// hook's send returns the error; a [`CommandSender`](crate::CommandSender) cannot know the
+    /// connection's state when it sends, so its send is accepted and the error is reported to
+    /// `on_error` / `Event::Error`, once per message.
     #[default]
     Refuse,
     /// Hold up to `max_bytes` of payload and send them, in order, right after `on_activated` of
