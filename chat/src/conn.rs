@@ -181,7 +181,7 @@ impl ChatConn {
     fn op(&mut self, ctx: &mut Context<'_>, op: Op, cid: Option<Value>) {
         let id = self.id;
         match op {
-            Op::Ping => {
+            Op::Ping {} => {
                 let mut pong = json!({"ev": "pong"});
                 if let Some(cid) = cid {
                     pong["cid"] = cid;

@@ -20,6 +20,8 @@ pub const MAX_LISTED: usize = 1000;
 /// What a client asks for. Any op may carry a `cid` (a string or number the client chooses):
 /// the answer to it, or the error, carries the same `cid`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// Ops without fields are empty struct variants, not unit ones: serde's `deny_unknown_fields`
+/// refuses extra fields only in struct variants, and the protocol refuses them everywhere.
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Op {
     Hello {
@@ -46,17 +48,17 @@ pub enum Op {
         #[serde(default)]
         limit: Option<usize>,
     },
-    Rooms,
+    Rooms {},
     Who {
         room: String,
     },
-    Match,
-    Next,
-    Unmatch,
+    Match {},
+    Next {},
+    Unmatch {},
     Typing {
         room: String,
     },
-    Ping,
+    Ping {},
 }
 
 impl Op {
@@ -72,7 +74,7 @@ impl Op {
                     .clamp(1, MAX_HISTORY_PAGE);
                 1.0 + (limit as f64 / 25.0).ceil()
             }
-            Op::Join { since: Some(_), .. } | Op::Rooms => 5.0,
+            Op::Join { since: Some(_), .. } | Op::Rooms {} => 5.0,
             Op::Who { .. } => 2.0,
             _ => 1.0,
         }
@@ -279,7 +281,7 @@ mod tests {
         assert_eq!(
             parse(r#"{"op":"rooms"}"#).unwrap(),
             Frame::Op {
-                op: Op::Rooms,
+                op: Op::Rooms {},
                 cid: None
             }
         );
@@ -322,8 +324,8 @@ mod tests {
         assert_eq!(history(None).cost(), 3.0);
         assert_eq!(history(Some(200)).cost(), 9.0);
         assert_eq!(history(Some(100_000)).cost(), 9.0);
-        assert_eq!(Op::Rooms.cost(), 5.0);
-        assert_eq!(Op::Ping.cost(), 1.0);
+        assert_eq!(Op::Rooms {}.cost(), 5.0);
+        assert_eq!(Op::Ping {}.cost(), 1.0);
     }
 
     #[test]

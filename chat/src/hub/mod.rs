@@ -557,7 +557,7 @@ impl State {
                 before,
                 limit,
             } => self.history(batch, id, room, before, limit, cid),
-            Op::Rooms => self.list_rooms(batch, id, cid),
+            Op::Rooms {} => self.list_rooms(batch, id, cid),
             Op::Who { room } => {
                 if room.starts_with(PAIR_PREFIX) && !self.is_member(id, &room) {
                     return self.refuse(id, not_member(&room).with_cid(cid));
@@ -572,7 +572,7 @@ impl State {
                     json!({"ev": "who", "room": room, "members": members, "count": count}),
                 );
             }
-            Op::Match => {
+            Op::Match {} => {
                 if let Some(room) = self.members.get(&id).and_then(|m| m.pair.clone()) {
                     return self.refuse(
                         id,
@@ -585,11 +585,11 @@ impl State {
                 }
                 self.seek_stranger(batch, id, cid);
             }
-            Op::Next => {
+            Op::Next {} => {
                 self.end_pair(batch, id, true, None);
                 self.seek_stranger(batch, id, cid);
             }
-            Op::Unmatch => {
+            Op::Unmatch {} => {
                 self.end_pair(batch, id, true, None);
                 self.unqueue(id);
                 self.reply(id, cid, json!({"ev": "unmatched"}));
@@ -621,7 +621,7 @@ impl State {
                 }
             }
             // Answered by the connection itself.
-            Op::Hello { .. } | Op::Ping => {}
+            Op::Hello { .. } | Op::Ping {} => {}
         }
     }
 

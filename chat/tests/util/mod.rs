@@ -203,7 +203,11 @@ impl Chat {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.client.event_rx.recv_timeout(left) {
-                Ok(Event::TextMessage(t)) => return serde_json::from_str(t.as_str()).unwrap(),
+                Ok(Event::TextMessage(t)) => {
+                    let v = serde_json::from_str(t.as_str()).unwrap();
+                    check_server_frame(&v);
+                    return v;
+                }
                 Ok(Event::Activated(_) | Event::Ping(_) | Event::Pong(_)) => {}
                 Ok(other) => panic!("expected an event, got {other:?}"),
                 Err(e) => panic!("no event within {DEADLINE:?}: {e}"),
@@ -254,6 +258,9 @@ impl Chat {
             match self.client.event_rx.recv_timeout(left) {
                 Ok(Event::ConnectionClosed(c)) => code = Some(c.code.into()),
                 Ok(Event::Quit) => return code,
+                Ok(Event::TextMessage(t)) => {
+                    check_server_frame(&serde_json::from_str(t.as_str()).unwrap());
+                }
                 Ok(_) => {}
                 Err(e) => panic!("the connection did not end within {DEADLINE:?}: {e}"),
             }
@@ -264,6 +271,33 @@ impl Chat {
         let _ = self.client.control_tx.close(1000, "bye");
         let _ = self.client.shutdown(DEADLINE);
     }
+}
+
+/// chat/protocol/chat.schema.json, with its root set to `frame` (`ServerFrame` or
+/// `ClientFrame`).
+pub fn protocol_schema(frame: &str) -> jsonschema::Validator {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/protocol/chat.schema.json");
+    let mut schema: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let root = schema.as_object_mut().unwrap();
+    root.remove("oneOf");
+    root.insert("$ref".into(), json!(format!("#/$defs/{frame}")));
+    jsonschema::validator_for(&schema).expect("the protocol schema compiles")
+}
+
+/// Every frame the server sends in any test must be one the protocol's schema describes: the
+/// schema is a contract for client writers, not a description that may drift.
+pub fn check_server_frame(frame: &Value) {
+    static SERVER: std::sync::OnceLock<jsonschema::Validator> = std::sync::OnceLock::new();
+    let validator = SERVER.get_or_init(|| protocol_schema("ServerFrame"));
+    let errors: Vec<String> = validator
+        .iter_errors(frame)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "a server frame outside chat/protocol/chat.schema.json: {frame}\n{}",
+        errors.join("\n")
+    );
 }
 
 pub fn data_dir() -> (tempfile::TempDir, PathBuf) {
