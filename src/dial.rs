@@ -9,7 +9,7 @@
 //! (whose clock starts before it, as it always has).
 
 use std::io;
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, TcpKeepalive, Type};
@@ -471,13 +471,10 @@ pub(crate) fn parse_url(url: &str) -> Result<(Url, bool), Error> {
 }
 
 fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, Error> {
-    let resolved = (host, port)
-        .to_socket_addrs()
-        .map_err(|source| Error::Resolve {
-            host: host.to_owned(),
-            source,
-        })?;
-    let addrs: Vec<_> = resolved.collect();
+    let addrs = crate::resolver::system_lookup(host, port).map_err(|source| Error::Resolve {
+        host: host.to_owned(),
+        source,
+    })?;
     if addrs.is_empty() {
         return Err(Error::Resolve {
             host: host.to_owned(),

@@ -206,6 +206,7 @@ mod outbox;
 mod proxy;
 mod read_ahead;
 mod reconnect;
+mod resolver;
 mod server;
 mod session;
 mod shared_frame;
