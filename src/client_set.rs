@@ -115,7 +115,8 @@ impl Core {
 /// Host names are looked up off the set's thread: the system resolver has no non-blocking
 /// interface, so lookups run on a small pool of threads shared by the process (started on the
 /// first lookup, at most 4 threads: further lookups wait their turn, however many connections
-/// are added), which wakes the connection once its answer is in. A lookup counts against the
+/// are added; connections to one host share its lookup), which wakes each connection once its
+/// answer is in. A lookup counts against the
 /// connection's `connect_timeout` ([`TimeoutKind::Resolve`](crate::TimeoutKind::Resolve)) and
 /// `handshake_timeout`, and a close or drop ends it at once for the connection (the lookup
 /// itself finishes in the pool, and its answer is dropped). IP addresses need no lookup.

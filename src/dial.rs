@@ -833,17 +833,18 @@ mod tests {
     #[test]
     fn a_lookup_past_its_time_is_the_lookup_or_the_handshake_timeout_and_has_no_socket() {
         let _pool = crate::resolver::fake::pool_to_myself();
-        let (entered, release) = crate::resolver::fake::held("never.test");
-        for (connect, handshake, expected) in [
-            (10, 30, TimeoutKind::Resolve),
-            (30, 10, TimeoutKind::Handshake),
+        let (entered, release) = crate::resolver::fake::held(&["never-a.test", "never-b.test"]);
+        // A name each: the second dial would join the first one's lookup, still held.
+        for (name, connect, handshake, expected) in [
+            ("never-a.test", 10, 30, TimeoutKind::Resolve),
+            ("never-b.test", 30, 10, TimeoutKind::Handshake),
         ] {
             let config = Config::builder()
                 .connect_timeout(Some(Duration::from_secs(connect)))
                 .handshake_timeout(Some(Duration::from_secs(handshake)))
                 .build()
                 .unwrap();
-            let mut dial = start("ws://never.test:9/", &config);
+            let mut dial = start(&format!("ws://{name}:9/"), &config);
             let now = Instant::now();
             let until = match dial.advance(now).unwrap() {
                 Progress::Pending {

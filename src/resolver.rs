@@ -7,11 +7,14 @@
 //! The pool is started on the first lookup and grows a thread at a time, up to
 //! [`POOL_SIZE`]: at most that many lookups run at once in the process, however many
 //! connections ask (a set adding 10,000 members by name starts 4 threads, not 10,000), and the
-//! others wait their turn in order. Each asker's deadline runs meanwhile (see `dial.rs`), so a
-//! resolver that never answers costs a connection its attempt, never the process a thread
-//! per connection. A lookup whose asker is gone (its dial ended: a stop, a timeout, a drop)
-//! is skipped if it has not started, and its answer dropped if it has.
+//! others wait their turn in order. A name asked for while its lookup is queued or running
+//! joins that lookup (so those 10,000 members, if they share a host, cost one lookup). Each
+//! asker's deadline runs meanwhile (see `dial.rs`), so a resolver that never answers costs a
+//! connection its attempt, never the process a thread per connection. A lookup whose askers
+//! are all gone (their dials ended: a stop, a timeout, a drop) is skipped if it has not
+//! started, and its answer dropped if it has.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -68,12 +71,6 @@ struct Slot {
     wake: Wake,
 }
 
-struct Job {
-    host: String,
-    port: u16,
-    slot: Weak<Slot>,
-}
-
 /// Look `host` up in the pool; `wake` is called once the answer is in.
 ///
 /// # Errors
@@ -84,12 +81,7 @@ pub(crate) fn lookup(host: &str, port: u16, wake: Wake) -> io::Result<Lookup> {
         answer: Mutex::new(None),
         wake,
     });
-    let job = Job {
-        host: host.to_owned(),
-        port,
-        slot: Arc::downgrade(&slot),
-    };
-    pool().submit(job)?;
+    pool().ask((host.to_owned(), port), Arc::downgrade(&slot))?;
     Ok(Lookup(slot))
 }
 
@@ -101,70 +93,110 @@ fn pool() -> &'static Pool {
         Pool {
             jobs,
             queue,
-            threads: Mutex::new(Threads::default()),
+            state: Mutex::new(State::default()),
         }
     })
 }
 
+/// What is looked up: a host name and the port its addresses get.
+type Key = (String, u16);
+
 struct Pool {
-    jobs: Sender<Job>,
-    /// Every thread takes jobs from here, in order.
-    queue: Receiver<Job>,
-    threads: Mutex<Threads>,
+    jobs: Sender<Key>,
+    /// Every thread takes lookups from here, in order.
+    queue: Receiver<Key>,
+    state: Mutex<State>,
 }
 
 #[derive(Default)]
-struct Threads {
+struct State {
     started: usize,
-    /// Jobs submitted and not yet finished (waiting or running).
-    unfinished: usize,
+    /// Every lookup asked for and not finished (queued or running), with whoever waits for
+    /// its answer. A name asked for again meanwhile joins the lookup under way instead of
+    /// queueing another: a set adding thousands of connections to one host looks it up once,
+    /// and the attempts of a client reconnecting to a name the resolver sits on do not fill
+    /// the pool with lookups of that one name.
+    lookups: HashMap<Key, Vec<Weak<Slot>>>,
 }
 
 impl Pool {
-    /// Queue `job`, starting a thread for it when every thread has a job already and the pool
-    /// is not full (a process that looks up one name at a time keeps one thread).
-    fn submit(&'static self, job: Job) -> io::Result<()> {
-        let mut threads = lock(&self.threads);
-        threads.unfinished += 1;
-        if threads.unfinished > threads.started && threads.started < POOL_SIZE {
+    /// `asker` waits for `key`: it joins the lookup under way, or a new one is queued, with a
+    /// new thread for it when every thread has a lookup already and the pool is not full (a
+    /// process that looks up one name at a time keeps one thread).
+    fn ask(&'static self, key: Key, asker: Weak<Slot>) -> io::Result<()> {
+        let mut state = lock(&self.state);
+        if let Some(askers) = state.lookups.get_mut(&key) {
+            askers.retain(|a| a.strong_count() > 0);
+            askers.push(asker);
+            return Ok(());
+        }
+        if state.lookups.len() >= state.started && state.started < POOL_SIZE {
             let spawned = std::thread::Builder::new()
                 .name("syncws-dns".into())
                 .stack_size(STACK_SIZE)
                 .spawn(move || self.work());
             match spawned {
-                Ok(_) => threads.started += 1,
-                // The threads there are take the job, in turn.
-                Err(e) if threads.started > 0 => {
+                Ok(_) => state.started += 1,
+                // The threads there are take the lookup, in turn.
+                Err(e) if state.started > 0 => {
                     tracing::warn!(error = %e, "cannot start another lookup thread")
                 }
-                Err(e) => {
-                    threads.unfinished -= 1;
-                    return Err(e);
-                }
+                Err(e) => return Err(e),
             }
         }
+        state.lookups.insert(key.clone(), vec![asker]);
         // The pool holds `queue` for ever, so the send cannot fail.
-        let _ = self.jobs.send(job);
+        let _ = self.jobs.send(key);
         Ok(())
     }
 
-    /// A thread of the pool: one job after another, for the life of the process (an idle
+    /// A thread of the pool: one lookup after another, for the life of the process (an idle
     /// thread waits in `recv`, at no cost).
     fn work(&self) {
-        for job in self.queue.iter() {
-            if job.slot.strong_count() > 0 {
-                // A panic (none is expected of the system resolver) costs the lookup, not the
-                // thread.
-                let answer = catch_unwind(AssertUnwindSafe(|| system_lookup(&job.host, job.port)))
-                    .unwrap_or_else(|_| Err(io::Error::other("the lookup panicked")));
-                // The asker may have gone meanwhile: then the answer is simply dropped.
-                if let Some(slot) = job.slot.upgrade() {
-                    *lock(&slot.answer) = Some(answer);
-                    (slot.wake.0)();
+        for key in self.queue.iter() {
+            {
+                let mut state = lock(&self.state);
+                let waited_for = state
+                    .lookups
+                    .get(&key)
+                    .is_some_and(|askers| askers.iter().any(|a| a.strong_count() > 0));
+                if !waited_for {
+                    // Everyone who asked has gone (a stop, a timeout): nothing to look up.
+                    state.lookups.remove(&key);
+                    continue;
                 }
             }
-            lock(&self.threads).unfinished -= 1;
+            // A panic (none is expected of the system resolver) costs the lookup, not the
+            // thread.
+            let answer = catch_unwind(AssertUnwindSafe(|| system_lookup(&key.0, key.1)))
+                .unwrap_or_else(|_| Err(io::Error::other("the lookup panicked")));
+            let askers = lock(&self.state).lookups.remove(&key).unwrap_or_default();
+            // Those who have gone meanwhile are skipped: their answer is simply dropped.
+            let mut askers: Vec<Arc<Slot>> = askers.iter().filter_map(Weak::upgrade).collect();
+            let last = askers.pop();
+            for slot in askers {
+                slot.deliver(copy(&answer));
+            }
+            if let Some(slot) = last {
+                slot.deliver(answer);
+            }
         }
+    }
+}
+
+impl Slot {
+    fn deliver(&self, answer: io::Result<Vec<SocketAddr>>) {
+        *lock(&self.answer) = Some(answer);
+        (self.wake.0)();
+    }
+}
+
+/// An answer for one more asker (an `io::Error` is not `Clone`: its kind and message are
+/// what a lookup's error carries).
+fn copy(answer: &io::Result<Vec<SocketAddr>>) -> io::Result<Vec<SocketAddr>> {
+    match answer {
+        Ok(addrs) => Ok(addrs.clone()),
+        Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
     }
 }
 
@@ -211,17 +243,20 @@ pub(crate) mod fake {
         super::lock(&FAKES).get(host).cloned()
     }
 
-    /// From now on a lookup of `host` tells the returned receiver that it started, then
-    /// answers only when the test drops the returned sender (with an error, which nobody
-    /// should be left to see). Take [`pool_to_myself`] first.
-    pub(crate) fn held(host: &str) -> (Receiver<()>, Sender<()>) {
+    /// From now on a lookup of any of `hosts` tells the returned receiver that it started,
+    /// then answers only when the test lets it: with the addresses sent on the returned
+    /// sender (one message, one answer), or, once the sender is dropped, with an error (which
+    /// nobody should be left to see). Take [`pool_to_myself`] first.
+    pub(crate) fn held<S: AsRef<str>>(hosts: &[S]) -> (Receiver<()>, Sender<Vec<SocketAddr>>) {
         let (entered_tx, entered) = crossbeam_channel::unbounded();
-        let (release, released) = crossbeam_channel::unbounded::<()>();
-        answer(host, move |_| {
-            let _ = entered_tx.send(());
-            let _ = released.recv();
-            Err(io::ErrorKind::TimedOut.into())
-        });
+        let (release, released) = crossbeam_channel::unbounded::<Vec<SocketAddr>>();
+        for host in hosts {
+            let (entered_tx, released) = (entered_tx.clone(), released.clone());
+            answer(host.as_ref(), move |_| {
+                let _ = entered_tx.send(());
+                released.recv().map_err(|_| io::ErrorKind::TimedOut.into())
+            });
+        }
         (entered, release)
     }
 

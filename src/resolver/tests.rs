@@ -106,8 +106,8 @@ impl Handler for Ping {
 fn a_slow_lookup_in_a_set_holds_up_only_its_own_connection() {
     let _pool = pool_to_myself();
     const FAST: usize = 100;
-    let (timing_out, release_timing_out) = held_lookup("slow-timeout.test");
-    let (closing, release_closing) = held_lookup("slow-close.test");
+    let (timing_out, release_timing_out) = held_lookup(&["slow-timeout.test"]);
+    let (closing, release_closing) = held_lookup(&["slow-close.test"]);
     let (addr, server) = echo_server(FAST);
     let mut set = ClientSet::new().unwrap();
     // The slow ones first: a set that resolves on its own thread is stuck from its first pass.
@@ -225,7 +225,9 @@ fn shutting_down_a_threaded_client_whose_reconnect_attempt_is_in_a_slow_lookup_i
 fn the_pool_runs_a_few_lookups_at_once_and_skips_those_nobody_waits_for() {
     let _pool = pool_to_myself();
     const MEMBERS: usize = 50;
-    let (entered, release) = held_lookup("bound.test");
+    // A name each: lookups of one name would be one lookup.
+    let names: Vec<String> = (0..MEMBERS).map(|n| format!("bound-{n}.test")).collect();
+    let (entered, release) = held_lookup(&names);
     let mut set = ClientSet::new().unwrap();
     let handle = set.handle();
     let (done_tx, done_rx) = crossbeam_channel::unbounded();
@@ -234,8 +236,8 @@ fn the_pool_runs_a_few_lookups_at_once_and_skips_those_nobody_waits_for() {
         .handshake_timeout(None)
         .build()
         .unwrap();
-    for _ in 0..MEMBERS {
-        set.add("ws://bound.test:9/", &endless, Ping::new(&done_tx))
+    for name in &names {
+        set.add(&format!("ws://{name}:9/"), &endless, Ping::new(&done_tx))
             .unwrap();
     }
     let runner = std::thread::spawn(move || set.run());
@@ -258,18 +260,50 @@ fn the_pool_runs_a_few_lookups_at_once_and_skips_those_nobody_waits_for() {
     );
     // Every asker is gone: once the held lookups answer, the queued ones are skipped, not run.
     // Lookups asked for after them hold every thread only once the queue before them is
-    // through, and by then no lookup of `bound.test` may have run.
+    // through, and by then no other lookup of `bound-N.test` may have run.
     drop(release);
-    let (through, release_through) = held_lookup("through.test");
-    let _after: Vec<_> = (0..super::POOL_SIZE)
-        .map(|_| super::lookup("through.test", 9, super::Wake::new(|| {})).unwrap())
+    let through: Vec<String> = (0..super::POOL_SIZE)
+        .map(|n| format!("through-{n}.test"))
+        .collect();
+    let (through_entered, release_through) = held_lookup(&through);
+    let _after: Vec<_> = through
+        .iter()
+        .map(|name| super::lookup(name, 9, super::Wake::new(|| {})).unwrap())
         .collect();
     for _ in 0..super::POOL_SIZE {
-        through.recv_timeout(TEST_DEADLINE).unwrap();
+        through_entered.recv_timeout(TEST_DEADLINE).unwrap();
     }
     assert!(
         entered.try_recv().is_err(),
         "a lookup nobody waited for ran"
     );
     drop(release_through);
+}
+
+#[test]
+fn askers_of_one_name_share_its_lookup_and_each_gets_the_answer() {
+    let _pool = pool_to_myself();
+    const ASKERS: usize = 20;
+    let (entered, release) = held_lookup(&["shared.test"]);
+    let (woken_tx, woken) = crossbeam_channel::unbounded();
+    let lookups: Vec<_> = (0..ASKERS)
+        .map(|n| {
+            let woken_tx = woken_tx.clone();
+            let wake = super::Wake::new(move || woken_tx.send(n).unwrap());
+            super::lookup("shared.test", 9, wake).unwrap()
+        })
+        .collect();
+    entered.recv_timeout(TEST_DEADLINE).unwrap();
+    // One answer for the one lookup: every asker wakes with it.
+    let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    release.send(vec![addr]).unwrap();
+    let mut seen: Vec<usize> = (0..ASKERS)
+        .map(|_| woken.recv_timeout(TEST_DEADLINE).unwrap())
+        .collect();
+    seen.sort_unstable();
+    assert_eq!(seen, (0..ASKERS).collect::<Vec<_>>());
+    for lookup in &lookups {
+        assert_eq!(lookup.answer().unwrap().unwrap(), [addr]);
+    }
+    assert!(entered.try_recv().is_err(), "the name was looked up again");
 }
