@@ -97,10 +97,10 @@ impl Core {
 /// crate::Context::id). Opening a connection (name lookup, TCP, TLS, the upgrade) proceeds as
 /// its lookup and socket allow, interleaved with the traffic of the others, each bounded by its
 /// own `connect_timeout` and `handshake_timeout`; a server or a DNS server that never answers
-/// holds only its own connection's slot. Everything else is per connection as in the other modes: close
-/// handshake, heartbeat, reconnecting with backoff (once a connection has been open; the
-/// first connect is one attempt, as `connect` is elsewhere: if it fails, `on_error` then
-/// `on_quit`), permessage-deflate, proxies, both TLS backends, metrics.
+/// holds only its own connection's slot. Everything else is per connection as in the other
+/// modes: close handshake, heartbeat, reconnecting with backoff (once a connection has been
+/// open; the first connect is one attempt, as `connect` is elsewhere: if it fails, `on_error`
+/// then `on_quit`), permessage-deflate, proxies, both TLS backends, metrics.
 ///
 /// The set waits in one OS poll for all its sockets (epoll, edge-triggered, on Linux; `poll`
 /// elsewhere, `WSAPoll` on Windows) and one waker for all its command senders, so a
@@ -116,10 +116,10 @@ impl Core {
 /// interface, so lookups run on a small pool of threads shared by the process (started on the
 /// first lookup, at most 4 threads: further lookups wait their turn, however many connections
 /// are added; connections to one host share its lookup), which wakes each connection once its
-/// answer is in. A lookup counts against the
-/// connection's `connect_timeout` ([`TimeoutKind::Resolve`](crate::TimeoutKind::Resolve)) and
-/// `handshake_timeout`, and a close or drop ends it at once for the connection (the lookup
-/// itself finishes in the pool, and its answer is dropped). IP addresses need no lookup.
+/// answer is in. A lookup counts against the connection's `connect_timeout`
+/// ([`TimeoutKind::Resolve`](crate::TimeoutKind::Resolve)) and `handshake_timeout`, and a
+/// close or drop ends it at once for the connection (the lookup itself finishes in the pool,
+/// and its answer is dropped). IP addresses need no lookup.
 ///
 /// ```no_run
 /// use syncws::{ClientSet, Config, Context, Handler};

@@ -178,9 +178,10 @@ impl Driver {
 
     /// A client that has not connected yet: its first pass starts opening `url` (the name
     /// looked up in the resolver pool, then TCP, TLS and the upgrade as the socket allows),
-    /// and a later pass announces the connection. For a front-end that waits for many drivers at once: it calls
-    /// [`Driver::pass`], waits on [`Driver::socket`] itself and reports what ended the wait
-    /// with [`Driver::woke`]; this driver's own waiter is never used.
+    /// and a later pass announces the connection. For a front-end that waits for many
+    /// drivers at once: it calls [`Driver::pass`], waits on [`Driver::socket`] itself and
+    /// reports what ended the wait with [`Driver::woke`]; this driver's own waiter is never
+    /// used.
     pub(crate) fn dialing(
         url: &str,
         config: &Config,
