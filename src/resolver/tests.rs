@@ -106,7 +106,7 @@ impl Handler for Ping {
 fn a_slow_lookup_in_a_set_holds_up_only_its_own_connection() {
     let _pool = pool_to_myself();
     const FAST: usize = 100;
-    let (timing_out, release_timing_out) = held_lookup(&["slow-timeout.test"]);
+    let (_, release_timing_out) = held_lookup(&["slow-timeout.test"]);
     let (closing, release_closing) = held_lookup(&["slow-close.test"]);
     let (addr, server) = echo_server(FAST);
     let mut set = ClientSet::new().unwrap();
@@ -156,8 +156,8 @@ fn a_slow_lookup_in_a_set_holds_up_only_its_own_connection() {
         assert_eq!(outcome.closed.map(|c| c.code), Some(1000.into()));
     }
     server.join().unwrap();
-    // The held lookups did start (they hold their connections, nothing else).
-    timing_out.recv_timeout(TEST_DEADLINE).unwrap();
+    // The held lookup did start (it holds its connection, nothing else). (The other one's may
+    // not have, on a machine slow enough to let its connect_timeout pass first.)
     closing.recv_timeout(TEST_DEADLINE).unwrap();
 
     // Closed through its sender during the lookup: it ends at once, with nothing to report.
