@@ -94,13 +94,13 @@ impl Core {
 /// Each connection has its own handler value (`H`, any [`Handler`]; use
 /// `Box<dyn Handler + Send>` to mix kinds) and gets the same hooks and [`Context`](
 /// crate::Context) as in the other modes, plus its [`ConnId`] in [`Context::id`](
-/// crate::Context::id). Opening a connection (TCP, TLS, the upgrade) proceeds as its socket
-/// allows, interleaved with the traffic of the others, each bounded by its own
-/// `connect_timeout` and `handshake_timeout`; a server that never answers holds only its own
-/// connection's slot. Everything else is per connection as in the other modes: close
-/// handshake, heartbeat, reconnecting with backoff (once a connection has been open; the
-/// first connect is one attempt, as `connect` is elsewhere: if it fails, `on_error` then
-/// `on_quit`), permessage-deflate, proxies, both TLS backends, metrics.
+/// crate::Context::id). Opening a connection (name lookup, TCP, TLS, the upgrade) proceeds as
+/// its lookup and socket allow, interleaved with the traffic of the others, each bounded by its
+/// own `connect_timeout` and `handshake_timeout`; a server or a DNS server that never answers
+/// holds only its own connection's slot. Everything else is per connection as in the other
+/// modes: close handshake, heartbeat, reconnecting with backoff (once a connection has been
+/// open; the first connect is one attempt, as `connect` is elsewhere: if it fails, `on_error`
+/// then `on_quit`), permessage-deflate, proxies, both TLS backends, metrics.
 ///
 /// The set waits in one OS poll for all its sockets (epoll, edge-triggered, on Linux; `poll`
 /// elsewhere, `WSAPoll` on Windows) and one waker for all its command senders, so a
@@ -112,9 +112,14 @@ impl Core {
 /// Each `add` hands back the connection's [`CommandSender`], through which any thread sends to
 /// it, closes it or drops it.
 ///
-/// Name resolution is the one step that blocks the thread (the system resolver has no
-/// non-blocking interface): use IP addresses (or `localhost`) for URLs added while traffic
-/// flows, when a slow DNS server would hold up every connection.
+/// Host names are looked up off the set's thread: the system resolver has no non-blocking
+/// interface, so lookups run on a small pool of threads shared by the process (started on the
+/// first lookup, at most 4 threads: further lookups wait their turn, however many connections
+/// are added; connections to one host share its lookup), which wakes each connection once its
+/// answer is in. A lookup counts against the connection's `connect_timeout`
+/// ([`TimeoutKind::Resolve`](crate::TimeoutKind::Resolve)) and `handshake_timeout`, and a
+/// close or drop ends it at once for the connection (the lookup itself finishes in the pool,
+/// and its answer is dropped). IP addresses need no lookup.
 ///
 /// ```no_run
 /// use syncws::{ClientSet, Config, Context, Handler};
@@ -380,9 +385,11 @@ impl<H: Handler> ClientSet<H> {
                 };
                 self.arrange(id, interest, false, deadline);
             }
-            Step::Reconnecting { dialing, deadline } => {
-                let interest = dialing.map(Interest::from).unwrap_or_default();
-                self.arrange(id, interest, dialing.is_some(), deadline);
+            // With no socket (a backoff, a name being looked up), only the member's wake (a
+            // command, a stop, the resolver's answer) or the deadline runs it again.
+            Step::Reconnecting { socket, deadline } => {
+                let interest = socket.map(Interest::from).unwrap_or_default();
+                self.arrange(id, interest, socket.is_some(), deadline);
             }
         }
     }

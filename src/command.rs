@@ -570,7 +570,7 @@ impl Inbox {
         &self.rx
     }
 
-    pub(crate) fn shared(&self) -> &Shared {
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
         &self.shared
     }
 

@@ -65,9 +65,9 @@ pub struct Config {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Timeouts {
-    /// Each TCP connect attempt.
+    /// The host name lookup, and each TCP connect attempt.
     pub connect: Option<Duration>,
-    /// The whole opening: TCP, proxy tunnel, TLS and HTTP upgrade.
+    /// The whole opening: name lookup, TCP, proxy tunnel, TLS and HTTP upgrade.
     pub handshake: Option<Duration>,
     /// The close handshake.
     pub close: Duration,
@@ -229,11 +229,11 @@ impl Config {
     pub fn subprotocols(&self) -> &[String] {
         &self.request.subprotocols
     }
-    /// Limit on each TCP connect attempt.
+    /// Limit on the host name lookup and on each TCP connect attempt.
     pub fn connect_timeout(&self) -> Option<Duration> {
         self.timeouts.connect
     }
-    /// Limit on the whole opening (TCP + proxy tunnel + TLS + HTTP upgrade).
+    /// Limit on the whole opening (name lookup + TCP + proxy tunnel + TLS + HTTP upgrade).
     pub fn handshake_timeout(&self) -> Option<Duration> {
         self.timeouts.handshake
     }
@@ -421,13 +421,21 @@ impl ConfigBuilder {
         }
         self
     }
-    /// Limit each TCP connect attempt. `None` leaves it to the OS. Defaults to 10 s.
+    /// Limit the host name lookup (the target's, or the proxy's), and each TCP connect attempt,
+    /// each to this long: a lookup past it fails the attempt with
+    /// [`TimeoutKind::Resolve`](crate::TimeoutKind::Resolve), a connect with
+    /// [`TimeoutKind::Connect`](crate::TimeoutKind::Connect). `None` leaves them to the system
+    /// resolver and the OS. Defaults to 10 s.
+    ///
+    /// Lookups run on a small pool of threads shared by the process (at most 4 at once; the
+    /// rest wait their turn, their clocks running), so a caller is never held by a lookup past
+    /// this, and a stop ends a reconnect attempt's lookup at once.
     pub fn connect_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.config.timeouts.connect = timeout;
         self
     }
-    /// Limit the whole opening: TCP connect, proxy tunnel, TLS handshake and HTTP upgrade
-    /// together (DNS is left to the system resolver). `None` means no limit. Defaults to 30 s.
+    /// Limit the whole opening: name lookup, TCP connect, proxy tunnel, TLS handshake and HTTP
+    /// upgrade together. `None` means no limit. Defaults to 30 s.
     pub fn handshake_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.config.timeouts.handshake = timeout;
         self

@@ -1,15 +1,17 @@
-//! Opening a client connection, as a state machine that never waits: URL -> DNS -> TCP ->
-//! [proxy tunnel] -> TLS -> WebSocket upgrade. [`Dial::advance`] goes as far as the socket
-//! allows and says what to wait for ([`Progress::Pending`]: readable or writable, until when);
-//! the caller waits its own way on [`Dial::fd`]: the blocking connect (`connect::connect`) in
-//! poll(2), a reconnecting driver in its waiter, where commands and stops also end the wait.
+//! Opening a client connection, as a state machine that never waits: URL -> name lookup ->
+//! TCP -> [proxy tunnel] -> TLS -> WebSocket upgrade. [`Dial::advance`] goes as far as it can
+//! and says what to wait for ([`Progress::Pending`]: the socket readable or writable, or, while
+//! a name is looked up, no socket: the dial's `Wake`; until when); the caller waits its own
+//! way: the blocking connect (`connect::connect`) in poll(2) or parked, a reconnecting driver
+//! in its waiter, where commands and stops also end the wait.
 //!
-//! Every step after DNS is non-blocking. DNS is the exception: the system resolver has no
-//! non-blocking interface, so [`Dial::start`] resolves, blocking, outside `handshake_timeout`
-//! (whose clock starts before it, as it always has).
+//! Names are looked up in the resolver pool (`resolver.rs`: the system resolver has no
+//! non-blocking interface), which calls the dial's `Wake` with the answer; IP literals need
+//! no lookup. A lookup is bounded by `connect_timeout` and what is left of
+//! `handshake_timeout` (whose clock starts with the dial), as each TCP connect is.
 
 use std::io;
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, TcpKeepalive, Type};
@@ -22,6 +24,7 @@ use crate::io_outcome::connect_pending;
 use crate::proxy::env::for_target;
 use crate::proxy::tunnel::{self, Exchange};
 use crate::proxy::{Proxy, Target};
+use crate::resolver::{self, Lookup, Wake};
 use crate::stream::{Stream, Transport};
 use crate::sys::{AsFd, BorrowedSocket};
 use crate::tcp::TcpConn;
@@ -51,8 +54,10 @@ pub(crate) enum Progress {
     /// Call [`Dial::advance`] again when the socket ([`Dial::fd`]) is ready for `interest`, or
     /// at `deadline` (the dial then fails with its timeout; on Windows, while TCP connects, it
     /// may only look again, see `CONNECT_RECHECK`). A call before either is harmless.
+    /// `interest` is `None` while a name is looked up: there is no socket yet, and the dial's
+    /// `Wake` (given to [`Dial::start`]) says when the answer is in.
     Pending {
-        interest: Interest,
+        interest: Option<Interest>,
         deadline: Option<Instant>,
     },
     /// The connection is open; its socket is non-blocking, ready for a session.
@@ -71,8 +76,11 @@ pub(crate) struct Dial {
     tunnel: Option<(Proxy, TunnelTo)>,
     /// The target's port (the tunnel's; a direct connection's addresses have it).
     port: u16,
-    /// Where TCP goes (the proxy's addresses, or the target's), tried in order.
+    /// Where TCP goes (the proxy's addresses, or the target's), tried in order; empty until
+    /// its name is looked up.
     addrs: Vec<SocketAddr>,
+    /// Ends the wait of whoever advances this dial when a lookup's answer is in.
+    wake: Wake,
     /// The next address to try.
     next: usize,
     /// Why the last address failed.
@@ -89,19 +97,44 @@ pub(crate) struct Dial {
 enum TunnelTo {
     Name(String),
     Ip(IpAddr),
+    /// The target's name (`server_name`), for a proxy that takes an address (SOCKS5): looked
+    /// up here before TCP starts.
+    Unresolved,
 }
 
 impl TunnelTo {
-    fn target(&self) -> Target<'_> {
+    fn target(&self) -> Option<Target<'_>> {
         match self {
-            TunnelTo::Name(name) => Target::Name(name),
-            TunnelTo::Ip(ip) => Target::Ip(*ip),
+            TunnelTo::Name(name) => Some(Target::Name(name)),
+            TunnelTo::Ip(ip) => Some(Target::Ip(*ip)),
+            TunnelTo::Unresolved => None,
         }
     }
 }
 
+/// Which name a lookup is for, and so where its answer goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Name {
+    /// The target's, for its addresses (a direct connection).
+    Target,
+    /// The target's, for the address a SOCKS5 proxy is given.
+    TunnelTarget,
+    /// The proxy's, for its addresses.
+    Proxy,
+}
+
 #[derive(Debug)]
 enum State {
+    /// Look up the next name the dial needs (the tunnel's target, then where TCP goes), or,
+    /// with every address known, on to TCP.
+    Resolve,
+    /// A lookup under way in the resolver pool, until `until` (`connect_timeout`, within the
+    /// handshake's).
+    Resolving {
+        lookup: Lookup,
+        name: Name,
+        until: Option<Instant>,
+    },
     /// Start TCP to the next address (or fail: none is left).
     NextAddress,
     /// TCP to `addr` under way until `until` (`connect_timeout`, within the handshake's).
@@ -128,26 +161,28 @@ enum State {
 }
 
 impl Dial {
-    /// Check `url` and the configuration, pick the proxy, and resolve the names (blocking: the
-    /// one step that does). No socket is opened yet.
+    /// Check `url` and the configuration and pick the proxy. Nothing waits here: no socket is
+    /// opened and no name looked up yet (the first [`Dial::advance`] does both, as far as it
+    /// can); `wake` is called whenever a lookup's answer is in, from a thread of the resolver
+    /// pool, to end the wait of whoever advances the dial.
     ///
     /// # Errors
     ///
-    /// `InvalidUrl`, `UnsupportedScheme`, `InvalidProxy` (from the environment), `Resolve`, and
-    /// `ProxyConnect` when the proxy's name does not resolve.
-    pub(crate) fn start(url: &str, config: &Config) -> Result<Dial, Error> {
+    /// `InvalidUrl`, `UnsupportedScheme`, `InvalidProxy` (from the environment).
+    pub(crate) fn start(url: &str, config: &Config, wake: Wake) -> Result<Dial, Error> {
         let span = tracing::info_span!("connect", url = %redacted(url));
         let started = Instant::now();
-        let dial = span.in_scope(|| Dial::resolve(url, config, started, span.clone()));
+        let dial = span.in_scope(|| Dial::prepare(url, config, wake, started, span.clone()));
         if let Err(e) = &dial {
             span.in_scope(|| tracing::warn!(error = %e, "connect failed"));
         }
         dial
     }
 
-    fn resolve(
+    fn prepare(
         url: &str,
         config: &Config,
+        wake: Wake,
         started: Instant,
         span: tracing::Span,
     ) -> Result<Dial, Error> {
@@ -170,10 +205,13 @@ impl Dial {
             Host::Ipv4(ip) => ip.to_string(),
             Host::Ipv6(ip) => ip.to_string(),
         };
+        // IP literals are addresses already; names are looked up by `advance` (`Resolve`).
+        // `localhost` is a name like any other: std asks the system resolver for it too (its
+        // hosts file, as a rule, but that is the resolver's configuration to decide).
         let (addrs, tunnel) = match proxy {
             None => {
                 let addrs = match host {
-                    Host::Domain(name) => resolve(name, port)?,
+                    Host::Domain(_) => Vec::new(),
                     Host::Ipv4(ip) => vec![SocketAddr::new(ip.into(), port)],
                     Host::Ipv6(ip) => vec![SocketAddr::new(ip.into(), port)],
                 };
@@ -183,22 +221,14 @@ impl Dial {
                 let to = match host {
                     // SOCKS5 takes one address; like curl, we give it the first one the
                     // resolver returns.
-                    Host::Domain(name) if proxy.resolves_locally() => {
-                        TunnelTo::Ip(resolve(name, port)?[0].ip())
-                    }
+                    Host::Domain(_) if proxy.resolves_locally() => TunnelTo::Unresolved,
                     Host::Domain(name) => TunnelTo::Name(name.to_owned()),
                     Host::Ipv4(ip) => TunnelTo::Ip(ip.into()),
                     Host::Ipv6(ip) => TunnelTo::Ip(ip.into()),
                 };
                 let addrs = match proxy.host().parse::<IpAddr>() {
                     Ok(ip) => vec![SocketAddr::new(ip, proxy.port())],
-                    Err(_) => resolve(proxy.host(), proxy.port()).map_err(|e| match e {
-                        Error::Resolve { source, .. } => Error::ProxyConnect {
-                            proxy: proxy.authority(),
-                            source,
-                        },
-                        other => other,
-                    })?,
+                    Err(_) => Vec::new(),
                 };
                 (addrs, Some((proxy, to)))
             }
@@ -211,36 +241,39 @@ impl Dial {
             tunnel,
             port,
             addrs,
+            wake,
             next: 0,
             last_failure: None,
             deadline,
-            state: State::NextAddress,
+            state: State::Resolve,
             span,
             started,
         })
     }
 
-    /// The socket to wait on after [`Progress::Pending`] (which always has one).
+    /// The socket to wait on after [`Progress::Pending`]: there is one whenever its
+    /// `interest` is, and none while a name is looked up.
     pub(crate) fn fd(&self) -> Option<BorrowedSocket<'_>> {
         match &self.state {
             State::Connecting { socket, .. } => Some(socket.as_fd()),
             State::Tunnel { conn, .. } | State::TlsStart(conn) => Some(conn.tcp().as_fd()),
             State::Tls(handshake) => Some(handshake.tcp_conn().tcp().as_fd()),
             State::Upgrade { stream, .. } => stream.tcp_conn().map(|c| c.tcp().as_fd()),
-            State::NextAddress | State::Over => None,
+            State::Resolve | State::Resolving { .. } | State::NextAddress | State::Over => None,
         }
     }
 
-    /// Go on as far as the socket allows at `now`. After `Done` or an error the dial is over
-    /// (its socket closed, on error).
+    /// Go on as far as the lookups and the socket allow at `now`. After `Done` or an error the
+    /// dial is over (its socket closed, its lookup abandoned, on error).
     ///
     /// # Errors
     ///
-    /// Every connect-time error after DNS, as the blocking connect has always given them:
-    /// `Connect` (each address failed; the last one's), `Timeout(Connect)`,
-    /// `Timeout(Handshake)` (also when `now` is past `handshake_timeout` while waiting),
-    /// `ProxyConnect`/`ProxyRefused`/`ProxyProtocol`, `Tls`, `HandshakeRejected`,
-    /// `InvalidHandshake`, `Io`.
+    /// Every connect-time error after the URL, as the blocking connect has always given them:
+    /// `Resolve` (the target's name), `ProxyConnect` (the proxy's name, or every address of
+    /// the proxy failed), `Timeout(Resolve)` (a lookup past `connect_timeout`), `Connect`
+    /// (each address failed; the last one's), `Timeout(Connect)`, `Timeout(Handshake)` (also
+    /// when `now` is past `handshake_timeout` while waiting), `ProxyRefused`/`ProxyProtocol`,
+    /// `Tls`, `HandshakeRejected`, `InvalidHandshake`, `Io`.
     pub(crate) fn advance(&mut self, now: Instant) -> Result<Progress, Error> {
         let span = self.span.clone();
         let _enter = span.enter();
@@ -265,6 +298,31 @@ impl Dial {
         loop {
             // Taken out: each arm puts back the state it leaves the dial in.
             self.state = match std::mem::replace(&mut self.state, State::Over) {
+                State::Resolve => self.look_up_next(now)?,
+                State::Resolving {
+                    lookup,
+                    name,
+                    until,
+                } => match lookup.answer() {
+                    Some(answer) => {
+                        self.resolved(name, answer)?;
+                        State::Resolve
+                    }
+                    None if until.is_some_and(|t| now >= t) => {
+                        return Err(self.lookup_timeout(now));
+                    }
+                    None => {
+                        self.state = State::Resolving {
+                            lookup,
+                            name,
+                            until,
+                        };
+                        return Ok(Progress::Pending {
+                            interest: None,
+                            deadline: until,
+                        });
+                    }
+                },
                 State::NextAddress => self.connect_next(now)?,
                 State::Connecting {
                     socket,
@@ -283,7 +341,7 @@ impl Dial {
                             until,
                         };
                         return Ok(Progress::Pending {
-                            interest: Interest::Writable,
+                            interest: Some(Interest::Writable),
                             deadline: connect_wait(now, until),
                         });
                     }
@@ -300,7 +358,11 @@ impl Dial {
                         .tunnel
                         .as_ref()
                         .ok_or_else(|| io::Error::other("a tunnel state without a proxy"))?;
-                    match exchange.advance(&mut conn, proxy, to.target(), self.port)? {
+                    // Looked up (`Resolve`) before TCP started.
+                    let target = to
+                        .target()
+                        .ok_or_else(|| io::Error::other("a tunnel to a name not looked up"))?;
+                    match exchange.advance(&mut conn, proxy, target, self.port)? {
                         tunnel::Progress::Open => self.secure(conn),
                         tunnel::Progress::Blocked { writing } => {
                             self.state = State::Tunnel { conn, exchange };
@@ -351,18 +413,81 @@ impl Dial {
             return Err(Error::Timeout(TimeoutKind::Handshake));
         }
         Ok(Progress::Pending {
-            interest: Interest::writing(writing),
+            interest: Some(Interest::writing(writing)),
             deadline: self.deadline,
         })
     }
 
-    /// Start TCP to the next address, bounded by `connect_timeout` and what is left of the
-    /// handshake's; when every address has failed, the last failure is the dial's.
-    fn connect_next(&mut self, now: Instant) -> Result<State, Error> {
-        let Some(&addr) = self.addrs.get(self.next) else {
-            return Err(self.tcp_failed(now));
+    /// Ask the resolver pool for the next name the dial needs: the tunnel's target (a SOCKS5
+    /// proxy is given an address), then where TCP goes (the proxy, or the target). With every
+    /// address known, on to TCP.
+    fn look_up_next(&mut self, now: Instant) -> Result<State, Error> {
+        let (name, host, port) = match &self.tunnel {
+            Some((_, TunnelTo::Unresolved)) => {
+                (Name::TunnelTarget, self.server_name.as_str(), self.port)
+            }
+            _ if !self.addrs.is_empty() => return Ok(State::NextAddress),
+            Some((proxy, _)) => (Name::Proxy, proxy.host(), proxy.port()),
+            None => (Name::Target, self.server_name.as_str(), self.port),
         };
-        self.next += 1;
+        let until = self.step_deadline(now)?;
+        tracing::debug!(host = %host, "looking up");
+        let lookup = resolver::lookup(host, port, self.wake.clone())
+            .map_err(|source| self.lookup_failed(name, source))?;
+        Ok(State::Resolving {
+            lookup,
+            name,
+            until,
+        })
+    }
+
+    /// A lookup's answer: the addresses go where `name` says.
+    fn resolved(&mut self, name: Name, answer: io::Result<Vec<SocketAddr>>) -> Result<(), Error> {
+        let addrs = match answer {
+            Ok(addrs) if addrs.is_empty() => {
+                Err(io::Error::new(io::ErrorKind::NotFound, "no addresses"))
+            }
+            other => other,
+        }
+        .map_err(|source| self.lookup_failed(name, source))?;
+        tracing::debug!(
+            addresses = addrs.len(),
+            elapsed_us = self.started.elapsed().as_micros() as u64,
+            "looked up"
+        );
+        match (name, &mut self.tunnel) {
+            (Name::TunnelTarget, Some((_, to))) => *to = TunnelTo::Ip(addrs[0].ip()),
+            _ => self.addrs = addrs,
+        }
+        Ok(())
+    }
+
+    /// A lookup failed: the proxy's is the proxy's failure, the target's a `Resolve`.
+    fn lookup_failed(&self, name: Name, source: io::Error) -> Error {
+        match (name, &self.tunnel) {
+            (Name::Proxy, Some((proxy, _))) => Error::ProxyConnect {
+                proxy: proxy.authority(),
+                source,
+            },
+            _ => Error::Resolve {
+                host: self.server_name.clone(),
+                source,
+            },
+        }
+    }
+
+    /// A lookup ran past its deadline: the handshake's, or its own (`connect_timeout`).
+    fn lookup_timeout(&self, now: Instant) -> Error {
+        if self.deadline.is_some_and(|d| now >= d) {
+            Error::Timeout(TimeoutKind::Handshake)
+        } else {
+            Error::Timeout(TimeoutKind::Resolve)
+        }
+    }
+
+    /// When a step bounded by `connect_timeout` (a lookup, a TCP connect) that starts at `now`
+    /// must be over: that, or the handshake's deadline if sooner. An error if that has passed.
+    fn step_deadline(&self, now: Instant) -> Result<Option<Instant>, Error> {
         let left = match self.deadline {
             Some(d) if now >= d => return Err(Error::Timeout(TimeoutKind::Handshake)),
             Some(d) => Some(d - now),
@@ -372,12 +497,23 @@ impl Dial {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        Ok(timeout.map(|t: Duration| crate::deadline::after(now, t)))
+    }
+
+    /// Start TCP to the next address, bounded by `connect_timeout` and what is left of the
+    /// handshake's; when every address has failed, the last failure is the dial's.
+    fn connect_next(&mut self, now: Instant) -> Result<State, Error> {
+        let Some(&addr) = self.addrs.get(self.next) else {
+            return Err(self.tcp_failed(now));
+        };
+        self.next += 1;
+        let until = self.step_deadline(now)?;
         Ok(match connect_start(addr, &self.config) {
             Ok((socket, true)) => self.tcp_open(socket, addr),
             Ok((socket, false)) => State::Connecting {
                 socket,
                 addr,
-                until: timeout.map(|t: Duration| crate::deadline::after(now, t)),
+                until,
             },
             Err(e) => {
                 self.failed(addr, e);
@@ -394,7 +530,7 @@ impl Dial {
     /// Every address failed: the last failure, as the dial's error.
     fn tcp_failed(&mut self, now: Instant) -> Error {
         let Some((addr, source)) = self.last_failure.take() else {
-            // `resolve` never returns an empty list, so an address was tried.
+            // A lookup never leaves the list empty (`resolved`), so an address was tried.
             return Error::Io(io::Error::other("no address to connect to"));
         };
         if is_deadline(&source) {
@@ -468,23 +604,6 @@ pub(crate) fn parse_url(url: &str) -> Result<(Url, bool), Error> {
         return Err(invalid("no host"));
     }
     Ok((parsed, tls))
-}
-
-fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, Error> {
-    let resolved = (host, port)
-        .to_socket_addrs()
-        .map_err(|source| Error::Resolve {
-            host: host.to_owned(),
-            source,
-        })?;
-    let addrs: Vec<_> = resolved.collect();
-    if addrs.is_empty() {
-        return Err(Error::Resolve {
-            host: host.to_owned(),
-            source: io::Error::new(io::ErrorKind::NotFound, "no addresses"),
-        });
-    }
-    Ok(addrs)
 }
 
 /// A non-blocking socket connecting to `addr`, and whether it is connected already.
@@ -581,15 +700,23 @@ mod tests {
         assert_eq!(redacted("not a url secret"), "<invalid url>");
     }
 
+    /// A dial to an IP literal: no lookup, so nothing to wake.
+    fn start(url: &str, config: &Config) -> Dial {
+        Dial::start(url, config, Wake::new(|| {})).unwrap()
+    }
+
     /// Advance until the dial asks to wait for `until`, waiting for the socket in between as
     /// the blocking connect does. Returns that wait's deadline.
     fn advance_until(dial: &mut Dial, until: Interest) -> Option<Instant> {
         let (mut waiter, _) = Waiter::new(WaitStrategy::Readiness, false).unwrap();
         loop {
             match dial.advance(Instant::now()).unwrap() {
-                Progress::Pending { interest, deadline } if interest == until => return deadline,
+                Progress::Pending {
+                    interest: Some(interest),
+                    deadline,
+                } if interest == until => return deadline,
                 Progress::Pending { interest, .. } => {
-                    let socket = Some((dial.fd().unwrap(), interest.into()));
+                    let socket = Some((dial.fd().unwrap(), interest.unwrap().into()));
                     waiter
                         .wait(socket, Some(Instant::now() + PATIENCE), None, false, false)
                         .unwrap();
@@ -638,13 +765,14 @@ mod tests {
             let _ = tcp.read(&mut [0u8; 64]);
             chunks.len()
         });
-        let mut dial = Dial::start(&format!("ws://{addr}/"), &Config::default()).unwrap();
+        let mut dial = start(&format!("ws://{addr}/"), &Config::default());
         let (mut waiter, _) = Waiter::new(WaitStrategy::Readiness, false).unwrap();
         let mut reads = 0;
         let open = loop {
             match dial.advance(Instant::now()).unwrap() {
                 Progress::Done(open) => break open,
                 Progress::Pending { interest, .. } => {
+                    let interest = interest.unwrap();
                     if interest == Interest::Readable {
                         // Waiting for the answer: let one more byte of it go.
                         reads += 1;
@@ -681,7 +809,7 @@ mod tests {
             .handshake_timeout(Some(Duration::from_secs(30)))
             .build()
             .unwrap();
-        let mut dial = Dial::start(&format!("ws://{addr}/"), &config).unwrap();
+        let mut dial = start(&format!("ws://{addr}/"), &config);
         let deadline = advance_until(&mut dial, Interest::Readable).expect("a deadline");
         assert!(deadline > Instant::now() + Duration::from_secs(20));
         // Just before the deadline it still waits; at it, it fails, and the dial is over.
@@ -690,7 +818,7 @@ mod tests {
             matches!(
                 before,
                 Progress::Pending {
-                    interest: Interest::Readable,
+                    interest: Some(Interest::Readable),
                     deadline: Some(d)
                 } if d == deadline
             ),
@@ -700,6 +828,86 @@ mod tests {
         assert!(matches!(e, Error::Timeout(TimeoutKind::Handshake)), "{e:?}");
         assert!(dial.fd().is_none(), "the socket is closed");
         server.join().unwrap();
+    }
+
+    #[test]
+    fn a_lookup_past_its_time_is_the_lookup_or_the_handshake_timeout_and_has_no_socket() {
+        let _pool = crate::resolver::fake::pool_to_myself();
+        let (entered, release) = crate::resolver::fake::held(&["never-a.test", "never-b.test"]);
+        // A name each: the second dial would join the first one's lookup, still held.
+        for (name, connect, handshake, expected) in [
+            ("never-a.test", 10, 30, TimeoutKind::Resolve),
+            ("never-b.test", 30, 10, TimeoutKind::Handshake),
+        ] {
+            let config = Config::builder()
+                .connect_timeout(Some(Duration::from_secs(connect)))
+                .handshake_timeout(Some(Duration::from_secs(handshake)))
+                .build()
+                .unwrap();
+            let mut dial = start(&format!("ws://{name}:9/"), &config);
+            let now = Instant::now();
+            let until = match dial.advance(now).unwrap() {
+                Progress::Pending {
+                    interest: None,
+                    deadline: Some(until),
+                } => until,
+                other => panic!("the lookup is under way: {other:?}"),
+            };
+            assert!(dial.fd().is_none(), "no socket while the name is looked up");
+            let expected_until = now + Duration::from_secs(connect.min(handshake));
+            assert!(until <= expected_until, "{until:?} {expected_until:?}");
+            assert!(until + Duration::from_secs(1) > expected_until);
+            // The lookup started and is still held: only the deadline can end the dial.
+            entered.recv_timeout(PATIENCE).unwrap();
+            assert!(matches!(
+                dial.advance(until - Duration::from_millis(1)).unwrap(),
+                Progress::Pending { interest: None, .. }
+            ));
+            let e = dial.advance(until).unwrap_err();
+            assert!(
+                matches!(e, Error::Timeout(kind) if kind == expected),
+                "{e:?}"
+            );
+        }
+        drop(release);
+    }
+
+    #[test]
+    fn a_lookup_wakes_its_dial_and_its_addresses_are_tried_in_order() {
+        let _pool = crate::resolver::fake::pool_to_myself();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let open = listener.local_addr().unwrap();
+        // A port nobody listens on: refused, then the next address.
+        let closed = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        crate::resolver::fake::answer("two.test", move |_| Ok(vec![closed, open]));
+        let (woken_tx, woken) = crossbeam_channel::unbounded();
+        let wake = Wake::new(move || {
+            let _ = woken_tx.send(());
+        });
+        let mut dial = Dial::start("ws://two.test:1/", &Config::default(), wake).unwrap();
+        let mut progress = dial.advance(Instant::now()).unwrap();
+        if let Progress::Pending { interest: None, .. } = progress {
+            woken.recv_timeout(PATIENCE).unwrap();
+            progress = dial.advance(Instant::now()).unwrap();
+        }
+        // On to TCP, to the open address after the refused one, and the upgrade request.
+        assert!(
+            matches!(
+                progress,
+                Progress::Pending {
+                    interest: Some(_),
+                    ..
+                }
+            ),
+            "{progress:?}"
+        );
+        advance_until(&mut dial, Interest::Readable);
+        let (mut tcp, _) = listener.accept().unwrap();
+        tcp.set_read_timeout(Some(PATIENCE)).unwrap();
+        assert!(request_head(&mut tcp).starts_with("GET / HTTP/1.1\r\n"));
     }
 
     /// A listener whose accept queue is full (backlog 0, one connection never accepted), so
@@ -728,11 +936,11 @@ mod tests {
                 .handshake_timeout(Some(Duration::from_secs(handshake)))
                 .build()
                 .unwrap();
-            let mut dial = Dial::start(&format!("ws://{addr}/"), &config).unwrap();
+            let mut dial = start(&format!("ws://{addr}/"), &config);
             let now = Instant::now();
             let until = match dial.advance(now).unwrap() {
                 Progress::Pending {
-                    interest: Interest::Writable,
+                    interest: Some(Interest::Writable),
                     deadline: Some(until),
                 } => until,
                 other => panic!("the connect is under way: {other:?}"),

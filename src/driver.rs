@@ -10,6 +10,7 @@ use tungstenite::protocol::WebSocket;
 use crate::command::{CommandSender, Inbox, Shared};
 use crate::dial::{Dial, Interest, Progress};
 use crate::reconnect::jitter_random;
+use crate::resolver::Wake;
 use crate::session::{Dispatch, Session};
 use crate::stream::Stream;
 use crate::sys::{AsFd, BorrowedSocket};
@@ -64,14 +65,32 @@ pub(crate) enum Step {
     /// stop or `deadline`; reading stays paused until then.
     Paused { deadline: Option<Instant> },
     /// Between connections (a reconnecting client): wait for a command, a stop or `deadline`,
-    /// and, while `dialing`, for the dial's socket to be ready that way.
-    /// The last connection's socket is no longer watched.
+    /// and, when there is a `socket` interest, for the dial's socket to be ready that way.
+    /// Without one (a backoff, or a dial whose name is being looked up) nothing but the
+    /// connection's waker ends the wait before the deadline: a command, a stop, or the
+    /// resolver's answer (`Shared::wake_now`). The last connection's socket is no longer
+    /// watched.
     Reconnecting {
-        dialing: Option<Interest>,
+        socket: Option<Interest>,
         deadline: Option<Instant>,
     },
     /// The connection is over, for good.
     Done,
+}
+
+/// What a dial of this connection calls when its name lookup answers: the connection's own
+/// wake, as a stop's (in a set it names the member, which the set then passes; alone it ends
+/// the wait in the OS poll or the park).
+fn resolver_wake(session: &Session) -> Wake {
+    match session.inbox() {
+        Some(inbox) => {
+            let shared = inbox.shared().clone();
+            Wake::new(move || shared.wake_now())
+        }
+        // Every driver has an inbox (`with_inbox`); without one, the dial's deadline ends
+        // each wait instead.
+        None => Wake::new(|| {}),
+    }
 }
 
 /// Whether a connection's end keeps what it left unsent for the next connection.
@@ -157,11 +176,12 @@ impl Driver {
         (driver, sender)
     }
 
-    /// A client that has not connected yet: its first pass starts opening `url` (DNS, then
-    /// TCP, TLS and the upgrade as the socket allows), and a later pass announces the
-    /// connection. For a front-end that waits for many drivers at once: it calls
-    /// [`Driver::pass`], waits on [`Driver::socket`] itself and reports what ended the wait
-    /// with [`Driver::woke`]; this driver's own waiter is never used.
+    /// A client that has not connected yet: its first pass starts opening `url` (the name
+    /// looked up in the resolver pool, then TCP, TLS and the upgrade as the socket allows),
+    /// and a later pass announces the connection. For a front-end that waits for many
+    /// drivers at once: it calls [`Driver::pass`], waits on [`Driver::socket`] itself and
+    /// reports what ended the wait with [`Driver::woke`]; this driver's own waiter is never
+    /// used.
     pub(crate) fn dialing(
         url: &str,
         config: &Config,
@@ -254,8 +274,8 @@ impl Driver {
                     read,
                 } => self.wait(d, read, deadline, active, delivered),
                 Step::Paused { deadline } => self.wait_paused(d, deadline),
-                Step::Reconnecting { dialing, deadline } => {
-                    if let Err(e) = self.wait_reconnecting(d, dialing, deadline) {
+                Step::Reconnecting { socket, deadline } => {
+                    if let Err(e) = self.wait_reconnecting(d, socket, deadline) {
                         tracing::warn!(error = %e, "wait failed while reconnecting");
                         self.stop_reconnecting();
                     }
@@ -292,9 +312,8 @@ impl Driver {
     }
 
     /// One pass over whatever the connection is doing: a session ([`Driver::session_pass`]),
-    /// or, between connections, a backoff or a dial ([`Driver::reconnect_pass`]). Never waits,
-    /// except for DNS at the start of a reconnect attempt (the system resolver has no
-    /// non-blocking interface).
+    /// or, between connections, a backoff or a dial ([`Driver::reconnect_pass`]). Never waits
+    /// (a dial's name lookup runs in the resolver pool, which wakes the connection).
     pub(crate) fn pass<D: Dispatch + ?Sized>(&mut self, d: &mut D) -> Step {
         if self.over {
             return Step::Done;
@@ -468,15 +487,15 @@ impl Driver {
         }
     }
 
-    /// Wait as a reconnecting client does: for the dial's socket (if dialing), a command, a
-    /// stop, or `deadline`.
+    /// Wait as a reconnecting client does: for the dial's socket (if it has one), a command, a
+    /// stop, the resolver's answer (through the waker, as a command), or `deadline`.
     fn wait_reconnecting<D: Dispatch + ?Sized>(
         &mut self,
         d: &mut D,
-        dialing: Option<Interest>,
+        socket: Option<Interest>,
         deadline: Option<Instant>,
     ) -> io::Result<()> {
-        let socket = match (dialing, &self.reconnecting) {
+        let socket = match (socket, &self.reconnecting) {
             (
                 Some(interest),
                 Some(Reconnecting {
@@ -542,24 +561,26 @@ impl Driver {
             let outcome = match &mut reconnecting.stage {
                 Stage::Backoff { until } if Instant::now() < *until => {
                     return Step::Reconnecting {
-                        dialing: None,
+                        socket: None,
                         deadline: Some(*until),
                     }
                 }
-                Stage::Backoff { .. } => match Dial::start(&redial.url, &redial.config) {
-                    Ok(dial) => {
-                        reconnecting.stage = Stage::Dialing(Box::new(dial));
-                        self.socket_epoch += 1;
-                        continue;
+                Stage::Backoff { .. } => {
+                    match Dial::start(&redial.url, &redial.config, resolver_wake(&self.session)) {
+                        Ok(dial) => {
+                            reconnecting.stage = Stage::Dialing(Box::new(dial));
+                            self.socket_epoch += 1;
+                            continue;
+                        }
+                        Err(e) => Err(e),
                     }
-                    Err(e) => Err(e),
-                },
+                }
                 Stage::Dialing(dial) => dial.advance(Instant::now()),
             };
             match outcome {
                 Ok(Progress::Pending { interest, deadline }) => {
                     return Step::Reconnecting {
-                        dialing: Some(interest),
+                        socket: interest,
                         deadline,
                     }
                 }

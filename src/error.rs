@@ -248,7 +248,10 @@ impl Error {
 pub enum TimeoutKind {
     /// TCP connect ([`ConfigBuilder::connect_timeout`](crate::ConfigBuilder::connect_timeout)).
     Connect,
-    /// The whole opening: TCP + proxy tunnel + TLS + HTTP upgrade
+    /// The host name lookup (the target's or the proxy's) did not answer within
+    /// [`ConfigBuilder::connect_timeout`](crate::ConfigBuilder::connect_timeout).
+    Resolve,
+    /// The whole opening: name lookup + TCP + proxy tunnel + TLS + HTTP upgrade
     /// ([`ConfigBuilder::handshake_timeout`](crate::ConfigBuilder::handshake_timeout)).
     Handshake,
     /// The close handshake ([`ConfigBuilder::close_timeout`](crate::ConfigBuilder::close_timeout)).
@@ -261,9 +264,9 @@ pub enum TimeoutKind {
     /// the peer is gone or the path is dead.
     Pong,
     /// A [`ThreadedClient`](crate::ThreadedClient)'s worker did not end within
-    /// [`ConfigBuilder::shutdown_timeout`](crate::ConfigBuilder::shutdown_timeout) (it can only be
-    /// inside a reconnect attempt's DNS lookup, which the system resolver does not let us
-    /// interrupt; the worker ends by itself once it returns).
+    /// [`ConfigBuilder::shutdown_timeout`](crate::ConfigBuilder::shutdown_timeout). Every wait
+    /// of the worker takes the stop (a reconnect attempt's name lookup included), so it can
+    /// only be a worker the machine gives no time to run; it ends by itself.
     Shutdown,
 }
 
@@ -271,6 +274,7 @@ impl fmt::Display for TimeoutKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             TimeoutKind::Connect => "tcp connect",
+            TimeoutKind::Resolve => "name lookup",
             TimeoutKind::Handshake => "websocket opening handshake",
             TimeoutKind::Close => "close handshake",
             TimeoutKind::Write => "write",

@@ -113,9 +113,9 @@
 //!   reading cannot hold them up; the close's deadline runs from the call.
 //! - **Every accepted command is carried out or reported.** A send that returned `Ok` reaches
 //!   the wire, or comes back as [`Error::Closed`] through `on_error` / [`Event::Error`].
-//! - **Nothing hangs unless you ask it to.** Connect, TLS, the upgrade, the close handshake and
-//!   stalled writes ([`ConfigBuilder::write_timeout`], 30 s by default) all have deadlines
-//!   ([`TimeoutKind`] says which one passed).
+//! - **Nothing hangs unless you ask it to.** The name lookup, connect, TLS, the upgrade, the
+//!   close handshake and stalled writes ([`ConfigBuilder::write_timeout`], 30 s by default) all
+//!   have deadlines ([`TimeoutKind`] says which one passed).
 //! - **Bad input ends only that connection**, with the right close code (1007 invalid UTF-8 or
 //!   compressed data, 1009 too large, 1002 protocol) and a typed [`Error`]; it never panics.
 //! - `on_quit` / [`Event::Quit`] comes last, exactly once.
@@ -206,6 +206,7 @@ mod outbox;
 mod proxy;
 mod read_ahead;
 mod reconnect;
+mod resolver;
 mod server;
 mod session;
 mod shared_frame;

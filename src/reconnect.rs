@@ -7,7 +7,7 @@ use std::time::Duration;
 /// When and how often to reconnect after a connection ends without the user asking (an error,
 /// a dead peer, or a close started by the server). A close or force-quit by the user, or
 /// dropping the client, never reconnects and stops a reconnection under way, even in the middle
-/// of a backoff wait or of an attempt that is still opening (only its DNS lookup blocks).
+/// of a backoff wait or of an attempt that is still opening (its name lookup included).
 ///
 /// The delay before attempt `n` is `min_delay * 2^(n-1)`, capped at `max_delay`, with up to
 /// `jitter` of it taken off at random so that many clients do not come back at once.

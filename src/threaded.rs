@@ -27,11 +27,9 @@ use crate::{Config, Error, Event, Handshake, Metrics, ReconnectAttempt, WaitStra
 /// When the worker ends, `event_rx` reports disconnection after [`Event::Quit`] and sends on
 /// `control_tx` fail. Dropping the client stops the worker (a best-effort Close 1001) and joins
 /// it within [`ConfigBuilder::shutdown_timeout`](crate::ConfigBuilder::shutdown_timeout). Every
-/// wait of the worker is bounded and interruptible, a reconnect attempt's included: its TCP
-/// connect, proxy exchange, TLS handshake and upgrade are states of the worker's loop, which
-/// takes a stop while it waits for the socket. The one exception is the DNS lookup at the start
-/// of an attempt, which the system resolver does not let us interrupt; if the drop lands there,
-/// the worker is left to end by itself once the lookup returns.
+/// wait of the worker is bounded and interruptible, a reconnect attempt's included: its name
+/// lookup (in a small pool of threads shared by the process), TCP connect, proxy exchange, TLS
+/// handshake and upgrade are states of the worker's loop, which takes a stop while it waits.
 ///
 /// ```no_run
 /// use syncws::{Config, Event, ThreadedClient};
@@ -135,8 +133,8 @@ impl ThreadedClient {
     /// # Errors
     ///
     /// [`Error::Timeout`] with [`TimeoutKind::Shutdown`](crate::TimeoutKind::Shutdown) if the
-    /// worker did not end within `timeout`: it can only be inside a reconnect attempt's DNS
-    /// lookup, and is left to finish on its own once the lookup returns.
+    /// worker did not end within `timeout` (every wait of the worker takes the stop, so only a
+    /// machine that gives it no time gets here); it is left to finish on its own.
     pub fn shutdown(mut self, timeout: Duration) -> Result<(), Error> {
         self.stop(timeout)
     }
