@@ -21,6 +21,7 @@ pub enum TlsBackend {
     /// rustls with the `ring` provider and the system's root certificates. Needs the crate's
     /// `rustls` feature; [`ConfigBuilder::build`](crate::ConfigBuilder::build) refuses it
     /// otherwise.
+    #[cfg_attr(docsrs, doc(cfg(feature = "rustls")))]
     Rustls,
 }
 
@@ -328,6 +329,10 @@ mod rustls_backend {
 
     pub(crate) type RustlsStream = StreamOwned<ClientConnection, TcpConn>;
 
+    // rustls 0.23.48 deprecates ring's provider (no post-quantum key exchange) to steer users
+    // to aws-lc-rs, which needs a C toolchain and CMake to build; ring keeps the feature
+    // buildable anywhere Rust is. Allowed, so a `cargo update` does not fail `-D warnings`.
+    #[allow(deprecated)]
     fn provider() -> Arc<CryptoProvider> {
         Arc::new(rustls::crypto::ring::default_provider())
     }

@@ -319,6 +319,8 @@ pub fn mtls_server(pki: &TestPki) -> (u16, JoinHandle<Result<usize, String>>) {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     use std::sync::Arc;
+    // Deprecated from rustls 0.23.48 (see src/tls.rs): allowed for the same reason.
+    #[allow(deprecated)]
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     roots
