@@ -122,6 +122,9 @@ pub(crate) struct Driver {
     over: bool,
     /// What ended the last connection or failed the last attempt, for `ReconnectAttempt`.
     last_error: Option<String>,
+    /// When the connection opened by a reconnect did, and the attempt that opened it: a
+    /// connection that ends before the policy's `min_uptime` goes on from that attempt.
+    reopened: Option<(Instant, u32)>,
     /// When a message last arrived (for `read_timeout`).
     last_input: Instant,
     /// Whether the socket may have data the session has not seen (see `TcpConn::rearm`).
@@ -169,6 +172,7 @@ impl Driver {
             fresh: true,
             over: false,
             last_error: None,
+            reopened: None,
             last_input: Instant::now(),
             rearm: true,
             socket_epoch: 0,
@@ -526,9 +530,14 @@ impl Driver {
         }
         self.session
             .enter_reconnect(redial.config.while_disconnected());
+        // A connection that did not last is one more failed attempt, not a fresh start.
+        let attempt = match self.reopened.take() {
+            Some((at, attempt)) if at.elapsed() < policy.min_uptime => attempt,
+            _ => 0,
+        };
         self.reconnecting = Some(Reconnecting {
             policy,
-            attempt: 0,
+            attempt,
             stage: Stage::Backoff {
                 until: Instant::now(),
             },
@@ -651,7 +660,11 @@ impl Driver {
     /// A dial succeeded: the new session adopts the old one's inbox, counters and held
     /// messages, and is announced by the next pass.
     fn reconnected(&mut self, (ws, handshake): (WebSocket<Stream>, Handshake)) {
-        let first = self.reconnecting.take().is_some_and(|r| r.first);
+        let done = self.reconnecting.take();
+        let first = done.as_ref().is_some_and(|r| r.first);
+        self.reopened = done
+            .filter(|r| !r.first)
+            .map(|r| (Instant::now(), r.attempt));
         let Some(redial) = &self.redial else {
             return;
         };

@@ -27,6 +27,7 @@ pub struct Reconnect {
     pub(crate) max_delay: Duration,
     pub(crate) max_attempts: Option<u32>,
     pub(crate) jitter: f64,
+    pub(crate) min_uptime: Duration,
 }
 
 impl Default for Reconnect {
@@ -36,12 +37,14 @@ impl Default for Reconnect {
             max_delay: Duration::from_secs(30),
             max_attempts: None,
             jitter: 0.5,
+            min_uptime: Duration::from_secs(5),
         }
     }
 }
 
 impl Reconnect {
-    /// The defaults: 100 ms doubling to 30 s, unlimited attempts, jitter 0.5.
+    /// The defaults: 100 ms doubling to 30 s, unlimited attempts, jitter 0.5, a connection
+    /// counts as a success once it has been up 5 s.
     pub fn new() -> Self {
         Reconnect::default()
     }
@@ -57,10 +60,23 @@ impl Reconnect {
         self.max_delay = delay;
         self
     }
-    /// Give up after this many failed attempts in a row (`None`: never). Defaults to `None`.
+    /// Give up after this many failed attempts in a row (`None`: never; a connection that ends
+    /// before [`min_uptime`](Self::min_uptime) is a failed attempt). Defaults to `None`.
     #[must_use]
     pub fn max_attempts(mut self, attempts: Option<u32>) -> Self {
         self.max_attempts = attempts;
+        self
+    }
+    /// How long a new connection must stay up before it counts as a success, which starts the
+    /// next outage's backoff again from `min_delay` (and its attempts from 1). A connection that
+    /// ends sooner (a server that accepts and drops at once, an overloaded one that closes
+    /// everyone) counts as a failed attempt: the backoff goes on growing and `max_attempts`
+    /// goes on counting, so a flapping server is not redialled every `min_delay` forever, and
+    /// a set of thousands does not come back as a herd. Defaults to 5 s; zero resets the backoff
+    /// on every successful handshake.
+    #[must_use]
+    pub fn min_uptime(mut self, uptime: Duration) -> Self {
+        self.min_uptime = uptime;
         self
     }
     /// Fraction of each delay (0.0 to 1.0) that may be taken off at random. Defaults to 0.5.
@@ -127,7 +143,8 @@ pub enum WhileDisconnected {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ReconnectAttempt {
-    /// 1 for the first attempt after a connection ended; resets after a success.
+    /// 1 for the first attempt after a connection ended; counts on while connections end
+    /// before [`Reconnect::min_uptime`], and starts again from 1 after one that lasted.
     pub attempt: u32,
     /// How long the client waits before this attempt.
     pub delay: Duration,

@@ -905,3 +905,85 @@ fn dropping_a_threaded_client_ends_a_reconnect_attempt_that_is_still_opening() {
         );
     }
 }
+
+/// A server that upgrades each connection, keeps it `up` (then drops it), `serve` times, and
+/// then stops listening (so later attempts are refused).
+fn flapping_server(serve: usize, up: Duration) -> (String, JoinHandle<Port>) {
+    let port = Port::new();
+    let url = port.url();
+    let listener = port.listen();
+    let handle = std::thread::spawn(move || {
+        for _ in 0..serve {
+            let (tcp, _) = listener.accept().unwrap();
+            let mut ws = tungstenite::accept(tcp).unwrap();
+            // Pacing, not synchronisation: how long the connection stays up. The client
+            // sends nothing, so this read only waits out `up`.
+            if !up.is_zero() {
+                ws.get_mut().set_read_timeout(Some(up)).unwrap();
+                let _ = ws.read();
+            }
+        }
+        drop(listener);
+        port
+    });
+    (url, handle)
+}
+
+#[test]
+fn a_server_that_drops_every_connection_at_once_gets_the_backoff_not_a_herd() {
+    for mode in MODES {
+        // Every connection is upgraded and dropped at once: each counts as a failed attempt, so
+        // the delays go on doubling and max_attempts ends it.
+        let (url, server) = flapping_server(3, Duration::ZERO);
+        let out = drive(
+            mode,
+            &url,
+            Config::builder().reconnect(Some(
+                Reconnect::new()
+                    .min_delay(Duration::from_millis(10))
+                    .max_delay(Duration::from_millis(80))
+                    .jitter(0.0)
+                    .max_attempts(Some(4)),
+            )),
+            passive(),
+        );
+        drop(server.join().unwrap());
+        let got: Vec<(u32, Duration)> = out.attempts.iter().map(|a| (a.attempt, a.delay)).collect();
+        let ms = Duration::from_millis;
+        assert_eq!(
+            got,
+            [(1, ms(10)), (2, ms(20)), (3, ms(40)), (4, ms(80))],
+            "{mode:?}: a connection that does not last does not reset the backoff"
+        );
+        assert_eq!(
+            out.metrics.reconnects, 2,
+            "{mode:?}: two reconnects succeeded"
+        );
+    }
+}
+
+#[test]
+fn a_connection_that_lasts_min_uptime_starts_the_backoff_again() {
+    for mode in MODES {
+        // Each connection stays up longer than min_uptime: every outage starts from attempt 1,
+        // until the server stops listening and attempts fail for real.
+        let (url, server) = flapping_server(3, Duration::from_millis(150));
+        let out = drive(
+            mode,
+            &url,
+            Config::builder().reconnect(Some(
+                Reconnect::new()
+                    .min_delay(Duration::from_millis(10))
+                    .max_delay(Duration::from_millis(80))
+                    .jitter(0.0)
+                    .max_attempts(Some(2))
+                    .min_uptime(Duration::from_millis(50)),
+            )),
+            passive(),
+        );
+        drop(server.join().unwrap());
+        let got: Vec<u32> = out.attempts.iter().map(|a| a.attempt).collect();
+        assert_eq!(got, [1, 1, 1, 2], "{mode:?}");
+        assert_eq!(out.metrics.reconnects, 2, "{mode:?}");
+    }
+}
