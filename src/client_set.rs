@@ -407,7 +407,8 @@ impl<H: Handler> ClientSet<H> {
                     .watch(&mut member.watch, id, socket, epoch, dialing, interest);
             if let Err(e) = watched {
                 tracing::warn!(error = %e, "client set: cannot watch a socket");
-                member.driver.session.fail(e.into(), None);
+                // A dial's socket: that attempt fails (the next one may find room again).
+                member.driver.socket_failed(e.into(), false);
                 member.queued = true;
                 self.run.push(id);
                 return;
@@ -484,7 +485,7 @@ impl<H: Handler> ClientSet<H> {
         for id in ids {
             if let Some(member) = self.members.get_mut(&id) {
                 let error = io::Error::new(e.kind(), e.to_string());
-                member.driver.session.fail(error.into(), None);
+                member.driver.socket_failed(error.into(), true);
             }
             self.mark(id, Woke::Command);
         }

@@ -15,7 +15,7 @@ use crate::session::{Dispatch, Session};
 use crate::stream::Stream;
 use crate::sys::{AsFd, BorrowedSocket};
 use crate::wait::{Interest as SocketInterest, Waiter, Woke};
-use crate::{Config, Handshake, Reconnect, ReconnectAttempt, WaitStrategy};
+use crate::{Config, Error, Handshake, Reconnect, ReconnectAttempt, WaitStrategy};
 
 /// Where to dial again after a connection ends (clients with a reconnect policy).
 #[derive(Debug)]
@@ -125,6 +125,9 @@ pub(crate) struct Driver {
     /// When the connection opened by a reconnect did, and the attempt that opened it: a
     /// connection that ends before the policy's `min_uptime` goes on from that attempt.
     reopened: Option<(Instant, u32)>,
+    /// The set could not watch the dial's socket (or wait at all): the attempt under way fails
+    /// with this on the next pass; `true`: and no other attempt follows.
+    dial_failure: Option<(Error, bool)>,
     /// When a message last arrived (for `read_timeout`).
     last_input: Instant,
     /// Whether the socket may have data the session has not seen (see `TcpConn::rearm`).
@@ -173,6 +176,7 @@ impl Driver {
             over: false,
             last_error: None,
             reopened: None,
+            dial_failure: None,
             last_input: Instant::now(),
             rearm: true,
             socket_epoch: 0,
@@ -567,14 +571,17 @@ impl Driver {
             let (Some(reconnecting), Some(redial)) = (&mut self.reconnecting, &self.redial) else {
                 return self.stop_reconnecting();
             };
-            let outcome = match &mut reconnecting.stage {
-                Stage::Backoff { until } if Instant::now() < *until => {
+            let failure = self.dial_failure.take();
+            let end = failure.as_ref().is_some_and(|(_, end)| *end);
+            let outcome = match (failure, &mut reconnecting.stage) {
+                (Some((e, _)), _) => Err(e),
+                (None, Stage::Backoff { until }) if Instant::now() < *until => {
                     return Step::Reconnecting {
                         socket: None,
                         deadline: Some(*until),
                     }
                 }
-                Stage::Backoff { .. } => {
+                (None, Stage::Backoff { .. }) => {
                     match Dial::start(&redial.url, &redial.config, resolver_wake(&self.session)) {
                         Ok(dial) => {
                             reconnecting.stage = Stage::Dialing(Box::new(dial));
@@ -584,7 +591,7 @@ impl Driver {
                         Err(e) => Err(e),
                     }
                 }
-                Stage::Dialing(dial) => dial.advance(Instant::now()),
+                (None, Stage::Dialing(dial)) => dial.advance(Instant::now()),
             };
             match outcome {
                 Ok(Progress::Pending { interest, deadline }) => {
@@ -598,7 +605,7 @@ impl Driver {
                     return Step::Again;
                 }
                 Err(e) => {
-                    let permanent = e.is_permanent();
+                    let permanent = e.is_permanent() || end;
                     let first = reconnecting.first;
                     self.last_error = Some(e.to_string());
                     d.error(&mut self.session, e);
@@ -612,6 +619,17 @@ impl Driver {
                     self.next_attempt(d);
                 }
             }
+        }
+    }
+
+    /// The loop could not watch this connection's socket, or could not wait at all (`end`):
+    /// the connection fails with `e`, or, between connections, the attempt under way does
+    /// (and with `end`, reconnecting stops). Either way the next pass reports it.
+    pub(crate) fn socket_failed(&mut self, e: Error, end: bool) {
+        if self.reconnecting.is_some() {
+            self.dial_failure = Some((e, end));
+        } else {
+            self.session.fail(e, None);
         }
     }
 
@@ -685,5 +703,90 @@ impl Driver {
             self.last_error = Some(error.to_string());
             d.error(&mut self.session, error);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpListener;
+
+    use super::*;
+    use crate::command::Shared;
+    use crate::handler::Callbacks;
+    use crate::{Context, Handler};
+
+    #[derive(Default)]
+    struct Log {
+        errors: Vec<String>,
+        attempts: Vec<u32>,
+    }
+
+    impl Handler for Log {
+        fn on_error(&mut self, _: &mut Context<'_>, error: &Error) {
+            self.errors.push(error.to_string());
+        }
+        fn on_reconnecting(&mut self, _: &mut Context<'_>, attempt: &ReconnectAttempt) {
+            self.attempts.push(attempt.attempt);
+        }
+    }
+
+    /// A set's driver whose dial is under way: its TCP connect done (the listener's backlog
+    /// took it), the upgrade waiting for an answer that never comes.
+    fn dialing(listener: &TcpListener, policy: Reconnect) -> Box<Driver> {
+        let url = format!("ws://{}/", listener.local_addr().unwrap());
+        let config = Config::builder().reconnect(Some(policy)).build().unwrap();
+        let (mut driver, _sender) = Driver::dialing(&url, &config, Shared::new(None, None));
+        let mut log = Log::default();
+        // Until the dial has a socket to watch.
+        for _ in 0..100 {
+            if driver.socket().is_some() {
+                break;
+            }
+            let _ = driver.pass(&mut Callbacks(&mut log, None));
+        }
+        assert!(driver.socket().is_some(), "the dial has a socket");
+        driver
+    }
+
+    #[test]
+    fn a_dial_whose_socket_cannot_be_watched_fails_that_attempt_and_backs_off() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let policy = Reconnect::new()
+            .min_delay(Duration::from_secs(60))
+            .max_delay(Duration::from_secs(120));
+        let mut driver = dialing(&listener, policy);
+        // Before: the failure went to the detached session, which ignored it, and the set ran
+        // the member again at once, for ever (the review's busy loop).
+        let mut log = Log::default();
+        // A later attempt: the first connection of a set is one attempt, and its failure ends it.
+        driver.reconnecting.as_mut().unwrap().first = false;
+        driver.socket_failed(io::Error::other("no room for another watch").into(), false);
+        let step = driver.pass(&mut Callbacks(&mut log, None));
+        assert_eq!(log.errors.len(), 1, "reported: {:?}", log.errors);
+        assert!(log.errors[0].contains("no room"), "{:?}", log.errors);
+        assert_eq!(log.attempts, [2], "the next attempt is announced");
+        match step {
+            Step::Reconnecting {
+                socket: None,
+                deadline: Some(at),
+            } => assert!(
+                at > Instant::now() + Duration::from_secs(29),
+                "it backs off"
+            ),
+            other => panic!("expected a backoff, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_set_that_cannot_wait_ends_its_dialing_members() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut driver = dialing(&listener, Reconnect::new());
+        driver.reconnecting.as_mut().unwrap().first = false;
+        let mut log = Log::default();
+        driver.socket_failed(io::Error::other("the poll is broken").into(), true);
+        let step = driver.pass(&mut Callbacks(&mut log, None));
+        assert!(matches!(step, Step::Done), "{step:?}");
+        assert_eq!(log.errors.len(), 1, "{:?}", log.errors);
+        assert!(log.attempts.is_empty(), "no attempt after the set broke");
     }
 }
