@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The load generator against two chat-server nodes sharing one Redis, all started here on free
 # loopback ports with temporary directories, and stopped (by PID) when the run ends. The
-# figures in the README's "Running several nodes" came from this script.
+# figures in chat/README.md's "Running several nodes" came from this script.
 #
 #   bash scripts/cluster-load.sh [SCENARIO [chat-load options]]   (default: node-pairs --clients 1000 --duration 20)
 #

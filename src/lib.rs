@@ -254,3 +254,8 @@ pub use tungstenite::{Bytes, Message, Utf8Bytes};
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
+
+/// The guide's examples, compiled as doc-tests like the README's.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/guide.md")]
+pub struct GuideDoctests;

@@ -1,6 +1,6 @@
 //! chat/protocol/chat.schema.json is the protocol's contract: every frame the server sends in
 //! any test is checked against it (tests/util's `Chat`), and here what it says about clients'
-//! frames is held against what a real server does with them, and against the README.
+//! frames is held against what a real server does with them, and against chat/README.md.
 
 mod util;
 
@@ -127,7 +127,7 @@ fn the_schema_is_strict_about_server_frames() {
 
 /// The names in the first column of the README's protocol table, and every event it mentions.
 fn readme_protocol() -> (Vec<String>, Vec<String>) {
-    let readme = include_str!("../../README.md");
+    let readme = include_str!("../README.md");
     let start = readme.find("| client `op` | server answers |").unwrap();
     let table: Vec<&str> = readme[start..]
         .lines()
@@ -178,13 +178,13 @@ fn the_readme_names_every_op_and_event_of_the_schema() {
     assert_eq!(
         readme_ops,
         in_schema("op_"),
-        "the README's protocol table lists the schema's ops"
+        "chat/README.md's protocol table lists the schema's ops"
     );
-    let readme = include_str!("../../README.md");
+    let readme = include_str!("../README.md");
     for ev in in_schema("ev_") {
         assert!(
             evs.contains(&ev) || readme.contains(&format!("`{ev}{{")),
-            "the README never shows the event `{ev}`"
+            "chat/README.md never shows the event `{ev}`"
         );
     }
 }
