@@ -245,6 +245,30 @@ impl Shared {
 /// Every send that returns `Ok` is either carried out or reported to the connection's
 /// [`Handler::on_error`](crate::Handler::on_error) (or as an
 /// [`Event::Error`](crate::Event::Error)) as [`Error::Closed`](crate::Error::Closed).
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use syncws::{BlockingClient, Config, Handler};
+///
+/// struct Quiet;
+/// impl Handler for Quiet {}
+///
+/// let client = BlockingClient::connect("ws://127.0.0.1:9001", &Config::default())?;
+/// let sender = client.handle();
+/// std::thread::spawn(move || {
+///     for n in 0..10 {
+///         // Waits while the connection's queue is full; Err once the connection has ended.
+///         if sender.send_text(format!("tick {n}")).is_err() {
+///             return;
+///         }
+///         std::thread::sleep(Duration::from_secs(1));
+///     }
+///     // Goes out after the ten ticks; its close_timeout runs from now.
+///     let _ = sender.close(1000, "done");
+/// });
+/// client.run(&mut Quiet);
+/// # Ok::<(), syncws::Error>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct CommandSender {
     tx: Sender<Command>,

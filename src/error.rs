@@ -17,6 +17,24 @@ use crate::io_outcome::{io_outcome, IoOutcome};
 /// [`Handler::on_connection_closed`](crate::Handler::on_connection_closed) with its code and
 /// reason. Errors that end a connection are reported once through
 /// [`Handler::on_error`](crate::Handler::on_error) (or [`Event::Error`](crate::Event::Error)).
+///
+/// Connect errors are distinct, so a program can decide what to tell its user or whether to
+/// try again:
+///
+/// ```no_run
+/// use syncws::{BlockingClient, Config, Error, TimeoutKind, TlsFailure};
+///
+/// match BlockingClient::connect("wss://example.com/feed", &Config::default()) {
+///     Ok(client) => { /* client.run(&mut handler) */ }
+///     Err(Error::Resolve { host, .. }) => eprintln!("no such host {host}"),
+///     Err(Error::Connect { addr, .. }) => eprintln!("{addr} refused"),
+///     Err(Error::Tls { failure: TlsFailure::Expired, .. }) => eprintln!("its certificate expired"),
+///     Err(Error::HandshakeRejected { status }) => eprintln!("the server said {status}"),
+///     Err(Error::Timeout(TimeoutKind::Connect)) => eprintln!("no answer; try later"),
+///     Err(e) if e.is_permanent() => eprintln!("giving up: {e}"),
+///     Err(e) => eprintln!("{e}; try later"),
+/// }
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {

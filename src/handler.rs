@@ -17,6 +17,43 @@ use crate::{CloseInfo, Error, Handshake, Metrics, ReconnectAttempt, SharedFrame}
 /// Order: `on_activated` first; then messages in the order they arrived; `on_connection_closed`
 /// after every message the peer sent before its Close; `on_quit` last, exactly once, however the
 /// connection ended.
+///
+/// A handler keeps what it needs between hooks in its own fields:
+///
+/// ```no_run
+/// use syncws::{BlockingClient, CloseInfo, Config, Context, Error, Handler};
+///
+/// /// Subscribes, counts what arrives, and stops after `left` messages.
+/// struct Feed {
+///     left: usize,
+///     errors: Vec<String>,
+/// }
+///
+/// impl Handler for Feed {
+///     fn on_activated(&mut self, ctx: &mut Context<'_>) {
+///         // Also after each reconnect: subscribe again.
+///         let _ = ctx.send_text(r#"{"subscribe":"trades"}"#);
+///     }
+///     fn on_text_message(&mut self, ctx: &mut Context<'_>, text: &str) {
+///         println!("{text}");
+///         self.left -= 1;
+///         if self.left == 0 {
+///             let _ = ctx.close(1000, "enough");
+///         }
+///     }
+///     fn on_connection_closed(&mut self, _ctx: &mut Context<'_>, close: &CloseInfo) {
+///         println!("closed with {}", close.code);
+///     }
+///     fn on_error(&mut self, _ctx: &mut Context<'_>, error: &Error) {
+///         self.errors.push(error.to_string());
+///     }
+/// }
+///
+/// let client = BlockingClient::connect("wss://example.com/feed", &Config::default())?;
+/// let mut feed = Feed { left: 100, errors: Vec::new() };
+/// client.run(&mut feed);
+/// # Ok::<(), syncws::Error>(())
+/// ```
 #[allow(unused_variables)]
 pub trait Handler {
     /// The connection is open; the handshake is in [`Context::handshake`].

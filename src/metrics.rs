@@ -8,6 +8,26 @@ use std::time::Duration;
 /// by the thread that drives the connection: no locks and no locked instructions, cheap enough
 /// to leave on. Reads from other threads are eventually consistent, not a snapshot across
 /// fields.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use syncws::{Config, ThreadedClient};
+///
+/// let client = ThreadedClient::connect("ws://127.0.0.1:9001", &Config::default())?;
+/// let metrics = client.metrics(); // an Arc: keep it on a monitoring thread
+/// std::thread::spawn(move || loop {
+///     std::thread::sleep(Duration::from_secs(10));
+///     println!(
+///         "in {} out {} queued {} B rtt {:?} reconnects {}",
+///         metrics.messages_received(),
+///         metrics.messages_sent(),
+///         metrics.queued_bytes(),
+///         metrics.last_rtt(),
+///         metrics.reconnects(),
+///     );
+/// });
+/// # Ok::<(), syncws::Error>(())
+/// ```
 #[derive(Debug, Default)]
 pub struct Metrics {
     messages_sent: AtomicU64,
