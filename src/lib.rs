@@ -185,6 +185,8 @@ mod close;
 mod command;
 mod config;
 mod connect;
+#[cfg(test)]
+mod core_props;
 mod deadline;
 mod deflate;
 mod dial;

@@ -276,6 +276,15 @@ impl Session {
         session
     }
 
+    /// The scripted stream under a test session.
+    #[cfg(test)]
+    pub(crate) fn scripted(&mut self) -> &mut crate::stream::scripted::Scripted {
+        match self.ws.get_mut().transport_mut() {
+            crate::stream::Transport::Scripted(s) => s,
+            _ => unreachable!("not a scripted session"),
+        }
+    }
+
     #[cfg(test)]
     pub(crate) fn set_outbound(&mut self, outbound: Option<Outbound>) {
         self.deflate = outbound;

@@ -169,7 +169,7 @@ impl Drop for ThreadedClient {
 /// Turns the session's reports into [`Event`]s, and never blocks while the connection lives:
 /// when `event_rx` is full, events wait in a short backlog and the core stops reading until the
 /// application catches up (still flushing, taking commands and checking deadlines).
-struct Forward {
+pub(crate) struct Forward {
     events: Sender<Event>,
     /// Disconnected when the owner stops the worker (drop or `shutdown`).
     stop: Receiver<()>,
@@ -185,6 +185,23 @@ struct Forward {
 const MAX_BACKLOG: usize = 64;
 
 impl Forward {
+    /// A worker's dispatcher on its own, for the core's property tests: the event channel
+    /// (`capacity`) and what must be kept alive while it runs (the owner's stop, the nudge).
+    #[cfg(test)]
+    pub(crate) fn for_test(capacity: usize) -> (Forward, Receiver<Event>, [Sender<()>; 2]) {
+        let (events, events_rx) = crossbeam_channel::bounded(capacity);
+        let (stop_tx, stop) = crossbeam_channel::bounded(1);
+        let (nudge_tx, nudge) = crossbeam_channel::bounded(1);
+        let forward = Forward {
+            events,
+            stop,
+            nudge,
+            backlog: VecDeque::new(),
+            gone: false,
+        };
+        (forward, events_rx, [stop_tx, nudge_tx])
+    }
+
     fn emit(&mut self, event: Event) {
         if self.gone {
             return;
