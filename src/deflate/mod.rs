@@ -207,10 +207,29 @@ fn split_outside_quotes(s: &str, sep: char) -> Vec<&str> {
 }
 
 fn unquote(v: &str) -> Result<String, String> {
+    let malformed = || format!("malformed parameter value {v:?}");
     match v.strip_prefix('"').and_then(|v| v.strip_suffix('"')) {
-        Some(inner) => Ok(inner.replace('\\', "")),
+        Some(inner) => {
+            // A backslash quotes the one character after it (RFC 9110 5.6.4), so `\\` is a
+            // backslash, not nothing; and the value, unescaped, must still be a token (RFC 6455
+            // 9.1), or `"1\\0"` would pass for 10.
+            let mut out = String::with_capacity(inner.len());
+            let mut chars = inner.chars();
+            while let Some(c) = chars.next() {
+                out.push(if c == '\\' {
+                    chars.next().ok_or_else(malformed)?
+                } else {
+                    c
+                });
+            }
+            if is_token(&out) {
+                Ok(out)
+            } else {
+                Err(malformed())
+            }
+        }
         None if is_token(v) => Ok(v.to_owned()),
-        None => Err(format!("malformed parameter value {v:?}")),
+        None => Err(malformed()),
     }
 }
 
@@ -504,6 +523,27 @@ mod tests {
         assert!(e.to_string().contains("larger"), "{e}");
         let e = client_verify(None, std::iter::once("permessage-deflate")).unwrap_err();
         assert!(e.to_string().contains("did not offer"), "{e}");
+    }
+
+    /// Found by the property tests (extension_headers_follow_rfc_7692): every backslash was
+    /// dropped, so an escaped backslash between two digits made a window size of what is not a
+    /// token at all.
+    #[test]
+    fn quoted_values_are_unescaped_once_and_must_be_tokens() {
+        let d = DeflateConfig::new();
+        for answer in [
+            r#"permessage-deflate; client_max_window_bits="1\\0""#,
+            r#"permessage-deflate; server_max_window_bits="""#,
+            r#"permessage-deflate; server_max_window_bits="1 2""#,
+        ] {
+            let e = verify(&d, answer).unwrap_err();
+            assert!(e.to_string().contains("malformed"), "{answer}: {e}");
+        }
+        // A quoted-pair that stands for an ordinary character is still that character.
+        let p = verify(&d, r#"permessage-deflate; client_max_window_bits="1\0""#)
+            .unwrap()
+            .unwrap();
+        assert_eq!(p.client_max_window_bits, 10);
     }
 
     #[test]
