@@ -362,6 +362,7 @@ pub(crate) fn server_accept<'a>(
             server_max_window_bits: config.server_max_window_bits.unwrap_or(15),
         };
         let mut client_bits_offered = None;
+        let mut client_promised = false;
         let mut seen: Vec<&str> = Vec::new();
         for (key, value) in &params {
             if seen.contains(&key.as_str()) {
@@ -370,8 +371,8 @@ pub(crate) fn server_accept<'a>(
             seen.push(key);
             match (key.as_str(), value) {
                 ("server_no_context_takeover", None) => p.server_no_context_takeover = true,
-                // A promise by the client; nothing to answer.
-                ("client_no_context_takeover", None) => {}
+                // A promise by the client: nothing to answer, but part of what is agreed.
+                ("client_no_context_takeover", None) => client_promised = true,
                 ("server_max_window_bits", v) => match window_bits(v.as_deref()) {
                     Some(bits) => p.server_max_window_bits = p.server_max_window_bits.min(bits),
                     None => continue 'offers,
@@ -391,6 +392,9 @@ pub(crate) fn server_accept<'a>(
         if p.client_no_context_takeover {
             answer.push_str("; client_no_context_takeover");
         }
+        // What the client will do whether we echo it or not, as its own check of our answer
+        // records it: both ends describe the same agreement.
+        p.client_no_context_takeover |= client_promised;
         if seen.contains(&"server_max_window_bits") || config.server_max_window_bits.is_some() {
             answer.push_str(&format!(
                 "; server_max_window_bits={}",
@@ -583,6 +587,25 @@ mod tests {
         );
         assert!(server_accept(&d, std::iter::once("x-other, permessage-deflate; bad")).is_none());
         assert!(server_accept(&d, std::iter::empty()).is_none());
+    }
+
+    /// Found by the property tests (extension_headers_follow_rfc_7692, the round trip): the
+    /// client agreed to its own promise of no context takeover, the server did not record it,
+    /// so the two ends described different agreements.
+    #[test]
+    fn both_ends_agree_on_a_clients_promise_of_no_context_takeover() {
+        let promising = DeflateConfig::new().client_no_context_takeover(true);
+        let sent = offer(&promising);
+        assert_eq!(
+            sent,
+            "permessage-deflate; client_no_context_takeover; client_max_window_bits"
+        );
+        let (p, answer) =
+            server_accept(&DeflateConfig::new(), std::iter::once(sent.as_str())).unwrap();
+        assert!(p.client_no_context_takeover);
+        assert_eq!(answer, "permessage-deflate", "a promise needs no answer");
+        let agreed = client_verify(Some(&promising), std::iter::once(answer.as_str()));
+        assert_eq!(agreed.unwrap(), Some(p));
     }
 
     #[test]
