@@ -45,7 +45,7 @@ impl Handshake {
 // out exactly as configured (order kept, names may repeat, `Host` may be overridden) and so that
 // what the server agreed (subprotocol, extensions) is checked in one place.
 
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 
 use http::header::{self, HeaderName};
 use tungstenite::protocol::{Role, WebSocket};
@@ -104,9 +104,9 @@ impl ClientUpgrade {
     /// block (call again when it is ready; nothing is lost or sent twice). `Ok(Some)`: the
     /// answer passed every check; with what was agreed comes what was read past the head (the
     /// start of the frame stream, for [`websocket`]).
-    pub(crate) fn advance(
+    pub(crate) fn advance<S: Read + Write>(
         &mut self,
-        stream: &mut Stream,
+        stream: &mut S,
         config: &Config,
     ) -> Result<Option<(Handshake, Vec<u8>)>, Error> {
         while !self.sent {
@@ -138,6 +138,18 @@ impl ClientUpgrade {
         };
         let handshake = check_answer(&head.head, &self.key, config)?;
         Ok(Some((handshake, head.leftover)))
+    }
+
+    /// The request as it goes out (the fuzz target checks it is written exactly once).
+    #[cfg(any(test, fuzzing))]
+    pub(crate) fn request(&self) -> &[u8] {
+        &self.request
+    }
+
+    /// The request's `Sec-WebSocket-Key`.
+    #[cfg(any(test, fuzzing))]
+    pub(crate) fn key(&self) -> &str {
+        &self.key
     }
 }
 

@@ -22,7 +22,7 @@ use crate::io_outcome::{io_outcome, IoOutcome};
 pub(crate) const MAX_HEADERS: usize = 100;
 
 /// Bytes asked of the stream per read.
-const CHUNK: usize = 2048;
+pub(crate) const CHUNK: usize = 2048;
 
 /// A head as read off the stream.
 #[derive(Debug)]
@@ -66,6 +66,12 @@ impl HeadReader {
             buf: Vec::with_capacity(1024),
             limit,
         }
+    }
+
+    /// Bytes kept so far (the fuzz target checks the bound).
+    #[cfg(any(test, fuzzing))]
+    pub(crate) fn buffered(&self) -> usize {
+        self.buf.len()
     }
 
     /// Read from `src` until the end of the head. Any error but "would block" ends the head.

@@ -303,24 +303,12 @@ impl Incoming {
             crate::deflate::server_accept(settings, offers)
         });
 
-        let mut answer = Vec::with_capacity(256);
-        // Writes to a Vec cannot fail.
-        let _ = write!(
-            answer,
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Accept: {}\r\n",
-            tungstenite::handshake::derive_accept_key(key.as_bytes())
+        let answer = switching_protocols(
+            key,
+            accept.subprotocol.as_deref(),
+            deflate.as_ref().map(|(_, extensions)| extensions.as_str()),
+            &accept.headers,
         );
-        if let Some(p) = &accept.subprotocol {
-            let _ = write!(answer, "Sec-WebSocket-Protocol: {p}\r\n");
-        }
-        if let Some((_, extensions)) = &deflate {
-            let _ = write!(answer, "Sec-WebSocket-Extensions: {extensions}\r\n");
-        }
-        for (name, value) in &accept.headers {
-            crate::http_head::write_header(&mut answer, name, value);
-        }
-        answer.extend_from_slice(b"\r\n");
         stream
             .write_all(&answer)
             .and_then(|()| stream.flush())
@@ -431,10 +419,38 @@ impl Accept {
     }
 }
 
+/// The `101 Switching Protocols` head that accepts an upgrade whose key is `key`.
+pub(crate) fn switching_protocols(
+    key: &str,
+    subprotocol: Option<&str>,
+    extensions: Option<&str>,
+    headers: &[(HeaderName, HeaderValue)],
+) -> Vec<u8> {
+    let mut answer = Vec::with_capacity(256);
+    // Writes to a Vec cannot fail.
+    let _ = write!(
+        answer,
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {}\r\n",
+        tungstenite::handshake::derive_accept_key(key.as_bytes())
+    );
+    if let Some(p) = subprotocol {
+        let _ = write!(answer, "Sec-WebSocket-Protocol: {p}\r\n");
+    }
+    if let Some(extensions) = extensions {
+        let _ = write!(answer, "Sec-WebSocket-Extensions: {extensions}\r\n");
+    }
+    for (name, value) in headers {
+        crate::http_head::write_header(&mut answer, name, value);
+    }
+    answer.extend_from_slice(b"\r\n");
+    answer
+}
+
 /// An error answer: status, the reason (the body), and headers the status calls for.
-struct Refusal {
-    status: StatusCode,
-    reason: String,
+pub(crate) struct Refusal {
+    pub(crate) status: StatusCode,
+    pub(crate) reason: String,
     headers: &'static [(&'static str, &'static str)],
 }
 
@@ -449,7 +465,7 @@ impl Refusal {
 }
 
 /// RFC 6455 4.2.1: what a server must find in an upgrade request. Returns the key.
-fn check_upgrade(request: &Request<()>) -> Result<&str, Refusal> {
+pub(crate) fn check_upgrade(request: &Request<()>) -> Result<&str, Refusal> {
     let bad = |reason: &str| Refusal::new(StatusCode::BAD_REQUEST, reason.to_owned());
     if request.method() != Method::GET {
         return Err(Refusal {

@@ -154,11 +154,13 @@ const NAME: &str = "permessage-deflate";
 
 /// One extension from a `Sec-WebSocket-Extensions` header: its name and parameters (values
 /// unquoted).
-type Extension = (String, Vec<(String, Option<String>)>);
+pub(crate) type Extension = (String, Vec<(String, Option<String>)>);
 
 /// Split `Sec-WebSocket-Extensions` values (RFC 6455 9.1: comma-separated extensions, each a
 /// token with `;`-separated parameters, values tokens or quoted strings).
-fn parse_extensions<'a>(values: impl Iterator<Item = &'a str>) -> Result<Vec<Extension>, String> {
+pub(crate) fn parse_extensions<'a>(
+    values: impl Iterator<Item = &'a str>,
+) -> Result<Vec<Extension>, String> {
     let mut out = Vec::new();
     for value in values {
         for element in split_outside_quotes(value, ',') {
