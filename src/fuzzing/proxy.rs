@@ -29,13 +29,15 @@ fn outcome(r: &Result<(), Error>) -> Outcome {
     }
 }
 
-/// A long host name: too long for SOCKS5's one length byte.
+/// A host name of 328 bytes: too long for SOCKS5's one length byte.
 const LONG_NAME: &str = concat!(
     "a123456789b123456789c123456789d123456789e123456789f123456789g123456789h123456789",
     "i123456789j123456789k123456789l123456789m123456789n123456789o123456789p123456789",
     "q123456789r123456789s123456789t123456789u123456789v123456789w123456789x123456789",
+    "y123456789z123456789A123456789B123456789C123456789D123456789E123456789F123456789",
     ".example"
 );
+const _: () = assert!(LONG_NAME.len() > 255);
 
 fn target(choice: u8) -> Target<'static> {
     match choice & 3 {
