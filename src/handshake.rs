@@ -45,7 +45,7 @@ impl Handshake {
 // out exactly as configured (order kept, names may repeat, `Host` may be overridden) and so that
 // what the server agreed (subprotocol, extensions) is checked in one place.
 
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 
 use http::header::{self, HeaderName};
 use tungstenite::protocol::{Role, WebSocket};
@@ -104,9 +104,9 @@ impl ClientUpgrade {
     /// block (call again when it is ready; nothing is lost or sent twice). `Ok(Some)`: the
     /// answer passed every check; with what was agreed comes what was read past the head (the
     /// start of the frame stream, for [`websocket`]).
-    pub(crate) fn advance(
+    pub(crate) fn advance<S: Read + Write>(
         &mut self,
-        stream: &mut Stream,
+        stream: &mut S,
         config: &Config,
     ) -> Result<Option<(Handshake, Vec<u8>)>, Error> {
         while !self.sent {
@@ -136,10 +136,29 @@ impl ClientUpgrade {
             Err(HeadError::Io(e)) if io_outcome(&e) == IoOutcome::WouldBlock => return Ok(None),
             Err(e) => return Err(head_error(e)),
         };
-        let mut handshake = response(&head.head)?;
-        verify(&mut handshake, &self.key, config)?;
+        let handshake = check_answer(&head.head, &self.key, config)?;
         Ok(Some((handshake, head.leftover)))
     }
+
+    /// The request as it goes out (the fuzz target checks it is written exactly once).
+    #[cfg(any(test, fuzzing))]
+    pub(crate) fn request(&self) -> &[u8] {
+        &self.request
+    }
+
+    /// The request's `Sec-WebSocket-Key`.
+    #[cfg(any(test, fuzzing))]
+    pub(crate) fn key(&self) -> &str {
+        &self.key
+    }
+}
+
+/// The server's answer to a request with `key`, from its head: what was agreed, or why the
+/// connection must not open (RFC 6455 4.1).
+pub(crate) fn check_answer(head: &[u8], key: &str, config: &Config) -> Result<Handshake, Error> {
+    let mut handshake = response(head)?;
+    verify(&mut handshake, key, config)?;
+    Ok(handshake)
 }
 
 /// The WebSocket over an upgraded `stream`, on either side. `leftover`, what was read past the
@@ -258,37 +277,57 @@ fn verify(handshake: &mut Handshake, key: &str, config: &Config) -> Result<(), E
             status: handshake.status,
         });
     }
-    let get = |name: HeaderName| {
-        handshake
-            .headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
+    let headers = &handshake.headers;
+    // A header that may appear once: its value, or None when it is missing or repeated (two
+    // lines are one list, RFC 9110 5.3, which no single value matches).
+    let single = |name: HeaderName| {
+        let mut lines = headers.get_all(name).iter();
+        match (lines.next(), lines.next()) {
+            (Some(v), None) => v.to_str().ok(),
+            _ => None,
+        }
     };
-    if !get(header::UPGRADE).eq_ignore_ascii_case("websocket") {
+    if !single(header::UPGRADE).is_some_and(|v| v.eq_ignore_ascii_case("websocket")) {
         return Err(Error::InvalidHandshake(
             "response lacks `Upgrade: websocket`".into(),
         ));
     }
-    if !get(header::CONNECTION)
-        .split(',')
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-    {
+    // A list: the token may be in any of the lines.
+    let upgrade = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    if !upgrade {
         return Err(Error::InvalidHandshake(
             "response lacks `Connection: upgrade`".into(),
         ));
     }
     let expected = tungstenite::handshake::derive_accept_key(key.as_bytes());
-    if get(header::SEC_WEBSOCKET_ACCEPT) != expected {
+    if single(header::SEC_WEBSOCKET_ACCEPT) != Some(expected.as_str()) {
         return Err(Error::InvalidHandshake(
             "Sec-WebSocket-Accept does not match our key".into(),
         ));
     }
-    if let Some(chosen) = &handshake.subprotocol {
-        if !config.subprotocols().iter().any(|p| p == chosen) {
-            return Err(Error::InvalidHandshake(format!(
-                "server chose subprotocol {chosen:?}, which we did not offer"
-            )));
+    let mut chosen = headers.get_all(header::SEC_WEBSOCKET_PROTOCOL).iter();
+    match (chosen.next(), chosen.next()) {
+        (None, _) => {}
+        (Some(_), Some(_)) => {
+            return Err(Error::InvalidHandshake(
+                "the server chose more than one subprotocol".into(),
+            ))
+        }
+        // Not text (so not `handshake.subprotocol`) is not one we offered either.
+        (Some(v), None) => {
+            let offered = v
+                .to_str()
+                .is_ok_and(|v| config.subprotocols().iter().any(|p| p == v));
+            if !offered {
+                return Err(Error::InvalidHandshake(format!(
+                    "server chose subprotocol {v:?}, which we did not offer"
+                )));
+            }
         }
     }
     let extensions = handshake
@@ -311,6 +350,56 @@ mod tests {
             Transport::Scripted(s) => s,
             _ => unreachable!("a scripted stream"),
         }
+    }
+
+    /// An answer head to a request whose key is the RFC 6455 sample, with `lines` added.
+    fn answer(lines: &[&[u8]]) -> Vec<u8> {
+        let mut head = b"HTTP/1.1 101 Switching Protocols\r\n\
+                         Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"
+            .to_vec();
+        head.extend(lines.concat());
+        head.extend_from_slice(b"\r\n");
+        head
+    }
+
+    /// Found by the property tests and fuzzing (upgrade_answer): only the first line of each
+    /// header was read, so a second subprotocol, a second Upgrade or a second accept hash went
+    /// unseen, a `Connection: upgrade` on a second line was missed, and a subprotocol that is
+    /// not text was taken for none at all.
+    #[test]
+    fn headers_that_may_appear_once_are_refused_twice_and_lists_are_read_whole() {
+        const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+        let config = Config::builder().subprotocol("superchat").build().unwrap();
+        let ok: &[u8] = b"Upgrade: websocket\r\nConnection: Upgrade\r\n";
+        let h = check_answer(&answer(&[ok]), KEY, &config).unwrap();
+        assert_eq!(h.subprotocol(), None);
+        let chosen: &[u8] = b"Sec-WebSocket-Protocol: superchat\r\n";
+        let h = check_answer(&answer(&[ok, chosen]), KEY, &config).unwrap();
+        assert_eq!(h.subprotocol(), Some("superchat"));
+        let cases: [(&[u8], &str); 5] = [
+            (
+                b"Sec-WebSocket-Protocol: superchat\r\nSec-WebSocket-Protocol: superchat\r\n",
+                "more than one subprotocol",
+            ),
+            (b"Upgrade: websocket\r\n", "Upgrade"),
+            (b"Upgrade: h2c\r\n", "Upgrade"),
+            (b"Sec-WebSocket-Accept: x\r\n", "does not match"),
+            (
+                b"Sec-WebSocket-Protocol: superchat\xa0\r\n",
+                "did not offer",
+            ),
+        ];
+        for (lines, why) in cases {
+            let e = check_answer(&answer(&[ok, lines]), KEY, &config).unwrap_err();
+            assert!(
+                matches!(&e, Error::InvalidHandshake(m) if m.contains(why)),
+                "{lines:?}: {e}"
+            );
+        }
+        // Connection is a list, over as many lines as the server likes.
+        let split: &[u8] =
+            b"Upgrade: websocket\r\nConnection: keep-alive\r\nConnection: Upgrade\r\n";
+        assert!(check_answer(&answer(&[split]), KEY, &config).is_ok());
     }
 
     #[test]

@@ -22,7 +22,7 @@ use crate::io_outcome::{io_outcome, IoOutcome};
 pub(crate) const MAX_HEADERS: usize = 100;
 
 /// Bytes asked of the stream per read.
-const CHUNK: usize = 2048;
+pub(crate) const CHUNK: usize = 2048;
 
 /// A head as read off the stream.
 #[derive(Debug)]
@@ -66,6 +66,12 @@ impl HeadReader {
             buf: Vec::with_capacity(1024),
             limit,
         }
+    }
+
+    /// Bytes kept so far (the fuzz target checks the bound).
+    #[cfg(any(test, fuzzing))]
+    pub(crate) fn buffered(&self) -> usize {
+        self.buf.len()
     }
 
     /// Read from `src` until the end of the head. Any error but "would block" ends the head.
@@ -138,9 +144,7 @@ pub(crate) fn write_header(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderV
 pub(crate) fn parse_response(head: &[u8]) -> Result<(StatusCode, HeaderMap), ParseError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut response = httparse::Response::new(&mut headers);
-    if response.parse(head)?.is_partial() {
-        return Err(ParseError::Malformed("incomplete head".into()));
-    }
+    complete(response.parse(head)?, head)?;
     let status = response
         .code
         .and_then(|c| StatusCode::from_u16(c).ok())
@@ -152,9 +156,7 @@ pub(crate) fn parse_response(head: &[u8]) -> Result<(StatusCode, HeaderMap), Par
 pub(crate) fn parse_request(head: &[u8]) -> Result<Request<()>, ParseError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
-    if request.parse(head)?.is_partial() {
-        return Err(ParseError::Malformed("incomplete head".into()));
-    }
+    complete(request.parse(head)?, head)?;
     // A complete parse has all three.
     let (Some(method), Some(target), Some(minor)) = (request.method, request.path, request.version)
     else {
@@ -175,6 +177,19 @@ pub(crate) fn parse_request(head: &[u8]) -> Result<Request<()>, ParseError> {
     *out.version_mut() = version;
     *out.headers_mut() = header_map(request.headers)?;
     Ok(out)
+}
+
+/// The parse took all of `head`. httparse also ends a head at a blank line ended by a bare LF
+/// (`\r\n\n`), where [`read`] goes on to the first CRLFCRLF: the lines in between would be
+/// neither headers nor what follows the head, so such a head is malformed, not cut short.
+fn complete(status: httparse::Status<usize>, head: &[u8]) -> Result<(), ParseError> {
+    match status {
+        httparse::Status::Complete(n) if n == head.len() => Ok(()),
+        httparse::Status::Complete(_) => Err(ParseError::Malformed(
+            "the head ends at a blank line that is not CRLF CRLF".into(),
+        )),
+        httparse::Status::Partial => Err(ParseError::Malformed("incomplete head".into())),
+    }
 }
 
 fn header_map(headers: &[httparse::Header<'_>]) -> Result<HeaderMap, ParseError> {
@@ -363,5 +378,24 @@ mod tests {
         assert_eq!(headers["upgrade"], "websocket");
         assert!(parse_response(b"SSH-2.0-OpenSSH\r\n\r\n").is_err());
         assert!(parse_response(b"HTTP/1.1 042 Odd\r\n\r\n").is_err());
+    }
+
+    /// Found by fuzzing (http_head): httparse ended these heads at the blank line ended by a
+    /// bare LF, while `read` had read on to CRLFCRLF, and the header between the two vanished:
+    /// neither a header nor a byte past the head.
+    #[test]
+    fn a_head_with_a_bare_lf_blank_line_before_its_end_is_malformed() {
+        let early = b"GET /chat HTTP/1.1\r\n\nUpgr: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+        let head = read(&mut &early[..], 1024).unwrap();
+        assert_eq!(head.head, early, "read ends at CRLFCRLF");
+        assert!(matches!(
+            parse_request(&head.head),
+            Err(ParseError::Malformed(m)) if m.contains("CRLF")
+        ));
+        let early = b"HTTP/1.1 101 Switching Protocols\r\n\nUpgrade: websocket\r\n\r\n";
+        assert!(matches!(
+            parse_response(early),
+            Err(ParseError::Malformed(m)) if m.contains("CRLF")
+        ));
     }
 }

@@ -249,7 +249,8 @@ impl Incoming {
     /// After answering the client with the status in brackets and closing the connection:
     ///
     /// - [`Error::BadRequest`] when the request is not a valid upgrade: not `GET` (405, with
-    ///   `Allow: GET`), not HTTP/1.1, no `Host`, no `Upgrade: websocket` or no `upgrade` in
+    ///   `Allow: GET`), not HTTP/1.1, a target that is neither a path nor an http(s) URI, not
+    ///   exactly one `Host` naming a host, no `Upgrade: websocket` or no `upgrade` in
     ///   `Connection`, a missing or malformed `Sec-WebSocket-Key` (400); a
     ///   `Sec-WebSocket-Version` other than 13 (426, with `Sec-WebSocket-Version: 13`);
     /// - [`Error::SubprotocolNotOffered`] when `accept` names a subprotocol the client did not
@@ -302,24 +303,12 @@ impl Incoming {
             crate::deflate::server_accept(settings, offers)
         });
 
-        let mut answer = Vec::with_capacity(256);
-        // Writes to a Vec cannot fail.
-        let _ = write!(
-            answer,
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Accept: {}\r\n",
-            tungstenite::handshake::derive_accept_key(key.as_bytes())
+        let answer = switching_protocols(
+            key,
+            accept.subprotocol.as_deref(),
+            deflate.as_ref().map(|(_, extensions)| extensions.as_str()),
+            &accept.headers,
         );
-        if let Some(p) = &accept.subprotocol {
-            let _ = write!(answer, "Sec-WebSocket-Protocol: {p}\r\n");
-        }
-        if let Some((_, extensions)) = &deflate {
-            let _ = write!(answer, "Sec-WebSocket-Extensions: {extensions}\r\n");
-        }
-        for (name, value) in &accept.headers {
-            crate::http_head::write_header(&mut answer, name, value);
-        }
-        answer.extend_from_slice(b"\r\n");
         stream
             .write_all(&answer)
             .and_then(|()| stream.flush())
@@ -430,10 +419,38 @@ impl Accept {
     }
 }
 
+/// The `101 Switching Protocols` head that accepts an upgrade whose key is `key`.
+pub(crate) fn switching_protocols(
+    key: &str,
+    subprotocol: Option<&str>,
+    extensions: Option<&str>,
+    headers: &[(HeaderName, HeaderValue)],
+) -> Vec<u8> {
+    let mut answer = Vec::with_capacity(256);
+    // Writes to a Vec cannot fail.
+    let _ = write!(
+        answer,
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {}\r\n",
+        tungstenite::handshake::derive_accept_key(key.as_bytes())
+    );
+    if let Some(p) = subprotocol {
+        let _ = write!(answer, "Sec-WebSocket-Protocol: {p}\r\n");
+    }
+    if let Some(extensions) = extensions {
+        let _ = write!(answer, "Sec-WebSocket-Extensions: {extensions}\r\n");
+    }
+    for (name, value) in headers {
+        crate::http_head::write_header(&mut answer, name, value);
+    }
+    answer.extend_from_slice(b"\r\n");
+    answer
+}
+
 /// An error answer: status, the reason (the body), and headers the status calls for.
-struct Refusal {
-    status: StatusCode,
-    reason: String,
+pub(crate) struct Refusal {
+    pub(crate) status: StatusCode,
+    pub(crate) reason: String,
     headers: &'static [(&'static str, &'static str)],
 }
 
@@ -448,7 +465,7 @@ impl Refusal {
 }
 
 /// RFC 6455 4.2.1: what a server must find in an upgrade request. Returns the key.
-fn check_upgrade(request: &Request<()>) -> Result<&str, Refusal> {
+pub(crate) fn check_upgrade(request: &Request<()>) -> Result<&str, Refusal> {
     let bad = |reason: &str| Refusal::new(StatusCode::BAD_REQUEST, reason.to_owned());
     if request.method() != Method::GET {
         return Err(Refusal {
@@ -462,9 +479,26 @@ fn check_upgrade(request: &Request<()>) -> Result<&str, Refusal> {
     if matches!(request.version(), Version::HTTP_09 | Version::HTTP_10) {
         return Err(bad("a websocket upgrade needs HTTP/1.1 or later"));
     }
+    // RFC 6455 4.2.1 1: the target is a resource name (a path and query), or an absolute
+    // http(s) URI; not `*` (asterisk-form) nor a bare authority (a CONNECT's).
+    let uri = request.uri();
+    let path = uri.scheme().is_none() && uri.authority().is_none() && uri.path().starts_with('/');
+    let absolute = uri
+        .scheme_str()
+        .is_some_and(|s| s.eq_ignore_ascii_case("http") || s.eq_ignore_ascii_case("https"));
+    if !(path || absolute) {
+        return Err(bad(
+            "the request target is neither a path nor an http(s) URI",
+        ));
+    }
     let headers = request.headers();
-    if !headers.contains_key(header::HOST) {
-        return Err(bad("no Host header"));
+    // RFC 9112 3.2: exactly one Host, naming a host (RFC 6455 4.2.1: the server's authority).
+    let mut hosts = headers.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(host), None) if is_host(host.as_bytes()) => {}
+        (None, _) => return Err(bad("no Host header")),
+        (Some(_), Some(_)) => return Err(bad("more than one Host header")),
+        (Some(_), None) => return Err(bad("the Host header does not name a host")),
     }
     if !has_token(headers, header::UPGRADE, "websocket") {
         return Err(bad("not a websocket upgrade: no `Upgrade: websocket`"));
@@ -494,13 +528,56 @@ fn check_upgrade(request: &Request<()>) -> Result<&str, Refusal> {
     }
 }
 
-/// Whether `key` is the base64 of 16 bytes: 22 characters of the alphabet and `==`.
+/// Whether a `Host` value is `uri-host [ ":" port ]` (RFC 9110 7.2, RFC 3986 3.2.2): an IPv6
+/// literal in brackets, or a name or IPv4 address that is not empty, then decimal digits
+/// after a colon. (`http::uri::Authority` takes `h:x` and user info, so it will not do.)
+fn is_host(value: &[u8]) -> bool {
+    let (host, port) = match value.strip_prefix(b"[") {
+        Some(literal) => match literal.iter().position(|&b| b == b']') {
+            Some(end) => {
+                let ip = std::str::from_utf8(&literal[..end])
+                    .is_ok_and(|s| s.parse::<std::net::Ipv6Addr>().is_ok());
+                if !ip {
+                    return false;
+                }
+                (None, &literal[end + 1..])
+            }
+            None => return false,
+        },
+        None => {
+            let end = value.iter().position(|&b| b == b':').unwrap_or(value.len());
+            (Some(&value[..end]), &value[end..])
+        }
+    };
+    // reg-name: unreserved, percent-encoded, or sub-delims characters.
+    let name_ok = host.is_none_or(|h| {
+        !h.is_empty()
+            && h.iter().enumerate().all(|(i, &b)| {
+                b.is_ascii_alphanumeric()
+                    || b"-._~!$&'()*+,;=".contains(&b)
+                    || (b == b'%'
+                        && h.get(i + 1..i + 3)
+                            .is_some_and(|x| x.iter().all(u8::is_ascii_hexdigit)))
+            })
+    });
+    let port_ok = match port.split_first() {
+        None => true,
+        Some((b':', digits)) => digits.iter().all(u8::is_ascii_digit),
+        Some(_) => false,
+    };
+    name_ok && port_ok
+}
+
+/// Whether `key` is the base64 of 16 bytes: 22 characters of the alphabet and `==`. The last
+/// of them carries 2 bits of the 16th byte and 4 that must be zero (RFC 4648 3.5), so it is one
+/// of `AQgw`: anything else decodes to 16 bytes only for a lenient decoder.
 fn is_key(key: &[u8]) -> bool {
     key.len() == 24
         && key.ends_with(b"==")
-        && key[..22]
+        && key[..21]
             .iter()
             .all(|b| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/')
+        && b"AQgw".contains(&key[21])
 }
 
 /// The comma-separated elements of every `name` header, trimmed, empty ones skipped.
@@ -661,6 +738,65 @@ mod tests {
             "dGhlIHNhbXBsZSBub25jZQ===",
         ] {
             assert!(!is_key(bad.as_bytes()), "{bad}");
+        }
+    }
+
+    /// Found by the property tests (upgrade_requests_are_judged_as_rfc_6455_says): upgrades
+    /// RFC 6455 4.2.1 (and RFC 9112 3.2 for Host) refuses were accepted: a target that names
+    /// no resource, a Host given twice or naming no host, a key with bits set past its 16
+    /// bytes (which only a lenient decoder reads as 16 bytes).
+    #[test]
+    fn upgrades_the_rfc_refuses_are_refused() {
+        let key = |k: &str| format!("Sec-WebSocket-Key: {k}\r\n");
+        let valid = |target: &str, host: &str, key: &str| {
+            format!(
+                "GET {target} HTTP/1.1\r\n{host}Upgrade: websocket\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Version: 13\r\n{key}\r\n"
+            )
+        };
+        let ok = valid("/", "Host: h\r\n", &key(KEY));
+        assert!(check_upgrade(&request(&ok)).is_ok());
+        let cases = [
+            (valid("*", "Host: h\r\n", &key(KEY)), "target"),
+            (valid("h:80", "Host: h\r\n", &key(KEY)), "target"),
+            (valid("ftp://h/", "Host: h\r\n", &key(KEY)), "target"),
+            (
+                valid("/", "Host: h\r\nhost: h\r\n", &key(KEY)),
+                "more than one Host",
+            ),
+            (valid("/", "Host:\r\n", &key(KEY)), "does not name a host"),
+            (
+                valid("/", "Host: u@h\r\n", &key(KEY)),
+                "does not name a host",
+            ),
+            (
+                valid("/", "Host: h:x\r\n", &key(KEY)),
+                "does not name a host",
+            ),
+            (
+                valid("/", "Host: h\r\n", &key("AAAAAAAAAAAAAAAAAAAAAB==")),
+                "16 bytes",
+            ),
+            (
+                valid("/", "Host: h\r\n", &key("dGhlIHNhbXBsZSBub25jZR==")),
+                "16 bytes",
+            ),
+        ];
+        for (head, says) in cases {
+            let refusal = check_upgrade(&request(&head)).err().unwrap();
+            assert_eq!(refusal.status.as_u16(), 400, "{head}");
+            assert!(refusal.reason.contains(says), "{head}: {}", refusal.reason);
+        }
+        // What they may be instead.
+        for (target, host) in [
+            ("http://h/chat", "Host: h\r\n"),
+            ("HTTPS://h:443/x?y", "Host: h:443\r\n"),
+            ("//x", "Host: [::1]:9001\r\n"),
+            ("/", "Host: 127.0.0.1\r\n"),
+            ("/", "Host: a%2Db.example\r\n"),
+        ] {
+            let head = valid(target, host, &key("/////////////////////w=="));
+            assert!(check_upgrade(&request(&head)).is_ok(), "{head}");
         }
     }
 

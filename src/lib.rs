@@ -194,6 +194,13 @@ mod driver;
 mod error;
 mod event;
 mod frame;
+// Entry points for the fuzz targets in fuzz/ (cargo-fuzz builds with `--cfg fuzzing`), and for
+// the tests that replay their corpus: never part of the normal build or the docs.
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing;
+#[cfg(all(test, not(fuzzing)))]
+mod fuzzing;
 mod handler;
 mod handshake;
 mod heartbeat;

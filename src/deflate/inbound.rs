@@ -238,6 +238,13 @@ impl Inbound {
         }
     }
 
+    /// The largest frame payload it emits, and the bytes it holds for the caller (the fuzz
+    /// target checks both bounds).
+    #[cfg(any(test, fuzzing))]
+    pub(crate) fn chunk_and_spill(&self) -> (usize, usize) {
+        (self.chunk, self.spill.len() - self.spill_pos)
+    }
+
     fn drain_spill(&mut self, buf: &mut [u8]) -> usize {
         let rest = &self.spill[self.spill_pos..];
         let k = rest.len().min(buf.len());

@@ -154,11 +154,13 @@ const NAME: &str = "permessage-deflate";
 
 /// One extension from a `Sec-WebSocket-Extensions` header: its name and parameters (values
 /// unquoted).
-type Extension = (String, Vec<(String, Option<String>)>);
+pub(crate) type Extension = (String, Vec<(String, Option<String>)>);
 
 /// Split `Sec-WebSocket-Extensions` values (RFC 6455 9.1: comma-separated extensions, each a
 /// token with `;`-separated parameters, values tokens or quoted strings).
-fn parse_extensions<'a>(values: impl Iterator<Item = &'a str>) -> Result<Vec<Extension>, String> {
+pub(crate) fn parse_extensions<'a>(
+    values: impl Iterator<Item = &'a str>,
+) -> Result<Vec<Extension>, String> {
     let mut out = Vec::new();
     for value in values {
         for element in split_outside_quotes(value, ',') {
@@ -207,10 +209,29 @@ fn split_outside_quotes(s: &str, sep: char) -> Vec<&str> {
 }
 
 fn unquote(v: &str) -> Result<String, String> {
+    let malformed = || format!("malformed parameter value {v:?}");
     match v.strip_prefix('"').and_then(|v| v.strip_suffix('"')) {
-        Some(inner) => Ok(inner.replace('\\', "")),
+        Some(inner) => {
+            // A backslash quotes the one character after it (RFC 9110 5.6.4), so `\\` is a
+            // backslash, not nothing; and the value, unescaped, must still be a token (RFC 6455
+            // 9.1), or `"1\\0"` would pass for 10.
+            let mut out = String::with_capacity(inner.len());
+            let mut chars = inner.chars();
+            while let Some(c) = chars.next() {
+                out.push(if c == '\\' {
+                    chars.next().ok_or_else(malformed)?
+                } else {
+                    c
+                });
+            }
+            if is_token(&out) {
+                Ok(out)
+            } else {
+                Err(malformed())
+            }
+        }
         None if is_token(v) => Ok(v.to_owned()),
-        None => Err(format!("malformed parameter value {v:?}")),
+        None => Err(malformed()),
     }
 }
 
@@ -343,6 +364,7 @@ pub(crate) fn server_accept<'a>(
             server_max_window_bits: config.server_max_window_bits.unwrap_or(15),
         };
         let mut client_bits_offered = None;
+        let mut client_promised = false;
         let mut seen: Vec<&str> = Vec::new();
         for (key, value) in &params {
             if seen.contains(&key.as_str()) {
@@ -351,8 +373,8 @@ pub(crate) fn server_accept<'a>(
             seen.push(key);
             match (key.as_str(), value) {
                 ("server_no_context_takeover", None) => p.server_no_context_takeover = true,
-                // A promise by the client; nothing to answer.
-                ("client_no_context_takeover", None) => {}
+                // A promise by the client: nothing to answer, but part of what is agreed.
+                ("client_no_context_takeover", None) => client_promised = true,
                 ("server_max_window_bits", v) => match window_bits(v.as_deref()) {
                     Some(bits) => p.server_max_window_bits = p.server_max_window_bits.min(bits),
                     None => continue 'offers,
@@ -372,6 +394,9 @@ pub(crate) fn server_accept<'a>(
         if p.client_no_context_takeover {
             answer.push_str("; client_no_context_takeover");
         }
+        // What the client will do whether we echo it or not, as its own check of our answer
+        // records it: both ends describe the same agreement.
+        p.client_no_context_takeover |= client_promised;
         if seen.contains(&"server_max_window_bits") || config.server_max_window_bits.is_some() {
             answer.push_str(&format!(
                 "; server_max_window_bits={}",
@@ -506,6 +531,27 @@ mod tests {
         assert!(e.to_string().contains("did not offer"), "{e}");
     }
 
+    /// Found by the property tests (extension_headers_follow_rfc_7692): every backslash was
+    /// dropped, so an escaped backslash between two digits made a window size of what is not a
+    /// token at all.
+    #[test]
+    fn quoted_values_are_unescaped_once_and_must_be_tokens() {
+        let d = DeflateConfig::new();
+        for answer in [
+            r#"permessage-deflate; client_max_window_bits="1\\0""#,
+            r#"permessage-deflate; server_max_window_bits="""#,
+            r#"permessage-deflate; server_max_window_bits="1 2""#,
+        ] {
+            let e = verify(&d, answer).unwrap_err();
+            assert!(e.to_string().contains("malformed"), "{answer}: {e}");
+        }
+        // A quoted-pair that stands for an ordinary character is still that character.
+        let p = verify(&d, r#"permessage-deflate; client_max_window_bits="1\0""#)
+            .unwrap()
+            .unwrap();
+        assert_eq!(p.client_max_window_bits, 10);
+    }
+
     #[test]
     fn a_server_accepts_the_first_offer_it_can_meet() {
         let d = DeflateConfig::new();
@@ -543,6 +589,25 @@ mod tests {
         );
         assert!(server_accept(&d, std::iter::once("x-other, permessage-deflate; bad")).is_none());
         assert!(server_accept(&d, std::iter::empty()).is_none());
+    }
+
+    /// Found by the property tests (extension_headers_follow_rfc_7692, the round trip): the
+    /// client agreed to its own promise of no context takeover, the server did not record it,
+    /// so the two ends described different agreements.
+    #[test]
+    fn both_ends_agree_on_a_clients_promise_of_no_context_takeover() {
+        let promising = DeflateConfig::new().client_no_context_takeover(true);
+        let sent = offer(&promising);
+        assert_eq!(
+            sent,
+            "permessage-deflate; client_no_context_takeover; client_max_window_bits"
+        );
+        let (p, answer) =
+            server_accept(&DeflateConfig::new(), std::iter::once(sent.as_str())).unwrap();
+        assert!(p.client_no_context_takeover);
+        assert_eq!(answer, "permessage-deflate", "a promise needs no answer");
+        let agreed = client_verify(Some(&promising), std::iter::once(answer.as_str()));
+        assert_eq!(agreed.unwrap(), Some(p));
     }
 
     #[test]

@@ -1,0 +1,6 @@
+#![no_main]
+//! See `syncws::fuzzing::proxy_http` (src/fuzzing/) for what the input means and what is checked.
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| syncws::fuzzing::proxy_http(data));
