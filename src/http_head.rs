@@ -89,8 +89,7 @@ impl HeadReader {
             let buf = &mut self.buf;
             let searched = buf.len().saturating_sub(3);
             buf.extend_from_slice(&chunk[..n]);
-            if let Some(pos) = buf[searched..].windows(4).position(|w| w == b"\r\n\r\n") {
-                let end = searched + pos + 4;
+            if let Some(end) = head_end(buf, searched) {
                 if end > limit {
                     return Err(HeadError::TooLarge { limit });
                 }
@@ -103,6 +102,23 @@ impl HeadReader {
             }
         }
     }
+}
+
+/// Where the head in `buf` ends (just past its blank line), looking from `from`: the first
+/// line break followed by an empty line. Lines end with CRLF, but a bare LF is taken as a line
+/// end too, as RFC 9112 section 2.2 allows (and httparse parses): a peer that ends its head with
+/// `\n\n` gets its answer at once instead of waiting out the handshake's deadline.
+fn head_end(buf: &[u8], from: usize) -> Option<usize> {
+    let mut i = from;
+    while let Some(pos) = buf.get(i..)?.iter().position(|&b| b == b'\n') {
+        let lf = i + pos;
+        match buf.get(lf + 1..) {
+            Some([b'\n', ..]) => return Some(lf + 2),
+            Some([b'\r', b'\n', ..]) => return Some(lf + 3),
+            _ => i = lf + 1,
+        }
+    }
+    None
 }
 
 /// Why a head could not be parsed.
@@ -179,14 +195,13 @@ pub(crate) fn parse_request(head: &[u8]) -> Result<Request<()>, ParseError> {
     Ok(out)
 }
 
-/// The parse took all of `head`. httparse also ends a head at a blank line ended by a bare LF
-/// (`\r\n\n`), where [`read`] goes on to the first CRLFCRLF: the lines in between would be
-/// neither headers nor what follows the head, so such a head is malformed, not cut short.
+/// The parse took all of `head`. [`HeadReader`] ends a head at its first blank line, as httparse
+/// does, so anything else is a head httparse reads differently: malformed, not cut short.
 fn complete(status: httparse::Status<usize>, head: &[u8]) -> Result<(), ParseError> {
     match status {
         httparse::Status::Complete(n) if n == head.len() => Ok(()),
         httparse::Status::Complete(_) => Err(ParseError::Malformed(
-            "the head ends at a blank line that is not CRLF CRLF".into(),
+            "the head goes on past its blank line".into(),
         )),
         httparse::Status::Partial => Err(ParseError::Malformed("incomplete head".into())),
     }
@@ -207,6 +222,24 @@ fn header_map(headers: &[httparse::Header<'_>]) -> Result<HeaderMap, ParseError>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_head_ended_by_bare_line_feeds_is_read_at_once() {
+        for input in [
+            &b"GET / HTTP/1.1\nHost: h\n\nframe"[..],
+            &b"GET / HTTP/1.1\r\nHost: h\r\n\nframe"[..],
+            &b"GET / HTTP/1.1\nHost: h\n\r\nframe"[..],
+        ] {
+            // No CRLFCRLF ever comes: before, the reader waited for it until the deadline.
+            let mut src = input;
+            let head = HeadReader::new(1024).read(&mut src).expect("a head");
+            assert_eq!(head.leftover, b"frame", "{input:?}");
+            let request = parse_request(&head.head).expect("parsed");
+            assert_eq!(request.headers()["host"], "h");
+        }
+        assert_eq!(head_end(b"A\r\n\r", 0), None, "not yet");
+        assert_eq!(head_end(b"A\r\nB\r\n\r\n", 0), Some(8));
+    }
 
     /// Hands out its input a few bytes at a time, then says `then`.
     struct Trickle<'a> {
@@ -384,18 +417,18 @@ mod tests {
     /// bare LF, while `read` had read on to CRLFCRLF, and the header between the two vanished:
     /// neither a header nor a byte past the head.
     #[test]
-    fn a_head_with_a_bare_lf_blank_line_before_its_end_is_malformed() {
+    fn a_bare_lf_blank_line_ends_the_head_and_a_parse_must_take_it_all() {
+        // The first blank line ends the head, however its line ends: what follows is the
+        // connection's (here: bytes that will not parse as frames).
         let early = b"GET /chat HTTP/1.1\r\n\nUpgr: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
         let head = read(&mut &early[..], 1024).unwrap();
-        assert_eq!(head.head, early, "read ends at CRLFCRLF");
-        assert!(matches!(
-            parse_request(&head.head),
-            Err(ParseError::Malformed(m)) if m.contains("CRLF")
-        ));
+        assert_eq!(head.head, b"GET /chat HTTP/1.1\r\n\n");
+        assert!(parse_request(&head.head).is_ok());
+        // A head handed to a parser whole must end at its blank line.
         let early = b"HTTP/1.1 101 Switching Protocols\r\n\nUpgrade: websocket\r\n\r\n";
         assert!(matches!(
             parse_response(early),
-            Err(ParseError::Malformed(m)) if m.contains("CRLF")
+            Err(ParseError::Malformed(m)) if m.contains("blank line")
         ));
     }
 }

@@ -1,6 +1,6 @@
 //! The HTTP head reader (`http_head`), fed the way a non-blocking socket feeds it.
 
-use super::input::{find, End, Input, Wire};
+use super::input::{blank_line_end, End, Input, Wire};
 use crate::http_head::{parse_request, parse_response, HeadError, HeadReader, CHUNK};
 use crate::io_outcome::{io_outcome, IoOutcome};
 
@@ -40,7 +40,7 @@ pub fn http_head(data: &[u8]) {
     };
     let bytes = input.rest();
 
-    let first_end = find(bytes, b"\r\n\r\n").map(|at| at + 4);
+    let first_end = blank_line_end(bytes);
     let expected = match first_end {
         Some(e) if e <= limit => Expected::Head(e),
         _ if bytes.len() >= limit => Expected::TooLarge,

@@ -206,6 +206,18 @@ impl Write for Wire<'_> {
     }
 }
 
+/// Where an HTTP head in `bytes` ends, as a reference for the reader: just past the first
+/// blank line, its lines ended by CRLF or by a bare LF (RFC 9112 2.2 lets a recipient take LF).
+pub(crate) fn blank_line_end(bytes: &[u8]) -> Option<usize> {
+    [
+        find(bytes, b"\n\n").map(|at| at + 2),
+        find(bytes, b"\n\r\n").map(|at| at + 3),
+    ]
+    .into_iter()
+    .flatten()
+    .min()
+}
+
 /// Where `needle` first occurs in `hay`.
 pub(crate) fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)

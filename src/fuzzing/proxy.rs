@@ -5,7 +5,7 @@
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use super::input::{find, End, Input, Wire};
+use super::input::{blank_line_end, End, Input, Wire};
 use crate::error::{Error, ProxyStatus};
 use crate::proxy::tunnel::{tunnel, Exchange, Progress};
 use crate::proxy::{Proxy, Target};
@@ -103,7 +103,7 @@ pub fn proxy_http(data: &[u8]) {
 
     const LIMIT: usize = 16 << 10;
     let consumed = &reply[..read];
-    let expected = match find(consumed, b"\r\n\r\n").map(|at| at + 4) {
+    let expected = match blank_line_end(consumed) {
         Some(end) if end <= LIMIT => match crate::http_head::parse_response(&consumed[..end]) {
             Err(_) => Outcome::Protocol,
             Ok((status, _)) if !status.is_success() => Outcome::Refused(ProxyStatus::Http(status)),

@@ -5,7 +5,7 @@
 use url::Url;
 
 use super::deflate_params;
-use super::input::{find, End, Input, Wire};
+use super::input::{blank_line_end, find, End, Input, Wire};
 use crate::handshake::ClientUpgrade;
 use crate::http_head::MAX_HEADERS;
 use crate::{Config, DeflateParams, Error};
@@ -83,9 +83,7 @@ pub fn upgrade_answer(data: &[u8]) {
     };
     assert_eq!(wire.written, upgrade.request(), "the request, once");
 
-    let head_end = find(&answer, b"\r\n\r\n")
-        .map(|at| at + 4)
-        .filter(|&e| e <= LIMIT);
+    let head_end = blank_line_end(&answer).filter(|&e| e <= LIMIT);
     let Some(head_end) = head_end else {
         // No head: the client waits, or gives up with a typed error.
         match result {
