@@ -184,6 +184,36 @@ impl Driver {
         (driver, sender)
     }
 
+    /// An accepted server connection, not running yet: nothing can wake it, so it holds no
+    /// waker (its socket is its only descriptor) until it is run on a thread of its own
+    /// ([`Driver::wake_by_readiness`]).
+    pub(crate) fn accepted(session: Session, config: &Config) -> (Box<Self>, CommandSender) {
+        // Replaced by whichever runs it.
+        Driver::with_inbox(session, Waiter::Spin, config, Shared::unwoken())
+    }
+
+    /// An accepted connection runs on its own thread: it waits in the OS poll on its socket
+    /// and a waker of its own, which its senders now use.
+    /// Without a waker (the process is out of descriptors) it still waits in the OS poll, on
+    /// its socket only.
+    pub(crate) fn wake_by_readiness(&mut self) -> io::Result<()> {
+        let (waiter, waker) = match Waiter::new(WaitStrategy::Readiness, true) {
+            Ok(made) => made,
+            Err(e) => {
+                self.waiter = Waiter::new(WaitStrategy::Readiness, false)?.0;
+                return Err(e);
+            }
+        };
+        if let (Some(inbox), Some(waker)) = (self.session.inbox(), waker) {
+            if !inbox.shared().wake_by(waker) {
+                // Built with a wake of its own (not `accepted`): keep it, and its waiter.
+                return Ok(());
+            }
+        }
+        self.waiter = waiter;
+        Ok(())
+    }
+
     /// A client that has not connected yet: its first pass starts opening `url` (the name
     /// looked up in the resolver pool, then TCP, TLS and the upgrade as the socket allows),
     /// and a later pass announces the connection. For a front-end that waits for many

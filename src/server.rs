@@ -5,6 +5,7 @@
 use std::net::{SocketAddr, TcpStream};
 use std::time::Instant;
 
+use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::Role;
 
 use crate::command::CommandSender;
@@ -14,12 +15,12 @@ use crate::handler::Callbacks;
 use crate::session::Session;
 use crate::stream::{Stream, Transport};
 use crate::tcp::TcpConn;
-use crate::{Accept, Config, DeflateParams, Error, Handler, Incoming, WaitStrategy};
+use crate::{Accept, Config, DeflateParams, Error, Handler, Incoming};
 
 /// A server-side WebSocket connection on an accepted socket, driven by the same core as the
 /// clients (thread per connection: [`run`](Self::run) blocks in the OS poll on the socket plus a
-/// waker). [`handle`](Self::handle) lets other threads send to it, which is how a server
-/// broadcasts.
+/// waker, made when it starts running). [`handle`](Self::handle) lets other threads send to it,
+/// which is how a server broadcasts.
 ///
 /// [`accept`](Self::accept) is the one-call path. To look at the request first (path, headers,
 /// subprotocols), or to answer plain HTTP on the same port, use
@@ -125,7 +126,7 @@ impl ServerConnection {
         let ws =
             crate::handshake::websocket(stream, leftover, Role::Server, agreed.is_some(), config);
         let session = Session::server(ws, config, outbound);
-        let (driver, handle, _) = Driver::new(session, WaitStrategy::Readiness, config, None)?;
+        let (driver, handle) = Driver::accepted(session, config);
         Ok(ServerConnection {
             driver,
             handle,
@@ -150,15 +151,27 @@ impl ServerConnection {
         self.driver.session.metrics().clone()
     }
 
-    /// A cloneable, thread-safe sender of [`Command`](crate::Command)s into this connection.
+    /// A cloneable, thread-safe sender of [`Command`](crate::Command)s into this connection,
+    /// usable at once: what it sends before the connection runs waits in the channel for its
+    /// first pass.
     pub fn handle(&self) -> CommandSender {
         self.handle.clone()
     }
 
-    /// Run until the connection ends, calling `handler`'s hooks on this thread.
+    /// Run until the connection ends, calling `handler`'s hooks on this thread, which waits
+    /// in the OS poll on the socket and a waker made now (the connection's second
+    /// descriptor, see [`DESCRIPTORS`](Self::DESCRIPTORS)).
     pub fn run<H: Handler + ?Sized>(self, handler: &mut H) {
-        let ServerConnection { driver, handle, .. } = self;
+        let ServerConnection {
+            mut driver, handle, ..
+        } = self;
         drop(handle);
+        if let Err(e) = driver.wake_by_readiness() {
+            // Out of descriptors: the connection runs on, without a waker (sends from other
+            // threads then wait for its socket's next event or deadline), and ends as failed.
+            tracing::warn!(error = %e, "server connection: no waker");
+            driver.session.fail(e.into(), Some(CloseCode::Error));
+        }
         driver.run(&mut Callbacks(handler, None));
     }
 }

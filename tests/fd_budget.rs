@@ -7,7 +7,9 @@
 mod util;
 
 use crossbeam_channel::bounded;
-use syncws::{BlockingClient, Config, NonBlockingClient, ServerConnection, ThreadedClient};
+use syncws::{
+    BlockingClient, Config, Context, Handler, NonBlockingClient, ServerConnection, ThreadedClient,
+};
 use util::*;
 
 /// The descriptors a waker holds: an eventfd on Linux; a pipe's two ends in the portable
@@ -20,26 +22,45 @@ fn open_fds() -> usize {
         .count()
 }
 
+/// Counts the descriptors the process holds beyond `before` when the connection starts
+/// running (its first hook, on the thread that runs it).
+struct CountAtStart {
+    before: usize,
+    counted: crossbeam_channel::Sender<usize>,
+}
+
+impl Handler for CountAtStart {
+    fn on_activated(&mut self, _: &mut Context<'_>) {
+        let _ = self.counted.send(open_fds() - self.before);
+    }
+}
+
 #[test]
 fn a_connection_costs_its_socket_and_one_waker() {
-    // Server side: the accepted socket exists before; accepting adds only the waker.
+    // Server side, on its own thread: the accepted socket exists before; the handshake adds
+    // nothing, and running adds the waker.
     let (listener, addr) = bind();
-    let (counts_tx, counts_rx) = bounded(1);
+    let (counts_tx, counts_rx) = bounded(2);
     let server = std::thread::spawn(move || {
         let (tcp, _) = listener.accept().unwrap();
         let before = open_fds();
         let conn = ServerConnection::accept(tcp, None, &Config::default()).unwrap();
         counts_tx.send(open_fds() - before).unwrap();
-        conn.run(&mut Echo::default());
+        conn.run(&mut CountAtStart {
+            before,
+            counted: counts_tx,
+        });
     });
     let (mut ws, _) = connect_timed(format!("ws://{addr}/")).unwrap();
-    let added = counts_rx.recv_timeout(TEST_DEADLINE).unwrap();
+    let accepted = counts_rx.recv_timeout(TEST_DEADLINE).unwrap();
+    let running = counts_rx.recv_timeout(TEST_DEADLINE).unwrap();
     ws.close(None).unwrap();
     while ws.read().is_ok() {}
     server.join().unwrap();
+    assert_eq!(accepted, 0, "an accepted connection holds its socket only");
     assert_eq!(
-        added, WAKER_FDS,
-        "a server connection adds only its waker's descriptors"
+        running, WAKER_FDS,
+        "a server connection run on its own thread adds only its waker's descriptors"
     );
     assert_eq!(ServerConnection::DESCRIPTORS, 1 + WAKER_FDS);
 
