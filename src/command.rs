@@ -90,7 +90,8 @@ pub(crate) struct Shared {
     /// A stop is waiting in the gate (checked every pass without taking the lock).
     stop_waiting: AtomicBool,
     /// Chosen once, before the connection first parks: at once in most modes; for a server
-    /// connection when it starts running (see [`Shared::unwoken`]). Until then nothing needs waking: whatever senders do meanwhile
+    /// connection when it starts running, on its own thread or in a set (see
+    /// [`Shared::unwoken`]). Until then nothing needs waking: whatever senders do meanwhile
     /// is seen by its first pass.
     wake: OnceLock<Wake>,
     /// Also poked on every wake, for a threaded worker that waits on channels instead of the
@@ -117,7 +118,7 @@ impl Shared {
 
     /// What an accepted server connection shares before it is run: nothing wakes it yet, so
     /// it holds no waker of its own until [`run`](crate::ServerConnection::run) makes one
-    /// ([`Shared::wake_by`]).
+    /// ([`Shared::wake_by`]) or a set adopts it ([`Shared::wake_in_set`]).
     pub(crate) fn unwoken() -> Arc<Self> {
         Arc::new(Shared::with_wake(OnceLock::new(), None))
     }
@@ -145,6 +146,12 @@ impl Shared {
     /// (it runs on its own thread, waiting in the OS poll). False if it had a wake already.
     pub(crate) fn wake_by(&self, waker: Arc<Waker>) -> bool {
         self.wake.set(Wake::Poll(waker)).is_ok()
+    }
+
+    /// An unwoken connection (see [`Shared::unwoken`]) is member `id` of the set `set` wakes
+    /// from now on. False if it had a wake already.
+    pub(crate) fn wake_in_set(&self, set: Arc<SetWaker>, id: u64) -> bool {
+        self.wake.set(Wake::Set(set, id)).is_ok()
     }
 
     fn gate(&self) -> MutexGuard<'_, Gate> {

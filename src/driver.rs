@@ -15,6 +15,7 @@ use crate::session::{Dispatch, Session};
 use crate::stream::Stream;
 use crate::sys::{AsFd, BorrowedSocket};
 use crate::wait::{Interest as SocketInterest, Waiter, Woke};
+use crate::waker::SetWaker;
 use crate::{Config, Error, Handshake, Reconnect, ReconnectAttempt, WaitStrategy};
 
 /// Where to dial again after a connection ends (clients with a reconnect policy).
@@ -186,7 +187,7 @@ impl Driver {
 
     /// An accepted server connection, not running yet: nothing can wake it, so it holds no
     /// waker (its socket is its only descriptor) until it is run on a thread of its own
-    /// ([`Driver::wake_by_readiness`]).
+    /// ([`Driver::wake_by_readiness`]) or joins a set ([`Driver::join_set`]).
     pub(crate) fn accepted(session: Session, config: &Config) -> (Box<Self>, CommandSender) {
         // Replaced by whichever runs it.
         Driver::with_inbox(session, Waiter::Spin, config, Shared::unwoken())
@@ -212,6 +213,14 @@ impl Driver {
         }
         self.waiter = waiter;
         Ok(())
+    }
+
+    /// An accepted connection becomes member `id` of a set: the set waits for it, and its
+    /// senders wake the set. Returns what it shares with them, or `None` if it had a wake
+    /// already (a driver not made by `accepted`).
+    pub(crate) fn join_set(&mut self, set: Arc<SetWaker>, id: u64) -> Option<Arc<Shared>> {
+        let shared = self.session.inbox()?.shared().clone();
+        shared.wake_in_set(set, id).then_some(shared)
     }
 
     /// A client that has not connected yet: its first pass starts opening `url` (the name

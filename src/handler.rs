@@ -49,8 +49,8 @@ pub trait Handler {
     fn on_quit(&mut self) {}
 }
 
-/// A handler behind a pointer is a handler: `ClientSet<Box<dyn Handler + Send>>` mixes kinds,
-/// and `ClientSet<&mut MyHandler>` lends handlers for the length of a run.
+/// A handler behind a pointer is a handler: `ConnectionSet<Box<dyn Handler + Send>>` mixes
+/// kinds, and `ConnectionSet<&mut MyHandler>` lends handlers for the length of a run.
 macro_rules! forward_handler {
     ($($ty:ty),*) => {$(
         impl<H: Handler + ?Sized> Handler for $ty {
@@ -259,16 +259,17 @@ impl Context<'_> {
         self.session.is_open()
     }
 
-    /// Which connection of a [`ClientSet`](crate::ClientSet) this is (`None` in the other
-    /// modes, which drive one connection each).
+    /// Which connection of a [`ConnectionSet`](crate::ConnectionSet) this is (`None` in the
+    /// other modes, which drive one connection each).
     pub fn id(&self) -> Option<ConnId> {
         self.id
     }
 }
 
-/// Which connection of a [`ClientSet`](crate::ClientSet) something is about: given by
-/// [`ClientSet::add`](crate::ClientSet::add) and [`SetHandle::add`](crate::SetHandle::add),
-/// and to the connection's hooks as [`Context::id`]. Never reused by the set that gave it.
+/// Which connection of a [`ConnectionSet`](crate::ConnectionSet) something is about: given by
+/// [`ConnectionSet::add`](crate::ConnectionSet::add), [`ConnectionSet::adopt`](
+/// crate::ConnectionSet::adopt) and their [`SetHandle`](crate::SetHandle) counterparts, and to
+/// the connection's hooks as [`Context::id`]. Never reused by the set that gave it.
 /// Defined here, beside the [`Context`] that carries it, so the core never imports the set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnId(pub(crate) u64);

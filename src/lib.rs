@@ -180,11 +180,11 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod blocking;
-mod client_set;
 mod close;
 mod command;
 mod config;
 mod connect;
+mod connection_set;
 mod deadline;
 mod deflate;
 mod dial;
@@ -220,10 +220,10 @@ mod wait;
 mod waker;
 
 pub use blocking::BlockingClient;
-pub use client_set::{ClientSet, SetHandle};
 pub use close::{CloseInfo, Initiator};
 pub use command::{Command, CommandSender};
 pub use config::{Config, ConfigBuilder, Limits, Timeouts, WaitStrategy};
+pub use connection_set::{ClientSet, ConnectionSet, SetHandle};
 pub use deflate::{DeflateConfig, DeflateParams};
 pub use error::{Error, ProxyStatus, TimeoutKind, TlsFailure};
 pub use event::Event;

@@ -18,9 +18,11 @@ use crate::tcp::TcpConn;
 use crate::{Accept, Config, DeflateParams, Error, Handler, Incoming};
 
 /// A server-side WebSocket connection on an accepted socket, driven by the same core as the
-/// clients (thread per connection: [`run`](Self::run) blocks in the OS poll on the socket plus a
-/// waker, made when it starts running). [`handle`](Self::handle) lets other threads send to it,
-/// which is how a server broadcasts.
+/// clients: on a thread of its own ([`run`](Self::run) blocks in the OS poll on the socket plus
+/// a waker), or, for thousands of connections on a few threads, adopted by a
+/// [`ConnectionSet`](crate::ConnectionSet) ([`SetHandle::adopt`](crate::SetHandle::adopt) from
+/// the accept loop; see there for an example). [`handle`](Self::handle) lets other threads send
+/// to it either way, which is how a server broadcasts. Until then it holds its socket alone.
 ///
 /// [`accept`](Self::accept) is the one-call path. To look at the request first (path, headers,
 /// subprotocols), or to answer plain HTTP on the same port, use
@@ -61,10 +63,11 @@ pub struct ServerConnection {
 }
 
 impl ServerConnection {
-    /// The file descriptors (sockets, on Windows) an open connection holds while it runs: its
-    /// socket and its waker's. 2 on Linux (an eventfd waker); 3 on other Unix (a pipe) and on
-    /// Windows (a loopback socket pair). For sizing a server against the process's descriptor
-    /// limit.
+    /// The file descriptors (sockets, on Windows) an open connection holds while it runs on a
+    /// thread of its own: its socket and its waker's. 2 on Linux (an eventfd waker); 3 on
+    /// other Unix (a pipe) and on Windows (a loopback socket pair). For sizing a server against
+    /// the process's descriptor limit. In a [`ConnectionSet`](crate::ConnectionSet) it holds
+    /// its socket alone (the set has one waker for all).
     pub const DESCRIPTORS: usize = crate::sys::DESCRIPTORS_PER_CONNECTION;
 
     /// Run the server handshake on an accepted socket and upgrade: [`read_request`](
@@ -173,6 +176,11 @@ impl ServerConnection {
             driver.session.fail(e.into(), Some(CloseCode::Error));
         }
         driver.run(&mut Callbacks(handler, None));
+    }
+
+    /// The connection's driver and the sender its handle clones, for a set to adopt.
+    pub(crate) fn into_parts(self) -> (Box<Driver>, CommandSender) {
+        (self.driver, self.handle)
     }
 }
 

@@ -801,7 +801,13 @@ impl Session {
         self.user_ended = true;
         if self.phase == Phase::Open {
             let deadline = after(Instant::now(), self.close_timeout);
-            self.start_close(CloseCode::Away, "client dropped", deadline);
+            // A server connection is dropped with its set.
+            let reason = if self.masked {
+                "client dropped"
+            } else {
+                "server going away"
+            };
+            self.start_close(CloseCode::Away, reason, deadline);
             self.flush();
         }
         self.finish();

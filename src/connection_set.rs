@@ -1,8 +1,9 @@
-//! Many connections on one thread: the fourth front-end. Each connection is a [`Driver`], the
-//! same core as in the other modes; this file only decides which drivers to pass and when to
-//! wait: one OS wait for every socket (`sys::SetPoller`: epoll, edge-triggered, on Linux; a
-//! level-triggered poll elsewhere, told what each member waits for), one waker for every
-//! command sender, and one timer heap for every deadline.
+//! Many connections on one thread, in both roles: the fourth front-end. Each connection is a
+//! [`Driver`], the same core as in the other modes: a client the set opens (`add`), or a server
+//! connection it adopts once its handshake is done (`adopt`). This file only decides which
+//! drivers to pass and when to wait: one OS wait for every socket (`sys::SetPoller`: epoll,
+//! edge-triggered, on Linux; a level-triggered poll elsewhere, told what each member waits
+//! for), one waker for every command sender, and one timer heap for every deadline.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -22,7 +23,7 @@ use crate::handler::{Callbacks, ConnId};
 use crate::sys::{Events, Interest, SetPoller, Watch, WAKER_KEY};
 use crate::wait::Woke;
 use crate::waker::SetWaker;
-use crate::{Config, Error, Handler};
+use crate::{Config, Error, Handler, ServerConnection};
 
 /// The longest single OS wait (epoll and poll take milliseconds in an `int`); a later deadline
 /// is simply waited for again.
@@ -48,10 +49,46 @@ struct Member<H> {
     woke: Option<Woke>,
 }
 
+impl<H> Member<H> {
+    fn new(driver: Box<Driver>, handler: H, shared: Arc<Shared>) -> Self {
+        Member {
+            driver,
+            handler,
+            shared,
+            timer: None,
+            watch: Watch::default(),
+            queued: false,
+            waiting: false,
+            delivered: false,
+            woke: None,
+        }
+    }
+}
+
+impl<H: Handler> Member<H> {
+    /// One pass (after noting what ended the member's wait, `woke`).
+    fn pass(&mut self, id: ConnId, woke: Option<Woke>) -> Step {
+        let mut d = Callbacks(&mut self.handler, Some(id));
+        if let Some(woke) = woke {
+            self.driver.woke(&mut d, woke, self.delivered);
+        }
+        self.driver.pass(&mut d)
+    }
+
+    /// The member is over: what its end reports (commands never carried out, messages never
+    /// sent), then `on_quit`, exactly once.
+    fn end(mut self, id: ConnId) {
+        self.driver
+            .finish(&mut Callbacks(&mut self.handler, Some(id)));
+        // Its socket closes as it drops, which takes it out of epoll.
+    }
+}
+
 /// What other threads ask of the set.
 enum SetCommand<H> {
     Add(u64, Box<Member<H>>),
     CloseAll(CloseCode, String),
+    Stop,
 }
 
 /// What the set shares with its handles.
@@ -73,44 +110,53 @@ impl Core {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let shared = Shared::in_set(self.waker.clone(), id);
         let (driver, sender) = Driver::dialing(url, config, shared.clone());
-        let member = Member {
-            driver,
-            handler,
-            shared,
-            timer: None,
-            watch: Watch::default(),
-            queued: false,
-            waiting: false,
-            delivered: false,
-            woke: None,
-        };
-        Ok((id, sender, member))
+        Ok((id, sender, Member::new(driver, handler, shared)))
+    }
+
+    /// An accepted server connection as a new member: from now on its senders (the sender
+    /// returned, and every one its `handle` gave before) wake this set.
+    fn adopted<H>(
+        self: &Arc<Self>,
+        conn: ServerConnection,
+        handler: H,
+    ) -> (u64, CommandSender, Member<H>) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (mut driver, sender) = conn.into_parts();
+        let shared = driver
+            .join_set(self.waker.clone(), id)
+            // A `ServerConnection` is consumed by `run` or `adopt`, so nothing woke it before.
+            .expect("a server connection not yet run has no wake of its own");
+        (id, sender, Member::new(driver, handler, shared))
     }
 }
 
-/// Many client connections driven by one thread: the calling thread, in
-/// [`run`](Self::run), with no async runtime.
+/// Many connections driven by one thread, in either role: client connections the set opens
+/// ([`add`](Self::add)) and server connections it adopts once their handshake is done
+/// ([`adopt`](Self::adopt)), on the calling thread, in [`run`](Self::run), with no async
+/// runtime. (Its earlier name, [`ClientSet`], from before it took server connections, names
+/// the same type.)
 ///
 /// Each connection has its own handler value (`H`, any [`Handler`]; use
 /// `Box<dyn Handler + Send>` to mix kinds) and gets the same hooks and [`Context`](
 /// crate::Context) as in the other modes, plus its [`ConnId`] in [`Context::id`](
-/// crate::Context::id). Opening a connection (name lookup, TCP, TLS, the upgrade) proceeds as
-/// its lookup and socket allow, interleaved with the traffic of the others, each bounded by its
-/// own `connect_timeout` and `handshake_timeout`; a server or a DNS server that never answers
-/// holds only its own connection's slot. Everything else is per connection as in the other
-/// modes: close handshake, heartbeat, reconnecting with backoff (once a connection has been
-/// open; the first connect is one attempt, as `connect` is elsewhere: if it fails, `on_error`
-/// then `on_quit`), permessage-deflate, proxies, both TLS backends, metrics.
+/// crate::Context::id). Opening a client connection (name lookup, TCP, TLS, the upgrade)
+/// proceeds as its lookup and socket allow, interleaved with the traffic of the others, each
+/// bounded by its own `connect_timeout` and `handshake_timeout`; a server or a DNS server that
+/// never answers holds only its own connection's slot. Everything else is per connection as in
+/// the other modes: close handshake, heartbeat, idle timeout, backpressure, reconnecting with
+/// backoff (clients, once a connection has been open; the first connect is one attempt, as
+/// `connect` is elsewhere: if it fails, `on_error` then `on_quit`), permessage-deflate,
+/// proxies, both TLS backends, metrics.
 ///
 /// The set waits in one OS poll for all its sockets (epoll, edge-triggered, on Linux; `poll`
 /// elsewhere, `WSAPoll` on Windows) and one waker for all its command senders, so a
-/// connection costs its socket and nothing else in descriptors. Every connection's deadlines are kept in one timer heap.
-/// [`Config::wait_strategy`] does not apply here.
+/// connection costs its socket and nothing else in descriptors. Every connection's deadlines
+/// are kept in one timer heap. [`Config::wait_strategy`] does not apply here.
 ///
-/// Connections are added with [`add`](Self::add) before or between runs, and with a
-/// [`SetHandle`] from anywhere, including the set's own hooks and other threads, while it runs.
-/// Each `add` hands back the connection's [`CommandSender`], through which any thread sends to
-/// it, closes it or drops it.
+/// Connections are added with [`add`](Self::add) and [`adopt`](Self::adopt) before or between
+/// runs, and with a [`SetHandle`] from anywhere, including the set's own hooks and other
+/// threads, while it runs. Each hands back the connection's [`CommandSender`], through which
+/// any thread sends to it, closes it or drops it.
 ///
 /// Host names are looked up off the set's thread: the system resolver has no non-blocking
 /// interface, so lookups run on a small pool of threads shared by the process (started on the
@@ -121,8 +167,10 @@ impl Core {
 /// close or drop ends it at once for the connection (the lookup itself finishes in the pool,
 /// and its answer is dropped). IP addresses need no lookup.
 ///
+/// Clients:
+///
 /// ```no_run
-/// use syncws::{ClientSet, Config, Context, Handler};
+/// use syncws::{Config, ConnectionSet, Context, Handler};
 ///
 /// struct Echo;
 /// impl Handler for Echo {
@@ -135,14 +183,50 @@ impl Core {
 ///     }
 /// }
 ///
-/// let mut set = ClientSet::new()?;
+/// let mut set = ConnectionSet::new()?;
 /// for _ in 0..1000 {
 ///     set.add("ws://127.0.0.1:9001", &Config::default(), Echo)?;
 /// }
 /// set.run(); // returns once every connection has quit
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-pub struct ClientSet<H: Handler> {
+///
+/// A server: the set runs on a thread of its own, until told to stop; an accept loop reads each
+/// request (which waits for the client, up to `handshake_timeout`: a short-lived handshake
+/// thread per connection keeps a silent client from holding up the others) and hands the
+/// upgraded connection to the set through a [`SetHandle`]. [`adopt`](Self::adopt) has a
+/// complete example.
+///
+/// ```no_run
+/// use syncws::{Accept, Config, ConnectionSet, Context, Handler, ServerConnection};
+///
+/// struct Echo;
+/// impl Handler for Echo {
+///     fn on_text_message(&mut self, ctx: &mut Context<'_>, text: &str) {
+///         let _ = ctx.send_text(text);
+///     }
+/// }
+///
+/// let mut set = ConnectionSet::new()?;
+/// let handle = set.handle();
+/// // Waits for connections while it has none; `handle.stop()` ends it once it is empty.
+/// std::thread::spawn(move || set.run_until_stopped());
+///
+/// let config = Config::server_defaults();
+/// let listener = std::net::TcpListener::bind("127.0.0.1:9001")?;
+/// for tcp in listener.incoming() {
+///     let Ok(tcp) = tcp else { continue };
+///     let (handle, config) = (handle.clone(), config.clone());
+///     std::thread::spawn(move || -> Result<(), syncws::Error> {
+///         let incoming = ServerConnection::read_request(tcp, None, &config)?;
+///         let conn = incoming.accept(Accept::new())?;
+///         handle.adopt(conn, Echo)?;
+///         Ok(())
+///     });
+/// }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct ConnectionSet<H: Handler> {
     core: Arc<Core>,
     tx: Sender<SetCommand<H>>,
     rx: Receiver<SetCommand<H>>,
@@ -153,17 +237,22 @@ pub struct ClientSet<H: Handler> {
     /// Deadlines (lazily deleted: an entry counts only while it is its member's `timer`).
     timers: BinaryHeap<Reverse<(Instant, u64)>>,
     woken: Vec<u64>,
+    /// A [`SetHandle::stop`] came: the next `run_until_stopped` returns once the set is empty.
+    stop: bool,
 }
 
-impl<H: Handler> fmt::Debug for ClientSet<H> {
+/// The set under its earlier name, from before it took server connections: the same type.
+pub type ClientSet<H> = ConnectionSet<H>;
+
+impl<H: Handler> fmt::Debug for ConnectionSet<H> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ClientSet")
+        f.debug_struct("ConnectionSet")
             .field("connections", &self.members.len())
             .finish_non_exhaustive()
     }
 }
 
-impl<H: Handler> ClientSet<H> {
+impl<H: Handler> ConnectionSet<H> {
     /// An empty set: its OS wait (an epoll instance, on Linux) and its waker, nothing else until
     /// connections are added.
     ///
@@ -174,7 +263,7 @@ impl<H: Handler> ClientSet<H> {
         let waker = Arc::new(SetWaker::new()?);
         let poller = SetPoller::new(waker.waker())?;
         let (tx, rx) = crossbeam_channel::unbounded();
-        Ok(ClientSet {
+        Ok(ConnectionSet {
             core: Arc::new(Core {
                 waker,
                 next_id: AtomicU64::new(0),
@@ -186,6 +275,7 @@ impl<H: Handler> ClientSet<H> {
             run: Vec::new(),
             timers: BinaryHeap::new(),
             woken: Vec::new(),
+            stop: false,
         })
     }
 
@@ -211,8 +301,79 @@ impl<H: Handler> ClientSet<H> {
         Ok((ConnId(id), sender))
     }
 
-    /// A cloneable, thread-safe handle that adds connections to this set and closes them all,
-    /// from the set's own hooks or from other threads; it wakes the set.
+    /// Take an accepted server connection (its handshake done: [`ServerConnection::accept`],
+    /// [`Incoming::accept`](crate::Incoming::accept)), driven by `handler` on the set's thread
+    /// from the set's next pass (`on_activated` first, as in
+    /// [`ServerConnection::run`]). It behaves as `run` would drive it (close handshake,
+    /// heartbeat, idle timeout, backpressure, metrics), but waits in the set's OS poll, and
+    /// costs its socket alone in descriptors: it never gets a waker of its own. A server
+    /// connection never reconnects.
+    ///
+    /// Returns its id and a [`CommandSender`]; senders its
+    /// [`handle`](ServerConnection::handle) gave out before are the same and go on working.
+    /// From another thread (an accept loop), use [`SetHandle::adopt`].
+    ///
+    /// ```
+    /// use syncws::{Accept, BlockingClient, Config, ConnectionSet, Context, Handler, ServerConnection};
+    ///
+    /// struct Echo;
+    /// impl Handler for Echo {
+    ///     fn on_text_message(&mut self, ctx: &mut Context<'_>, text: &str) {
+    ///         let _ = ctx.send_text(text);
+    ///     }
+    /// }
+    ///
+    /// // The set, on a thread of its own until stopped.
+    /// let mut set = ConnectionSet::new()?;
+    /// let handle = set.handle();
+    /// let set_thread = std::thread::spawn(move || set.run_until_stopped());
+    ///
+    /// // The accept loop: the handshake, then the connection goes to the set.
+    /// let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    /// let url = format!("ws://{}/", listener.local_addr()?);
+    /// let accepting = handle.clone();
+    /// std::thread::spawn(move || {
+    ///     let config = Config::server_defaults();
+    ///     for tcp in listener.incoming() {
+    ///         let Ok(tcp) = tcp else { continue };
+    ///         match ServerConnection::read_request(tcp, None, &config)
+    ///             .and_then(|incoming| incoming.accept(Accept::new()))
+    ///         {
+    ///             Ok(conn) => drop(accepting.adopt(conn, Echo)),
+    ///             Err(e) => eprintln!("handshake: {e}"),
+    ///         }
+    ///     }
+    /// });
+    ///
+    /// // A client: one message, its echo, close.
+    /// struct Once(Option<String>);
+    /// impl Handler for Once {
+    ///     fn on_activated(&mut self, ctx: &mut Context<'_>) {
+    ///         ctx.send_text("hello").unwrap();
+    ///     }
+    ///     fn on_text_message(&mut self, ctx: &mut Context<'_>, text: &str) {
+    ///         self.0 = Some(text.to_owned());
+    ///         ctx.close(1000, "done").unwrap();
+    ///     }
+    /// }
+    /// let mut once = Once(None);
+    /// BlockingClient::connect(&url, &Config::default())?.run(&mut once);
+    /// assert_eq!(once.0.as_deref(), Some("hello"));
+    ///
+    /// // Shutting down: close what is open, and end the set's run once it is empty.
+    /// handle.close_all(1001, "shutting down")?;
+    /// handle.stop()?;
+    /// set_thread.join().unwrap();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn adopt(&mut self, conn: ServerConnection, handler: H) -> (ConnId, CommandSender) {
+        let (id, sender, member) = self.core.adopted(conn, handler);
+        self.insert(id, member);
+        (ConnId(id), sender)
+    }
+
+    /// A cloneable, thread-safe handle that adds and adopts connections, closes them all and
+    /// stops the set, from the set's own hooks or from other threads; it wakes the set.
     pub fn handle(&self) -> SetHandle<H> {
         SetHandle {
             core: self.core.clone(),
@@ -237,7 +398,23 @@ impl<H: Handler> ClientSet<H> {
     /// To end early, close the connections ([`SetHandle::close_all`], or each one's
     /// [`CommandSender`]); `run` returns once the last has quit.
     pub fn run(&mut self) {
-        let span = tracing::debug_span!("client_set");
+        self.drive(false);
+    }
+
+    /// Drive every connection on this thread, as [`run`](Self::run) does, but while the set
+    /// is empty wait for connections to be added or adopted (through a [`SetHandle`]) instead
+    /// of returning: the way a server's set runs. Returns once [`SetHandle::stop`] has been
+    /// called and the set is empty (a stop asked for before this call ends it as soon as the
+    /// set is empty; each stop ends one such run).
+    ///
+    /// A graceful shutdown is [`SetHandle::close_all`] (1001, say), then
+    /// [`SetHandle::stop`]: the run returns once every connection has finished its close.
+    pub fn run_until_stopped(&mut self) {
+        self.drive(true);
+    }
+
+    fn drive(&mut self, until_stopped: bool) {
+        let span = tracing::debug_span!("connection_set");
         let _enter = span.enter();
         // Here, not in the set: an epoll event holds a pointer-sized union, which would make
         // the set impossible to move to another thread.
@@ -258,12 +435,18 @@ impl<H: Handler> ClientSet<H> {
             if self.run.is_empty() && self.members.is_empty() && self.rx.is_empty() {
                 // Deadlines of connections that have ended.
                 self.timers.clear();
-                return;
+                if !until_stopped || std::mem::take(&mut self.stop) {
+                    return;
+                }
             }
             if let Err(e) = self.wait(&mut events) {
                 // Only a broken OS wait or waker gets here: nothing could be waited for again.
-                tracing::error!(error = %e, "client set: waiting failed; dropping every connection");
+                tracing::error!(error = %e, "connection set: waiting failed; dropping every connection");
                 self.fail_all(e);
+                if until_stopped && self.members.is_empty() {
+                    // Nothing left to end, and no way to wait for more.
+                    return;
+                }
             }
         }
     }
@@ -279,6 +462,7 @@ impl<H: Handler> ClientSet<H> {
         while let Ok(command) = self.rx.try_recv() {
             match command {
                 SetCommand::Add(id, member) => self.insert(id, *member),
+                SetCommand::Stop => self.stop = true,
                 SetCommand::CloseAll(code, reason) => {
                     for member in self.members.values() {
                         // Refused only by a connection that has ended already.
@@ -337,23 +521,13 @@ impl<H: Handler> ClientSet<H> {
         };
         member.queued = false;
         member.shared.set_parked(false);
-        let conn = Some(ConnId(id));
-        let woke = member.woke.take();
-        let step = {
-            let mut d = Callbacks(&mut member.handler, conn);
-            if let (true, Some(woke)) = (member.waiting, woke) {
-                member.driver.woke(&mut d, woke, member.delivered);
-            }
-            member.waiting = false;
-            member.driver.pass(&mut d)
-        };
+        let woke = member.woke.take().filter(|_| member.waiting);
+        member.waiting = false;
+        let step = member.pass(ConnId(id), woke);
         match step {
             Step::Done => {
-                if let Some(mut member) = self.members.remove(&id) {
-                    // Its socket closes as it drops, which takes it out of epoll.
-                    member
-                        .driver
-                        .finish(&mut Callbacks(&mut member.handler, conn));
+                if let Some(member) = self.members.remove(&id) {
+                    member.end(ConnId(id));
                 }
             }
             Step::Again => {
@@ -511,7 +685,7 @@ fn strongest(a: Woke, b: Woke) -> Woke {
 /// A set dropped with connections left (never run, or its run not finished): each is ended
 /// as if its run had ended it: a best-effort Close 1001 to its peer, every command its sender
 /// had sent reported to its handler (`on_error` with [`Error::Closed`]), then `on_quit`.
-impl<H: Handler> Drop for ClientSet<H> {
+impl<H: Handler> Drop for ConnectionSet<H> {
     fn drop(&mut self) {
         // Adds that never reached the set are members too.
         while let Ok(command) = self.rx.try_recv() {
@@ -521,15 +695,13 @@ impl<H: Handler> Drop for ClientSet<H> {
         }
         for (id, mut member) in self.members.drain() {
             member.driver.session.abandon();
-            member
-                .driver
-                .finish(&mut Callbacks(&mut member.handler, Some(ConnId(id))));
+            member.end(ConnId(id));
         }
     }
 }
 
-/// Adds connections to a [`ClientSet`] and closes them all, from any thread (the set's own
-/// hooks included). Cloneable; each call wakes the set.
+/// Adds and adopts connections into a [`ConnectionSet`], closes them all and stops the set,
+/// from any thread (the set's own hooks included). Cloneable; each call wakes the set.
 pub struct SetHandle<H> {
     core: Arc<Core>,
     tx: Sender<SetCommand<H>>,
@@ -551,12 +723,12 @@ impl<H> fmt::Debug for SetHandle<H> {
 }
 
 impl<H> SetHandle<H> {
-    /// Add a connection, as [`ClientSet::add`] does: it starts opening at the set's next
-    /// pass (at once if it is running; at its next [`run`](ClientSet::run) if not).
+    /// Add a connection, as [`ConnectionSet::add`] does: it starts opening at the set's next
+    /// pass (at once if it is running; at its next [`run`](ConnectionSet::run) if not).
     ///
     /// # Errors
     ///
-    /// As for [`ClientSet::add`], and [`Error::Closed`] once the set has been dropped.
+    /// As for [`ConnectionSet::add`], and [`Error::Closed`] once the set has been dropped.
     pub fn add(
         &self,
         url: &str,
@@ -569,6 +741,45 @@ impl<H> SetHandle<H> {
             .map_err(|_| Error::Closed)?;
         let _ = self.core.waker.wake_set();
         Ok((ConnId(id), sender))
+    }
+
+    /// Hand an accepted server connection to the set, as [`ConnectionSet::adopt`] does, from
+    /// any thread: typically the accept loop (or a handshake thread), while the set runs on
+    /// its own thread. It starts at the set's next pass (at once if it is running; at its next
+    /// run if not).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] once the set has been dropped: the connection is then closed (a
+    /// best-effort Close 1001) and `handler` dropped without any of its hooks running, as an
+    /// `add` the set never took.
+    pub fn adopt(
+        &self,
+        conn: ServerConnection,
+        handler: H,
+    ) -> Result<(ConnId, CommandSender), Error> {
+        let (id, sender, member) = self.core.adopted(conn, handler);
+        if let Err(refused) = self.tx.send(SetCommand::Add(id, Box::new(member))) {
+            if let SetCommand::Add(_, mut member) = refused.into_inner() {
+                member.driver.session.abandon();
+            }
+            return Err(Error::Closed);
+        }
+        let _ = self.core.waker.wake_set();
+        Ok((ConnId(id), sender))
+    }
+
+    /// End the set's [`run_until_stopped`](ConnectionSet::run_until_stopped) once the set is
+    /// empty (at once if it is). Nothing is closed: call [`close_all`](Self::close_all) first
+    /// for that. Connections added afterwards still run, and keep it running until they quit.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] once the set has been dropped.
+    pub fn stop(&self) -> Result<(), Error> {
+        self.tx.send(SetCommand::Stop).map_err(|_| Error::Closed)?;
+        let _ = self.core.waker.wake_set();
+        Ok(())
     }
 
     /// Start the close handshake of every connection in the set now, with `code` and
