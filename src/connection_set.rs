@@ -3,12 +3,14 @@
 //! connection it adopts once its handshake is done (`adopt`). This file only decides which
 //! drivers to pass and when to wait: one OS wait for every socket (`sys::SetPoller`: epoll,
 //! edge-triggered, on Linux; a level-triggered poll elsewhere, told what each member waits
-//! for), one waker for every command sender, and one timer heap for every deadline.
+//! for), one waker for every command sender, and one timer heap for every deadline. It also
+//! keeps one member's panic from ending the others (`Member::pass`).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::fmt;
 use std::io;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,7 +21,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use crate::command::{CommandSender, Shared, Stop};
 use crate::dial::parse_url;
 use crate::driver::{Driver, Step};
-use crate::handler::{Callbacks, ConnId};
+use crate::handler::{AfterPanic, Callbacks, ConnId};
 use crate::sys::{Events, Interest, SetPoller, Watch, WAKER_KEY};
 use crate::wait::Woke;
 use crate::waker::SetWaker;
@@ -47,7 +49,15 @@ struct Member<H> {
     delivered: bool,
     /// What ended the wait so far (socket, command, deadline), merged.
     woke: Option<Woke>,
+    /// A pass of this member panicked: it is closing (1011), and its handler hears only of
+    /// its end (see [`AfterPanic`]). `silenced`: one of those calls panicked too.
+    panicked: Option<Silenced>,
 }
+
+/// After a member's panic: whether its handler has panicked again since (then it is called
+/// no more, but for `on_quit`).
+#[derive(Debug, Default)]
+struct Silenced(bool);
 
 impl<H> Member<H> {
     fn new(driver: Box<Driver>, handler: H, shared: Arc<Shared>) -> Self {
@@ -61,27 +71,139 @@ impl<H> Member<H> {
             waiting: false,
             delivered: false,
             woke: None,
+            panicked: None,
         }
     }
 }
 
 impl<H: Handler> Member<H> {
-    /// One pass (after noting what ended the member's wait, `woke`).
+    /// One pass (after noting what ended the member's wait, `woke`), with a panic caught.
+    ///
+    /// Why catching it leaves the set consistent: the closure borrows this member's driver
+    /// and handler and nothing of the set (its members, run list, timers, poller and waker
+    /// are touched only after the pass returns), so the set's own state cannot be torn. The
+    /// member's state may be: the panic may have struck in the handler or in the library
+    /// midway through the pass. What it shares with other threads (`Shared`: a lock that
+    /// guards plain flags, read through poisoning; atomics) holds no invariant a panic can
+    /// break, and the channel is crossbeam's, which a panic does not corrupt. So the member
+    /// is treated as suspect from then on ([`Member::panicked`]): its handler hears nothing
+    /// but its end, each call caught, and a second panic in a pass drops it without further
+    /// passes. Sends its hooks queued before the panic may be in the outbox and go out before
+    /// the Close (a frame is written into the outbox in one go, with no hook between).
     fn pass(&mut self, id: ConnId, woke: Option<Woke>) -> Step {
-        let mut d = Callbacks(&mut self.handler, Some(id));
-        if let Some(woke) = woke {
-            self.driver.woke(&mut d, woke, self.delivered);
+        let Member {
+            driver,
+            handler,
+            delivered,
+            panicked,
+            ..
+        } = self;
+        let outcome = catch_unwind(AssertUnwindSafe(|| match panicked {
+            None => {
+                let mut d = Callbacks(&mut *handler, Some(id));
+                if let Some(woke) = woke {
+                    driver.woke(&mut d, woke, *delivered);
+                }
+                driver.pass(&mut d)
+            }
+            Some(silenced) => {
+                let mut d = AfterPanic {
+                    handler: &mut *handler,
+                    id: Some(id),
+                    silenced: &mut silenced.0,
+                };
+                if let Some(woke) = woke {
+                    driver.woke(&mut d, woke, false);
+                }
+                driver.pass(&mut d)
+            }
+        }));
+        match outcome {
+            Ok(step) => step,
+            Err(payload) => self.panicked(id, payload),
         }
-        self.driver.pass(&mut d)
+    }
+
+    /// A pass panicked. The first time, the connection starts closing with 1011 and the panic
+    /// is reported as [`Error::Panicked`]; the next passes carry out the close (the Close
+    /// frame, then lingering until the peer's answer or `close_timeout`) with a dispatcher
+    /// that hands the handler only its end. A panic during those passes (the library's, since
+    /// the handler's own calls are caught one by one) ends the member at once.
+    fn panicked(&mut self, id: ConnId, payload: Box<dyn std::any::Any + Send>) -> Step {
+        let message = panic_message(payload);
+        if self.panicked.is_some() {
+            tracing::error!(
+                conn = %id,
+                panic = %message,
+                "a closing set member panicked again; dropped"
+            );
+            return Step::Done;
+        }
+        tracing::error!(
+            conn = %id,
+            panic = %message,
+            "a set member panicked; closing it with 1011"
+        );
+        self.panicked = Some(Silenced::default());
+        let driver = &mut self.driver;
+        match catch_unwind(AssertUnwindSafe(|| {
+            driver.panicked(Error::Panicked { message })
+        })) {
+            Ok(()) => Step::Again,
+            Err(again) => {
+                tracing::error!(
+                    conn = %id,
+                    panic = %panic_message(again),
+                    "closing a panicked set member panicked; dropped"
+                );
+                Step::Done
+            }
+        }
     }
 
     /// The member is over: what its end reports (commands never carried out, messages never
-    /// sent), then `on_quit`, exactly once.
+    /// sent), then `on_quit`, exactly once, whatever panics on the way.
     fn end(mut self, id: ConnId) {
-        self.driver
-            .finish(&mut Callbacks(&mut self.handler, Some(id)));
+        let Member {
+            driver,
+            handler,
+            panicked,
+            ..
+        } = &mut self;
+        let reported = catch_unwind(AssertUnwindSafe(|| match panicked {
+            None => driver.finish_reports(&mut Callbacks(&mut *handler, Some(id))),
+            Some(silenced) => driver.finish_reports(&mut AfterPanic {
+                handler: &mut *handler,
+                id: Some(id),
+                silenced: &mut silenced.0,
+            }),
+        }));
+        if let Err(payload) = reported {
+            tracing::error!(
+                conn = %id,
+                panic = %panic_message(payload),
+                "reporting a set member's end panicked; what was left is not reported"
+            );
+        }
+        if let Err(payload) = catch_unwind(AssertUnwindSafe(|| handler.on_quit())) {
+            tracing::error!(conn = %id, panic = %panic_message(payload), "on_quit panicked");
+        }
         // Its socket closes as it drops, which takes it out of epoll.
     }
+}
+
+/// What a panic said (`panic!("...")` gives a `&str` or a `String`). The payload is dropped
+/// here, and a payload whose own drop panics is forgotten instead of unwinding on.
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    let message = payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned());
+    if let Err(again) = catch_unwind(AssertUnwindSafe(|| drop(payload))) {
+        std::mem::forget(again);
+    }
+    message
 }
 
 /// What other threads ask of the set.
@@ -157,6 +279,18 @@ impl Core {
 /// runs, and with a [`SetHandle`] from anywhere, including the set's own hooks and other
 /// threads, while it runs. Each hands back the connection's [`CommandSender`], through which
 /// any thread sends to it, closes it or drops it.
+///
+/// **A panic ends only its own connection.** A panic in one connection's hooks (or in the
+/// library while it drives that connection) is caught at that connection's pass: the
+/// connection is closed with 1011 (a Close frame if the socket can still take one, then the
+/// usual wait for the peer's answer, up to `close_timeout`), reported as [`Error::Panicked`],
+/// and the others carry on, as a tokio task's panic ends only that task. After a panic the
+/// handler hears only of its connection's end: `on_error` with [`Error::Panicked`] and the
+/// other reports of its end (sends never carried out), then `on_quit`, each call itself
+/// guarded; once one of those panics too, only `on_quit` is still called. Nothing else of that
+/// handler runs again, and it does not reconnect. The panic hook still runs for each panic
+/// (the default one prints it to stderr), and with `panic = "abort"` a panic ends the process,
+/// as anywhere. The single-connection modes leave a panic to the caller's thread.
 ///
 /// Host names are looked up off the set's thread: the system resolver has no non-blocking
 /// interface, so lookups run on a small pool of threads shared by the process (started on the
@@ -514,7 +648,8 @@ impl<H: Handler> ConnectionSet<H> {
         }
     }
 
-    /// One pass of one member, then arrange what it waits for.
+    /// One pass of one member (a panic in it caught: see [`Member::pass`]), then arrange what
+    /// it waits for.
     fn step(&mut self, id: u64) {
         let Some(member) = self.members.get_mut(&id) else {
             return;
@@ -684,7 +819,8 @@ fn strongest(a: Woke, b: Woke) -> Woke {
 
 /// A set dropped with connections left (never run, or its run not finished): each is ended
 /// as if its run had ended it: a best-effort Close 1001 to its peer, every command its sender
-/// had sent reported to its handler (`on_error` with [`Error::Closed`]), then `on_quit`.
+/// had sent reported to its handler (`on_error` with [`Error::Closed`]), then `on_quit`
+/// (panics caught, as in a run).
 impl<H: Handler> Drop for ConnectionSet<H> {
     fn drop(&mut self) {
         // Adds that never reached the set are members too.
@@ -694,7 +830,10 @@ impl<H: Handler> Drop for ConnectionSet<H> {
             }
         }
         for (id, mut member) in self.members.drain() {
-            member.driver.session.abandon();
+            let driver = &mut member.driver;
+            if catch_unwind(AssertUnwindSafe(|| driver.session.abandon())).is_err() {
+                tracing::error!(conn = %ConnId(id), "closing a dropped set's member panicked");
+            }
             member.end(ConnId(id));
         }
     }

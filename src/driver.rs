@@ -353,9 +353,30 @@ impl Driver {
     /// The connection is over for good (`pass` said `Done`): report the commands that will
     /// never be carried out, then `on_quit`, the last call.
     pub(crate) fn finish<D: Dispatch + ?Sized>(&mut self, d: &mut D) {
+        self.finish_reports(d);
+        d.quit();
+    }
+
+    /// [`finish`](Self::finish) without `on_quit`, for a front-end that calls it itself (a
+    /// set, which calls it however the reports went: see `connection_set`).
+    pub(crate) fn finish_reports<D: Dispatch + ?Sized>(&mut self, d: &mut D) {
         self.session.refuse_remaining_commands();
         self.report(d);
-        d.quit();
+    }
+
+    /// A pass panicked (a set caught it): the connection ends, reporting `error` first. An
+    /// open one closes with 1011 (see `Session::panicked`); one between connections stops
+    /// reconnecting; none reconnects, since its handler can no longer be trusted with a new
+    /// connection.
+    pub(crate) fn panicked(&mut self, error: Error) {
+        self.redial = None;
+        self.dial_failure = None;
+        if self.reconnecting.is_some() {
+            self.session.report_later(error);
+            self.stop_reconnecting();
+        } else {
+            self.session.panicked(error);
+        }
     }
 
     /// One pass over whatever the connection is doing: a session ([`Driver::session_pass`]),

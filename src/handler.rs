@@ -374,3 +374,38 @@ impl<H: Handler + ?Sized> Dispatch for Callbacks<'_, H> {
         self.0.on_quit();
     }
 }
+
+/// A set member's handler after one of its passes panicked (see `ConnectionSet`): it hears
+/// only of its connection's end, `on_error`, each call caught; once one of those panics too
+/// (`silenced`), nothing more. Messages (none arrive while the connection closes as failed),
+/// idle, writable and reconnect reports are not handed on, and `on_quit` is the set's to call.
+pub(crate) struct AfterPanic<'h, H: ?Sized> {
+    pub(crate) handler: &'h mut H,
+    pub(crate) id: Option<ConnId>,
+    pub(crate) silenced: &'h mut bool,
+}
+
+impl<H: Handler + ?Sized> Dispatch for AfterPanic<'_, H> {
+    fn activated(&mut self, _session: &mut Session) {}
+    fn message(&mut self, _session: &mut Session, _message: Message) {}
+    fn closed(&mut self, _session: &mut Session, _close: CloseInfo) {}
+    fn error(&mut self, session: &mut Session, error: Error) {
+        if *self.silenced {
+            tracing::debug!(%error, "not reported: the handler panicked");
+            return;
+        }
+        let (handler, id) = (&mut *self.handler, self.id);
+        let reported = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            handler.on_error(&mut Context { session, id }, &error);
+        }));
+        if reported.is_err() {
+            tracing::error!(
+                "on_error panicked after an earlier panic; only on_quit is called from now on"
+            );
+            *self.silenced = true;
+        }
+    }
+    fn idle(&mut self, _session: &mut Session) {}
+    fn reconnecting(&mut self, _session: &mut Session, _attempt: ReconnectAttempt) {}
+    fn quit(&mut self) {}
+}

@@ -164,6 +164,11 @@ impl ServerConnection {
     /// Run until the connection ends, calling `handler`'s hooks on this thread, which waits
     /// in the OS poll on the socket and a waker made now (the connection's second
     /// descriptor, see [`DESCRIPTORS`](Self::DESCRIPTORS)).
+    ///
+    /// A panic in a hook unwinds out of `run`, as any panic on the caller's thread does (the
+    /// socket is closed without a Close frame as the connection drops). In a
+    /// [`ConnectionSet`](crate::ConnectionSet), by contrast, a panic ends only the connection
+    /// whose hook panicked.
     pub fn run<H: Handler + ?Sized>(self, handler: &mut H) {
         let ServerConnection {
             mut driver, handle, ..

@@ -866,6 +866,29 @@ impl Session {
         }
     }
 
+    /// Report `error` with the others (from outside a dispatch).
+    pub(crate) fn report_later(&mut self, error: Error) {
+        self.errors.push_back(error);
+    }
+
+    /// The code driving this connection panicked (a set caught it): report `error` and end
+    /// the connection as failed with 1011 (the Close goes out after what is queued, then the
+    /// usual lingering), or drop it at once when no Close can be sent any more. It will not
+    /// reconnect: what it leaves unsent is reported, not kept.
+    pub(crate) fn panicked(&mut self, error: Error) {
+        self.user_ended = true;
+        self.keep_unsent = false;
+        self.close_request = None;
+        self.settling = None;
+        let unsent = std::mem::take(&mut self.unsent);
+        self.report_unsent(unsent.len());
+        if self.phase == Phase::Done {
+            self.errors.push_back(error);
+        } else {
+            self.fail(error, Some(CloseCode::Error));
+        }
+    }
+
     // ----- commands from other threads ------------------------------------------------------
 
     /// Carry out a stop asked for from another thread, then (when `sends`) queued commands in
