@@ -6,9 +6,10 @@ use tungstenite::{Bytes, Message};
 use crate::session::{Dispatch, Session};
 use crate::{CloseInfo, Error, Handshake, Metrics, ReconnectAttempt, SharedFrame};
 
-/// Callbacks for [`BlockingClient`](crate::BlockingClient) and
-/// [`NonBlockingClient`](crate::NonBlockingClient). Every hook has a default that does nothing,
-/// so a handler implements only what it needs.
+/// Callbacks for [`BlockingClient`](crate::BlockingClient),
+/// [`NonBlockingClient`](crate::NonBlockingClient), [`ServerConnection`](crate::ServerConnection)
+/// and the connections of a [`ConnectionSet`](crate::ConnectionSet). Every hook has a default
+/// that does nothing, so a handler implements only what it needs.
 ///
 /// Hooks run on the thread that drives the connection. Each one gets a [`Context`] through
 /// which it can send, close or stop; sends made inside a hook are queued and written together
@@ -17,6 +18,11 @@ use crate::{CloseInfo, Error, Handshake, Metrics, ReconnectAttempt, SharedFrame}
 /// Order: `on_activated` first; then messages in the order they arrived; `on_connection_closed`
 /// after every message the peer sent before its Close; `on_quit` last, exactly once, however the
 /// connection ended.
+///
+/// A panic in a hook: in a [`ConnectionSet`](crate::ConnectionSet) it ends only that
+/// connection (closed with 1011; the handler then hears only `on_error` with
+/// [`Error::Panicked`] and the other reports of the end, and `on_quit`); in the other modes it
+/// unwinds out of `run` on the calling thread, as any panic does.
 #[allow(unused_variables)]
 pub trait Handler {
     /// The connection is open; the handshake is in [`Context::handshake`].
