@@ -13,7 +13,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
@@ -89,7 +89,11 @@ pub(crate) struct Shared {
     parked: AtomicBool,
     /// A stop is waiting in the gate (checked every pass without taking the lock).
     stop_waiting: AtomicBool,
-    wake: Wake,
+    /// Chosen once, before the connection first parks: at once in most modes; for a server
+    /// connection when it starts running, on its own thread or in a set (see
+    /// [`Shared::unwoken`]). Until then nothing needs waking: whatever senders do meanwhile
+    /// is seen by its first pass.
+    wake: OnceLock<Wake>,
     /// Also poked on every wake, for a threaded worker that waits on channels instead of the
     /// OS poll (while its application is behind on events).
     nudge: Option<Sender<()>>,
@@ -105,40 +109,54 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub(crate) fn new(waker: Option<Arc<Waker>>, nudge: Option<Sender<()>>) -> Arc<Self> {
-        Arc::new(Shared {
+        let wake = match waker {
+            Some(w) => Wake::Poll(w),
+            None => Wake::Thread(Mutex::new(None)),
+        };
+        Arc::new(Shared::with_wake(OnceLock::from(wake), nudge))
+    }
+
+    /// What an accepted server connection shares before it is run: nothing wakes it yet, so
+    /// it holds no waker of its own until [`run`](crate::ServerConnection::run) makes one
+    /// ([`Shared::wake_by`]) or a set adopts it ([`Shared::wake_in_set`]).
+    pub(crate) fn unwoken() -> Arc<Self> {
+        Arc::new(Shared::with_wake(OnceLock::new(), None))
+    }
+
+    /// What a member of a client set shares: wakes go to the set's thread, naming `id`.
+    pub(crate) fn in_set(set: Arc<SetWaker>, id: u64) -> Arc<Self> {
+        Arc::new(Shared::with_wake(OnceLock::from(Wake::Set(set, id)), None))
+    }
+
+    fn with_wake(wake: OnceLock<Wake>, nudge: Option<Sender<()>>) -> Self {
+        Shared {
             parked: AtomicBool::new(false),
             stop_waiting: AtomicBool::new(false),
-            wake: match waker {
-                Some(w) => Wake::Poll(w),
-                None => Wake::Thread(Mutex::new(None)),
-            },
+            wake,
             nudge,
             gate: Mutex::new(Gate::default()),
             queued: AtomicUsize::new(0),
             queued_bytes: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
             room: Condvar::new(),
-        })
+        }
+    }
+
+    /// An unwoken connection (see [`Shared::unwoken`]) is woken through `waker` from now on
+    /// (it runs on its own thread, waiting in the OS poll). False if it had a wake already.
+    pub(crate) fn wake_by(&self, waker: Arc<Waker>) -> bool {
+        self.wake.set(Wake::Poll(waker)).is_ok()
+    }
+
+    /// An unwoken connection (see [`Shared::unwoken`]) is member `id` of the set `set` wakes
+    /// from now on. False if it had a wake already.
+    pub(crate) fn wake_in_set(&self, set: Arc<SetWaker>, id: u64) -> bool {
+        self.wake.set(Wake::Set(set, id)).is_ok()
     }
 
     fn gate(&self) -> MutexGuard<'_, Gate> {
         // The lock guards plain flags; a panic while holding it cannot leave them torn.
         self.gate.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// What a member of a client set shares: wakes go to the set's thread, naming `id`.
-    pub(crate) fn in_set(set: Arc<SetWaker>, id: u64) -> Arc<Self> {
-        Arc::new(Shared {
-            parked: AtomicBool::new(false),
-            stop_waiting: AtomicBool::new(false),
-            wake: Wake::Set(set, id),
-            nudge: None,
-            gate: Mutex::new(Gate::default()),
-            queued: AtomicUsize::new(0),
-            queued_bytes: AtomicUsize::new(0),
-            waiting: AtomicUsize::new(0),
-            room: Condvar::new(),
-        })
     }
 
     /// After a send: wake the connection if it is parked (or about to park).
@@ -163,18 +181,20 @@ impl Shared {
 
     /// Wake whatever the state (stops, shutdown).
     pub(crate) fn wake_now(&self) {
-        match &self.wake {
-            Wake::Poll(w) => {
+        match self.wake.get() {
+            // Not running yet: its first pass will see what there is.
+            None => {}
+            Some(Wake::Poll(w)) => {
                 if let Err(e) = w.wake() {
                     tracing::warn!(error = %e, "waker failed");
                 }
             }
-            Wake::Thread(t) => {
+            Some(Wake::Thread(t)) => {
                 if let Some(t) = t.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
                     t.unpark();
                 }
             }
-            Wake::Set(set, id) => {
+            Some(Wake::Set(set, id)) => {
                 if let Err(e) = set.wake(*id) {
                     tracing::warn!(error = %e, "waker failed");
                 }
@@ -189,7 +209,7 @@ impl Shared {
         if parked {
             // The sleep strategy's thread is known before it says it parks: a sender that sees
             // the flag must find someone to unpark (or the stop waits out a whole sleep).
-            if let Wake::Thread(t) = &self.wake {
+            if let Some(Wake::Thread(t)) = self.wake.get() {
                 let mut slot = t.lock().unwrap_or_else(|e| e.into_inner());
                 let me = std::thread::current();
                 if slot.as_ref().is_none_or(|t| t.id() != me.id()) {

@@ -15,6 +15,7 @@ use crate::session::{Dispatch, Session};
 use crate::stream::Stream;
 use crate::sys::{AsFd, BorrowedSocket};
 use crate::wait::{Interest as SocketInterest, Waiter, Woke};
+use crate::waker::SetWaker;
 use crate::{Config, Error, Handshake, Reconnect, ReconnectAttempt, WaitStrategy};
 
 /// Where to dial again after a connection ends (clients with a reconnect policy).
@@ -184,6 +185,44 @@ impl Driver {
         (driver, sender)
     }
 
+    /// An accepted server connection, not running yet: nothing can wake it, so it holds no
+    /// waker (its socket is its only descriptor) until it is run on a thread of its own
+    /// ([`Driver::wake_by_readiness`]) or joins a set ([`Driver::join_set`]).
+    pub(crate) fn accepted(session: Session, config: &Config) -> (Box<Self>, CommandSender) {
+        // Replaced by whichever runs it.
+        Driver::with_inbox(session, Waiter::Spin, config, Shared::unwoken())
+    }
+
+    /// An accepted connection runs on its own thread: it waits in the OS poll on its socket
+    /// and a waker of its own, which its senders now use.
+    /// Without a waker (the process is out of descriptors) it still waits in the OS poll, on
+    /// its socket only.
+    pub(crate) fn wake_by_readiness(&mut self) -> io::Result<()> {
+        let (waiter, waker) = match Waiter::new(WaitStrategy::Readiness, true) {
+            Ok(made) => made,
+            Err(e) => {
+                self.waiter = Waiter::new(WaitStrategy::Readiness, false)?.0;
+                return Err(e);
+            }
+        };
+        if let (Some(inbox), Some(waker)) = (self.session.inbox(), waker) {
+            if !inbox.shared().wake_by(waker) {
+                // Built with a wake of its own (not `accepted`): keep it, and its waiter.
+                return Ok(());
+            }
+        }
+        self.waiter = waiter;
+        Ok(())
+    }
+
+    /// An accepted connection becomes member `id` of a set: the set waits for it, and its
+    /// senders wake the set. Returns what it shares with them, or `None` if it had a wake
+    /// already (a driver not made by `accepted`).
+    pub(crate) fn join_set(&mut self, set: Arc<SetWaker>, id: u64) -> Option<Arc<Shared>> {
+        let shared = self.session.inbox()?.shared().clone();
+        shared.wake_in_set(set, id).then_some(shared)
+    }
+
     /// A client that has not connected yet: its first pass starts opening `url` (the name
     /// looked up in the resolver pool, then TCP, TLS and the upgrade as the socket allows),
     /// and a later pass announces the connection. For a front-end that waits for many
@@ -314,9 +353,30 @@ impl Driver {
     /// The connection is over for good (`pass` said `Done`): report the commands that will
     /// never be carried out, then `on_quit`, the last call.
     pub(crate) fn finish<D: Dispatch + ?Sized>(&mut self, d: &mut D) {
+        self.finish_reports(d);
+        d.quit();
+    }
+
+    /// [`finish`](Self::finish) without `on_quit`, for a front-end that calls it itself (a
+    /// set, which calls it however the reports went: see `connection_set`).
+    pub(crate) fn finish_reports<D: Dispatch + ?Sized>(&mut self, d: &mut D) {
         self.session.refuse_remaining_commands();
         self.report(d);
-        d.quit();
+    }
+
+    /// A pass panicked (a set caught it): the connection ends, reporting `error` first. An
+    /// open one closes with 1011 (see `Session::panicked`); one between connections stops
+    /// reconnecting; none reconnects, since its handler can no longer be trusted with a new
+    /// connection.
+    pub(crate) fn panicked(&mut self, error: Error) {
+        self.redial = None;
+        self.dial_failure = None;
+        if self.reconnecting.is_some() {
+            self.session.report_later(error);
+            self.stop_reconnecting();
+        } else {
+            self.session.panicked(error);
+        }
     }
 
     /// One pass over whatever the connection is doing: a session ([`Driver::session_pass`]),

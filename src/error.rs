@@ -231,6 +231,14 @@ pub enum Error {
     /// The configuration is inconsistent; the message says which setting.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A [`ConnectionSet`](crate::ConnectionSet) member's hook (or the library, while driving
+    /// that connection) panicked: the set caught it and closed that connection alone, with
+    /// 1011 when the socket could still take a Close. The other connections carry on.
+    #[error("a panic on the set's thread ended this connection: {message}")]
+    Panicked {
+        /// What the panic said (its `&str` or `String` payload).
+        message: String,
+    },
     /// An I/O error on an established connection.
     #[error("i/o: {0}")]
     Io(#[from] io::Error),

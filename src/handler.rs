@@ -6,9 +6,10 @@ use tungstenite::{Bytes, Message};
 use crate::session::{Dispatch, Session};
 use crate::{CloseInfo, Error, Handshake, Metrics, ReconnectAttempt, SharedFrame};
 
-/// Callbacks for [`BlockingClient`](crate::BlockingClient) and
-/// [`NonBlockingClient`](crate::NonBlockingClient). Every hook has a default that does nothing,
-/// so a handler implements only what it needs.
+/// Callbacks for [`BlockingClient`](crate::BlockingClient),
+/// [`NonBlockingClient`](crate::NonBlockingClient), [`ServerConnection`](crate::ServerConnection)
+/// and the connections of a [`ConnectionSet`](crate::ConnectionSet). Every hook has a default
+/// that does nothing, so a handler implements only what it needs.
 ///
 /// Hooks run on the thread that drives the connection. Each one gets a [`Context`] through
 /// which it can send, close or stop; sends made inside a hook are queued and written together
@@ -54,6 +55,11 @@ use crate::{CloseInfo, Error, Handshake, Metrics, ReconnectAttempt, SharedFrame}
 /// client.run(&mut feed);
 /// # Ok::<(), syncws::Error>(())
 /// ```
+///
+/// A panic in a hook: in a [`ConnectionSet`](crate::ConnectionSet) it ends only that
+/// connection (closed with 1011; the handler then hears only `on_error` with
+/// [`Error::Panicked`] and the other reports of the end, and `on_quit`); in the other modes it
+/// unwinds out of `run` on the calling thread, as any panic does.
 #[allow(unused_variables)]
 pub trait Handler {
     /// The connection is open; the handshake is in [`Context::handshake`].
@@ -86,8 +92,8 @@ pub trait Handler {
     fn on_quit(&mut self) {}
 }
 
-/// A handler behind a pointer is a handler: `ClientSet<Box<dyn Handler + Send>>` mixes kinds,
-/// and `ClientSet<&mut MyHandler>` lends handlers for the length of a run.
+/// A handler behind a pointer is a handler: `ConnectionSet<Box<dyn Handler + Send>>` mixes
+/// kinds, and `ConnectionSet<&mut MyHandler>` lends handlers for the length of a run.
 macro_rules! forward_handler {
     ($($ty:ty),*) => {$(
         impl<H: Handler + ?Sized> Handler for $ty {
@@ -296,16 +302,17 @@ impl Context<'_> {
         self.session.is_open()
     }
 
-    /// Which connection of a [`ClientSet`](crate::ClientSet) this is (`None` in the other
-    /// modes, which drive one connection each).
+    /// Which connection of a [`ConnectionSet`](crate::ConnectionSet) this is (`None` in the
+    /// other modes, which drive one connection each).
     pub fn id(&self) -> Option<ConnId> {
         self.id
     }
 }
 
-/// Which connection of a [`ClientSet`](crate::ClientSet) something is about: given by
-/// [`ClientSet::add`](crate::ClientSet::add) and [`SetHandle::add`](crate::SetHandle::add),
-/// and to the connection's hooks as [`Context::id`]. Never reused by the set that gave it.
+/// Which connection of a [`ConnectionSet`](crate::ConnectionSet) something is about: given by
+/// [`ConnectionSet::add`](crate::ConnectionSet::add), [`ConnectionSet::adopt`](
+/// crate::ConnectionSet::adopt) and their [`SetHandle`](crate::SetHandle) counterparts, and to
+/// the connection's hooks as [`Context::id`]. Never reused by the set that gave it.
 /// Defined here, beside the [`Context`] that carries it, so the core never imports the set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnId(pub(crate) u64);
@@ -409,4 +416,39 @@ impl<H: Handler + ?Sized> Dispatch for Callbacks<'_, H> {
     fn quit(&mut self) {
         self.0.on_quit();
     }
+}
+
+/// A set member's handler after one of its passes panicked (see `ConnectionSet`): it hears
+/// only of its connection's end, `on_error`, each call caught; once one of those panics too
+/// (`silenced`), nothing more. Messages (none arrive while the connection closes as failed),
+/// idle, writable and reconnect reports are not handed on, and `on_quit` is the set's to call.
+pub(crate) struct AfterPanic<'h, H: ?Sized> {
+    pub(crate) handler: &'h mut H,
+    pub(crate) id: Option<ConnId>,
+    pub(crate) silenced: &'h mut bool,
+}
+
+impl<H: Handler + ?Sized> Dispatch for AfterPanic<'_, H> {
+    fn activated(&mut self, _session: &mut Session) {}
+    fn message(&mut self, _session: &mut Session, _message: Message) {}
+    fn closed(&mut self, _session: &mut Session, _close: CloseInfo) {}
+    fn error(&mut self, session: &mut Session, error: Error) {
+        if *self.silenced {
+            tracing::debug!(%error, "not reported: the handler panicked");
+            return;
+        }
+        let (handler, id) = (&mut *self.handler, self.id);
+        let reported = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            handler.on_error(&mut Context { session, id }, &error);
+        }));
+        if reported.is_err() {
+            tracing::error!(
+                "on_error panicked after an earlier panic; only on_quit is called from now on"
+            );
+            *self.silenced = true;
+        }
+    }
+    fn idle(&mut self, _session: &mut Session) {}
+    fn reconnecting(&mut self, _session: &mut Session, _attempt: ReconnectAttempt) {}
+    fn quit(&mut self) {}
 }

@@ -9,7 +9,7 @@
 //! | [`BlockingClient`] | your thread | a [`Handler`], plus a [`CommandSender`] to stop it from other threads | OS poll on the socket | simple request/response and streaming clients |
 //! | [`NonBlockingClient`] | your thread | a [`Handler`], plus a [`CommandSender`] for other threads | [`WaitStrategy`]: spin, sleep or readiness | latency-critical loops (spin), or owning the loop |
 //! | [`ThreadedClient`] | a worker thread | a loop over `event_rx` | OS poll + waker | applications that want channels, not callbacks |
-//! | [`ClientSet`] | your thread, for many connections | a [`Handler`] per connection ([`Context::id`] names it), a [`SetHandle`] to add connections from anywhere | one OS poll for every socket (epoll on Linux) + one waker + one timer heap | thousands of connections: fan-in, gateways, probes, load generators |
+//! | [`ConnectionSet`] (also [`ClientSet`]) | your thread, for many connections, client and server alike | a [`Handler`] per connection ([`Context::id`] names it), a [`SetHandle`] to add or adopt connections from anywhere | one OS poll for every socket (epoll on Linux) + one waker + one timer heap | thousands of connections: fan-in, gateways, probes, load generators, servers on a few threads |
 //!
 //! ## Blocking
 //!
@@ -50,13 +50,18 @@
 //!
 //! ## Many connections on one thread
 //!
-//! See [`ClientSet`]: `add(url, &config, handler)` as often as you like, then `run()`; every
-//! connection opens, talks and closes as its socket allows, none waits for another.
+//! See [`ConnectionSet`]: `add(url, &config, handler)` as often as you like, then `run()`; every
+//! connection opens, talks and closes as its socket allows, none waits for another. It takes
+//! accepted server connections too ([`ConnectionSet::adopt`], [`SetHandle::adopt`]). A panic
+//! in one connection's hook ends that connection alone (closed with 1011, reported as
+//! [`Error::Panicked`]); in the other modes a panic is the calling thread's, as any panic is.
 //!
 //! ## Server side
 //!
-//! [`ServerConnection`] is the same core on an accepted socket: thread per connection, the
-//! same [`Handler`], [`ServerConnection::handle`] for other threads (broadcasts).
+//! [`ServerConnection`] is the same core on an accepted socket: a thread per connection
+//! ([`ServerConnection::run`]) or many in a [`ConnectionSet`] ([`SetHandle::adopt`] from the
+//! accept loop), the same [`Handler`], [`ServerConnection::handle`] for other threads
+//! (broadcasts).
 //! [`ServerConnection::accept`] upgrades in one call; [`ServerConnection::read_request`] first
 //! hands you the request as an [`Incoming`] (path, query, headers, peer, offered
 //! subprotocols), so one port can serve pages and WebSockets: [`Incoming::accept`] with an
@@ -118,6 +123,8 @@
 //!   have deadlines ([`TimeoutKind`] says which one passed).
 //! - **Bad input ends only that connection**, with the right close code (1007 invalid UTF-8 or
 //!   compressed data, 1009 too large, 1002 protocol) and a typed [`Error`]; it never panics.
+//! - **In a set, a panic ends only its own connection** (1011, [`Error::Panicked`], then
+//!   `on_quit`); the others carry on. Elsewhere a panic is the calling thread's.
 //! - `on_quit` / [`Event::Quit`] comes last, exactly once.
 //!
 //! ## Errors
@@ -159,7 +166,7 @@
 //!
 //! Readiness waiting goes through `rustix`, with a backend per platform family:
 //!
-//! | platform | a connection waits in | its waker | descriptors per connection | a [`ClientSet`] waits in |
+//! | platform | a connection waits in | its waker | descriptors per connection | a [`ConnectionSet`] waits in |
 //! |---|---|---|---|---|
 //! | Linux | `poll(2)` (with `POLLRDHUP`) | eventfd | 2 | epoll, edge-triggered |
 //! | macOS, the BSDs | `poll(2)` | pipe | 3 | `poll(2)`, level-triggered |
@@ -180,11 +187,11 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod blocking;
-mod client_set;
 mod close;
 mod command;
 mod config;
 mod connect;
+mod connection_set;
 #[cfg(test)]
 mod core_props;
 mod deadline;
@@ -229,10 +236,10 @@ mod wait;
 mod waker;
 
 pub use blocking::BlockingClient;
-pub use client_set::{ClientSet, SetHandle};
 pub use close::{CloseInfo, Initiator};
 pub use command::{Command, CommandSender};
 pub use config::{Config, ConfigBuilder, Limits, Timeouts, WaitStrategy};
+pub use connection_set::{ClientSet, ConnectionSet, SetHandle};
 pub use deflate::{DeflateConfig, DeflateParams};
 pub use error::{Error, ProxyStatus, TimeoutKind, TlsFailure};
 pub use event::Event;

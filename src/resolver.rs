@@ -2,7 +2,7 @@
 //! std's `ToSocketAddrs`) has no non-blocking interface, so a dial hands its lookup to a small
 //! pool of threads shared by the whole process and is woken, through the `Wake` it gave, once
 //! the answer is in; meanwhile its connection's loop goes on with everything else (its other
-//! connections, in a `ClientSet`; commands and stops, in every mode).
+//! connections, in a `ConnectionSet`; commands and stops, in every mode).
 //!
 //! The pool is started on the first lookup and grows a thread at a time, up to
 //! [`POOL_SIZE`]: at most that many lookups run at once in the process, however many

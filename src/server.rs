@@ -5,6 +5,7 @@
 use std::net::{SocketAddr, TcpStream};
 use std::time::Instant;
 
+use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::Role;
 
 use crate::command::CommandSender;
@@ -14,12 +15,14 @@ use crate::handler::Callbacks;
 use crate::session::Session;
 use crate::stream::{Stream, Transport};
 use crate::tcp::TcpConn;
-use crate::{Accept, Config, DeflateParams, Error, Handler, Incoming, WaitStrategy};
+use crate::{Accept, Config, DeflateParams, Error, Handler, Incoming};
 
 /// A server-side WebSocket connection on an accepted socket, driven by the same core as the
-/// clients (thread per connection: [`run`](Self::run) blocks in the OS poll on the socket plus a
-/// waker). [`handle`](Self::handle) lets other threads send to it, which is how a server
-/// broadcasts.
+/// clients: on a thread of its own ([`run`](Self::run) blocks in the OS poll on the socket plus
+/// a waker), or, for thousands of connections on a few threads, adopted by a
+/// [`ConnectionSet`](crate::ConnectionSet) ([`SetHandle::adopt`](crate::SetHandle::adopt) from
+/// the accept loop; see there for an example). [`handle`](Self::handle) lets other threads send
+/// to it either way, which is how a server broadcasts. Until then it holds its socket alone.
 ///
 /// [`accept`](Self::accept) is the one-call path. To look at the request first (path, headers,
 /// subprotocols), or to answer plain HTTP on the same port, use
@@ -60,10 +63,11 @@ pub struct ServerConnection {
 }
 
 impl ServerConnection {
-    /// The file descriptors (sockets, on Windows) an open connection holds while it runs: its
-    /// socket and its waker's. 2 on Linux (an eventfd waker); 3 on other Unix (a pipe) and on
-    /// Windows (a loopback socket pair). For sizing a server against the process's descriptor
-    /// limit.
+    /// The file descriptors (sockets, on Windows) an open connection holds while it runs on a
+    /// thread of its own: its socket and its waker's. 2 on Linux (an eventfd waker); 3 on
+    /// other Unix (a pipe) and on Windows (a loopback socket pair). For sizing a server against
+    /// the process's descriptor limit. In a [`ConnectionSet`](crate::ConnectionSet) it holds
+    /// its socket alone (the set has one waker for all).
     pub const DESCRIPTORS: usize = crate::sys::DESCRIPTORS_PER_CONNECTION;
 
     /// Run the server handshake on an accepted socket and upgrade: [`read_request`](
@@ -125,7 +129,7 @@ impl ServerConnection {
         let ws =
             crate::handshake::websocket(stream, leftover, Role::Server, agreed.is_some(), config);
         let session = Session::server(ws, config, outbound);
-        let (driver, handle, _) = Driver::new(session, WaitStrategy::Readiness, config, None)?;
+        let (driver, handle) = Driver::accepted(session, config);
         Ok(ServerConnection {
             driver,
             handle,
@@ -150,16 +154,38 @@ impl ServerConnection {
         self.driver.session.metrics().clone()
     }
 
-    /// A cloneable, thread-safe sender of [`Command`](crate::Command)s into this connection.
+    /// A cloneable, thread-safe sender of [`Command`](crate::Command)s into this connection,
+    /// usable at once: what it sends before the connection runs waits in the channel for its
+    /// first pass.
     pub fn handle(&self) -> CommandSender {
         self.handle.clone()
     }
 
-    /// Run until the connection ends, calling `handler`'s hooks on this thread.
+    /// Run until the connection ends, calling `handler`'s hooks on this thread, which waits
+    /// in the OS poll on the socket and a waker made now (the connection's second
+    /// descriptor, see [`DESCRIPTORS`](Self::DESCRIPTORS)).
+    ///
+    /// A panic in a hook unwinds out of `run`, as any panic on the caller's thread does (the
+    /// socket is closed without a Close frame as the connection drops). In a
+    /// [`ConnectionSet`](crate::ConnectionSet), by contrast, a panic ends only the connection
+    /// whose hook panicked.
     pub fn run<H: Handler + ?Sized>(self, handler: &mut H) {
-        let ServerConnection { driver, handle, .. } = self;
+        let ServerConnection {
+            mut driver, handle, ..
+        } = self;
         drop(handle);
+        if let Err(e) = driver.wake_by_readiness() {
+            // Out of descriptors: the connection runs on, without a waker (sends from other
+            // threads then wait for its socket's next event or deadline), and ends as failed.
+            tracing::warn!(error = %e, "server connection: no waker");
+            driver.session.fail(e.into(), Some(CloseCode::Error));
+        }
         driver.run(&mut Callbacks(handler, None));
+    }
+
+    /// The connection's driver and the sender its handle clones, for a set to adopt.
+    pub(crate) fn into_parts(self) -> (Box<Driver>, CommandSender) {
+        (self.driver, self.handle)
     }
 }
 

@@ -810,7 +810,13 @@ impl Session {
         self.user_ended = true;
         if self.phase == Phase::Open {
             let deadline = after(Instant::now(), self.close_timeout);
-            self.start_close(CloseCode::Away, "client dropped", deadline);
+            // A server connection is dropped with its set.
+            let reason = if self.masked {
+                "client dropped"
+            } else {
+                "server going away"
+            };
+            self.start_close(CloseCode::Away, reason, deadline);
             self.flush();
         }
         self.finish();
@@ -866,6 +872,29 @@ impl Session {
             }
         } else {
             self.finish();
+        }
+    }
+
+    /// Report `error` with the others (from outside a dispatch).
+    pub(crate) fn report_later(&mut self, error: Error) {
+        self.errors.push_back(error);
+    }
+
+    /// The code driving this connection panicked (a set caught it): report `error` and end
+    /// the connection as failed with 1011 (the Close goes out after what is queued, then the
+    /// usual lingering), or drop it at once when no Close can be sent any more. It will not
+    /// reconnect: what it leaves unsent is reported, not kept.
+    pub(crate) fn panicked(&mut self, error: Error) {
+        self.user_ended = true;
+        self.keep_unsent = false;
+        self.close_request = None;
+        self.settling = None;
+        let unsent = std::mem::take(&mut self.unsent);
+        self.report_unsent(unsent.len());
+        if self.phase == Phase::Done {
+            self.errors.push_back(error);
+        } else {
+            self.fail(error, Some(CloseCode::Error));
         }
     }
 

@@ -391,7 +391,11 @@ fn client_and_server_compress_through_tls_in_every_mode() {
         .map(json)
         .chain([long_text(200_000), "tiny".into()])
         .collect();
-    for mode in MODES {
+    // Every client mode against each way of running the server connection.
+    for (side, mode) in SIDES
+        .into_iter()
+        .flat_map(|side| MODES.map(|mode| (side, mode)))
+    {
         let identity = native_tls::Identity::from_pkcs8(cert.as_bytes(), key.as_bytes()).unwrap();
         let acceptor = native_tls::TlsAcceptor::new(identity).unwrap();
         let (addr, server) = raw_server(move |tcp| {
@@ -403,7 +407,7 @@ fn client_and_server_compress_through_tls_in_every_mode() {
             let agreed = conn.deflate().copied();
             let metrics = conn.metrics();
             let mut echo = Echo::default();
-            conn.run(&mut echo);
+            serve(side, conn, &mut echo);
             (agreed, echo.errors, metrics.compression_input_bytes())
         });
         let to_send = messages.clone();
@@ -423,12 +427,12 @@ fn client_and_server_compress_through_tls_in_every_mode() {
                 }),
             ),
         );
-        assert_eq!(out.texts(), messages, "{mode:?}");
-        assert!(out.errors.is_empty(), "{mode:?}: {:?}", out.errors);
+        assert_eq!(out.texts(), messages, "{side:?}/{mode:?}");
+        assert!(out.errors.is_empty(), "{side:?}/{mode:?}: {:?}", out.errors);
         let (agreed, errors, compressed) = server.join().unwrap();
         let agreed = agreed.expect("the server agreed");
         assert!(agreed.server_no_context_takeover && !agreed.client_no_context_takeover);
-        assert!(errors.is_empty(), "{mode:?}: {errors:?}");
+        assert!(errors.is_empty(), "{side:?}/{mode:?}: {errors:?}");
         // Everything but "tiny" went out compressed, both ways: the server would take plain
         // frames too, so each side's own counters say whether it compressed.
         let expected: usize = messages
@@ -436,14 +440,14 @@ fn client_and_server_compress_through_tls_in_every_mode() {
             .filter(|m| m.len() >= 64)
             .map(String::len)
             .sum();
-        assert_eq!(compressed, expected as u64, "{mode:?}: the server");
+        assert_eq!(compressed, expected as u64, "{side:?}/{mode:?}: the server");
         assert_eq!(
             out.metrics.compression_input_bytes, expected as u64,
-            "{mode:?}: the client"
+            "{side:?}/{mode:?}: the client"
         );
         assert!(
             out.metrics.compression_output_bytes < expected as u64 / 2,
-            "{mode:?}: the client's messages shrank: {:?}",
+            "{side:?}/{mode:?}: the client's messages shrank: {:?}",
             out.metrics
         );
     }

@@ -1,5 +1,6 @@
 //! The server side of the core (`ServerConnection`), driven by an independent client
-//! (tungstenite's).
+//! (tungstenite's). Every test that runs a connection runs it both ways (`util::SIDES`): on a
+//! thread of its own and adopted by a `ConnectionSet`.
 
 mod util;
 
@@ -17,11 +18,14 @@ use tungstenite::protocol::{Role, WebSocket};
 use tungstenite::Message;
 use util::*;
 
-fn serve_one(tls: Option<native_tls::TlsAcceptor>) -> (u16, std::thread::JoinHandle<Echo>) {
+fn serve_one(
+    side: Side,
+    tls: Option<native_tls::TlsAcceptor>,
+) -> (u16, std::thread::JoinHandle<Echo>) {
     let (addr, handle) = raw_server(move |tcp| {
         let conn = ServerConnection::accept(tcp, tls.as_ref(), &Config::default()).unwrap();
         let mut echo = Echo::default();
-        conn.run(&mut echo);
+        serve(side, conn, &mut echo);
         echo
     });
     (addr.port(), handle)
@@ -29,52 +33,59 @@ fn serve_one(tls: Option<native_tls::TlsAcceptor>) -> (u16, std::thread::JoinHan
 
 #[test]
 fn a_server_connection_echoes_and_answers_the_clients_close() {
-    let (port, server) = serve_one(None);
-    let (mut ws, _) = connect_timed(format!("ws://127.0.0.1:{port}/")).unwrap();
-    for i in 0..100 {
-        ws.send(Message::text(format!("m{i}"))).unwrap();
+    for side in SIDES {
+        let (port, server) = serve_one(side, None);
+        let (mut ws, _) = connect_timed(format!("ws://127.0.0.1:{port}/")).unwrap();
+        for i in 0..100 {
+            ws.send(Message::text(format!("m{i}"))).unwrap();
+        }
+        ws.send(Message::binary(vec![1, 2, 3])).unwrap();
+        for i in 0..100 {
+            assert_eq!(ws.read().unwrap(), Message::text(format!("m{i}")));
+        }
+        assert_eq!(ws.read().unwrap(), Message::binary(vec![1, 2, 3]));
+        ws.close(None).unwrap();
+        while ws.read().is_ok() {}
+        let echo = server.join().unwrap();
+        let closed = echo.closed.expect("close handshake");
+        assert_eq!(closed.initiator, Initiator::Remote);
+        assert!(echo.errors.is_empty(), "{:?}", echo.errors);
     }
-    ws.send(Message::binary(vec![1, 2, 3])).unwrap();
-    for i in 0..100 {
-        assert_eq!(ws.read().unwrap(), Message::text(format!("m{i}")));
-    }
-    assert_eq!(ws.read().unwrap(), Message::binary(vec![1, 2, 3]));
-    ws.close(None).unwrap();
-    while ws.read().is_ok() {}
-    let echo = server.join().unwrap();
-    let closed = echo.closed.expect("close handshake");
-    assert_eq!(closed.initiator, Initiator::Remote);
-    assert!(echo.errors.is_empty(), "{:?}", echo.errors);
 }
 
 #[test]
 fn a_handle_sends_from_another_thread_which_is_how_a_server_broadcasts() {
-    let (listener, addr) = bind();
-    let (handle_tx, handle_rx) = bounded(1);
-    let server = std::thread::spawn(move || {
-        let (tcp, _) = listener.accept().unwrap();
-        let conn = ServerConnection::accept(tcp, None, &Config::default()).unwrap();
-        handle_tx.send(conn.handle()).unwrap();
-        conn.run(&mut Echo::default());
-    });
-    let (mut ws, _) = connect_timed(format!("ws://{addr}/")).unwrap();
-    let handle = handle_rx.recv_timeout(TEST_DEADLINE).unwrap();
-    for i in 0..10 {
-        handle.send_text(format!("broadcast {i}")).unwrap();
-    }
-    handle.close(1001, "server going away").unwrap();
-    for i in 0..10 {
-        assert_eq!(ws.read().unwrap(), Message::text(format!("broadcast {i}")));
-    }
-    match ws.read().unwrap() {
-        Message::Close(Some(frame)) => {
-            assert_eq!(u16::from(frame.code), 1001);
-            assert_eq!(frame.reason.as_str(), "server going away");
+    for side in SIDES {
+        let (listener, addr) = bind();
+        let (handle_tx, handle_rx) = bounded(1);
+        let server = std::thread::spawn(move || {
+            let (tcp, _) = listener.accept().unwrap();
+            let conn = ServerConnection::accept(tcp, None, &Config::default()).unwrap();
+            handle_tx.send(conn.handle()).unwrap();
+            serve(side, conn, &mut Echo::default());
+        });
+        let (mut ws, _) = connect_timed(format!("ws://{addr}/")).unwrap();
+        let handle = handle_rx.recv_timeout(TEST_DEADLINE).unwrap();
+        // Running and then waiting: what follows must wake it.
+        ws.send(Message::text("up?")).unwrap();
+        assert_eq!(ws.read().unwrap(), Message::text("up?"), "{side:?}");
+        for i in 0..10 {
+            handle.send_text(format!("broadcast {i}")).unwrap();
         }
-        other => panic!("expected the close, got {other:?}"),
+        handle.close(1001, "server going away").unwrap();
+        for i in 0..10 {
+            assert_eq!(ws.read().unwrap(), Message::text(format!("broadcast {i}")));
+        }
+        match ws.read().unwrap() {
+            Message::Close(Some(frame)) => {
+                assert_eq!(u16::from(frame.code), 1001);
+                assert_eq!(frame.reason.as_str(), "server going away");
+            }
+            other => panic!("expected the close, got {other:?}"),
+        }
+        while ws.read().is_ok() {}
+        server.join().unwrap();
     }
-    while ws.read().is_ok() {}
-    server.join().unwrap();
 }
 
 #[test]
@@ -111,23 +122,25 @@ fn a_bad_upgrade_request_is_a_typed_error_and_a_silent_client_times_out() {
 
 #[test]
 fn a_server_connection_speaks_tls() {
-    let pki = TestPki::new();
-    let (cert, key) = pki.issue(&["localhost"]);
-    let identity = native_tls::Identity::from_pkcs8(cert.as_bytes(), key.as_bytes()).unwrap();
-    let (port, server) = serve_one(Some(native_tls::TlsAcceptor::new(identity).unwrap()));
-    let out = drive(
-        Mode::Blocking,
-        &format!("wss://localhost:{port}/"),
-        Config::builder().root_certificate_pem(pki.ca_pem.as_bytes()),
-        Box::new(|rec, act| match rec {
-            Rec::Activated(_) => act.text("both sides are syncws").unwrap(),
-            Rec::Text(_) => act.close(1000, "").unwrap(),
-            _ => {}
-        }),
-    );
-    assert_eq!(out.texts(), ["both sides are syncws"]);
-    let echo = server.join().unwrap();
-    assert_eq!(echo.closed.map(|c| u16::from(c.code)), Some(1000));
+    for side in SIDES {
+        let pki = TestPki::new();
+        let (cert, key) = pki.issue(&["localhost"]);
+        let identity = native_tls::Identity::from_pkcs8(cert.as_bytes(), key.as_bytes()).unwrap();
+        let (port, server) = serve_one(side, Some(native_tls::TlsAcceptor::new(identity).unwrap()));
+        let out = drive(
+            Mode::Blocking,
+            &format!("wss://localhost:{port}/"),
+            Config::builder().root_certificate_pem(pki.ca_pem.as_bytes()),
+            Box::new(|rec, act| match rec {
+                Rec::Activated(_) => act.text("both sides are syncws").unwrap(),
+                Rec::Text(_) => act.close(1000, "").unwrap(),
+                _ => {}
+            }),
+        );
+        assert_eq!(out.texts(), ["both sides are syncws"]);
+        let echo = server.join().unwrap();
+        assert_eq!(echo.closed.map(|c| u16::from(c.code)), Some(1000));
+    }
 }
 
 #[test]
@@ -163,39 +176,41 @@ fn over_tls_the_same_port_answers_plain_http_too() {
 
 #[test]
 fn a_failed_server_connection_ends_on_the_clients_close_not_on_the_close_timeout() {
-    // The close timeout is far longer than the test waits: only the client's Close can end it.
-    let config = Config::builder()
-        .close_timeout(Duration::from_secs(30))
-        .build()
-        .unwrap();
-    let (done_tx, done_rx) = bounded(1);
-    let (addr, _server) = raw_server(move |tcp| {
-        let conn = ServerConnection::accept(tcp, None, &config).unwrap();
-        let mut echo = Echo::default();
-        conn.run(&mut echo);
-        let _ = done_tx.send(echo);
-    });
-    let (mut ws, _) = connect_timed(format!("ws://{addr}/")).unwrap();
-    // A masked text frame whose payload (0xC3 0x28) is not UTF-8.
-    let mask = [1u8, 2, 3, 4];
-    let mut frame = vec![0x81, 0x82];
-    frame.extend_from_slice(&mask);
-    frame.extend([0xC3 ^ mask[0], 0x28 ^ mask[1]]);
-    ws.get_mut().write_all(&frame).unwrap();
-    match ws.read().unwrap() {
-        Message::Close(Some(f)) => assert_eq!(u16::from(f.code), 1007),
-        other => panic!("expected the server's close, got {other:?}"),
-    }
-    // Answer the Close, then wait for the server to end TCP, as RFC 6455 7.1.1 asks of a client.
-    ws.flush().unwrap();
-    let echo = done_rx
-        .recv_timeout(Duration::from_secs(10))
-        .expect("the server must end once the client's Close is read, not at close_timeout");
-    assert_eq!(echo.errors, ["invalid utf-8 in a text message"]);
-    assert!(echo.closed.is_none(), "a failure is not a normal close");
-    match ws.read() {
-        Err(tungstenite::Error::ConnectionClosed) => {}
-        other => panic!("the server should end TCP after the close handshake, got {other:?}"),
+    for side in SIDES {
+        // The close timeout is far longer than the test waits: only the client's Close can end it.
+        let config = Config::builder()
+            .close_timeout(Duration::from_secs(30))
+            .build()
+            .unwrap();
+        let (done_tx, done_rx) = bounded(1);
+        let (addr, _server) = raw_server(move |tcp| {
+            let conn = ServerConnection::accept(tcp, None, &config).unwrap();
+            let mut echo = Echo::default();
+            serve(side, conn, &mut echo);
+            let _ = done_tx.send(echo);
+        });
+        let (mut ws, _) = connect_timed(format!("ws://{addr}/")).unwrap();
+        // A masked text frame whose payload (0xC3 0x28) is not UTF-8.
+        let mask = [1u8, 2, 3, 4];
+        let mut frame = vec![0x81, 0x82];
+        frame.extend_from_slice(&mask);
+        frame.extend([0xC3 ^ mask[0], 0x28 ^ mask[1]]);
+        ws.get_mut().write_all(&frame).unwrap();
+        match ws.read().unwrap() {
+            Message::Close(Some(f)) => assert_eq!(u16::from(f.code), 1007),
+            other => panic!("expected the server's close, got {other:?}"),
+        }
+        // Answer the Close, then wait for the server to end TCP, as RFC 6455 7.1.1 asks of a client.
+        ws.flush().unwrap();
+        let echo = done_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the server must end once the client's Close is read, not at close_timeout");
+        assert_eq!(echo.errors, ["invalid utf-8 in a text message"]);
+        assert!(echo.closed.is_none(), "a failure is not a normal close");
+        match ws.read() {
+            Err(tungstenite::Error::ConnectionClosed) => {}
+            other => panic!("the server should end TCP after the close handshake, got {other:?}"),
+        }
     }
 }
 
@@ -295,43 +310,46 @@ fn local_addr(ws: &WebSocket<TcpStream>) -> SocketAddr {
 
 #[test]
 fn the_server_sees_the_request_and_answers_with_a_subprotocol_the_client_offered() {
-    let (addr, results) = serve_n(1, |tcp| {
-        let incoming = ServerConnection::read_request(tcp, None, &Config::server_defaults())?;
-        let seen = seen(&incoming);
-        // The server's preference among what the client offers.
-        let chosen = ["chat.v2", "chat.v1"]
-            .into_iter()
-            .find(|p| incoming.subprotocols().any(|o| o == *p))
-            .unwrap();
-        let conn = incoming.accept(Accept::new().subprotocol(chosen).header("X-Served-By", "t"))?;
-        let subprotocol = conn.subprotocol().map(str::to_owned);
-        conn.run(&mut Echo::default());
-        Ok::<_, Error>((seen, subprotocol))
-    });
-    let request = client_request(
-        &format!("ws://{addr}/chat?room=lobby&since=42"),
-        &[
-            ("X-Token", "abc"),
-            ("Sec-WebSocket-Protocol", "chat.v1, chat.v2"),
-        ],
-    );
-    let (mut ws, response) = connect_timed(request).unwrap();
-    assert_eq!(response.headers()["sec-websocket-protocol"], "chat.v2");
-    assert_eq!(response.headers()["x-served-by"], "t");
-    let me = local_addr(&ws);
-    ws.send(Message::text("hello")).unwrap();
-    assert_eq!(ws.read().unwrap(), Message::text("hello"));
-    ws.close(None).unwrap();
-    while ws.read().is_ok() {}
+    for side in SIDES {
+        let (addr, results) = serve_n(1, move |tcp| {
+            let incoming = ServerConnection::read_request(tcp, None, &Config::server_defaults())?;
+            let seen = seen(&incoming);
+            // The server's preference among what the client offers.
+            let chosen = ["chat.v2", "chat.v1"]
+                .into_iter()
+                .find(|p| incoming.subprotocols().any(|o| o == *p))
+                .unwrap();
+            let conn =
+                incoming.accept(Accept::new().subprotocol(chosen).header("X-Served-By", "t"))?;
+            let subprotocol = conn.subprotocol().map(str::to_owned);
+            serve(side, conn, &mut Echo::default());
+            Ok::<_, Error>((seen, subprotocol))
+        });
+        let request = client_request(
+            &format!("ws://{addr}/chat?room=lobby&since=42"),
+            &[
+                ("X-Token", "abc"),
+                ("Sec-WebSocket-Protocol", "chat.v1, chat.v2"),
+            ],
+        );
+        let (mut ws, response) = connect_timed(request).unwrap();
+        assert_eq!(response.headers()["sec-websocket-protocol"], "chat.v2");
+        assert_eq!(response.headers()["x-served-by"], "t");
+        let me = local_addr(&ws);
+        ws.send(Message::text("hello")).unwrap();
+        assert_eq!(ws.read().unwrap(), Message::text("hello"));
+        ws.close(None).unwrap();
+        while ws.read().is_ok() {}
 
-    let (seen, subprotocol) = results.recv_timeout(TEST_DEADLINE).unwrap().unwrap();
-    assert_eq!(seen.path, "/chat");
-    assert_eq!(seen.query.as_deref(), Some("room=lobby&since=42"));
-    assert_eq!(seen.token.as_deref(), Some("abc"));
-    assert_eq!(seen.peer, me);
-    assert_eq!(seen.offered, ["chat.v1", "chat.v2"]);
-    assert!(seen.upgrade);
-    assert_eq!(subprotocol.as_deref(), Some("chat.v2"));
+        let (seen, subprotocol) = results.recv_timeout(TEST_DEADLINE).unwrap().unwrap();
+        assert_eq!(seen.path, "/chat");
+        assert_eq!(seen.query.as_deref(), Some("room=lobby&since=42"));
+        assert_eq!(seen.token.as_deref(), Some("abc"));
+        assert_eq!(seen.peer, me);
+        assert_eq!(seen.offered, ["chat.v1", "chat.v2"]);
+        assert!(seen.upgrade);
+        assert_eq!(subprotocol.as_deref(), Some("chat.v2"));
+    }
 }
 
 #[test]
@@ -392,71 +410,73 @@ fn a_rejected_request_gets_the_status_and_the_reason() {
 
 #[test]
 fn one_port_answers_plain_http_and_upgrades_websockets() {
-    let (addr, results) = serve_n(3, |tcp| {
-        let incoming = ServerConnection::read_request(tcp, None, &Config::server_defaults())?;
-        match (incoming.method().as_str(), incoming.path()) {
-            ("GET", "/healthz") => {
-                let mut http = incoming.into_http();
-                http.write_all(
-                    b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n",
-                )?;
-                http.close()?;
-                Ok("http")
+    for side in SIDES {
+        let (addr, results) = serve_n(3, move |tcp| {
+            let incoming = ServerConnection::read_request(tcp, None, &Config::server_defaults())?;
+            match (incoming.method().as_str(), incoming.path()) {
+                ("GET", "/healthz") => {
+                    let mut http = incoming.into_http();
+                    http.write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n",
+                    )?;
+                    http.close()?;
+                    Ok("http")
+                }
+                ("POST", "/echo") => {
+                    // The body came with the head: it is read from the stream first.
+                    let length: usize = incoming.headers()["content-length"]
+                        .to_str()
+                        .unwrap()
+                        .parse()
+                        .unwrap();
+                    let mut http = incoming.into_http();
+                    let mut body = vec![0u8; length];
+                    http.read_exact(&mut body)?;
+                    write!(
+                        http,
+                        "HTTP/1.1 200 OK\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n"
+                    )?;
+                    http.write_all(&body)?;
+                    http.close()?;
+                    Ok("body")
+                }
+                _ => {
+                    serve(side, incoming.accept(Accept::new())?, &mut Echo::default());
+                    Ok::<_, Error>("websocket")
+                }
             }
-            ("POST", "/echo") => {
-                // The body came with the head: it is read from the stream first.
-                let length: usize = incoming.headers()["content-length"]
-                    .to_str()
-                    .unwrap()
-                    .parse()
-                    .unwrap();
-                let mut http = incoming.into_http();
-                let mut body = vec![0u8; length];
-                http.read_exact(&mut body)?;
-                write!(
-                    http,
-                    "HTTP/1.1 200 OK\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n"
-                )?;
-                http.write_all(&body)?;
-                http.close()?;
-                Ok("body")
-            }
-            _ => {
-                incoming.accept(Accept::new())?.run(&mut Echo::default());
-                Ok::<_, Error>("websocket")
-            }
-        }
-    });
-    let mut tcp = timed_tcp(addr);
-    tcp.set_read_timeout(Some(TEST_DEADLINE)).unwrap();
-    tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: h\r\n\r\n")
-        .unwrap();
-    let answer = String::from_utf8(read_to_end(&mut tcp)).unwrap();
-    assert_eq!(
-        answer,
-        "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n"
-    );
-    drop(tcp);
+        });
+        let mut tcp = timed_tcp(addr);
+        tcp.set_read_timeout(Some(TEST_DEADLINE)).unwrap();
+        tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: h\r\n\r\n")
+            .unwrap();
+        let answer = String::from_utf8(read_to_end(&mut tcp)).unwrap();
+        assert_eq!(
+            answer,
+            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n"
+        );
+        drop(tcp);
 
-    let mut tcp = timed_tcp(addr);
-    tcp.set_read_timeout(Some(TEST_DEADLINE)).unwrap();
-    tcp.write_all(b"POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 11\r\n\r\nhello there")
-        .unwrap();
-    let answer = String::from_utf8(read_to_end(&mut tcp)).unwrap();
-    assert!(answer.ends_with("\r\n\r\nhello there"), "{answer}");
-    drop(tcp);
+        let mut tcp = timed_tcp(addr);
+        tcp.set_read_timeout(Some(TEST_DEADLINE)).unwrap();
+        tcp.write_all(b"POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 11\r\n\r\nhello there")
+            .unwrap();
+        let answer = String::from_utf8(read_to_end(&mut tcp)).unwrap();
+        assert!(answer.ends_with("\r\n\r\nhello there"), "{answer}");
+        drop(tcp);
 
-    let (mut ws, _) = connect_timed(format!("ws://{addr}/chat")).unwrap();
-    ws.send(Message::text("same port")).unwrap();
-    assert_eq!(ws.read().unwrap(), Message::text("same port"));
-    ws.close(None).unwrap();
-    while ws.read().is_ok() {}
+        let (mut ws, _) = connect_timed(format!("ws://{addr}/chat")).unwrap();
+        ws.send(Message::text("same port")).unwrap();
+        assert_eq!(ws.read().unwrap(), Message::text("same port"));
+        ws.close(None).unwrap();
+        while ws.read().is_ok() {}
 
-    let mut served: Vec<_> = (0..3)
-        .map(|_| results.recv_timeout(TEST_DEADLINE).unwrap().unwrap())
-        .collect();
-    served.sort();
-    assert_eq!(served, ["body", "http", "websocket"]);
+        let mut served: Vec<_> = (0..3)
+            .map(|_| results.recv_timeout(TEST_DEADLINE).unwrap().unwrap())
+            .collect();
+        served.sort();
+        assert_eq!(served, ["body", "http", "websocket"]);
+    }
 }
 
 #[test]
@@ -519,7 +539,7 @@ fn bad_upgrades_are_answered_with_the_right_status() {
 
 #[test]
 fn a_head_longer_than_the_bound_is_refused_without_reading_on() {
-    let (addr, results) = serve_n(1, |tcp| {
+    let (addr, results) = serve_n(1, move |tcp| {
         ServerConnection::read_request(tcp, None, &Config::server_defaults()).map(drop)
     });
     let mut tcp = timed_tcp(addr);
@@ -548,34 +568,36 @@ fn a_head_longer_than_the_bound_is_refused_without_reading_on() {
 
 #[test]
 fn a_head_the_application_read_itself_is_upgraded_with_what_came_after_it() {
-    let (addr, results) = serve_n(1, |mut tcp| {
-        // The application's own reader, which reads in chunks and so past the head.
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 4096];
-        let end = loop {
-            let n = tcp.read(&mut chunk).unwrap();
-            assert!(n > 0, "the client closed before its head");
-            buf.extend_from_slice(&chunk[..n]);
-            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-        };
-        let (head, leftover) = buf.split_at(end);
-        let incoming = Incoming::from_parts(tcp, head, leftover, &Config::server_defaults())?;
-        incoming.accept(Accept::new())?.run(&mut Echo::default());
-        Ok::<_, Error>(leftover.len())
-    });
-    let mut tcp = timed_tcp(addr);
-    tcp.set_read_timeout(Some(TEST_DEADLINE)).unwrap();
-    let mut first = upgrade_request("", None);
-    first.extend(masked_frame(true, false, 1, b"in the same packet"));
-    tcp.write_all(&first).unwrap();
-    let mut ws = client_after_101(tcp);
-    assert_eq!(ws.read().unwrap(), Message::text("in the same packet"));
-    ws.close(None).unwrap();
-    while ws.read().is_ok() {}
-    let leftover = results.recv_timeout(TEST_DEADLINE).unwrap().unwrap();
-    assert!(leftover > 0, "the frame was meant to arrive with the head");
+    for side in SIDES {
+        let (addr, results) = serve_n(1, move |mut tcp| {
+            // The application's own reader, which reads in chunks and so past the head.
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            let end = loop {
+                let n = tcp.read(&mut chunk).unwrap();
+                assert!(n > 0, "the client closed before its head");
+                buf.extend_from_slice(&chunk[..n]);
+                if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break i + 4;
+                }
+            };
+            let (head, leftover) = buf.split_at(end);
+            let incoming = Incoming::from_parts(tcp, head, leftover, &Config::server_defaults())?;
+            serve(side, incoming.accept(Accept::new())?, &mut Echo::default());
+            Ok::<_, Error>(leftover.len())
+        });
+        let mut tcp = timed_tcp(addr);
+        tcp.set_read_timeout(Some(TEST_DEADLINE)).unwrap();
+        let mut first = upgrade_request("", None);
+        first.extend(masked_frame(true, false, 1, b"in the same packet"));
+        tcp.write_all(&first).unwrap();
+        let mut ws = client_after_101(tcp);
+        assert_eq!(ws.read().unwrap(), Message::text("in the same packet"));
+        ws.close(None).unwrap();
+        while ws.read().is_ok() {}
+        let leftover = results.recv_timeout(TEST_DEADLINE).unwrap().unwrap();
+        assert!(leftover > 0, "the frame was meant to arrive with the head");
+    }
 }
 
 // ----- frames the client sent before our 101 ----------------------------------------------------
@@ -632,115 +654,121 @@ fn client_after_101(mut tcp: TcpStream) -> WebSocket<TcpStream> {
 
 #[test]
 fn frames_sent_with_the_request_reach_the_handler() {
-    let (addr, results) = serve_n(1, |tcp| {
-        let conn = ServerConnection::accept(tcp, None, &Config::server_defaults())?;
-        let mut echo = Echo::default();
-        conn.run(&mut echo);
-        Ok::<_, Error>(echo.errors)
-    });
-    let mut tcp = timed_tcp(addr);
-    tcp.set_read_timeout(Some(TEST_DEADLINE)).unwrap();
-    // The request and two frames in one write, as an impatient client sends them.
-    let mut bytes = upgrade_request("", None);
-    bytes.extend(masked_frame(true, false, 1, b"first, before the 101"));
-    bytes.extend(masked_frame(true, false, 2, &[1, 2, 3]));
-    tcp.write_all(&bytes).unwrap();
-    let mut ws = client_after_101(tcp);
-    assert_eq!(ws.read().unwrap(), Message::text("first, before the 101"));
-    assert_eq!(ws.read().unwrap(), Message::binary(vec![1, 2, 3]));
-    ws.send(Message::text("after")).unwrap();
-    assert_eq!(ws.read().unwrap(), Message::text("after"));
-    ws.close(None).unwrap();
-    while ws.read().is_ok() {}
-    let errors = results.recv_timeout(TEST_DEADLINE).unwrap().unwrap();
-    assert!(errors.is_empty(), "{errors:?}");
+    for side in SIDES {
+        let (addr, results) = serve_n(1, move |tcp| {
+            let conn = ServerConnection::accept(tcp, None, &Config::server_defaults())?;
+            let mut echo = Echo::default();
+            serve(side, conn, &mut echo);
+            Ok::<_, Error>(echo.errors)
+        });
+        let mut tcp = timed_tcp(addr);
+        tcp.set_read_timeout(Some(TEST_DEADLINE)).unwrap();
+        // The request and two frames in one write, as an impatient client sends them.
+        let mut bytes = upgrade_request("", None);
+        bytes.extend(masked_frame(true, false, 1, b"first, before the 101"));
+        bytes.extend(masked_frame(true, false, 2, &[1, 2, 3]));
+        tcp.write_all(&bytes).unwrap();
+        let mut ws = client_after_101(tcp);
+        assert_eq!(ws.read().unwrap(), Message::text("first, before the 101"));
+        assert_eq!(ws.read().unwrap(), Message::binary(vec![1, 2, 3]));
+        ws.send(Message::text("after")).unwrap();
+        assert_eq!(ws.read().unwrap(), Message::text("after"));
+        ws.close(None).unwrap();
+        while ws.read().is_ok() {}
+        let errors = results.recv_timeout(TEST_DEADLINE).unwrap().unwrap();
+        assert!(errors.is_empty(), "{errors:?}");
+    }
 }
 
 #[test]
 fn compressed_frames_sent_with_the_request_are_inflated() {
-    // Echoes stay uncompressed (threshold above their size), so a plain tungstenite client can
-    // read them; what is under test is the inflating of what came with the request.
-    let config = Config::server_builder()
-        .deflate(Some(DeflateConfig::new().threshold(1 << 20)))
-        .build()
-        .unwrap();
-    let (addr, results) = serve_n(1, move |tcp| {
-        let conn = ServerConnection::accept(tcp, None, &config)?;
-        let agreed = conn.deflate().is_some();
-        let mut echo = Echo::default();
-        conn.run(&mut echo);
-        Ok::<_, Error>((agreed, echo.errors))
-    });
-    let text = "pipelined and compressed, pipelined and compressed, pipelined and compressed";
-    let mut compress = flate2::Compress::new(flate2::Compression::default(), false);
-    let mut deflated = Vec::with_capacity(256);
-    compress
-        .compress_vec(text.as_bytes(), &mut deflated, flate2::FlushCompress::Sync)
-        .unwrap();
-    assert!(deflated.ends_with(&[0, 0, 0xff, 0xff]));
-    deflated.truncate(deflated.len() - 4);
-    assert!(
-        deflated.len() < text.len(),
-        "the frame is really compressed"
-    );
+    for side in SIDES {
+        // Echoes stay uncompressed (threshold above their size), so a plain tungstenite client can
+        // read them; what is under test is the inflating of what came with the request.
+        let config = Config::server_builder()
+            .deflate(Some(DeflateConfig::new().threshold(1 << 20)))
+            .build()
+            .unwrap();
+        let (addr, results) = serve_n(1, move |tcp| {
+            let conn = ServerConnection::accept(tcp, None, &config)?;
+            let agreed = conn.deflate().is_some();
+            let mut echo = Echo::default();
+            serve(side, conn, &mut echo);
+            Ok::<_, Error>((agreed, echo.errors))
+        });
+        let text = "pipelined and compressed, pipelined and compressed, pipelined and compressed";
+        let mut compress = flate2::Compress::new(flate2::Compression::default(), false);
+        let mut deflated = Vec::with_capacity(256);
+        compress
+            .compress_vec(text.as_bytes(), &mut deflated, flate2::FlushCompress::Sync)
+            .unwrap();
+        assert!(deflated.ends_with(&[0, 0, 0xff, 0xff]));
+        deflated.truncate(deflated.len() - 4);
+        assert!(
+            deflated.len() < text.len(),
+            "the frame is really compressed"
+        );
 
-    let mut tcp = timed_tcp(addr);
-    tcp.set_read_timeout(Some(TEST_DEADLINE)).unwrap();
-    let mut bytes = upgrade_request("Sec-WebSocket-Extensions: permessage-deflate\r\n", None);
-    bytes.extend(masked_frame(true, true, 1, &deflated));
-    // And one uncompressed message after it, which passes the layer untouched.
-    bytes.extend(masked_frame(true, false, 1, b"plain"));
-    tcp.write_all(&bytes).unwrap();
-    let head = read_101(&mut tcp);
-    assert!(
-        head.contains("Sec-WebSocket-Extensions: permessage-deflate"),
-        "{head}"
-    );
-    let mut ws = WebSocket::from_raw_socket(tcp, Role::Client, None);
-    assert_eq!(ws.read().unwrap(), Message::text(text));
-    assert_eq!(ws.read().unwrap(), Message::text("plain"));
-    ws.close(None).unwrap();
-    while ws.read().is_ok() {}
-    let (agreed, errors) = results.recv_timeout(TEST_DEADLINE).unwrap().unwrap();
-    assert!(agreed);
-    assert!(errors.is_empty(), "{errors:?}");
+        let mut tcp = timed_tcp(addr);
+        tcp.set_read_timeout(Some(TEST_DEADLINE)).unwrap();
+        let mut bytes = upgrade_request("Sec-WebSocket-Extensions: permessage-deflate\r\n", None);
+        bytes.extend(masked_frame(true, true, 1, &deflated));
+        // And one uncompressed message after it, which passes the layer untouched.
+        bytes.extend(masked_frame(true, false, 1, b"plain"));
+        tcp.write_all(&bytes).unwrap();
+        let head = read_101(&mut tcp);
+        assert!(
+            head.contains("Sec-WebSocket-Extensions: permessage-deflate"),
+            "{head}"
+        );
+        let mut ws = WebSocket::from_raw_socket(tcp, Role::Client, None);
+        assert_eq!(ws.read().unwrap(), Message::text(text));
+        assert_eq!(ws.read().unwrap(), Message::text("plain"));
+        ws.close(None).unwrap();
+        while ws.read().is_ok() {}
+        let (agreed, errors) = results.recv_timeout(TEST_DEADLINE).unwrap().unwrap();
+        assert!(agreed);
+        assert!(errors.is_empty(), "{errors:?}");
+    }
 }
 
 #[test]
 fn an_endpoint_can_choose_its_own_config_after_reading_the_request() {
-    let small = Config::server_builder()
-        .max_message_size(Some(16))
-        .build()
-        .unwrap();
-    let large = Config::server_builder()
-        .max_message_size(Some(1 << 20))
-        .build()
-        .unwrap();
-    let (addr, results) = serve_n(2, move |tcp| {
-        let incoming = ServerConnection::read_request(tcp, None, &small)?;
-        let incoming = if incoming.path() == "/large" {
-            incoming.with_config(&large)
-        } else {
-            incoming
-        };
-        incoming.accept(Accept::new())?.run(&mut Echo::default());
-        Ok::<(), Error>(())
-    });
-    let payload = "x".repeat(1000);
-    // The large endpoint echoes 1,000 bytes...
-    let (mut ws, _) = connect_timed(format!("ws://{addr}/large")).unwrap();
-    ws.send(Message::text(payload.clone())).unwrap();
-    assert_eq!(ws.read().unwrap(), Message::text(payload.clone()));
-    ws.close(None).unwrap();
-    read_until_close(&mut ws);
-    // ...which the small one refuses with 1009.
-    let (mut ws, _) = connect_timed(format!("ws://{addr}/small")).unwrap();
-    ws.send(Message::text(payload)).unwrap();
-    assert_eq!(close_code_from_client(&mut ws), Some(1009));
-    // Send our reply, so the server ends now rather than at its close timeout.
-    let _ = ws.flush();
-    for _ in 0..2 {
-        results.recv_timeout(TEST_DEADLINE).unwrap().unwrap();
+    for side in SIDES {
+        let small = Config::server_builder()
+            .max_message_size(Some(16))
+            .build()
+            .unwrap();
+        let large = Config::server_builder()
+            .max_message_size(Some(1 << 20))
+            .build()
+            .unwrap();
+        let (addr, results) = serve_n(2, move |tcp| {
+            let incoming = ServerConnection::read_request(tcp, None, &small)?;
+            let incoming = if incoming.path() == "/large" {
+                incoming.with_config(&large)
+            } else {
+                incoming
+            };
+            serve(side, incoming.accept(Accept::new())?, &mut Echo::default());
+            Ok::<(), Error>(())
+        });
+        let payload = "x".repeat(1000);
+        // The large endpoint echoes 1,000 bytes...
+        let (mut ws, _) = connect_timed(format!("ws://{addr}/large")).unwrap();
+        ws.send(Message::text(payload.clone())).unwrap();
+        assert_eq!(ws.read().unwrap(), Message::text(payload.clone()));
+        ws.close(None).unwrap();
+        read_until_close(&mut ws);
+        // ...which the small one refuses with 1009.
+        let (mut ws, _) = connect_timed(format!("ws://{addr}/small")).unwrap();
+        ws.send(Message::text(payload)).unwrap();
+        assert_eq!(close_code_from_client(&mut ws), Some(1009));
+        // Send our reply, so the server ends now rather than at its close timeout.
+        let _ = ws.flush();
+        for _ in 0..2 {
+            results.recv_timeout(TEST_DEADLINE).unwrap().unwrap();
+        }
     }
 }
 
@@ -749,34 +777,37 @@ fn an_endpoint_can_choose_its_own_config_after_reading_the_request() {
 /// one) or that waits for the server to hang up is not left waiting for the close timeout.
 #[test]
 fn a_server_that_fails_the_connection_closes_tcp_first() {
-    let config = Config::server_builder()
-        .close_timeout(Duration::from_secs(120))
-        .build()
-        .unwrap();
-    // A Close with a one-byte payload (no room for a code) and a frame with a reserved opcode.
-    for bad in [
-        masked_frame(true, false, 0x8, b"x"),
-        masked_frame(true, false, 0x3, b""),
-    ] {
-        let config = config.clone();
-        let (addr, results) = serve_n(1, move |tcp| {
-            ServerConnection::accept(tcp, None, &config)?.run(&mut Echo::default());
-            Ok::<(), Error>(())
-        });
-        let mut tcp = timed_tcp(addr);
-        tcp.write_all(&upgrade_request("", None)).unwrap();
-        read_101(&mut tcp);
-        tcp.write_all(&bad).unwrap();
-        // The server's Close (1002), then the end of the stream: long before the close timeout
-        // (this read gives up after SERVER_IO_TIMEOUT, a quarter of it).
-        let mut rest = Vec::new();
-        tcp.read_to_end(&mut rest)
-            .expect("the server ended TCP (not a read timeout)");
-        assert!(rest.len() >= 4, "a Close frame: {rest:?}");
-        assert_eq!(rest[0], 0x88, "{rest:?}");
-        assert_eq!(u16::from_be_bytes([rest[2], rest[3]]), 1002);
-        // Our side hangs up too: the server's connection ends.
-        drop(tcp);
-        results.recv_timeout(TEST_DEADLINE).unwrap().unwrap();
+    for side in SIDES {
+        let config = Config::server_builder()
+            .close_timeout(Duration::from_secs(120))
+            .build()
+            .unwrap();
+        // A Close with a one-byte payload (no room for a code) and a frame with a reserved opcode.
+        for bad in [
+            masked_frame(true, false, 0x8, b"x"),
+            masked_frame(true, false, 0x3, b""),
+        ] {
+            let config = config.clone();
+            let (addr, results) = serve_n(1, move |tcp| {
+                let conn = ServerConnection::accept(tcp, None, &config)?;
+                serve(side, conn, &mut Echo::default());
+                Ok::<(), Error>(())
+            });
+            let mut tcp = timed_tcp(addr);
+            tcp.write_all(&upgrade_request("", None)).unwrap();
+            read_101(&mut tcp);
+            tcp.write_all(&bad).unwrap();
+            // The server's Close (1002), then the end of the stream: long before the close timeout
+            // (this read gives up after SERVER_IO_TIMEOUT, a quarter of it).
+            let mut rest = Vec::new();
+            tcp.read_to_end(&mut rest)
+                .expect("the server ended TCP (not a read timeout)");
+            assert!(rest.len() >= 4, "a Close frame: {rest:?}");
+            assert_eq!(rest[0], 0x88, "{rest:?}");
+            assert_eq!(u16::from_be_bytes([rest[2], rest[3]]), 1002);
+            // Our side hangs up too: the server's connection ends.
+            drop(tcp);
+            results.recv_timeout(TEST_DEADLINE).unwrap().unwrap();
+        }
     }
 }

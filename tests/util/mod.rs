@@ -13,8 +13,9 @@ use std::time::Duration;
 
 use crossbeam_channel::RecvTimeoutError;
 use syncws::{
-    BlockingClient, CloseInfo, Command, CommandSender, Config, Context, Error, Event, Handler,
-    Metrics, NonBlockingClient, ReconnectAttempt, ThreadedClient, WaitStrategy,
+    BlockingClient, CloseInfo, Command, CommandSender, Config, ConnectionSet, Context, Error,
+    Event, Handler, Metrics, NonBlockingClient, ReconnectAttempt, ServerConnection, ThreadedClient,
+    WaitStrategy,
 };
 use tungstenite::protocol::WebSocket;
 
@@ -360,6 +361,45 @@ pub fn mtls_server(pki: &TestPki) -> (u16, JoinHandle<Result<usize, String>>) {
         Ok(n)
     });
     (addr.port(), handle)
+}
+
+// ----- server connections, both ways -----------------------------------------------------------
+
+/// How a test drives an accepted server connection: on a thread of its own
+/// (`ServerConnection::run`), or adopted by a `ConnectionSet` running on another thread. Every
+/// server-side test runs both ways, through [`serve`], so the two cannot drift.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Thread,
+    Set,
+}
+
+/// Both ways of driving a server connection.
+pub const SIDES: [Side; 2] = [Side::Thread, Side::Set];
+
+/// Drive `conn` with `handler` until it ends, `side`'s way; returns once `on_quit` has run.
+/// `Side::Set`: a set runs on another thread (`run_until_stopped`), this thread hands the
+/// connection to it through a `SetHandle`, as an accept loop does, and the set must come back
+/// empty.
+pub fn serve<H: Handler + Send>(side: Side, conn: ServerConnection, handler: &mut H) {
+    match side {
+        Side::Thread => conn.run(handler),
+        Side::Set => {
+            let mut set: ConnectionSet<&mut H> = ConnectionSet::new().expect("a set");
+            let handle = set.handle();
+            std::thread::scope(|scope| {
+                let running = scope.spawn(move || {
+                    set.run_until_stopped();
+                    set.len()
+                });
+                handle.adopt(conn, handler).expect("the set takes it");
+                // Queued behind the adopt: the run ends once the connection has quit.
+                handle.stop().expect("the set is there");
+                let left = running.join().expect("the set's thread");
+                assert_eq!(left, 0, "the set ends empty");
+            });
+        }
+    }
 }
 
 // ----- clients in every mode -----------------------------------------------------------------------
