@@ -270,7 +270,7 @@ fn settings() -> impl Strategy<Value = [u8; 2]> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
+    #![proptest_config(ProptestConfig::with_cases(512))]
 
     #[test]
     fn head_reader_random_bytes(choice: u8, cuts: u8, rest in bytes(700)) {
@@ -309,11 +309,56 @@ proptest! {
     }
 
     #[test]
-    fn valid_upgrade_answers_open(choice: u8, offer in settings(), cuts: [u8; 2]) {
-        // Everything RFC 6455 4.1 asks for: the connection must open.
-        let answer = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
-                      Connection: Upgrade\r\nSec-WebSocket-Accept: {A}\r\n\r\n";
-        upgrade_answer(&input(&[choice & !8, offer[0], offer[1], cuts[0], cuts[1]], answer.as_bytes()));
+    fn valid_upgrade_answers_open(
+        choice: u8,
+        offer in settings(),
+        cuts: [u8; 2],
+        extensions in select(vec!["", "permessage-deflate", "permessage-deflate; server_no_context_takeover"]),
+        subprotocol in select(vec!["", "chat"]),
+    ) {
+        // Everything RFC 6455 4.1 asks for, whatever the order and case: the connection opens.
+        let mut answer = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nupgrade: WebSocket\r\n\
+             Connection: keep-alive\r\nCONNECTION: Upgrade\r\nSec-WebSocket-Accept: {{A}}\r\n"
+        );
+        let mut choice = choice & !8;
+        if !subprotocol.is_empty() {
+            answer.push_str(&format!("Sec-WebSocket-Protocol: {subprotocol}\r\n"));
+            choice |= 1;
+        }
+        let deflate = deflate_params::settings(offer[0], offer[1]);
+        let accepted = !extensions.is_empty()
+            && deflate_params::client_check(&deflate, &deflate_params::parse(&[extensions]).unwrap())
+                .is_some();
+        if accepted {
+            answer.push_str(&format!("Sec-WebSocket-Extensions: {extensions}\r\n"));
+            choice |= 4;
+        }
+        answer.push_str("\r\n");
+        let data = input(&[choice, offer[0], offer[1], cuts[0], cuts[1]], answer.as_bytes());
+        upgrade_answer(&data);
+        // And the client says so, not only the reference.
+        let mut config = crate::Config::builder();
+        if choice & 1 != 0 {
+            config = config.subprotocol("chat");
+        }
+        if choice & 4 != 0 {
+            config = config.deflate(Some(deflate));
+        }
+        let config = config.build().unwrap();
+        let url = url::Url::parse("ws://h/").unwrap();
+        let mut upgrade = crate::handshake::ClientUpgrade::new(&url, &config);
+        let accept = tungstenite::handshake::derive_accept_key(upgrade.key().as_bytes());
+        let answer = answer.replace("{A}", &accept);
+        let mut wire = input::Wire::new(answer.as_bytes(), input::End::Closed, cuts[0], cuts[1]);
+        let opened = loop {
+            if let Some(done) = upgrade.advance(&mut wire, &config).transpose() {
+                break done;
+            }
+        };
+        let (handshake, _) = opened.unwrap_or_else(|e| panic!("{answer:?}: {e}"));
+        prop_assert_eq!(handshake.subprotocol(), (!subprotocol.is_empty()).then_some("chat"));
+        prop_assert_eq!(handshake.deflate().is_some(), accepted);
     }
 
     #[test]
