@@ -351,7 +351,7 @@ fn run(
         match store.begin() {
             Ok(mut batch) => {
                 state.take_batch(&mut batch, first, rx, &mut shutdown);
-                match batch.commit(now_ms()) {
+                match batch.commit() {
                     Ok(()) => {
                         Metrics::inc(&state.metrics.commits_total);
                         state.committed();
