@@ -32,7 +32,8 @@ use crate::matchmaking::{Matched, Peer, Seeker, Sought};
 use crate::metrics::Metrics;
 use crate::now_ms;
 use crate::protocol::{
-    check_room, Msg, Op, Refusal, DEFAULT_HISTORY_PAGE, MAX_HISTORY_PAGE, MAX_LISTED, PAIR_PREFIX,
+    self, check_room, Msg, Op, Refusal, DEFAULT_HISTORY_PAGE, MAX_HISTORY_PAGE, MAX_LISTED,
+    PAIR_PREFIX,
 };
 use crate::store::{self, Log, Recovery, Store};
 
