@@ -31,7 +31,10 @@ impl State {
             };
             member.backlog_bytes += item.0.len();
             member.backlog.push_back(item);
-            self.backlogged.insert(id);
+            if !member.listed {
+                member.listed = true;
+                self.backlogged.push(id);
+            }
         }
         let mut slow = Vec::new();
         let ids = std::mem::take(&mut self.backlogged);
@@ -39,6 +42,7 @@ impl State {
             let Some(member) = self.members.get_mut(&id) else {
                 continue;
             };
+            member.listed = false;
             if member.backlog.is_empty() {
                 continue;
             }
@@ -75,7 +79,8 @@ impl State {
                 if member.backlog_bytes.saturating_add(queued) > limit {
                     slow.push(id);
                 } else {
-                    self.backlogged.insert(id);
+                    member.listed = true;
+                    self.backlogged.push(id);
                 }
             }
         }

@@ -126,6 +126,8 @@ struct Member {
     /// Frames its command channel had no room for yet, oldest first, and their bytes.
     backlog: VecDeque<(SharedFrame, bool)>,
     backlog_bytes: usize,
+    /// In `State::backlogged`.
+    listed: bool,
     /// The partner of its last pair, not to be matched with it again at once (cluster mode:
     /// `last_peer_key`, its `NODE:ID`).
     last_peer: Option<u64>,
@@ -222,9 +224,10 @@ struct State {
     seqs_before: HashMap<String, u64>,
     /// Requests answered from the batch's transaction.
     reads: Vec<Reread>,
-    /// Members whose backlog is not empty: `deliver` visits these, not every member (with
-    /// thousands of connections, a scan of all of them per batch was most of the hub's time).
-    backlogged: std::collections::BTreeSet<u64>,
+    /// Members whose backlog is not empty (each once: `Member::listed`): `deliver` visits
+    /// these, not every member (with thousands of connections, a scan of all of them per batch
+    /// was most of the hub's time).
+    backlogged: Vec<u64>,
 }
 
 /// Start the hub thread.
@@ -287,7 +290,7 @@ fn run(
         own_acks: HashMap::new(),
         seqs_before: HashMap::new(),
         reads: Vec::new(),
-        backlogged: std::collections::BTreeSet::new(),
+        backlogged: Vec::new(),
     };
     let mut shutdown: Option<Sender<()>> = None;
     let mut next_sweep = Instant::now() + Duration::from_secs(1);
@@ -438,6 +441,7 @@ impl State {
                         metrics,
                         backlog: VecDeque::new(),
                         backlog_bytes: 0,
+                        listed: false,
                         last_peer: None,
                         last_peer_key: None,
                         rooms: Vec::new(),
