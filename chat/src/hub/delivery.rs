@@ -9,7 +9,7 @@ impl State {
     }
 
     /// Hand this batch's frames to their connections, in order, after what earlier batches
-    /// left waiting for them. A frame the connection's channel has no room for waits in its
+    /// left waiting for them (and its events to the log's writer). A frame the connection's channel has no room for waits in its
     /// backlog; once what waits for the connection (the backlog, its command channel and its
     /// outbox, all counted in bytes) passes `outbox_bytes`, it is a slow consumer: closed with
     /// 4008, counted, logged, and its backlog dropped.
@@ -96,6 +96,8 @@ impl State {
             tracing::info!(id, "slow consumer: closed with 4008");
             self.log.record("slow_consumer", json!({"id": id}));
         }
+        // The batch's events go to the log's writer together.
+        self.log.send();
     }
 
     pub(super) fn sweep_idle(&mut self) {

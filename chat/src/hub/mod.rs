@@ -27,7 +27,7 @@ use serde_json::{json, Value};
 use syncws::{Command, CommandSender, SharedFrame};
 
 use crate::cluster::{Change, Cluster, Heard, Unpublished};
-use crate::eventlog::EventLog;
+use crate::eventlog::{EventLog, Held};
 use crate::matchmaking::{Matched, Peer, Seeker, Sought};
 use crate::metrics::Metrics;
 use crate::now_ms;
@@ -207,7 +207,8 @@ struct State {
     unfollow: Vec<String>,
     epoch: String,
     metrics: Arc<Metrics>,
-    log: EventLog,
+    /// The event log, sent to its writer once per batch.
+    log: Held,
     options: HubOptions,
     /// Frames to hand out after the commit, in order, and the bytes built for them.
     out: Vec<(u64, Out)>,
@@ -282,7 +283,7 @@ fn run(
             .as_ref()
             .map_or_else(|| store.epoch().to_owned(), Cluster::epoch),
         metrics,
-        log,
+        log: log.held(),
         options,
         out: Vec::new(),
         out_bytes: 0,
