@@ -1,6 +1,8 @@
 //! The append-only event log: one JSON object per line, with an ISO-8601 UTC time and a kind,
 //! in files named by day (`events-2026-12-02.jsonl`), a new file (`.1`, `.2`, ...) when one
-//! passes its size limit. Written by a thread of its own, so recording costs a channel send.
+//! passes its size limit. Written by a thread of its own, so recording costs a channel send
+//! (the line itself, its time included, is made and written by that thread); the hub holds a
+//! batch's events and sends them as one ([`Held`]).
 //!
 //! A line cut short by a crash is closed with a newline when the file is opened again, and
 //! [`read`] skips lines that do not parse (with a warning), so one bad line never costs the
@@ -16,9 +18,42 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 enum Entry {
-    Line(Value),
+    Line(Line),
+    Lines(Vec<Line>),
     /// Answered once everything before it is written.
     Flush(Sender<()>),
+}
+
+/// An event as recorded: when, its kind, its fields (made into a JSON line by the writer).
+struct Line {
+    at: OffsetDateTime,
+    kind: String,
+    fields: Value,
+}
+
+impl Line {
+    fn new(kind: &str, fields: Value) -> Line {
+        Line {
+            at: OffsetDateTime::now_utc(),
+            kind: kind.into(),
+            fields,
+        }
+    }
+
+    /// `{"ts": ISO-8601, "kind": ..., fields...}` (an object's fields; anything else as `data`).
+    fn into_value(self) -> Value {
+        let mut line = Map::new();
+        line.insert("ts".into(), Value::String(iso(self.at)));
+        line.insert("kind".into(), Value::String(self.kind));
+        match self.fields {
+            Value::Object(map) => line.extend(map),
+            Value::Null => {}
+            other => {
+                line.insert("data".into(), other);
+            }
+        }
+        Value::Object(line)
+    }
 }
 
 /// A handle to the log; cloneable.
@@ -51,17 +86,16 @@ impl EventLog {
 
     /// Record an event of `kind` with `fields` (an object; other values go under `data`).
     pub fn record(&self, kind: &str, fields: Value) {
-        let mut line = Map::new();
-        line.insert("ts".into(), Value::String(now_iso()));
-        line.insert("kind".into(), Value::String(kind.into()));
-        match fields {
-            Value::Object(map) => line.extend(map),
-            Value::Null => {}
-            other => {
-                line.insert("data".into(), other);
-            }
+        let _ = self.tx.send(Entry::Line(Line::new(kind, fields)));
+    }
+
+    /// A recorder that holds what it is given until [`Held::send`]: one channel send (and at
+    /// most one wake of the writer) for many events.
+    pub fn held(&self) -> Held {
+        Held {
+            log: self.clone(),
+            lines: Vec::new(),
         }
-        let _ = self.tx.send(Entry::Line(Value::Object(line)));
     }
 
     /// Wait until everything recorded so far is written to the file.
@@ -70,6 +104,34 @@ impl EventLog {
         if self.tx.send(Entry::Flush(tx)).is_ok() {
             let _ = rx.recv();
         }
+    }
+}
+
+/// Events recorded now and written together later (the hub: a batch's events), each with the
+/// time it was recorded.
+pub struct Held {
+    log: EventLog,
+    lines: Vec<Line>,
+}
+
+impl Held {
+    /// Record an event of `kind` with `fields`, as [`EventLog::record`] does, once sent.
+    pub fn record(&mut self, kind: &str, fields: Value) {
+        self.lines.push(Line::new(kind, fields));
+    }
+
+    /// Hand what was recorded to the writer.
+    pub fn send(&mut self) {
+        if !self.lines.is_empty() {
+            let lines = std::mem::take(&mut self.lines);
+            let _ = self.log.tx.send(Entry::Lines(lines));
+        }
+    }
+
+    /// Send, and wait until everything recorded so far is written to the file.
+    pub fn flush(&mut self) {
+        self.send();
+        self.log.flush();
     }
 }
 
@@ -136,20 +198,10 @@ fn write_loop(rx: &Receiver<Entry>, files: &mut Files) {
         entries.extend(rx.try_iter().take(4096));
         for entry in entries {
             match entry {
-                Entry::Line(v) => {
-                    let day = v["ts"].as_str().map_or_else(today, |t| t[..10].to_owned());
-                    let r = files.file_for(&day).and_then(|(w, size)| {
-                        let mut line = v.to_string();
-                        line.push('\n');
-                        w.write_all(line.as_bytes())?;
-                        *size += line.len() as u64;
-                        Ok(())
-                    });
-                    if let Err(e) = r {
-                        if !failed {
-                            tracing::error!(error = %e, "event log: cannot write");
-                        }
-                        failed = true;
+                Entry::Line(line) => write_line(files, line, &mut failed),
+                Entry::Lines(lines) => {
+                    for line in lines {
+                        write_line(files, line, &mut failed);
                     }
                 }
                 Entry::Flush(done) => {
@@ -166,14 +218,32 @@ fn write_loop(rx: &Receiver<Entry>, files: &mut Files) {
     }
 }
 
-fn now_iso() -> String {
-    OffsetDateTime::now_utc()
-        .format(&Rfc3339)
+/// Write one event as a line of its day's file; the first failure is said, once.
+fn write_line(files: &mut Files, line: Line, failed: &mut bool) {
+    let v = line.into_value();
+    let day = v["ts"].as_str().map_or_else(today, |t| t[..10].to_owned());
+    let r = files.file_for(&day).and_then(|(w, size)| {
+        let mut line = v.to_string();
+        line.push('\n');
+        w.write_all(line.as_bytes())?;
+        *size += line.len() as u64;
+        Ok(())
+    });
+    if let Err(e) = r {
+        if !*failed {
+            tracing::error!(error = %e, "event log: cannot write");
+        }
+        *failed = true;
+    }
+}
+
+fn iso(at: OffsetDateTime) -> String {
+    at.format(&Rfc3339)
         .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into())
 }
 
 fn today() -> String {
-    now_iso()[..10].to_owned()
+    iso(OffsetDateTime::now_utc())[..10].to_owned()
 }
 
 /// The log files in `dir`, oldest first.
@@ -247,6 +317,43 @@ mod tests {
         );
         let files = std::fs::read_dir(dir.path()).unwrap().count();
         assert!(files > 1, "rotated by size: {files} file(s)");
+    }
+
+    #[test]
+    fn held_events_are_written_when_sent_in_order_with_their_own_times() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = EventLog::open(dir.path(), 1 << 20).unwrap();
+        let mut held = log.held();
+        for i in 0..3 {
+            held.record("msg", json!({"seq": i}));
+        }
+        log.record("connect", json!({"id": 1}));
+        log.flush();
+        let kinds: Vec<_> = read(dir.path())
+            .unwrap()
+            .iter()
+            .map(|e| e["kind"].clone())
+            .collect();
+        assert_eq!(
+            kinds,
+            [json!("connect")],
+            "nothing held is written before it is sent"
+        );
+        held.send();
+        held.record("msg", json!({"seq": 3}));
+        held.flush();
+        let events = read(dir.path()).unwrap();
+        let seqs: Vec<_> = events[1..].iter().map(|e| e["seq"].clone()).collect();
+        assert_eq!(seqs, [json!(0), json!(1), json!(2), json!(3)]);
+        // Each keeps the time it was recorded at, not the time it was sent:
+        // "2026-12-07T23:20:01.123456789Z" as (seconds, fraction).
+        let at = |i: usize| {
+            let ts = events[i]["ts"].as_str().unwrap().trim_end_matches('Z');
+            let (secs, frac) = ts.split_once('.').unwrap_or((ts, "0"));
+            (secs.to_owned(), format!("0.{frac}").parse::<f64>().unwrap())
+        };
+        assert!(at(1) <= at(0), "held before the connect was recorded");
+        assert!(at(3) <= at(4));
     }
 
     #[test]

@@ -1,21 +1,45 @@
 //! The durable store: rooms, their last sequence numbers and their history, in SQLite (WAL),
 //! written by one thread (the hub) in grouped transactions.
 //!
-//! A room's `last_seq` is kept in its own table and moves forward in the same transaction as the
-//! messages it numbers, so pruning old history never lets a sequence number be used twice, and a
-//! crash loses nothing that was committed (and nothing is delivered before its commit).
+//! A room's last seq is the larger of its newest message kept and the `last_seq` of its row in
+//! the rooms table, which is brought up to date in the same transaction that deletes a room's
+//! newest message (pruning by age; pruning by count keeps the newest ones). So pruning old
+//! history never lets a sequence number be used twice, a commit writes nothing per room but its
+//! messages, and a crash loses nothing that was committed (and nothing is delivered before its
+//! commit).
+//!
+//! Messages are rows in the order they arrive (an integer key), found by room through an index
+//! on (room's id, seq). A commit then appends its messages to the table's last pages whatever
+//! rooms they belong to, and adds a small entry per message to the index. With rows kept in
+//! room order (the first layout) every busy room's new row landed on a page of its own, large
+//! rows split pages, and each commit moved every room's `last_seq` too: with 1,500 busy rooms
+//! a 500-byte message cost 2-5x the CPU and 2-8x the bytes written (`examples/store_bench`).
+//! Age pruning follows the arrival order: the oldest rows go first, whatever their room.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use serde_json::Value;
 
 use crate::matchmaking::Matchmaker;
 use crate::protocol::Msg;
 
 pub type Result<T> = rusqlite::Result<T>;
+
+/// The layout this code reads and writes (`PRAGMA user_version`). 0 is the first layout,
+/// from before layouts were numbered: messages kept in (room name, seq) order, a
+/// `WITHOUT ROWID` table; it is moved to this one when the store is opened.
+const LAYOUT: i64 = 2;
+
+const SCHEMA: &str = "
+    CREATE TABLE rooms (
+        id INTEGER PRIMARY KEY, room TEXT NOT NULL UNIQUE, last_seq INTEGER NOT NULL);
+    CREATE TABLE messages (
+        id INTEGER PRIMARY KEY, room INTEGER NOT NULL, seq INTEGER NOT NULL,
+        sender TEXT NOT NULL, text TEXT NOT NULL, ts INTEGER NOT NULL, cid TEXT);
+    CREATE UNIQUE INDEX messages_by_room ON messages (room, seq);";
 
 /// How much history each room keeps.
 #[derive(Debug, Clone, Copy)]
@@ -31,20 +55,17 @@ pub struct Store {
     conn: Connection,
     epoch: String,
     retention: Retention,
-    /// Rooms written to since their history was last pruned by age, and when that is due
-    /// (ms since the epoch): once a second, not on every commit.
-    aging: HashSet<String>,
-    next_age_prune_ms: i64,
-    /// Where `age_out` goes on in the rooms table (the last room it visited; "" from the start).
-    age_cursor: String,
+    /// Rooms' ids in the store, as the hub writes to them (forgotten past `ROOM_IDS`).
+    ids: HashMap<String, i64>,
 }
 
-/// Rooms `age_out` visits per call (once a second): a table of a million rooms is gone
-/// through in under three hours, a seek each.
-const AGE_OUT_ROOMS: usize = 100;
+/// Room ids remembered at most: past it they are forgotten (and read again as needed), so
+/// writing to many rooms cannot grow the server.
+const ROOM_IDS: usize = 65_536;
 
-/// How often rooms written to are pruned by age, in ms.
-const AGE_PRUNE_EVERY_MS: i64 = 1_000;
+/// Messages `age_out` deletes per call (once a second) at most: a store that was stopped for
+/// longer than it keeps history is pruned over the seconds after its start, not in one stall.
+const AGE_OUT_ROWS: i64 = 10_000;
 
 /// What a `join{since}` can replay.
 #[derive(Debug, PartialEq)]
@@ -59,33 +80,30 @@ pub enum Recovery {
 }
 
 impl Store {
-    /// Open (or create) the store at `path`. `durable`: every commit reaches the disk before it
-    /// returns (survives power loss); otherwise commits survive a crash of the process, and the
-    /// last ones may be lost with the machine's power.
+    /// Open (or create) the store at `path`, moving a store of the first layout to this one.
+    /// `durable`: every commit reaches the disk before it returns (survives power loss);
+    /// otherwise commits survive a crash of the process, and the last ones may be lost with the
+    /// machine's power.
     pub fn open(path: &Path, retention: Retention, durable: bool) -> Result<Store> {
         // Conversations: readable by the server's user alone.
         crate::private::database(path)
             .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-        let conn = Connection::open(path)?;
+        let mut conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", if durable { "FULL" } else { "NORMAL" })?;
         conn.busy_timeout(Duration::from_secs(5))?;
-        // Thousands of busy rooms touch pages all over the messages table: 2 MiB of page
-        // cache (the default) made every commit read pages back from the OS and spill dirty
-        // ones mid-transaction.
+        // Thousands of busy rooms touch pages all over the index: 2 MiB of page cache (the
+        // default) made every commit read pages back from the OS and spill dirty ones
+        // mid-transaction.
         conn.pragma_update(None, "cache_size", -32768)?;
         // A checkpoint ends in an fsync of the database, inside whichever commit set it off;
         // at the default (every 1,000 pages) a busy hub stalled on the disk many times a
         // second (node-pairs, 2,000 clients on a virtual disk: p99 1.9 s, 0.35 s with this).
         conn.pragma_update(None, "wal_autocheckpoint", 16384)?;
         conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-             CREATE TABLE IF NOT EXISTS rooms (room TEXT PRIMARY KEY, last_seq INTEGER NOT NULL);
-             CREATE TABLE IF NOT EXISTS messages (
-                 room TEXT NOT NULL, seq INTEGER NOT NULL, sender TEXT NOT NULL,
-                 text TEXT NOT NULL, ts INTEGER NOT NULL, cid TEXT,
-                 PRIMARY KEY (room, seq)) WITHOUT ROWID;",
+            "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
         )?;
+        lay_out(&mut conn)?;
         let epoch = match conn
             .query_row("SELECT value FROM meta WHERE key = 'epoch'", [], |r| {
                 r.get(0)
@@ -103,9 +121,7 @@ impl Store {
             conn,
             epoch,
             retention,
-            aging: HashSet::new(),
-            next_age_prune_ms: 0,
-            age_cursor: String::new(),
+            ids: HashMap::new(),
         })
     }
 
@@ -117,44 +133,56 @@ impl Store {
 
     /// A room's last sequence number (0 for a room never written to).
     pub fn last_seq(&self, room: &str) -> Result<u64> {
-        last_seq(&self.conn, room)
+        Ok(room_row(&self.conn, room)?.map_or(0, |(_, last)| last))
     }
 
     /// Start a transaction: appends within it are committed together.
     pub fn begin(&mut self) -> Result<Batch<'_>> {
+        if self.ids.len() > ROOM_IDS {
+            self.ids.clear();
+        }
         Ok(Batch {
             tx: self.conn.transaction()?,
             retention: self.retention,
             touched: HashMap::new(),
-            aging: &mut self.aging,
-            next_age_prune_ms: &mut self.next_age_prune_ms,
+            ids: NewIds {
+                ids: &mut self.ids,
+                created: Vec::new(),
+                kept: false,
+            },
         })
     }
 
-    /// Prune by age the history of the next few rooms of the table, whether or not anyone
-    /// writes to them, so `--history-hours` holds in quiet rooms too (rooms written to are
-    /// pruned at their commits as well).
+    /// Prune history by age: the oldest messages, whatever their room, while older than the
+    /// retention allows (at most `AGE_OUT_ROWS` a call), so `--history-hours` holds in quiet
+    /// rooms too. A room whose newest message goes keeps its seq in its row.
     pub fn age_out(&mut self, now_ms: i64) -> Result<()> {
         let max_age_ms = i64::try_from(self.retention.max_age.as_millis()).unwrap_or(i64::MAX);
         let cutoff = now_ms.saturating_sub(max_age_ms);
         let tx = self.conn.transaction()?;
-        let rooms: Vec<String> = {
-            let mut stmt =
-                tx.prepare_cached("SELECT room FROM rooms WHERE room > ?1 ORDER BY room LIMIT ?2")?;
-            let rows =
-                stmt.query_map(params![self.age_cursor, AGE_OUT_ROOMS as u64], |r| r.get(0))?;
-            rows.collect::<Result<_>>()?
-        };
-        for room in &rooms {
-            prune_by_age(&tx, room, cutoff)?;
+        // Rows are in arrival order, and so (clock jumps aside) in time order: the first row
+        // young enough is where pruning stops. Finding it reads only the rows about to go.
+        let until: Option<i64> = tx
+            .prepare_cached(
+                "SELECT MIN(
+                     COALESCE(
+                         (SELECT id FROM messages WHERE ts >= ?1 ORDER BY id LIMIT 1),
+                         (SELECT MAX(id) + 1 FROM messages)),
+                     (SELECT MIN(id) FROM messages) + ?2)",
+            )?
+            .query_row(params![cutoff, AGE_OUT_ROWS], |r| r.get(0))?;
+        if let Some(until) = until {
+            tx.prepare_cached(
+                "UPDATE rooms SET last_seq = gone.seq
+                 FROM (SELECT room, MAX(seq) AS seq FROM messages WHERE id < ?1 GROUP BY room)
+                     AS gone
+                 WHERE rooms.id = gone.room AND rooms.last_seq < gone.seq",
+            )?
+            .execute([until])?;
+            tx.prepare_cached("DELETE FROM messages WHERE id < ?1")?
+                .execute([until])?;
         }
-        tx.commit()?;
-        self.age_cursor = if rooms.len() < AGE_OUT_ROOMS {
-            String::new()
-        } else {
-            rooms.last().cloned().unwrap_or_default()
-        };
-        Ok(())
+        tx.commit()
     }
 
     /// Messages of `room` before `before` (all when `None`), at most `limit` and about
@@ -166,8 +194,62 @@ impl Store {
         limit: usize,
         max_bytes: usize,
     ) -> Result<(Vec<Msg>, bool)> {
-        page_before(&self.conn, room, before, limit, max_bytes)
+        match room_row(&self.conn, room)? {
+            Some((id, _)) => page_before(&self.conn, room, id, before, limit, max_bytes),
+            None => Ok((Vec::new(), false)),
+        }
     }
+}
+
+/// Bring the store to `LAYOUT`: a new store gets the tables, one of the first layout is moved
+/// (in one transaction: a crash midway leaves it as it was). A store of a later layout, written
+/// by a newer server, is refused rather than misread.
+fn lay_out(conn: &mut Connection) -> Result<()> {
+    let layout: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if layout == LAYOUT {
+        return Ok(());
+    }
+    if layout > LAYOUT {
+        return Err(rusqlite::Error::ToSqlConversionFailure(Box::new(
+            std::io::Error::other(format!(
+                "the store's layout is {layout}, newer than this server's ({LAYOUT}): written by a newer version"
+            )),
+        )));
+    }
+    let tx = conn.transaction()?;
+    let first_layout: bool = tx.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'messages')",
+        [],
+        |r| r.get(0),
+    )?;
+    if first_layout {
+        tracing::info!("store: moving history to the arrival-order layout (once)");
+        tx.execute_batch(
+            "ALTER TABLE rooms RENAME TO rooms_v1; ALTER TABLE messages RENAME TO messages_v1;",
+        )?;
+    }
+    tx.execute_batch(SCHEMA)?;
+    if first_layout {
+        // Every room with history had its row (its last_seq moved in the messages'
+        // transaction); a room's last seq is at least its newest message's all the same.
+        tx.execute_batch(
+            "INSERT INTO rooms (room, last_seq)
+                 SELECT room, MAX(last_seq, COALESCE(
+                     (SELECT MAX(seq) FROM messages_v1 m WHERE m.room = r.room), 0))
+                 FROM rooms_v1 r ORDER BY room;
+             INSERT INTO rooms (room, last_seq)
+                 SELECT room, MAX(seq) FROM messages_v1
+                 WHERE room NOT IN (SELECT room FROM rooms) GROUP BY room;
+             INSERT INTO messages (room, seq, sender, text, ts, cid)
+                 SELECT r.id, m.seq, m.sender, m.text, m.ts, m.cid
+                 FROM messages_v1 m JOIN rooms r ON r.room = m.room
+                 ORDER BY m.ts, r.id, m.seq;
+             DROP TABLE messages_v1;
+             DROP TABLE rooms_v1;",
+        )?;
+    }
+    tx.pragma_update(None, "user_version", LAYOUT)?;
+    tx.commit()
 }
 
 /// Where the hub's batch writes messages and reads history: the embedded store's transaction
@@ -243,24 +325,33 @@ impl Log for Batch<'_> {
         limit: usize,
         max_bytes: usize,
     ) -> Result<(Vec<Msg>, bool)> {
-        page_before(&self.tx, room, before, limit, max_bytes)
+        match self.room_id(room)? {
+            Some(id) => page_before(&self.tx, room, id, before, limit, max_bytes),
+            None => Ok((Vec::new(), false)),
+        }
     }
     fn open_room(&mut self, room: &str) -> Result<u64> {
-        // Written in this batch already (and left since): its seq is not in the table yet.
-        match self.touched.get(room) {
-            Some(last) => Ok(*last),
-            None => last_seq(&self.tx, room),
+        // Read inside the transaction: what this batch wrote counts.
+        match room_row(&self.tx, room)? {
+            Some((id, last)) => {
+                self.ids.ids.insert(room.to_owned(), id);
+                Ok(last)
+            }
+            None => Ok(0),
         }
     }
     fn drop_room(&mut self, room: &str) -> Result<()> {
-        self.touched.remove(room);
-        self.aging.remove(room);
+        let Some(id) = self.room_id(room)? else {
+            return Ok(());
+        };
+        self.touched.remove(&id);
+        self.ids.ids.remove(room);
         self.tx
             .prepare_cached("DELETE FROM messages WHERE room = ?1")?
-            .execute([room])?;
+            .execute([id])?;
         self.tx
-            .prepare_cached("DELETE FROM rooms WHERE room = ?1")?
-            .execute([room])?;
+            .prepare_cached("DELETE FROM rooms WHERE id = ?1")?
+            .execute([id])?;
         Ok(())
     }
 }
@@ -302,47 +393,93 @@ impl Log for Unavailable {
 
 /// Messages appended in one transaction.
 pub struct Batch<'a> {
-    tx: rusqlite::Transaction<'a>,
+    tx: Transaction<'a>,
     retention: Retention,
-    /// Rooms written to in this batch, with their last seq now.
-    touched: HashMap<String, u64>,
-    aging: &'a mut HashSet<String>,
-    next_age_prune_ms: &'a mut i64,
+    /// Rooms written to in this batch (by id), with their last seq now.
+    touched: HashMap<i64, u64>,
+    ids: NewIds<'a>,
+}
+
+/// The store's room ids, and those this transaction made: if it does not commit, they were
+/// never made, and are forgotten (the next room made may get the same id).
+struct NewIds<'a> {
+    ids: &'a mut HashMap<String, i64>,
+    created: Vec<String>,
+    kept: bool,
+}
+
+impl Drop for NewIds<'_> {
+    fn drop(&mut self) {
+        if !self.kept {
+            for room in self.created.drain(..) {
+                self.ids.remove(&room);
+            }
+        }
+    }
 }
 
 impl Batch<'_> {
-    /// Store `msg` (its seq already the room's next); the room's last seq moves at commit.
+    /// Store `msg` (its seq already the room's next: the room's last seq from now on).
     pub fn append(&mut self, msg: &Msg) -> Result<()> {
+        let id = match self.room_id(&msg.room)? {
+            Some(id) => id,
+            None => {
+                self.tx
+                    .prepare_cached("INSERT INTO rooms (room, last_seq) VALUES (?1, 0)")?
+                    .execute([&msg.room])?;
+                let id = self.tx.last_insert_rowid();
+                self.ids.ids.insert(msg.room.clone(), id);
+                self.ids.created.push(msg.room.clone());
+                id
+            }
+        };
         let cid = msg.cid.as_ref().map(Value::to_string);
         self.tx
             .prepare_cached(
                 "INSERT INTO messages (room, seq, sender, text, ts, cid) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?
-            .execute(params![msg.room, msg.seq, msg.from, msg.text, msg.ts, cid])?;
-        match self.touched.get_mut(msg.room.as_str()) {
-            Some(last) => *last = (*last).max(msg.seq),
-            None => {
-                self.touched.insert(msg.room.clone(), msg.seq);
-            }
-        }
+            .execute(params![id, msg.seq, msg.from, msg.text, msg.ts, cid])?;
+        let last = self.touched.entry(id).or_insert(msg.seq);
+        *last = (*last).max(msg.seq);
         Ok(())
+    }
+
+    /// The room's id in the store, if it has one.
+    fn room_id(&mut self, room: &str) -> Result<Option<i64>> {
+        if let Some(id) = self.ids.ids.get(room) {
+            return Ok(Some(*id));
+        }
+        let id = room_row(&self.tx, room)?.map(|(id, _)| id);
+        if let Some(id) = id {
+            self.ids.ids.insert(room.to_owned(), id);
+        }
+        Ok(id)
     }
 
     /// What `join{room, since}` replays, `last` being the room's last seq: all of
     /// `since+1..=last`; `Gone` when part of it was pruned; `TooMuch` past `max_bytes` of text
     /// (read no further than that).
-    pub fn recover(&self, room: &str, since: u64, last: u64, max_bytes: usize) -> Result<Recovery> {
+    pub fn recover(
+        &mut self,
+        room: &str,
+        since: u64,
+        last: u64,
+        max_bytes: usize,
+    ) -> Result<Recovery> {
         if since >= last {
             return Ok(Recovery::Complete(Vec::new()));
         }
-        let first_kept = first_kept(&self.tx, room)?;
+        let Some(id) = self.room_id(room)? else {
+            return Ok(Recovery::Gone { first_kept: None });
+        };
+        let first_kept = first_kept(&self.tx, id)?;
         match first_kept {
             Some(first) if first <= since + 1 => {
                 let mut stmt = self.tx.prepare_cached(
-                    "SELECT room, seq, sender, text, ts, cid FROM messages
+                    "SELECT seq, sender, text, ts, cid FROM messages
                      WHERE room = ?1 AND seq > ?2 ORDER BY seq",
                 )?;
-                let mut rows = stmt.query_map(params![room, since], row_to_msg)?;
+                let mut rows = stmt.query_map(params![id, since], |r| row_to_msg(room, r))?;
                 let mut msgs = Vec::new();
                 let mut bytes = 0usize;
                 for msg in rows.by_ref() {
@@ -360,87 +497,65 @@ impl Batch<'_> {
     }
 
     /// The oldest seq of `room` still kept.
-    pub fn first_kept(&self, room: &str) -> Result<Option<u64>> {
-        first_kept(&self.tx, room)
+    pub fn first_kept(&mut self, room: &str) -> Result<Option<u64>> {
+        match self.room_id(room)? {
+            Some(id) => first_kept(&self.tx, id),
+            None => Ok(None),
+        }
     }
 
-    /// Move the last seq of each room written to (once per room, not per message), prune
-    /// them by count, and by age when that is due, then commit. Both prunes walk the room's
-    /// primary key from its oldest message, so they cost a seek when nothing is due, not a
-    /// scan of the room's history (a `seq <= .. OR ts < ..` condition scanned every row of
-    /// every room written to, on every commit: most of the hub's time with a thousand busy
-    /// rooms).
-    pub fn commit(self, now_ms: i64) -> Result<()> {
-        for (room, last) in &self.touched {
-            self.tx
-                .prepare_cached(
-                    "INSERT INTO rooms (room, last_seq) VALUES (?1, ?2)
-                     ON CONFLICT(room) DO UPDATE SET last_seq = excluded.last_seq",
-                )?
-                .execute(params![room, last])?;
+    /// Prune the rooms written to by count (never their newest message, which holds their
+    /// last seq), then commit. The prune walks the index from the room's oldest message, so
+    /// it costs a seek when nothing is due. (Pruning by age is `Store::age_out`'s, once a
+    /// second.)
+    pub fn commit(mut self) -> Result<()> {
+        for (id, last) in &self.touched {
             let keep_from = last.saturating_sub(self.retention.max_messages);
             if keep_from > 0 {
                 self.tx
                     .prepare_cached("DELETE FROM messages WHERE room = ?1 AND seq <= ?2")?
-                    .execute(params![room, keep_from])?;
+                    .execute(params![id, keep_from])?;
             }
         }
-        self.aging.extend(self.touched.into_keys());
-        if now_ms >= *self.next_age_prune_ms {
-            let max_age_ms = i64::try_from(self.retention.max_age.as_millis()).unwrap_or(i64::MAX);
-            let cutoff = now_ms.saturating_sub(max_age_ms);
-            for room in self.aging.iter() {
-                prune_by_age(&self.tx, room, cutoff)?;
-            }
-            self.aging.clear();
-            *self.next_age_prune_ms = now_ms.saturating_add(AGE_PRUNE_EVERY_MS);
-        }
-        self.tx.commit()
+        self.tx.commit()?;
+        self.ids.kept = true;
+        Ok(())
     }
 }
 
-/// Times grow with seq in a room: delete from the oldest while older than `cutoff`.
-fn prune_by_age(conn: &Connection, room: &str, cutoff: i64) -> Result<()> {
-    let oldest: Option<i64> = conn
-        .prepare_cached("SELECT ts FROM messages WHERE room = ?1 ORDER BY seq LIMIT 1")?
-        .query_row([room], |r| r.get(0))
-        .optional()?;
-    if oldest.is_some_and(|ts| ts < cutoff) {
-        conn.prepare_cached(
-            "DELETE FROM messages WHERE room = ?1 AND seq <= (
-                 SELECT MAX(seq) FROM messages WHERE room = ?1 AND ts < ?2)",
-        )?
-        .execute(params![room, cutoff])?;
-    }
-    Ok(())
+/// A room's id and last seq (its newest message's, or its row's if that is later), if it has
+/// a row.
+fn room_row(conn: &Connection, room: &str) -> Result<Option<(i64, u64)>> {
+    conn.prepare_cached(
+        "SELECT id, MAX(last_seq, COALESCE(
+             (SELECT MAX(seq) FROM messages WHERE messages.room = rooms.id), 0))
+         FROM rooms WHERE room = ?1",
+    )?
+    .query_row([room], |r| Ok((r.get(0)?, r.get(1)?)))
+    .optional()
 }
 
-fn first_kept(conn: &Connection, room: &str) -> Result<Option<u64>> {
+fn first_kept(conn: &Connection, room: i64) -> Result<Option<u64>> {
     conn.prepare_cached("SELECT MIN(seq) FROM messages WHERE room = ?1")?
         .query_row([room], |r| r.get(0))
-}
-
-fn last_seq(conn: &Connection, room: &str) -> Result<u64> {
-    Ok(conn
-        .prepare_cached("SELECT last_seq FROM rooms WHERE room = ?1")?
-        .query_row([room], |r| r.get(0))
-        .optional()?
-        .unwrap_or(0))
 }
 
 fn page_before(
     conn: &Connection,
     room: &str,
+    id: i64,
     before: Option<u64>,
     limit: usize,
     max_bytes: usize,
 ) -> Result<(Vec<Msg>, bool)> {
     let before = before.unwrap_or(i64::MAX as u64).min(i64::MAX as u64);
     let mut stmt = conn.prepare_cached(
-        "SELECT room, seq, sender, text, ts, cid FROM messages
+        "SELECT seq, sender, text, ts, cid FROM messages
          WHERE room = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3",
     )?;
-    let rows = stmt.query_map(params![room, before, limit as u64 + 1], row_to_msg)?;
+    let rows = stmt.query_map(params![id, before, limit as u64 + 1], |r| {
+        row_to_msg(room, r)
+    })?;
     // Newest first, until `limit` or `max_bytes` (at least one); one more row says whether
     // older ones are kept.
     let mut msgs = Vec::new();
@@ -459,14 +574,14 @@ fn page_before(
     Ok((msgs, more))
 }
 
-fn row_to_msg(r: &rusqlite::Row<'_>) -> Result<Msg> {
-    let cid: Option<String> = r.get(5)?;
+fn row_to_msg(room: &str, r: &rusqlite::Row<'_>) -> Result<Msg> {
+    let cid: Option<String> = r.get(4)?;
     Ok(Msg {
-        room: r.get(0)?,
-        seq: r.get(1)?,
-        from: r.get(2)?,
-        text: r.get(3)?,
-        ts: r.get(4)?,
+        room: room.to_owned(),
+        seq: r.get(0)?,
+        from: r.get(1)?,
+        text: r.get(2)?,
+        ts: r.get(3)?,
         cid: cid.and_then(|c| serde_json::from_str(&c).ok()),
     })
 }
@@ -505,7 +620,10 @@ mod tests {
             for seq in 1..=5 {
                 b.append(&msg("a", seq, 1_000)).unwrap();
             }
-            b.commit(1_000).unwrap();
+            // A room written to in this batch, opened again in it (its members left and one
+            // came back): its seq is what the batch wrote.
+            assert_eq!(b.open_room("a").unwrap(), 5);
+            b.commit().unwrap();
         }
         let mut store = Store::open(&path, retention(3), false).unwrap();
         assert_eq!(store.epoch(), epoch);
@@ -515,7 +633,7 @@ mod tests {
         assert_eq!(page.iter().map(|m| m.seq).collect::<Vec<_>>(), [3, 4, 5]);
         assert!(!more);
         assert_eq!(page[0].cid, Some(serde_json::json!({"n": 3})));
-        let b = store.begin().unwrap();
+        let mut b = store.begin().unwrap();
         assert_eq!(
             b.recover("a", 1, 5, 1 << 20).unwrap(),
             Recovery::Gone {
@@ -544,7 +662,7 @@ mod tests {
         for seq in 1..=10 {
             b.append(&msg("r", seq, 0)).unwrap();
         }
-        b.commit(1_000).unwrap();
+        b.commit().unwrap();
         let (page, more) = store.page_before("r", Some(8), 3, 1 << 20).unwrap();
         assert_eq!(page.iter().map(|m| m.seq).collect::<Vec<_>>(), [5, 6, 7]);
         assert!(more);
@@ -554,12 +672,158 @@ mod tests {
         assert!(more);
         let (page, _) = store.page_before("r", None, 3, 0).unwrap();
         assert_eq!(page.iter().map(|m| m.seq).collect::<Vec<_>>(), [10]);
-        // An hour and more later, a new message prunes the old ones.
+        // An hour and more later, the old ones age out, and the new one stays.
         let mut b = store.begin().unwrap();
         b.append(&msg("r", 11, 4_000_000)).unwrap();
-        b.commit(4_000_000).unwrap();
+        b.commit().unwrap();
+        store.age_out(4_000_000).unwrap();
         let (page, _) = store.page_before("r", None, 50, 1 << 20).unwrap();
         assert_eq!(page.iter().map(|m| m.seq).collect::<Vec<_>>(), [11]);
+        assert_eq!(store.last_seq("r").unwrap(), 11);
+    }
+
+    #[test]
+    fn aging_out_goes_oldest_first_in_bounded_steps() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("c.db"), retention(1 << 20), false).unwrap();
+        let old = AGE_OUT_ROWS as u64 + 5;
+        let mut b = store.begin().unwrap();
+        for seq in 1..=old {
+            b.append(&msg(if seq % 2 == 0 { "a" } else { "b" }, seq, 0))
+                .unwrap();
+        }
+        b.append(&msg("a", old + 1, 4_000_000)).unwrap();
+        b.commit().unwrap();
+        let kept = |store: &Store| {
+            let (a, _) = store.page_before("a", None, 200, 1 << 30).unwrap();
+            let (b, _) = store.page_before("b", None, 200, 1 << 30).unwrap();
+            a.len() + b.len()
+        };
+        // One call deletes at most AGE_OUT_ROWS, the oldest; the next one the rest.
+        store.age_out(4_000_000).unwrap();
+        assert_eq!(kept(&store), 6);
+        store.age_out(4_000_000).unwrap();
+        assert_eq!(kept(&store), 1);
+        store.age_out(4_000_000).unwrap();
+        assert_eq!(kept(&store), 1, "the young one stays");
+        assert_eq!(store.last_seq("b").unwrap(), old);
+    }
+
+    #[test]
+    fn a_transaction_that_does_not_commit_forgets_the_room_ids_it_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("c.db"), retention(100), false).unwrap();
+        {
+            let mut b = store.begin().unwrap();
+            b.append(&msg("x", 1, 0)).unwrap();
+            // Dropped: rolled back, "x" never had an id.
+        }
+        let mut b = store.begin().unwrap();
+        b.append(&msg("y", 1, 0)).unwrap();
+        b.commit().unwrap();
+        let mut b = store.begin().unwrap();
+        b.append(&msg("x", 1, 0)).unwrap();
+        b.append(&msg("x", 2, 0)).unwrap();
+        b.commit().unwrap();
+        let seqs = |room| {
+            let (page, _) = store.page_before(room, None, 10, 1 << 20).unwrap();
+            page.iter().map(|m| m.seq).collect::<Vec<_>>()
+        };
+        assert_eq!(seqs("y"), [1]);
+        assert_eq!(seqs("x"), [1, 2]);
+        assert_eq!(store.last_seq("x").unwrap(), 2);
+        assert_eq!(store.last_seq("y").unwrap(), 1);
+    }
+
+    /// A data directory written before layouts were numbered: rooms by name, messages in
+    /// (room, seq) order, `user_version` 0.
+    fn first_layout(path: &Path) {
+        let conn = Connection::open(path).unwrap();
+        conn.execute_batch(
+            r#"PRAGMA journal_mode = WAL;
+             CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+             CREATE TABLE rooms (room TEXT PRIMARY KEY, last_seq INTEGER NOT NULL);
+             CREATE TABLE messages (
+                 room TEXT NOT NULL, seq INTEGER NOT NULL, sender TEXT NOT NULL,
+                 text TEXT NOT NULL, ts INTEGER NOT NULL, cid TEXT,
+                 PRIMARY KEY (room, seq)) WITHOUT ROWID;
+             INSERT INTO meta VALUES ('epoch', '00000000feedf00d');
+             -- 'lobby': 1 and 2 pruned by count; 'quiet': everything aged out, seq 7 kept.
+             INSERT INTO rooms VALUES ('lobby', 5), ('quiet', 7), ('r', 2);
+             INSERT INTO messages VALUES
+                 ('lobby', 3, 'ann', 'three', 30, '"c3"'),
+                 ('lobby', 4, 'bob', 'fo"ur', 40, NULL),
+                 ('r', 1, 'ann', 'r one', 35, '7'),
+                 ('r', 2, 'bob', 'r two', 45, NULL),
+                 ('lobby', 5, 'ann', 'five', 50, NULL);"#,
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn a_store_of_the_first_layout_keeps_its_history_seqs_and_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chat.db");
+        first_layout(&path);
+        for _ in 0..2 {
+            // Opened twice: moved once, then found as it is.
+            let store = Store::open(&path, retention(100), false).unwrap();
+            assert_eq!(store.epoch(), "00000000feedf00d");
+            assert_eq!(store.last_seq("lobby").unwrap(), 5);
+            assert_eq!(store.last_seq("quiet").unwrap(), 7);
+            assert_eq!(store.last_seq("r").unwrap(), 2);
+            let (page, more) = store.page_before("lobby", None, 10, 1 << 20).unwrap();
+            let got: Vec<_> = page
+                .iter()
+                .map(|m| (m.seq, m.from.as_str(), m.text.as_str(), m.ts, m.cid.clone()))
+                .collect();
+            assert_eq!(
+                got,
+                [
+                    (3, "ann", "three", 30, Some(serde_json::json!("c3"))),
+                    (4, "bob", "fo\"ur", 40, None),
+                    (5, "ann", "five", 50, None),
+                ]
+            );
+            assert!(!more);
+            let (page, _) = store.page_before("r", None, 10, 1 << 20).unwrap();
+            assert_eq!(page[0].cid, Some(serde_json::json!(7)));
+            assert!(store
+                .page_before("quiet", None, 10, 1 << 20)
+                .unwrap()
+                .0
+                .is_empty());
+        }
+        let mut store = Store::open(&path, retention(100), false).unwrap();
+        let layout: i64 = store
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(layout, LAYOUT);
+        // Rows moved in time order: the oldest age out first.
+        store.age_out(3_600_000 + 36).unwrap();
+        let (page, _) = store.page_before("r", None, 10, 1 << 20).unwrap();
+        assert_eq!(page.iter().map(|m| m.seq).collect::<Vec<_>>(), [2]);
+        let (page, _) = store.page_before("lobby", None, 10, 1 << 20).unwrap();
+        assert_eq!(page.iter().map(|m| m.seq).collect::<Vec<_>>(), [4, 5]);
+        // Seqs go on from where they were.
+        let mut b = store.begin().unwrap();
+        assert_eq!(b.open_room("quiet").unwrap(), 7);
+        b.append(&msg("quiet", 8, 4_000_000)).unwrap();
+        b.commit().unwrap();
+        assert_eq!(store.last_seq("quiet").unwrap(), 8);
+    }
+
+    #[test]
+    fn a_store_of_a_later_layout_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chat.db");
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", LAYOUT + 1)
+            .unwrap();
+        let e = Store::open(&path, retention(100), false).unwrap_err();
+        assert!(e.to_string().contains("newer"), "{e}");
     }
 
     #[test]
@@ -570,7 +834,7 @@ mod tests {
         for room in ["quiet", "pair:x"] {
             b.append(&msg(room, 1, 0)).unwrap();
         }
-        b.commit(0).unwrap();
+        b.commit().unwrap();
         // Nobody writes to "quiet" again: an hour and more later it is pruned all the same,
         // and its seq stays.
         store.age_out(4_000_000).unwrap();
@@ -582,7 +846,7 @@ mod tests {
         assert_eq!(store.last_seq("quiet").unwrap(), 1);
         let mut b = store.begin().unwrap();
         b.drop_room("pair:x").unwrap();
-        b.commit(0).unwrap();
+        b.commit().unwrap();
         assert_eq!(store.last_seq("pair:x").unwrap(), 0);
     }
 }

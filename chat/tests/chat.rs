@@ -758,7 +758,7 @@ fn history_hours_ages_out_quiet_rooms_too() {
             cid: None,
         })
         .unwrap();
-        b.commit(syncws_chat::now_ms()).unwrap();
+        b.commit().unwrap();
     }
     let server = syncws_chat::Server::start(&options(&dir, &["--history-hours", "1"])).unwrap();
     let mut c = Chat::connect(&format!("ws://{}/", server.ws_addr.unwrap()));
@@ -781,4 +781,67 @@ fn history_hours_ages_out_quiet_rooms_too() {
     assert_eq!(c.msg("quiet")["seq"], 2);
     c.close();
     server.shutdown(Duration::from_secs(5));
+}
+
+#[test]
+fn a_data_directory_of_the_first_store_layout_keeps_its_history_and_seqs() {
+    let (_keep, dir) = data_dir();
+    // chat.db as servers before the arrival-order layout wrote it: rooms by name, messages in
+    // (room, seq) order; the lobby's 1 and 2 pruned, and everything of "quiet" aged out.
+    let now = syncws_chat::now_ms();
+    {
+        let conn = rusqlite::Connection::open(dir.join("chat.db")).unwrap();
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+             CREATE TABLE rooms (room TEXT PRIMARY KEY, last_seq INTEGER NOT NULL);
+             CREATE TABLE messages (
+                 room TEXT NOT NULL, seq INTEGER NOT NULL, sender TEXT NOT NULL,
+                 text TEXT NOT NULL, ts INTEGER NOT NULL, cid TEXT,
+                 PRIMARY KEY (room, seq)) WITHOUT ROWID;
+             INSERT INTO meta VALUES ('epoch', '0123456789abcdef');
+             INSERT INTO rooms VALUES ('lobby', 4), ('quiet', 9);",
+        )
+        .unwrap();
+        for (seq, text) in [(3, "three"), (4, "four")] {
+            conn.execute(
+                "INSERT INTO messages VALUES ('lobby', ?1, 'ann', ?2, ?3, NULL)",
+                rusqlite::params![seq, text, now - 1000 + seq],
+            )
+            .unwrap();
+        }
+    }
+    let server = Binary::start(&dir, &[]);
+    let mut c = Chat::connect(&server.url);
+    c.send(json!({"op": "history", "room": "lobby"}));
+    let page = c.expect("history");
+    assert_eq!(seqs(&page["msgs"]), [3, 4]);
+    assert_eq!(page["msgs"][1]["text"], "four");
+    // A member that saw seq 3 under the old store recovers what it missed.
+    c.send(json!({"op": "join", "room": "lobby", "since": 3, "epoch": "0123456789abcdef"}));
+    let joined = c.expect("joined");
+    assert_eq!(
+        (joined["recovered"].as_bool(), joined["seq"].as_u64()),
+        (Some(true), Some(4))
+    );
+    assert_eq!(seqs(&c.expect("history")["msgs"]), [4]);
+    c.send(json!({"op": "say", "room": "lobby", "text": "five"}));
+    assert_eq!(c.msg("lobby")["seq"], 5);
+    assert_eq!(
+        c.join("quiet")["seq"],
+        9,
+        "a seq with no history left is kept too"
+    );
+    c.send(json!({"op": "say", "room": "quiet", "text": "ten"}));
+    assert_eq!(c.msg("quiet")["seq"], 10);
+    // Killed after the move, opened again: moved once, everything delivered still there.
+    server.kill_9();
+    let server = Binary::start(&dir, &[]);
+    let mut c = Chat::connect(&server.url);
+    c.send(json!({"op": "history", "room": "lobby"}));
+    assert_eq!(seqs(&c.expect("history")["msgs"]), [3, 4, 5]);
+    c.join("quiet");
+    c.send(json!({"op": "say", "room": "quiet", "text": "eleven"}));
+    assert_eq!(c.msg("quiet")["seq"], 11);
+    c.close();
 }

@@ -9,7 +9,7 @@ impl State {
     }
 
     /// Hand this batch's frames to their connections, in order, after what earlier batches
-    /// left waiting for them. A frame the connection's channel has no room for waits in its
+    /// left waiting for them (and its events to the log's writer). A frame the connection's channel has no room for waits in its
     /// backlog; once what waits for the connection (the backlog, its command channel and its
     /// outbox, all counted in bytes) passes `outbox_bytes`, it is a slow consumer: closed with
     /// 4008, counted, logged, and its backlog dropped.
@@ -31,7 +31,10 @@ impl State {
             };
             member.backlog_bytes += item.0.len();
             member.backlog.push_back(item);
-            self.backlogged.insert(id);
+            if !member.listed {
+                member.listed = true;
+                self.backlogged.push(id);
+            }
         }
         let mut slow = Vec::new();
         let ids = std::mem::take(&mut self.backlogged);
@@ -39,6 +42,7 @@ impl State {
             let Some(member) = self.members.get_mut(&id) else {
                 continue;
             };
+            member.listed = false;
             if member.backlog.is_empty() {
                 continue;
             }
@@ -75,7 +79,8 @@ impl State {
                 if member.backlog_bytes.saturating_add(queued) > limit {
                     slow.push(id);
                 } else {
-                    self.backlogged.insert(id);
+                    member.listed = true;
+                    self.backlogged.push(id);
                 }
             }
         }
@@ -91,6 +96,8 @@ impl State {
             tracing::info!(id, "slow consumer: closed with 4008");
             self.log.record("slow_consumer", json!({"id": id}));
         }
+        // The batch's events go to the log's writer together.
+        self.log.send();
     }
 
     pub(super) fn sweep_idle(&mut self) {

@@ -63,52 +63,57 @@ impl State {
                 .with_cid(cid),
             );
         }
-        if !self.is_member(id, &room) {
+        if !member.rooms.contains(&room) {
             return self.refuse(id, not_member(&room).with_cid(cid));
         }
-        let from = self.nick(id);
+        let from = member.nick.clone();
         let r = self.rooms.get_mut(&room).expect("a member's room exists");
         let msg = Msg {
-            room: room.clone(),
+            room,
             seq: r.last_seq + 1,
             from,
             text,
             ts: now_ms(),
-            cid: cid.clone(),
+            cid,
         };
         if let Err(e) = batch.append(&msg) {
             tracing::error!(error = %e, "store: append");
-            return self.unavailable(id, "storing your message", &room, cid);
+            return self.unavailable(id, "storing your message", &msg.room, msg.cid);
         }
         Metrics::inc(&self.metrics.messages_total);
         if batch.shared() {
             // Numbered and delivered by Redis (Remote); told to the sender if not stored.
-            self.said.push((id, room.clone(), cid, at));
             self.log.record(
                 "msg",
-                json!({"id": id, "room": room, "bytes": msg.text.len()}),
+                json!({"id": id, "room": msg.room, "bytes": msg.text.len()}),
             );
+            self.said.push((id, msg.room, msg.cid, at));
             return;
         }
-        self.seqs_before.entry(room.clone()).or_insert(r.last_seq);
+        if !self.seqs_before.contains_key(&msg.room) {
+            self.seqs_before.insert(msg.room.clone(), r.last_seq);
+        }
         r.last_seq = msg.seq;
-        let recipients = r.members.clone();
-        let shared = frame(msg.to_value(false));
-        let own = if cid.is_some() {
-            frame(msg.to_value(true))
-        } else {
-            shared.clone()
-        };
-        self.out_bytes += shared.len() + own.len();
-        for m in recipients {
-            let f = if m == id { own.clone() } else { shared.clone() };
+        // Written once for the room; the sender's copy is the same text with its `cid` first.
+        let shared = msg.to_json(false);
+        let own = msg
+            .cid
+            .as_ref()
+            .map(|cid| SharedFrame::text(protocol::cid_first(&shared, cid)));
+        let shared = SharedFrame::text(shared);
+        self.out_bytes += shared.len() + own.as_ref().unwrap_or(&shared).len();
+        for &m in &r.members {
+            let f = match &own {
+                Some(own) if m == id => own.clone(),
+                _ => shared.clone(),
+            };
             self.out.push((m, Out::Msg(f)));
         }
-        self.said.push((id, room.clone(), cid, at));
         self.log.record(
             "msg",
-            json!({"id": id, "room": room, "seq": msg.seq, "bytes": msg.text.len()}),
+            json!({"id": id, "room": msg.room, "seq": msg.seq, "bytes": msg.text.len()}),
         );
+        self.said.push((id, msg.room, msg.cid, at));
     }
 
     /// Cluster mode: a published message of `room`. Each seq is delivered once, in order: one

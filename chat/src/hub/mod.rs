@@ -27,12 +27,13 @@ use serde_json::{json, Value};
 use syncws::{Command, CommandSender, SharedFrame};
 
 use crate::cluster::{Change, Cluster, Heard, Unpublished};
-use crate::eventlog::EventLog;
+use crate::eventlog::{EventLog, Held};
 use crate::matchmaking::{Matched, Peer, Seeker, Sought};
 use crate::metrics::Metrics;
 use crate::now_ms;
 use crate::protocol::{
-    check_room, Msg, Op, Refusal, DEFAULT_HISTORY_PAGE, MAX_HISTORY_PAGE, MAX_LISTED, PAIR_PREFIX,
+    self, check_room, Msg, Op, Refusal, DEFAULT_HISTORY_PAGE, MAX_HISTORY_PAGE, MAX_LISTED,
+    PAIR_PREFIX,
 };
 use crate::store::{self, Log, Recovery, Store};
 
@@ -125,6 +126,8 @@ struct Member {
     /// Frames its command channel had no room for yet, oldest first, and their bytes.
     backlog: VecDeque<(SharedFrame, bool)>,
     backlog_bytes: usize,
+    /// In `State::backlogged`.
+    listed: bool,
     /// The partner of its last pair, not to be matched with it again at once (cluster mode:
     /// `last_peer_key`, its `NODE:ID`).
     last_peer: Option<u64>,
@@ -204,7 +207,8 @@ struct State {
     unfollow: Vec<String>,
     epoch: String,
     metrics: Arc<Metrics>,
-    log: EventLog,
+    /// The event log, sent to its writer once per batch.
+    log: Held,
     options: HubOptions,
     /// Frames to hand out after the commit, in order, and the bytes built for them.
     out: Vec<(u64, Out)>,
@@ -221,9 +225,10 @@ struct State {
     seqs_before: HashMap<String, u64>,
     /// Requests answered from the batch's transaction.
     reads: Vec<Reread>,
-    /// Members whose backlog is not empty: `deliver` visits these, not every member (with
-    /// thousands of connections, a scan of all of them per batch was most of the hub's time).
-    backlogged: std::collections::BTreeSet<u64>,
+    /// Members whose backlog is not empty (each once: `Member::listed`): `deliver` visits
+    /// these, not every member (with thousands of connections, a scan of all of them per batch
+    /// was most of the hub's time).
+    backlogged: Vec<u64>,
 }
 
 /// Start the hub thread.
@@ -278,7 +283,7 @@ fn run(
             .as_ref()
             .map_or_else(|| store.epoch().to_owned(), Cluster::epoch),
         metrics,
-        log,
+        log: log.held(),
         options,
         out: Vec::new(),
         out_bytes: 0,
@@ -286,7 +291,7 @@ fn run(
         own_acks: HashMap::new(),
         seqs_before: HashMap::new(),
         reads: Vec::new(),
-        backlogged: std::collections::BTreeSet::new(),
+        backlogged: Vec::new(),
     };
     let mut shutdown: Option<Sender<()>> = None;
     let mut next_sweep = Instant::now() + Duration::from_secs(1);
@@ -351,7 +356,7 @@ fn run(
         match store.begin() {
             Ok(mut batch) => {
                 state.take_batch(&mut batch, first, rx, &mut shutdown);
-                match batch.commit(now_ms()) {
+                match batch.commit() {
                     Ok(()) => {
                         Metrics::inc(&state.metrics.commits_total);
                         state.committed();
@@ -437,6 +442,7 @@ impl State {
                         metrics,
                         backlog: VecDeque::new(),
                         backlog_bytes: 0,
+                        listed: false,
                         last_peer: None,
                         last_peer_key: None,
                         rooms: Vec::new(),
