@@ -87,6 +87,9 @@ pub struct ChatConn {
     registered: bool,
     close_code: Option<u16>,
     ended_by: Option<&'static str>,
+    /// What lives as long as the connection when no thread of its own holds it (in an event
+    /// thread's set): its admission slot, the server's count of live connections.
+    _held: Option<Box<dyn Send>>,
 }
 
 impl ChatConn {
@@ -114,7 +117,14 @@ impl ChatConn {
             registered: false,
             close_code: None,
             ended_by: None,
+            _held: None,
         }
+    }
+
+    /// Keep `held` until this connection's handler is dropped (after `on_quit`).
+    pub fn holding(mut self, held: Box<dyn Send>) -> Self {
+        self._held = Some(held);
+        self
     }
 
     /// The nick comes from the connection's token and stays.
@@ -138,7 +148,9 @@ impl ChatConn {
 
     fn to_hub(&self, request: Request) {
         // Blocks while the hub is behind: this connection then stops reading, which is the
-        // backpressure a sender should feel. Fails only once the hub has stopped (shutdown).
+        // backpressure a sender should feel (in an event thread, every connection of its set
+        // waits with it: the hub is what they all wait for). Fails only once the hub has
+        // stopped (shutdown). The hub never waits on a connection, so this cannot deadlock.
         let _ = self.shared.hub.send(request);
     }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{bounded, Sender};
 use serde_json::json;
-use syncws::{Accept, Config, DeflateConfig, Incoming, ServerConnection};
+use syncws::{Accept, Config, ConnectionSet, DeflateConfig, Incoming, ServerConnection, SetHandle};
 
 use crate::auth::Auth;
 use crate::conn::{ChatConn, Shared};
@@ -40,6 +40,8 @@ pub struct Server {
     stopping: Arc<AtomicBool>,
     accept_threads: Vec<JoinHandle<()>>,
     live: Arc<Live>,
+    /// `--event-threads`: each set's handle and thread.
+    event_threads: Vec<(SetHandle<ChatConn>, JoinHandle<()>)>,
     /// Where `/report` and `/logs` are served, with `--admin-listen`.
     pub admin_addr: Option<SocketAddr>,
     /// Samples the counters for `/report`; takes a last sample when dropped.
@@ -59,6 +61,8 @@ struct Context {
     batch_threads: bool,
     auth: Option<Arc<Auth>>,
     live: Arc<Live>,
+    /// `--event-threads`: the sets that run chat connections (empty: a thread each).
+    sets: Vec<SetHandle<ChatConn>>,
     /// How long an accepted socket may stay silent before its first byte.
     first_byte: Duration,
     /// Refusals at the accept loop, logged at most once a second (a flood must not fill the
@@ -271,6 +275,10 @@ impl Server {
         };
         let max_chat = options.max_connections.min(fd_capacity());
         let chat_limits = Limits::new(options.max_per_ip, max_handshakes, max_chat, echo_slots);
+        let event_threads = (0..options.event_threads)
+            .map(|n| start_event_thread(n, !options.no_batch_threads))
+            .collect::<std::io::Result<Vec<_>>>()
+            .map_err(|e| format!("cannot start the event threads: {e}"))?;
         let ctx = Arc::new(Context {
             chat_config,
             echo_config,
@@ -288,6 +296,7 @@ impl Server {
             batch_threads: !options.no_batch_threads,
             auth: auth.clone(),
             live: live.clone(),
+            sets: event_threads.iter().map(|(h, _)| h.clone()).collect(),
             first_byte: Duration::from_millis(
                 (options.first_byte_timeout.max(0.001) * 1000.0) as u64,
             ),
@@ -362,6 +371,7 @@ impl Server {
             stopping,
             accept_threads,
             live,
+            event_threads,
             admin_addr,
             sampler: Some(sampler),
         })
@@ -398,6 +408,12 @@ impl Server {
                 tracing::warn!(left, "connections still open after the grace period");
             }
             hub_done = done_rx.recv_timeout(grace).is_ok();
+            // Every connection has quit: the event threads' sets are empty and end at once.
+            for (set, thread) in self.event_threads.drain(..) {
+                if set.stop().is_ok() && left == 0 {
+                    let _ = thread.join();
+                }
+            }
         }
         // The last sample, with the totals of this run.
         drop(self.sampler.take());
@@ -738,7 +754,35 @@ fn run_chat(admitted: Admitted, served: &Listener) {
     if fixed {
         chat = chat.fix_nick();
     }
-    conn.run(&mut chat);
+    if ctx.sets.is_empty() {
+        conn.run(&mut chat);
+        return;
+    }
+    // An event thread runs it from here: what this thread held for the connection goes with
+    // it, and this thread ends.
+    let set = &ctx.sets[(id % ctx.sets.len() as u64) as usize];
+    let chat = chat.holding(Box::new((_slot, ctx.live.enter())));
+    if let Err(e) = set.adopt(conn, chat) {
+        tracing::warn!(id, error = %e, "an event thread is gone; connection dropped");
+    }
+}
+
+/// `--event-threads`: a thread running a set of chat connections until the server stops it.
+fn start_event_thread(
+    n: usize,
+    batch: bool,
+) -> std::io::Result<(SetHandle<ChatConn>, JoinHandle<()>)> {
+    let mut set = ConnectionSet::<ChatConn>::new()?;
+    let handle = set.handle();
+    let thread = std::thread::Builder::new()
+        .name(format!("chat-events-{n}"))
+        .spawn(move || {
+            if batch {
+                batch_policy();
+            }
+            set.run_until_stopped();
+        })?;
+    Ok((handle, thread))
 }
 
 /// The plain echo for conformance runs (Autobahn's fuzzingclient), with `--echo`: every text

@@ -5,7 +5,7 @@ mod util;
 use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use syncws::Config;
@@ -627,15 +627,16 @@ fn rooms_per_connection_are_bounded_and_unused_rooms_are_forgotten() {
     c.close();
 }
 
-/// The scheduling policy of every `chat-conn` thread of process `pid` (Linux: field 41 of
-/// /proc/PID/task/TID/stat; 0 normal, 3 batch).
+/// The scheduling policy of every thread named `name` (or `name-N`) of process `pid` (Linux:
+/// field 41 of /proc/PID/task/TID/stat; 0 normal, 3 batch).
 #[cfg(target_os = "linux")]
-fn connection_thread_policies(pid: u32) -> Vec<u32> {
+fn thread_policies(pid: u32, name: &str) -> Vec<u32> {
     let mut policies = Vec::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
         let dir = task.unwrap().path();
         let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
-        if comm.trim() != "chat-conn" {
+        let comm = comm.trim();
+        if comm != name && !comm.strip_prefix(name).is_some_and(|n| n.starts_with('-')) {
             continue;
         }
         let stat = std::fs::read_to_string(dir.join("stat")).unwrap();
@@ -660,9 +661,14 @@ fn connection_threads_run_as_batch_threads_unless_told_otherwise() {
         let server = Binary::start(&dir, flags);
         let a = Chat::connect(&server.url);
         let b = Chat::connect(&server.url);
+        // Two connections: a thread each, or the event threads that run them all.
+        let (name, threads) = match event_threads() {
+            0 => ("chat-conn", 2),
+            n => ("chat-events", n),
+        };
         assert_eq!(
-            connection_thread_policies(server.child.id()),
-            [policy, policy],
+            thread_policies(server.child.id(), name),
+            vec![policy; threads],
             "{flags:?}"
         );
         a.close();
@@ -844,4 +850,58 @@ fn a_data_directory_of_the_first_store_layout_keeps_its_history_and_seqs() {
     c.send(json!({"op": "say", "room": "quiet", "text": "eleven"}));
     assert_eq!(c.msg("quiet")["seq"], 11);
     c.close();
+}
+
+/// Threads of process `pid` named `name` or `name-N`.
+#[cfg(target_os = "linux")]
+fn threads_named(pid: u32, name: &str) -> usize {
+    thread_policies(pid, name).len()
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn event_threads_serve_every_connection_without_a_thread_each() {
+    let (_keep, dir) = data_dir();
+    let server = Binary::start(&dir, &["--event-threads", "2"]);
+    let mut chats: Vec<Chat> = (0..20)
+        .map(|n| Chat::connect(&format!("{}?nick=u{n}", server.url)))
+        .collect();
+    // The handshake threads hand their connection over and end; two threads run all twenty.
+    let start = Instant::now();
+    while threads_named(server.child.id(), "chat-conn") > 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "handshake threads left"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(threads_named(server.child.id(), "chat-events"), 2);
+    // Everyone hears everyone, once, in one order.
+    for (n, c) in chats.iter_mut().enumerate().take(3) {
+        c.send(json!({"op": "say", "room": "lobby", "text": format!("from u{n}")}));
+    }
+    let mut orders = HashSet::new();
+    for c in &mut chats {
+        let got: Vec<String> = (0..3)
+            .map(|_| c.msg("lobby")["text"].as_str().unwrap().to_owned())
+            .collect();
+        orders.insert(got);
+    }
+    assert_eq!(orders.len(), 1, "one order for everyone: {orders:?}");
+    // A member that leaves is gone from the room for the others.
+    chats.pop().unwrap().close();
+    loop {
+        chats[0].send(json!({"op": "who", "room": "lobby"}));
+        if chats[0].expect("who")["count"] == 19 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the member never left"
+        );
+    }
+    for c in chats {
+        c.close();
+    }
+    server.kill_9();
 }

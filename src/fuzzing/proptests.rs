@@ -317,9 +317,9 @@ proptest! {
         subprotocol in select(vec!["", "chat"]),
     ) {
         // Everything RFC 6455 4.1 asks for, whatever the order and case: the connection opens.
-        let mut answer = format!(
+        let mut answer = String::from(
             "HTTP/1.1 101 Switching Protocols\r\nupgrade: WebSocket\r\n\
-             Connection: keep-alive\r\nCONNECTION: Upgrade\r\nSec-WebSocket-Accept: {{A}}\r\n"
+             Connection: keep-alive\r\nCONNECTION: Upgrade\r\nSec-WebSocket-Accept: {A}\r\n",
         );
         let mut choice = choice & !8;
         if !subprotocol.is_empty() {

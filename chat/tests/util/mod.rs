@@ -315,3 +315,13 @@ pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+/// `CHAT_EVENT_THREADS` from the environment, which every server a test starts reads too (0:
+/// a thread per connection). CI runs the chat tests both ways.
+#[allow(dead_code)]
+pub fn event_threads() -> usize {
+    std::env::var("CHAT_EVENT_THREADS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
