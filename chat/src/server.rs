@@ -267,13 +267,16 @@ impl Server {
         // connections are held to what the descriptor limit allows (beyond it a connection
         // would fail half-open, where a 503 is the honest refusal); sockets in their handshake
         // are few and short-lived, and come to a quarter of it at most.
-        let max_handshakes = options.max_handshakes.clamp(1, (fd_capacity() / 2).max(1));
+        // With --event-threads a chat connection holds its socket alone (its set has the
+        // waker); `/echo` connections have a thread and a waker each.
         let echo_slots = if options.echo {
             options.echo_max_connections
         } else {
             0
         };
-        let max_chat = options.max_connections.min(fd_capacity());
+        let fd_room = fd_capacity(options.event_threads > 0, echo_slots);
+        let max_handshakes = options.max_handshakes.clamp(1, (fd_room / 2).max(1));
+        let max_chat = options.max_connections.min(fd_room);
         let chat_limits = Limits::new(options.max_per_ip, max_handshakes, max_chat, echo_slots);
         let event_threads = (0..options.event_threads)
             .map(|n| start_event_thread(n, !options.no_batch_threads))
@@ -354,7 +357,7 @@ impl Server {
             options.max_connections,
             options.max_per_ip,
             max_handshakes,
-            fd_capacity()
+            fd_room
         );
         log.record(
             "start",
@@ -433,11 +436,20 @@ impl Server {
     }
 }
 
-/// Connections the descriptor limit holds: each holds its socket and its waker (2 descriptors
-/// on Linux, 3 where the waker is a pipe), and the process keeps a few (listeners, the store,
-/// the log).
-fn fd_capacity() -> usize {
-    open_files_limit().saturating_sub(64) / syncws::ServerConnection::DESCRIPTORS
+/// Chat connections the descriptor limit holds: each holds its socket and its waker (2
+/// descriptors on Linux, 3 where the waker is a pipe), or its socket alone in an event
+/// thread's set; the process keeps a few (listeners, the store, the log, the sets' wakers) and
+/// the echo's slots theirs.
+fn fd_capacity(in_sets: bool, echo_slots: usize) -> usize {
+    let per_connection = if in_sets {
+        1
+    } else {
+        syncws::ServerConnection::DESCRIPTORS
+    };
+    open_files_limit()
+        .saturating_sub(64)
+        .saturating_sub(echo_slots * syncws::ServerConnection::DESCRIPTORS)
+        / per_connection
 }
 
 /// The soft limit on open descriptors (RLIMIT_NOFILE; none is unlimited), on every Unix;
