@@ -101,9 +101,10 @@ pub struct Options {
     /// Serve chat connections from N event-driven threads, each a syncws `ConnectionSet`
     /// (connections spread across them by id), instead of a thread per connection. 0: a
     /// thread per connection (the default). The handshake still runs on a short-lived thread
-    /// of its own; `/echo` always has a thread per connection.
-    #[arg(long, env = "CHAT_EVENT_THREADS", default_value_t = 0)]
-    pub event_threads: usize,
+    /// of its own; `/echo` always has a thread per connection. At most 1024.
+    #[arg(long, env = "CHAT_EVENT_THREADS", default_value_t = 0,
+          value_parser = clap::value_parser!(u16).range(0..=1024))]
+    pub event_threads: u16,
     /// Serve the browser pages' files from this directory, read on every request (for working
     /// on them: `--web-dir chat/web`), instead of the copies compiled into the binary.
     #[arg(long, env = "CHAT_WEB_DIR")]

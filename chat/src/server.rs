@@ -278,7 +278,7 @@ impl Server {
         let max_handshakes = options.max_handshakes.clamp(1, (fd_room / 2).max(1));
         let max_chat = options.max_connections.min(fd_room);
         let chat_limits = Limits::new(options.max_per_ip, max_handshakes, max_chat, echo_slots);
-        let event_threads = (0..options.event_threads)
+        let event_threads = (0..usize::from(options.event_threads))
             .map(|n| start_event_thread(n, !options.no_batch_threads))
             .collect::<std::io::Result<Vec<_>>>()
             .map_err(|e| format!("cannot start the event threads: {e}"))?;
