@@ -69,6 +69,16 @@ struct Checkpointer {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// While the other connection (the hub's, or the checkpointer's) holds the lock, wait in 1 ms
+/// naps, 5 s in all: SQLite's own busy timeout sleeps up to 100 ms at a time, which the hub
+/// would pay in latency after a short checkpoint.
+fn nap_while_busy(conn: &Connection) -> Result<()> {
+    conn.busy_handler(Some(|n| {
+        std::thread::sleep(Duration::from_millis(1));
+        n < 5_000
+    }))
+}
+
 impl Checkpointer {
     const EVERY: Duration = Duration::from_secs(1);
     /// The log's length (in 4 KiB pages) past which a checkpoint makes the next commit start
@@ -77,10 +87,7 @@ impl Checkpointer {
 
     fn start(path: &Path) -> Result<Checkpointer> {
         let conn = Connection::open(path)?;
-        conn.busy_handler(Some(|n| {
-            std::thread::sleep(Duration::from_millis(1));
-            n < 5_000
-        }))?;
+        nap_while_busy(&conn)?;
         let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
         let thread = std::thread::Builder::new()
             .name("chat-checkpoint".into())
@@ -160,12 +167,7 @@ impl Store {
         let mut conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", if durable { "FULL" } else { "NORMAL" })?;
-        // Waiting for the checkpointer's lock: short naps, so the hub goes on as soon as it
-        // is free (SQLite's own busy timeout sleeps up to 100 ms at a time); 5 s in all.
-        conn.busy_handler(Some(|n| {
-            std::thread::sleep(Duration::from_millis(1));
-            n < 5_000
-        }))?;
+        nap_while_busy(&conn)?;
         // Thousands of busy rooms touch pages all over the index: 2 MiB of page cache (the
         // default) made every commit read pages back from the OS and spill dirty ones
         // mid-transaction.
